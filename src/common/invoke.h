@@ -145,6 +145,8 @@ struct tier_ops {
 struct tier {
 	const struct tier_ops *ops;
 	const char *data_dir;	/* the daemon's data directory */
+	const char *rootfs_dir;	/* runtime root file systems: <rootfs_dir>/python3 ... */
+	const char *vmm_path;	/* the stoke-vmm executable */
 	int nworkers;		/* worker threads; 0 means one per core */
 	uint64_t memory_budget;	/* bytes the tier may hold in idle instances */
 	void *priv;

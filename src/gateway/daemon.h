@@ -1,0 +1,27 @@
+/* The daemon behind `stoke serve`: gateway, registry and both tiers in one process. */
+#ifndef STOKE_DAEMON_H
+#define STOKE_DAEMON_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct daemon_config {
+	const char *listen;		/* "ADDR:PORT"; default 127.0.0.1:8080 */
+	const char *data_dir;		/* default $XDG_DATA_HOME/stoke or ~/.local/share/stoke */
+	const char *domain;		/* NAME.<domain> routes to NAME; default "localhost" */
+	const char *rootfs_dir;		/* runtime root file systems; default $STOKE_CACHE/rootfs */
+	size_t max_body;		/* request body limit; default 10 MiB */
+	size_t max_deploy;		/* deploy size limit; default 50 MiB */
+	int workers;			/* isolate worker threads; 0 = one per core */
+	int log_json;			/* JSON logs instead of text */
+	int log_level;			/* enum log_level */
+	unsigned shutdown_grace_ms;	/* in-flight bound at SIGTERM; default 10000 */
+};
+
+/* Fills defaults for every unset field. Returns 0 or -errno (no home directory...). */
+int daemon_config_defaults(struct daemon_config *cfg);
+/* Runs until SIGTERM/SIGINT. Returns 0 after a clean shutdown, -errno on start-up failure
+ * (after logging why). */
+int daemon_run(const struct daemon_config *cfg);
+
+#endif
