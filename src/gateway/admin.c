@@ -1,0 +1,681 @@
+/*
+ * The admin API under /_stoke/, served by one admin thread so that deploys (file
+ * writes, compilation, registry transactions) never stall the event loops. It is a
+ * tier like the others: the loop thread hands it a struct inv and gets it back.
+ */
+#include "gateway.h"
+#include "manifest.h"
+#include "common/base64.h"
+#include "common/log.h"
+#include "store/registry.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+struct admin_queue {
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	struct inv **items;
+	size_t head, count, cap;
+	int stop;
+	pthread_t tid;
+};
+
+static void admin_json(struct inv *inv, int status, cJSON *obj)
+{
+	static const char ctype[] = "application/json";
+	char *text = obj ? cJSON_PrintUnformatted(obj) : NULL;
+
+	cJSON_Delete(obj);
+	if (!text) {
+		inv_fail(inv, 500, "internal", "out of memory");
+		return;
+	}
+	inv->resp.status = status;
+	inv_resp_add_header(inv, "content-type", 12, ctype, sizeof(ctype) - 1);
+	inv_resp_set_body(inv, text, strlen(text));
+}
+
+static void admin_field_error(struct inv *inv, const struct mf_error *err)
+{
+	cJSON *o = cJSON_CreateObject();
+
+	cJSON_AddStringToObject(o, "error", "invalid_manifest");
+	cJSON_AddStringToObject(o, "field", err->field);
+	cJSON_AddStringToObject(o, "message", err->message);
+	cJSON_AddStringToObject(o, "request_id", inv->request_id);
+	admin_json(inv, 400, o);
+}
+
+/* ---- files of a deploy ---- */
+
+static int admin_rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+	return remove(path);
+}
+
+static void admin_rmtree(const char *dir)
+{
+	nftw(dir, admin_rm_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+/* A deployed file's path: relative, no "..", ".", or empty components. */
+static int admin_valid_relpath(const char *p)
+{
+	const char *c = p;
+
+	if (!*p || *p == '/' || strlen(p) > 1024)
+		return 0;
+	while (*c) {
+		size_t n = strcspn(c, "/");
+
+		if (n == 0 || (n == 1 && c[0] == '.') || (n == 2 && !strncmp(c, "..", 2)))
+			return 0;
+		c += n;
+		if (*c == '/')
+			c++;
+		else
+			break;
+	}
+	return p[strlen(p) - 1] != '/';
+}
+
+static int admin_mkdirs(char *path)
+{
+	char *s;
+
+	for (s = strchr(path + 1, '/'); s; s = strchr(s + 1, '/')) {
+		*s = '\0';
+		if (mkdir(path, 0755) && errno != EEXIST) {
+			*s = '/';
+			return -errno;
+		}
+		*s = '/';
+	}
+	return 0;
+}
+
+static int admin_write_file(const char *dir, const char *rel, const void *data, size_t len)
+{
+	char path[4096];
+	ssize_t n;
+	int fd, ret;
+
+	snprintf(path, sizeof(path), "%s/%s", dir, rel);
+	ret = admin_mkdirs(path);
+	if (ret)
+		return ret;
+	fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return -errno;
+	n = write(fd, data, len);
+	ret = n == (ssize_t)len ? 0 : n < 0 ? -errno : -ENOSPC;
+	if (close(fd) && !ret)
+		ret = -errno;
+	return ret;
+}
+
+static int admin_write_files(const cJSON *files, const char *dir, size_t limit,
+			     struct mf_error *err)
+{
+	const cJSON *f;
+	size_t total = 0;
+	long n;
+	char *buf;
+	int ret;
+
+	cJSON_ArrayForEach(f, files) {
+		snprintf(err->field, sizeof(err->field), "files");
+		if (!admin_valid_relpath(f->string) || !cJSON_IsString(f)) {
+			snprintf(err->message, sizeof(err->message), "bad file entry \"%.200s\": "
+				 "paths are relative without '..', contents base64", f->string);
+			return -EINVAL;
+		}
+		buf = malloc(strlen(f->valuestring) / 4 * 3 + 3);
+		if (!buf)
+			return -ENOMEM;
+		n = b64_decode(f->valuestring, strlen(f->valuestring), buf);
+		total += n > 0 ? (size_t)n : 0;
+		ret = n < 0 ? -EINVAL : total > limit ? -EFBIG :
+		      admin_write_file(dir, f->string, buf, (size_t)n);
+		free(buf);
+		if (ret) {
+			snprintf(err->message, sizeof(err->message), "file %.200s: %s",
+				 f->string, ret == -EINVAL ? "contents are not valid base64" :
+				 strerror(-ret));
+			return ret;
+		}
+	}
+	return 0;
+}
+
+/* ---- deploy ---- */
+
+struct admin_deploy {
+	char name[64];
+	int64_t version;
+	char dir[4096];
+	char reasons[1024];
+	struct fn *fn;
+	struct mf_error err;
+};
+
+static cJSON *admin_reasons(const char *reasons)
+{
+	cJSON *arr = cJSON_CreateArray();
+	char *copy = strdup(reasons), *line, *save = NULL;
+
+	for (line = copy ? strtok_r(copy, "\n", &save) : NULL; line;
+	     line = strtok_r(NULL, "\n", &save))
+		cJSON_AddItemToArray(arr, cJSON_CreateString(line));
+	free(copy);
+	return arr;
+}
+
+static cJSON *admin_fn_json(const struct gw *gw, const struct fn *fn, int64_t deployed_at)
+{
+	cJSON *o = cJSON_CreateObject(), *lim = cJSON_CreateObject(), *env;
+	char url[512];
+	size_t i;
+
+	snprintf(url, sizeof(url), "http://%s/fn/%s/", gw->cfg->listen, fn->name);
+	cJSON_AddStringToObject(o, "name", fn->name);
+	cJSON_AddNumberToObject(o, "version", (double)fn->version);
+	cJSON_AddStringToObject(o, "tier", gw->tiers[fn->tier].ops->name);
+	cJSON_AddStringToObject(o, "runtime", fn->runtime);
+	cJSON_AddStringToObject(o, "entry", fn->entry);
+	cJSON_AddStringToObject(o, "url", url);
+	cJSON_AddNumberToObject(o, "deployed_at", (double)deployed_at);
+	cJSON_AddStringToObject(o, "isolation", fn->strict ? "strict" : "standard");
+	cJSON_AddStringToObject(o, "state", fn->keep_state ? "keep" : "none");
+	cJSON_AddNumberToObject(lim, "cpu_ms", fn->limits.cpu_ms);
+	cJSON_AddNumberToObject(lim, "wall_s", fn->limits.wall_ms / 1000.0);
+	cJSON_AddNumberToObject(lim, "memory_mb", fn->limits.memory_mb);
+	cJSON_AddNumberToObject(lim, "max_instances", fn->limits.max_instances);
+	cJSON_AddNumberToObject(lim, "concurrency", fn->limits.concurrency);
+	cJSON_AddNumberToObject(lim, "tmp_mb", fn->limits.tmp_mb);
+	cJSON_AddItemToObject(o, "limits", lim);
+	env = cJSON_AddArrayToObject(o, "env");
+	for (i = 0; i < fn->nenv; i++)	/* names only: values may be secrets */
+		cJSON_AddItemToArray(env, cJSON_CreateString(fn->env[i].name));
+	return o;
+}
+
+static int admin_prepare(struct gw *gw, struct admin_deploy *d, const cJSON *manifest)
+{
+	struct tier *t;
+	int ret;
+
+	ret = mf_parse(manifest, d->name, d->dir, &d->fn, d->reasons, sizeof(d->reasons),
+		       &d->err);
+	if (ret)
+		return ret;
+	d->fn->version = d->version;
+	t = &gw->tiers[d->fn->tier];
+	ret = t->ops->prepare(t, d->fn, d->err.message, sizeof(d->err.message));
+	if (ret) {
+		snprintf(d->err.field, sizeof(d->err.field), "entry");
+		if (!d->err.message[0])
+			snprintf(d->err.message, sizeof(d->err.message), "%s", strerror(-ret));
+	}
+	return ret;
+}
+
+/* Writes the files to a temporary directory and renames it, so a version's directory
+ * is either complete or absent. */
+static int admin_stage(struct gw *gw, struct admin_deploy *d, const cJSON *files)
+{
+	char tmp[4200];
+	int ret;
+
+	snprintf(d->dir, sizeof(d->dir), "%s/functions/%s/v%lld", gw->cfg->data_dir, d->name,
+		 (long long)d->version);
+	snprintf(tmp, sizeof(tmp), "%s.tmp", d->dir);
+	admin_rmtree(tmp);
+	admin_rmtree(d->dir);
+	ret = admin_mkdirs(strcat(tmp, "/"));
+	tmp[strlen(tmp) - 1] = '\0';
+	if (!ret)
+		ret = admin_write_files(files, tmp, gw->cfg->max_deploy, &d->err);
+	if (!ret && rename(tmp, d->dir))
+		ret = -errno;
+	if (ret) {
+		if (!d->err.message[0])
+			snprintf(d->err.message, sizeof(d->err.message), "cannot store files: %s",
+				 strerror(-ret));
+		admin_rmtree(tmp);
+	}
+	return ret;
+}
+
+static int admin_record(struct gw *gw, struct admin_deploy *d, const cJSON *manifest)
+{
+	char *text = manifest ? cJSON_PrintUnformatted(manifest) : strdup("{}");
+	struct reg_row row = {
+		.name = d->name, .version = d->version, .manifest = text,
+		.tier = gw->tiers[d->fn->tier].ops->name, .runtime = d->fn->runtime,
+		.entry = d->fn->entry, .dir = d->dir,
+	};
+	int ret = text ? reg_deploy(gw->reg, &row) : -ENOMEM;
+
+	free(text);
+	return ret;
+}
+
+static void admin_deploy_fail(struct inv *inv, struct admin_deploy *d, int ret)
+{
+	if (ret == -EINVAL || ret == -EFBIG || d->err.field[0]) {
+		if (ret == -EFBIG) {
+			inv_fail(inv, 413, "deploy_too_large", "%s", d->err.message);
+			return;
+		}
+		admin_field_error(inv, &d->err);
+		return;
+	}
+	log_error("deploy %s v%lld: %s", d->name, (long long)d->version,
+		  d->err.message[0] ? d->err.message : strerror(-ret));
+	inv_fail(inv, ret == -ENOSPC ? 507 : 500, "deploy_failed", "%s",
+		 d->err.message[0] ? d->err.message : strerror(-ret));
+}
+
+static void admin_deploy(struct gw *gw, struct inv *inv, const char *name, int advise_only)
+{
+	struct admin_deploy d = { 0 };
+	cJSON *body, *manifest, *files, *out;
+	int ret;
+
+	body = cJSON_ParseWithLength(inv->req.body, inv->req.body_len);
+	manifest = cJSON_GetObjectItemCaseSensitive(body, "manifest");
+	files = cJSON_GetObjectItemCaseSensitive(body, "files");
+	if (!cJSON_IsObject(body) || !cJSON_IsObject(files) || (manifest && cJSON_IsNull(manifest))) {
+		cJSON_Delete(body);
+		inv_fail(inv, 400, "invalid_request", "the body must be JSON {\"manifest\": {...}, "
+			 "\"files\": {\"path\": \"<base64>\"}}");
+		return;
+	}
+	snprintf(d.name, sizeof(d.name), "%s", name);
+	ret = reg_next_version(gw->reg, name, &d.version);
+	if (!ret)
+		ret = admin_stage(gw, &d, files);
+	if (!ret)
+		ret = advise_only ? mf_parse(manifest, d.name, d.dir, &d.fn, d.reasons,
+					     sizeof(d.reasons), &d.err) :
+			admin_prepare(gw, &d, manifest);
+	if (!ret && !advise_only)
+		ret = admin_record(gw, &d, manifest);
+	if (ret || advise_only) {
+		if (ret)
+			admin_deploy_fail(inv, &d, ret);
+		else {
+			out = cJSON_CreateObject();
+			cJSON_AddStringToObject(out, "tier", gw->tiers[d.fn->tier].ops->name);
+			cJSON_AddStringToObject(out, "runtime", d.fn->runtime);
+			cJSON_AddStringToObject(out, "entry", d.fn->entry);
+			cJSON_AddItemToObject(out, "reasons", admin_reasons(d.reasons));
+			admin_json(inv, 200, out);
+		}
+		fn_unref(d.fn);
+		admin_rmtree(d.dir);
+		cJSON_Delete(body);
+		return;
+	}
+	out = admin_fn_json(gw, d.fn, (int64_t)time(NULL));
+	cJSON_AddItemToObject(out, "reasons", admin_reasons(d.reasons));
+	gw_fn_install(gw, name, d.fn, (int64_t)time(NULL));
+	log_info("deployed %s v%lld (%s, %s)", name, (long long)d.version,
+		 gw->tiers[d.fn->tier].ops->name, d.fn->runtime);
+	admin_json(inv, 201, out);
+	cJSON_Delete(body);
+}
+
+/* ---- reading ---- */
+
+static void admin_list(struct gw *gw, struct inv *inv)
+{
+	cJSON *o = cJSON_CreateObject(), *arr = cJSON_AddArrayToObject(o, "functions");
+	struct gw_entry *e;
+	size_t i;
+
+	pthread_rwlock_rdlock(&gw->lock);
+	for (i = 0; i < gw->nbuckets; i++) {
+		for (e = gw->buckets[i]; e; e = e->next) {
+			if (e->fn)
+				cJSON_AddItemToArray(arr, admin_fn_json(gw, e->fn, e->deployed_at));
+		}
+	}
+	pthread_rwlock_unlock(&gw->lock);
+	admin_json(inv, 200, o);
+}
+
+static void admin_show(struct gw *gw, struct inv *inv, const char *name)
+{
+	struct gw_entry *e;
+	struct fn *fn = gw_fn_lookup(gw, name, strlen(name), &e);
+	cJSON *o, *st;
+	int c;
+
+	if (!fn) {
+		inv_fail(inv, 404, "not_found", "no function named %s", name);
+		return;
+	}
+	o = admin_fn_json(gw, fn, e->deployed_at);
+	st = cJSON_AddObjectToObject(o, "stats");
+	for (c = 1; c < 6; c++) {
+		char key[8];
+
+		snprintf(key, sizeof(key), "%dxx", c);
+		cJSON_AddNumberToObject(st, key, (double)atomic_load(&e->stats.by_class[c]));
+	}
+	cJSON_AddNumberToObject(st, "cold_starts", (double)atomic_load(&e->stats.cold_starts));
+	fn_unref(fn);
+	admin_json(inv, 200, o);
+}
+
+static void admin_delete(struct gw *gw, struct inv *inv, const char *name)
+{
+	cJSON *o;
+	int ret = reg_delete(gw->reg, name);
+
+	if (ret == -ENOENT) {
+		inv_fail(inv, 404, "not_found", "no function named %s", name);
+		return;
+	}
+	if (ret) {
+		log_error("delete %s: registry: %s", name, strerror(-ret));
+		inv_fail(inv, 500, "registry", "could not record the delete");
+		return;
+	}
+	gw_fn_install(gw, name, NULL, 0);
+	log_info("deleted %s", name);
+	o = cJSON_CreateObject();
+	cJSON_AddStringToObject(o, "deleted", name);
+	admin_json(inv, 200, o);
+}
+
+static long admin_query_num(const char *query, const char *key, long dflt)
+{
+	size_t klen = strlen(key);
+	const char *p = query;
+
+	while (p && *p) {
+		if (!strncmp(p, key, klen) && p[klen] == '=')
+			return strtol(p + klen + 1, NULL, 10);
+		p = strchr(p, '&');
+		p = p ? p + 1 : NULL;
+	}
+	return dflt;
+}
+
+static void admin_logs(struct gw *gw, struct inv *inv, const char *name)
+{
+	long since = admin_query_num(inv->req.query, "since", 0);
+	long limit = admin_query_num(inv->req.query, "limit", 100);
+	struct gw_logring *r;
+	struct gw_entry *e;
+	cJSON *o, *arr;
+	uint64_t seq, first;
+
+	gw_fn_lookup(gw, name, strlen(name), &e);	/* only the entry: logs outlive versions */
+	if (!e) {
+		inv_fail(inv, 404, "not_found", "no function named %s", name);
+		return;
+	}
+	r = &e->logs;
+	o = cJSON_CreateObject();
+	arr = cJSON_AddArrayToObject(o, "lines");
+	limit = limit < 1 ? 1 : limit > GW_LOG_RING ? GW_LOG_RING : limit;
+	pthread_mutex_lock(&r->lock);
+	first = r->next_seq > GW_LOG_RING ? r->next_seq - GW_LOG_RING : 1;
+	/* Without since: the newest `limit` lines. */
+	seq = since > 0 ? (uint64_t)since : r->next_seq - (uint64_t)limit;
+	if (since <= 0 && r->next_seq <= (uint64_t)limit)
+		seq = 1;
+	for (seq = seq < first ? first : seq; seq < r->next_seq && limit-- > 0; seq++) {
+		const struct gw_logline *l = &r->lines[seq % GW_LOG_RING];
+		cJSON *line = cJSON_CreateObject();
+
+		cJSON_AddNumberToObject(line, "seq", (double)l->seq);
+		cJSON_AddStringToObject(line, "ts", l->ts);
+		cJSON_AddStringToObject(line, "request_id", l->request_id);
+		cJSON_AddStringToObject(line, "stream", l->stream);
+		cJSON_AddStringToObject(line, "msg", l->msg);
+		cJSON_AddItemToArray(arr, line);
+	}
+	pthread_mutex_unlock(&r->lock);
+	cJSON_AddNumberToObject(o, "next", (double)seq);
+	admin_json(inv, 200, o);
+}
+
+static void admin_status(struct gw *gw, struct inv *inv)
+{
+	cJSON *o = cJSON_CreateObject(), *tiers = cJSON_CreateArray();
+	int i;
+
+	cJSON_AddStringToObject(o, "version", STOKE_VERSION);
+	cJSON_AddNumberToObject(o, "uptime_s", (double)(gw_now_ns() - gw->started_ns) / 1e9);
+	cJSON_AddStringToObject(o, "listen", gw->cfg->listen);
+	cJSON_AddStringToObject(o, "data_dir", gw->cfg->data_dir);
+	cJSON_AddNumberToObject(o, "functions", (double)gw->nlive);
+	cJSON_AddNumberToObject(o, "requests_total", (double)atomic_load(&gw->requests));
+	cJSON_AddNumberToObject(o, "inflight", (double)atomic_load(&gw->inflight) - 1);
+	for (i = 0; i < TIER_COUNT; i++)
+		cJSON_AddItemToArray(tiers, cJSON_CreateString(gw->tiers[i].ops->name));
+	cJSON_AddItemToObject(o, "tiers", tiers);
+	admin_json(inv, 200, o);
+}
+
+static void admin_metrics(struct gw *gw, struct inv *inv)
+{
+	static const char ctype[] = "text/plain; version=0.0.4";
+	struct strbuf sb = STRBUF_INIT;
+	size_t len;
+	char *text;
+
+	gw_metrics_render(gw, &sb);
+	text = sb_detach(&sb, &len);
+	if (!text) {
+		inv_fail(inv, 500, "internal", "out of memory");
+		return;
+	}
+	inv->resp.status = 200;
+	inv_resp_add_header(inv, "content-type", 12, ctype, sizeof(ctype) - 1);
+	inv_resp_set_body(inv, text, len);
+}
+
+/* ---- dispatch ---- */
+
+static int admin_is(const struct inv *inv, const char *method)
+{
+	return !strcmp(inv->req.method, method);
+}
+
+/* Splits /_stoke/functions/NAME[/logs]; returns 0 when path is not of that shape. */
+static int admin_fn_path(const char *path, char *name, size_t len, const char **sub)
+{
+	static const char prefix[] = "/_stoke/functions/";
+	const char *p = path + sizeof(prefix) - 1, *slash;
+	size_t n;
+
+	if (strncmp(path, prefix, sizeof(prefix) - 1))
+		return 0;
+	slash = strchr(p, '/');
+	n = slash ? (size_t)(slash - p) : strlen(p);
+	if (n >= len)
+		return 0;
+	memcpy(name, p, n);
+	name[n] = '\0';
+	*sub = slash ? slash : "";
+	return 1;
+}
+
+static void admin_fn_route(struct gw *gw, struct inv *inv, const char *name, const char *sub)
+{
+	int write = admin_is(inv, "PUT") || admin_is(inv, "POST");
+
+	if (!mf_valid_name(name, strlen(name))) {
+		struct mf_error err = { .field = "name" };
+
+		snprintf(err.message, sizeof(err.message), "\"%s\" is not a valid function name: "
+			 "use 1-63 characters of a-z, 0-9 and '-', not starting or ending with "
+			 "'-'", name);
+		admin_field_error(inv, &err);
+	} else if (!*sub && write) {
+		admin_deploy(gw, inv, name, 0);
+	} else if (!*sub && admin_is(inv, "GET")) {
+		admin_show(gw, inv, name);
+	} else if (!*sub && admin_is(inv, "DELETE")) {
+		admin_delete(gw, inv, name);
+	} else if (!strcmp(sub, "/logs") && admin_is(inv, "GET")) {
+		admin_logs(gw, inv, name);
+	} else if (!strcmp(sub, "/advise") && write) {
+		admin_deploy(gw, inv, name, 1);
+	} else {
+		inv_fail(inv, 405, "method_not_allowed", "%s %s is not an admin call",
+			 inv->req.method, inv->req.path);
+	}
+}
+
+static void admin_handle(struct gw *gw, struct inv *inv)
+{
+	const char *path = inv->req.path, *sub;
+	char name[128];
+
+	if (!strcmp(path, "/_stoke/health"))
+		admin_json(inv, 200, cJSON_Parse("{\"ok\":true}"));
+	else if (!strcmp(path, "/_stoke/status") && admin_is(inv, "GET"))
+		admin_status(gw, inv);
+	else if (!strcmp(path, "/_stoke/metrics") && admin_is(inv, "GET"))
+		admin_metrics(gw, inv);
+	else if (!strcmp(path, "/_stoke/functions") && admin_is(inv, "GET"))
+		admin_list(gw, inv);
+	else if (admin_fn_path(path, name, sizeof(name), &sub))
+		admin_fn_route(gw, inv, name, sub);
+	else
+		inv_fail(inv, 404, "not_found", "no admin call %s %s", inv->req.method, path);
+}
+
+static void *admin_main(void *arg)
+{
+	struct tier *t = arg;
+	struct admin_queue *q = t->priv;
+	struct inv *inv;
+
+	for (;;) {
+		pthread_mutex_lock(&q->lock);
+		while (!q->count && !q->stop)
+			pthread_cond_wait(&q->cond, &q->lock);
+		if (!q->count) {
+			pthread_mutex_unlock(&q->lock);
+			return NULL;
+		}
+		inv = q->items[q->head];
+		q->head = (q->head + 1) % q->cap;
+		q->count--;
+		pthread_mutex_unlock(&q->lock);
+		admin_handle(gw_global, inv);
+		inv_done(inv);
+	}
+}
+
+static int admin_start(struct tier *t)
+{
+	struct admin_queue *q = calloc(1, sizeof(*q));
+
+	if (!q)
+		return -ENOMEM;
+	q->cap = 1024;
+	q->items = calloc(q->cap, sizeof(*q->items));
+	if (!q->items) {
+		free(q);
+		return -ENOMEM;
+	}
+	pthread_mutex_init(&q->lock, NULL);
+	pthread_cond_init(&q->cond, NULL);
+	t->priv = q;
+	return -pthread_create(&q->tid, NULL, admin_main, t);
+}
+
+static void admin_invoke(struct tier *t, struct inv *inv)
+{
+	struct admin_queue *q = t->priv;
+	int full;
+
+	pthread_mutex_lock(&q->lock);
+	full = q->count == q->cap;
+	if (!full) {
+		q->items[(q->head + q->count) % q->cap] = inv;
+		q->count++;
+		pthread_cond_signal(&q->cond);
+	}
+	pthread_mutex_unlock(&q->lock);
+	if (full) {
+		inv_fail(inv, 503, "busy", "too many admin requests queued; retry shortly");
+		inv_done(inv);
+	}
+}
+
+static void admin_stop(struct tier *t)
+{
+	struct admin_queue *q = t->priv;
+
+	if (!q)
+		return;
+	pthread_mutex_lock(&q->lock);
+	q->stop = 1;
+	pthread_cond_signal(&q->cond);
+	pthread_mutex_unlock(&q->lock);
+	pthread_join(q->tid, NULL);
+	free(q->items);
+	free(q);
+	t->priv = NULL;
+}
+
+const struct tier_ops gw_admin_ops = {
+	.name = "admin",
+	.start = admin_start,
+	.invoke = admin_invoke,
+	.stop = admin_stop,
+};
+
+/* ---- loading at start ---- */
+
+static int admin_load_row(void *arg, const struct reg_row *row)
+{
+	struct gw *gw = arg;
+	struct admin_deploy d = { .version = row->version };
+	cJSON *manifest = cJSON_Parse(row->manifest);
+	struct gw_entry *e;
+	int ret;
+
+	snprintf(d.name, sizeof(d.name), "%s", row->name);
+	snprintf(d.dir, sizeof(d.dir), "%s", row->dir);
+	ret = admin_prepare(gw, &d, manifest);
+	cJSON_Delete(manifest);
+	if (!ret) {
+		gw_fn_install(gw, row->name, d.fn, row->deployed_at);
+		return 0;
+	}
+	fn_unref(d.fn);
+	log_error("cannot load %s v%lld: %s", row->name, (long long)row->version,
+		  d.err.message);
+	pthread_rwlock_wrlock(&gw->lock);
+	e = gw_entry_get(gw, row->name, strlen(row->name), 1);
+	if (e) {
+		free(e->load_error);
+		e->load_error = strdup(d.err.message);
+	}
+	pthread_rwlock_unlock(&gw->lock);
+	return 0;
+}
+
+int gw_admin_load(struct gw *gw)
+{
+	return reg_each(gw->reg, admin_load_row, gw);
+}

@@ -1,0 +1,255 @@
+/* `stoke serve`: configuration, data directory, token, registry, tiers, then the loops. */
+#include "daemon.h"
+#include "gateway.h"
+#include "common/fnlog.h"
+#include "common/log.h"
+#include "store/registry.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <limits.h>
+#include <openssl/rand.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+struct gw *gw_global;
+
+static char *daemon_default_data_dir(void)
+{
+	const char *xdg = getenv("XDG_DATA_HOME"), *home = getenv("HOME");
+	char buf[PATH_MAX];
+
+	if (xdg && *xdg)
+		snprintf(buf, sizeof(buf), "%s/stoke", xdg);
+	else if (home && *home)
+		snprintf(buf, sizeof(buf), "%s/.local/share/stoke", home);
+	else
+		return NULL;
+	return strdup(buf);
+}
+
+static char *daemon_default_rootfs_dir(void)
+{
+	const char *cache = getenv("STOKE_CACHE"), *home = getenv("HOME");
+	char buf[PATH_MAX];
+
+	if (cache && *cache)
+		snprintf(buf, sizeof(buf), "%s/rootfs", cache);
+	else
+		snprintf(buf, sizeof(buf), "%s/.cache/stoke/rootfs", home ? home : "/root");
+	return strdup(buf);
+}
+
+int daemon_config_defaults(struct daemon_config *cfg)
+{
+	if (!cfg->listen)
+		cfg->listen = "127.0.0.1:8080";
+	if (!cfg->domain)
+		cfg->domain = "localhost";
+	if (!cfg->data_dir && !(cfg->data_dir = daemon_default_data_dir()))
+		return -ENOENT;
+	if (!cfg->rootfs_dir)
+		cfg->rootfs_dir = daemon_default_rootfs_dir();
+	if (!cfg->max_body)
+		cfg->max_body = 10u << 20;
+	if (!cfg->max_deploy)
+		cfg->max_deploy = 50u << 20;
+	if (!cfg->shutdown_grace_ms)
+		cfg->shutdown_grace_ms = 10000;
+	if (!cfg->log_level)
+		cfg->log_level = LOG_INFO;
+	return 0;
+}
+
+static int daemon_mkdir_p(const char *dir)
+{
+	char path[PATH_MAX], *s;
+
+	snprintf(path, sizeof(path), "%s/", dir);
+	for (s = strchr(path + 1, '/'); s; s = strchr(s + 1, '/')) {
+		*s = '\0';
+		if (mkdir(path, 0700) && errno != EEXIST)
+			return -errno;
+		*s = '/';
+	}
+	return 0;
+}
+
+/* The admin token: created once (0600) and kept, so CLIs keep working across restarts. */
+static int daemon_token(const char *data_dir, char token[65])
+{
+	unsigned char raw[32];
+	char path[PATH_MAX];
+	ssize_t n;
+	int fd, i;
+
+	snprintf(path, sizeof(path), "%s/token", data_dir);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd >= 0) {
+		n = read(fd, token, 64);
+		close(fd);
+		while (n > 0 && (token[n - 1] == '\n' || token[n - 1] == ' '))
+			n--;
+		token[n > 0 ? n : 0] = '\0';
+		return n > 0 ? 0 : -EINVAL;
+	}
+	if (RAND_bytes(raw, sizeof(raw)) != 1)
+		return -EIO;
+	for (i = 0; i < 32; i++)
+		snprintf(token + 2 * i, 3, "%02x", raw[i]);
+	fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return -errno;
+	n = write(fd, token, 64);
+	close(fd);
+	return n == 64 ? 0 : -EIO;
+}
+
+static void daemon_find_vmm(struct gw *gw)
+{
+	static const char *const rel[] = { "stoke-vmm", "../vmm/stoke-vmm" };
+	const char *env = getenv("STOKE_VMM");
+	char exe[PATH_MAX];
+	ssize_t n;
+	size_t i;
+
+	if (env && *env) {
+		snprintf(gw->vmm_path, sizeof(gw->vmm_path), "%s", env);
+		return;
+	}
+	n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+	exe[n > 0 ? n : 0] = '\0';
+	for (i = 0; i < sizeof(rel) / sizeof(rel[0]); i++) {
+		snprintf(gw->vmm_path, sizeof(gw->vmm_path), "%s/%s", dirname(exe), rel[i]);
+		if (!access(gw->vmm_path, X_OK))
+			return;
+		exe[n > 0 ? n : 0] = '\0';
+	}
+}
+
+static int daemon_start_tiers(struct gw *gw)
+{
+	static const struct tier_ops *const ops[TIER_COUNT] = {
+		[TIER_ISOLATE] = &iso_tier_ops, [TIER_VM] = &vm_tier_ops,
+	};
+	int i, ret;
+
+	for (i = 0; i < TIER_COUNT; i++) {
+		struct tier *t = &gw->tiers[i];
+
+		t->ops = ops[i];
+		t->data_dir = gw->cfg->data_dir;
+		t->rootfs_dir = gw->cfg->rootfs_dir;
+		t->vmm_path = gw->vmm_path;
+		t->nworkers = gw->cfg->workers;
+		t->memory_budget = 4ull << 30;
+		ret = t->ops->start(t);
+		if (ret) {
+			log_error("cannot start the %s tier: %s", t->ops->name, strerror(-ret));
+			return ret;
+		}
+	}
+	gw->admin.ops = &gw_admin_ops;
+	return gw->admin.ops->start(&gw->admin);
+}
+
+static void daemon_stop_tiers(struct gw *gw)
+{
+	int i;
+
+	gw->admin.ops->stop(&gw->admin);
+	for (i = 0; i < TIER_COUNT; i++)
+		if (gw->tiers[i].ops && gw->tiers[i].priv)
+			gw->tiers[i].ops->stop(&gw->tiers[i]);
+}
+
+static int daemon_open(struct gw *gw)
+{
+	const struct daemon_config *cfg = gw->cfg;
+	char path[PATH_MAX];
+	int ret;
+
+	ret = daemon_mkdir_p(cfg->data_dir);
+	if (ret) {
+		log_error("cannot create data directory %s: %s", cfg->data_dir, strerror(-ret));
+		return ret;
+	}
+	ret = daemon_token(cfg->data_dir, gw->token);
+	if (ret) {
+		log_error("cannot read or create %s/token: %s", cfg->data_dir, strerror(-ret));
+		return ret;
+	}
+	snprintf(path, sizeof(path), "%s/registry.db", cfg->data_dir);
+	ret = reg_open(path, &gw->reg);
+	if (ret)
+		log_error("cannot open the registry %s", path);
+	return ret;
+}
+
+static void daemon_block_signals(void)
+{
+	sigset_t set;
+
+	signal(SIGPIPE, SIG_IGN);
+	/* Every thread inherits this mask; the main thread takes them with sigwait(). */
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	pthread_sigmask(SIG_BLOCK, &set, NULL);
+}
+
+static void daemon_h2o_config(struct gw *gw)
+{
+	const struct daemon_config *cfg = gw->cfg;
+
+	h2o_config_init(&gw->h2o);
+	gw->h2o.server_name = h2o_iovec_init(H2O_STRLIT("stoke"));
+	/* h2o refuses larger bodies itself; stoke applies the per-route limit with JSON. */
+	gw->h2o.max_request_entity_size = (cfg->max_body > cfg->max_deploy ? cfg->max_body :
+					   cfg->max_deploy) + 1;
+}
+
+static int daemon_nthreads(void)
+{
+	long n = sysconf(_SC_NPROCESSORS_ONLN);
+
+	return n < 1 ? 1 : n > 8 ? 8 : (int)n;
+}
+
+int daemon_run(const struct daemon_config *cfg)
+{
+	struct gw *gw = calloc(1, sizeof(*gw));
+	int ret;
+
+	if (!gw)
+		return -ENOMEM;
+	log_setup((enum log_level)cfg->log_level, cfg->log_json);
+	daemon_block_signals();
+	gw->cfg = cfg;
+	gw->started_ns = gw_now_ns();
+	gw->nthreads = daemon_nthreads();
+	gw_global = gw;
+	fn_set_release_hook(gw_fn_release);
+	fnlog_set_sink(gw_fnlog_sink);
+	daemon_find_vmm(gw);
+	daemon_h2o_config(gw);
+	ret = gw_table_init(gw);
+	if (!ret)
+		ret = daemon_open(gw);
+	if (!ret)
+		ret = daemon_start_tiers(gw);
+	if (!ret && (ret = gw_admin_load(gw)))
+		log_error("cannot read the registry: %s", strerror(-ret));
+	if (!ret)
+		ret = gw_run(gw);
+	daemon_stop_tiers(gw);
+	reg_close(gw->reg);
+	if (!ret)
+		log_info("stopped");
+	return ret;
+}

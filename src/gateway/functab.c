@@ -1,0 +1,170 @@
+/* The table of function names: lookups on every request (read lock), changes from the
+ * admin thread only (write lock). Also the per-function log rings. */
+#include "gateway.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define GW_BUCKETS 16384
+#define GW_LOG_MSG_MAX 8192
+
+static size_t gw_hash(const char *s, size_t len)
+{
+	uint64_t h = 1469598103934665603ull;	/* FNV-1a */
+	size_t i;
+
+	for (i = 0; i < len; i++)
+		h = (h ^ (unsigned char)s[i]) * 1099511628211ull;
+	return (size_t)h;
+}
+
+int gw_table_init(struct gw *gw)
+{
+	gw->nbuckets = GW_BUCKETS;
+	gw->buckets = calloc(gw->nbuckets, sizeof(*gw->buckets));
+	if (!gw->buckets)
+		return -ENOMEM;
+	return -pthread_rwlock_init(&gw->lock, NULL);
+}
+
+static struct gw_entry *gw_entry_new(const char *name, size_t len)
+{
+	struct gw_entry *e = calloc(1, sizeof(*e));
+
+	if (!e)
+		return NULL;
+	memcpy(e->name, name, len);
+	pthread_mutex_init(&e->logs.lock, NULL);
+	e->logs.next_seq = 1;
+	return e;
+}
+
+struct gw_entry *gw_entry_get(struct gw *gw, const char *name, size_t len, int create)
+{
+	struct gw_entry **slot, *e;
+
+	if (len >= sizeof(e->name))
+		return NULL;
+	slot = &gw->buckets[gw_hash(name, len) % gw->nbuckets];
+	for (e = *slot; e; e = e->next) {
+		if (strlen(e->name) == len && !memcmp(e->name, name, len))
+			return e;
+	}
+	if (!create)
+		return NULL;
+	e = gw_entry_new(name, len);
+	if (e) {
+		e->next = *slot;
+		*slot = e;
+	}
+	return e;
+}
+
+struct fn *gw_fn_lookup(struct gw *gw, const char *name, size_t len, struct gw_entry **entry)
+{
+	struct gw_entry *e;
+	struct fn *fn = NULL;
+
+	pthread_rwlock_rdlock(&gw->lock);
+	e = gw_entry_get(gw, name, len, 0);
+	if (e && e->fn)
+		fn = fn_ref(e->fn);
+	pthread_rwlock_unlock(&gw->lock);
+	*entry = e;
+	return fn;
+}
+
+void gw_fn_install(struct gw *gw, const char *name, struct fn *fn, int64_t deployed_at)
+{
+	struct gw_entry *e;
+	struct fn *old;
+
+	pthread_rwlock_wrlock(&gw->lock);
+	e = gw_entry_get(gw, name, strlen(name), 1);
+	if (!e) {
+		pthread_rwlock_unlock(&gw->lock);
+		fn_unref(fn);
+		return;
+	}
+	old = e->fn;
+	e->fn = fn;
+	e->deployed_at = deployed_at;
+	free(e->load_error);
+	e->load_error = NULL;
+	gw->nlive += (fn != NULL) - (old != NULL);
+	pthread_rwlock_unlock(&gw->lock);
+	if (old) {
+		gw->tiers[old->tier].ops->retire(&gw->tiers[old->tier], old);
+		fn_unref(old);
+	}
+}
+
+/* The last reference to a version is gone: let its tier free what it built. */
+void gw_fn_release(struct fn *fn)
+{
+	struct tier *t;
+
+	if (!gw_global || !fn->tier_data)
+		return;
+	t = &gw_global->tiers[fn->tier];
+	t->ops->release(t, fn);
+}
+
+static void gw_logring_add(struct gw_logring *r, const char *request_id, const char *stream,
+			   const char *msg, size_t len)
+{
+	struct gw_logline *l;
+	char *copy;
+
+	if (len > GW_LOG_MSG_MAX)
+		len = GW_LOG_MSG_MAX;
+	while (len && (msg[len - 1] == '\n' || msg[len - 1] == '\r'))
+		len--;
+	copy = malloc(len + 1);
+	if (!copy)
+		return;
+	memcpy(copy, msg, len);
+	copy[len] = '\0';
+	pthread_mutex_lock(&r->lock);
+	l = &r->lines[r->next_seq % GW_LOG_RING];
+	free(l->msg);
+	l->seq = r->next_seq++;
+	l->msg = copy;
+	gw_timestamp(l->ts, sizeof(l->ts));
+	snprintf(l->request_id, sizeof(l->request_id), "%s", request_id ? request_id : "");
+	snprintf(l->stream, sizeof(l->stream), "%s", stream);
+	pthread_mutex_unlock(&r->lock);
+}
+
+void gw_fnlog_sink(const char *fn_name, const char *request_id, const char *stream,
+		   const char *msg, size_t len)
+{
+	struct gw *gw = gw_global;
+	struct gw_entry *e;
+
+	pthread_rwlock_rdlock(&gw->lock);
+	e = gw_entry_get(gw, fn_name, strlen(fn_name), 0);
+	pthread_rwlock_unlock(&gw->lock);
+	/* Entries are never freed while the daemon runs, so e stays valid unlocked. */
+	if (e)
+		gw_logring_add(&e->logs, request_id, stream, msg, len);
+}
+
+void gw_table_free(struct gw *gw)
+{
+	struct gw_entry *e, *next;
+	size_t i, j;
+
+	for (i = 0; i < gw->nbuckets; i++) {
+		for (e = gw->buckets[i]; e; e = next) {
+			next = e->next;
+			fn_unref(e->fn);
+			free(e->load_error);
+			for (j = 0; j < GW_LOG_RING; j++)
+				free(e->logs.lines[j].msg);
+			free(e);
+		}
+	}
+	free(gw->buckets);
+}

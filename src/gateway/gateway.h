@@ -1,0 +1,121 @@
+/*
+ * Internals of the daemon: event-loop threads (server.c), routing and responses
+ * (route.c), the admin API (admin.c), the function table with per-function stats and
+ * log rings (functab.c), metrics (metrics.c). Prefix gw_.
+ */
+#ifndef STOKE_GATEWAY_H
+#define STOKE_GATEWAY_H
+
+#include <h2o.h>
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "common/invoke.h"
+#include "common/strbuf.h"
+#include "daemon.h"
+
+struct reg;
+
+#define GW_HIST_BUCKETS 14
+extern const double gw_hist_bounds_ms[GW_HIST_BUCKETS];
+
+/* Counters for one function name; they outlive redeploys (and deletes, until restart). */
+struct gw_stats {
+	atomic_uint_fast64_t by_class[6];	/* index status / 100 */
+	atomic_uint_fast64_t errors;		/* 5xx answers */
+	atomic_uint_fast64_t cold_starts;
+	atomic_uint_fast64_t hist[GW_HIST_BUCKETS + 1];	/* last: +Inf */
+	atomic_uint_fast64_t dur_us_sum;
+};
+
+struct gw_logline {
+	uint64_t seq;
+	char ts[32];
+	char request_id[24];
+	char stream[8];
+	char *msg;
+};
+
+#define GW_LOG_RING 1024
+
+/* The recent log lines of one function, served by `stoke logs`. */
+struct gw_logring {
+	pthread_mutex_t lock;
+	uint64_t next_seq;
+	struct gw_logline lines[GW_LOG_RING];
+};
+
+/* One name in the function table. Entries are never freed while the daemon runs:
+ * a deleted function leaves a tombstone (fn == NULL) that keeps its stats and logs. */
+struct gw_entry {
+	char name[64];
+	struct fn *fn;		/* live version, or NULL; guarded by the table lock */
+	char *load_error;	/* why the stored version could not be loaded at start */
+	int64_t deployed_at;
+	struct gw_stats stats;
+	struct gw_logring logs;
+	struct gw_entry *next;
+};
+
+struct gw_thread;
+
+struct gw {
+	const struct daemon_config *cfg;
+	h2o_globalconf_t h2o;
+	struct gw_thread *threads;
+	int nthreads;
+	struct tier tiers[TIER_COUNT];
+	struct tier admin;
+	struct reg *reg;
+	char token[65];
+	char vmm_path[4096];
+	uint64_t started_ns;
+	atomic_int stopping;
+	atomic_uint_fast64_t requests;
+	atomic_uint_fast64_t inflight;
+	/* the function table */
+	pthread_rwlock_t lock;
+	struct gw_entry **buckets;
+	size_t nbuckets;
+	size_t nlive;
+};
+
+extern struct gw *gw_global;
+
+uint64_t gw_now_ns(void);
+void gw_timestamp(char *buf, size_t len);
+
+/* functab.c */
+int gw_table_init(struct gw *gw);
+/* Finds or creates the entry for name (the table lock must be held for writing). */
+struct gw_entry *gw_entry_get(struct gw *gw, const char *name, size_t len, int create);
+/* Looks name up and returns a reference to its live version, or NULL. */
+struct fn *gw_fn_lookup(struct gw *gw, const char *name, size_t len, struct gw_entry **entry);
+/* Installs fn as the live version of its name (NULL deletes); retires the old one. */
+void gw_fn_install(struct gw *gw, const char *name, struct fn *fn, int64_t deployed_at);
+void gw_fnlog_sink(const char *fn_name, const char *request_id, const char *stream,
+		   const char *msg, size_t len);
+void gw_fn_release(struct fn *fn);
+void gw_table_free(struct gw *gw);
+
+/* route.c */
+int gw_on_req(h2o_handler_t *self, h2o_req_t *req);
+void gw_on_done(h2o_multithread_receiver_t *rx, h2o_linklist_t *messages);
+
+/* admin.c */
+extern const struct tier_ops gw_admin_ops;
+/* Loads every live function from the registry at start. */
+int gw_admin_load(struct gw *gw);
+
+/* metrics.c */
+void gw_stats_record(struct gw_stats *st, int status, uint64_t dur_ns, int cold);
+void gw_metrics_render(struct gw *gw, struct strbuf *out);
+
+/* server.c */
+int gw_run(struct gw *gw);
+
+/* The access log: buffered per loop thread, flushed off the request path. */
+void gw_access_log(struct gw_thread *t, const struct inv *inv, const char *fn,
+		   const char *tier, size_t bytes, int gone);
+
+#endif

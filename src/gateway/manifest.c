@@ -1,0 +1,361 @@
+/* stoke.json: every field is checked, unknown fields are errors (a typo must not be
+ * silently ignored), and whatever is left unset gets a documented default. */
+#include "manifest.h"
+#include "common/strbuf.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define MF_WALL_ISOLATE_MAX_S 30
+
+static int mf_fail(struct mf_error *err, const char *field, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+static int mf_fail(struct mf_error *err, const char *field, const char *fmt, ...)
+{
+	va_list ap;
+
+	snprintf(err->field, sizeof(err->field), "%s", field);
+	va_start(ap, fmt);
+	vsnprintf(err->message, sizeof(err->message), fmt, ap);
+	va_end(ap);
+	return -EINVAL;
+}
+
+int mf_valid_name(const char *name, size_t len)
+{
+	size_t i;
+
+	if (len < 1 || len > 63 || name[0] == '-' || name[len - 1] == '-')
+		return 0;
+	for (i = 0; i < len; i++) {
+		char c = name[i];
+
+		if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-'))
+			return 0;
+	}
+	return 1;
+}
+
+static int mf_string(const cJSON *item, const char *field, const char *const *allowed,
+		     const char **out, struct mf_error *err)
+{
+	size_t i;
+
+	if (!cJSON_IsString(item))
+		return mf_fail(err, field, "%s must be a string", field);
+	if (!allowed) {
+		*out = item->valuestring;
+		return 0;
+	}
+	for (i = 0; allowed[i]; i++) {
+		if (!strcmp(item->valuestring, allowed[i])) {
+			*out = allowed[i];
+			return 0;
+		}
+	}
+	return mf_fail(err, field, "%s must be one of the documented values, not \"%s\"",
+		       field, item->valuestring);
+}
+
+struct mf_limit {
+	const char *key;
+	size_t offset;
+	uint32_t min, max, scale;
+};
+
+static const struct mf_limit mf_limits[] = {
+	{ "cpu_ms", offsetof(struct fn_limits, cpu_ms), 1, 600000, 1 },
+	{ "wall_s", offsetof(struct fn_limits, wall_ms), 1, 3600, 1000 },
+	{ "memory_mb", offsetof(struct fn_limits, memory_mb), 16, 16384, 1 },
+	{ "max_instances", offsetof(struct fn_limits, max_instances), 1, 10000, 1 },
+	{ "concurrency", offsetof(struct fn_limits, concurrency), 1, 1000, 1 },
+	{ "tmp_mb", offsetof(struct fn_limits, tmp_mb), 0, 4096, 1 },
+};
+
+static int mf_parse_limit(const cJSON *item, struct fn_limits *lim, struct mf_error *err)
+{
+	char field[64];
+	size_t i;
+
+	snprintf(field, sizeof(field), "limits.%s", item->string);
+	for (i = 0; i < sizeof(mf_limits) / sizeof(mf_limits[0]); i++) {
+		const struct mf_limit *l = &mf_limits[i];
+		double v = item->valuedouble;
+
+		if (strcmp(item->string, l->key))
+			continue;
+		if (!cJSON_IsNumber(item) || v != (double)(uint32_t)v)
+			return mf_fail(err, field, "%s must be a whole number", field);
+		if (v < l->min || v > l->max)
+			return mf_fail(err, field, "%s must be between %u and %u", field,
+				       l->min, l->max);
+		*(uint32_t *)((char *)lim + l->offset) = (uint32_t)v * l->scale;
+		return 0;
+	}
+	return mf_fail(err, field, "unknown field %s", field);
+}
+
+static int mf_parse_limits(const cJSON *obj, struct fn_limits *lim, struct mf_error *err)
+{
+	const cJSON *item;
+	int ret;
+
+	if (!cJSON_IsObject(obj))
+		return mf_fail(err, "limits", "limits must be an object");
+	cJSON_ArrayForEach(item, obj) {
+		ret = mf_parse_limit(item, lim, err);
+		if (ret)
+			return ret;
+	}
+	return 0;
+}
+
+static int mf_parse_env(const cJSON *obj, struct fn *fn, struct mf_error *err)
+{
+	const cJSON *item;
+	size_t n = 0;
+
+	if (!cJSON_IsObject(obj))
+		return mf_fail(err, "env", "env must be an object of strings");
+	fn->env = calloc((size_t)cJSON_GetArraySize(obj) + 1, sizeof(*fn->env));
+	if (!fn->env)
+		return -ENOMEM;
+	cJSON_ArrayForEach(item, obj) {
+		struct kv *kv = &fn->env[n];
+
+		if (!cJSON_IsString(item))
+			return mf_fail(err, "env", "env.%s must be a string", item->string);
+		kv->name = strdup(item->string);
+		kv->value = strdup(item->valuestring);
+		fn->nenv = ++n;
+		if (!kv->name || !kv->value)
+			return -ENOMEM;
+		kv->name_len = strlen(kv->name);
+		kv->value_len = strlen(kv->value);
+	}
+	return 0;
+}
+
+static const char *const mf_tiers[] = { "auto", "isolate", "vm", NULL };
+static const char *const mf_runtimes[] = { "js", "python3", "native", NULL };
+static const char *const mf_isolations[] = { "standard", "strict", NULL };
+static const char *const mf_states[] = { "none", "keep", NULL };
+
+struct mf_fields {
+	const char *name, *tier, *runtime, *entry, *isolation, *state;
+};
+
+static int mf_parse_field(const cJSON *item, struct fn *fn, struct mf_fields *f,
+			  struct mf_error *err)
+{
+	const char *key = item->string;
+
+	if (!strcmp(key, "name"))
+		return mf_string(item, key, NULL, &f->name, err);
+	if (!strcmp(key, "tier"))
+		return mf_string(item, key, mf_tiers, &f->tier, err);
+	if (!strcmp(key, "runtime"))
+		return mf_string(item, key, mf_runtimes, &f->runtime, err);
+	if (!strcmp(key, "entry"))
+		return mf_string(item, key, NULL, &f->entry, err);
+	if (!strcmp(key, "isolation"))
+		return mf_string(item, key, mf_isolations, &f->isolation, err);
+	if (!strcmp(key, "state"))
+		return mf_string(item, key, mf_states, &f->state, err);
+	if (!strcmp(key, "limits"))
+		return mf_parse_limits(item, &fn->limits, err);
+	if (!strcmp(key, "env"))
+		return mf_parse_env(item, fn, err);
+	return mf_fail(err, key, "unknown field %s", key);
+}
+
+static int mf_file_exists(const char *dir, const char *rel)
+{
+	char path[4096];
+	struct stat st;
+
+	snprintf(path, sizeof(path), "%s/%s", dir, rel);
+	return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+/* Entry files tried, in order, when the manifest names none. */
+static const char *const mf_default_entries[] = {
+	"index.js", "index.mjs", "index.ts", "worker.js", "main.js",
+	"handler.py", "main.py", "index.py", "main", "handler", NULL
+};
+
+static int mf_pick_entry(struct fn *fn, const char *entry, const char *dir,
+			 struct mf_error *err)
+{
+	size_t i;
+
+	if (entry) {
+		if (!*entry || entry[0] == '/' || strstr(entry, ".."))
+			return mf_fail(err, "entry", "entry must be a relative path inside "
+				       "the function");
+		if (!mf_file_exists(dir, entry))
+			return mf_fail(err, "entry", "entry file %s is not among the "
+				       "deployed files", entry);
+		snprintf(fn->entry, sizeof(fn->entry), "%s", entry);
+		return 0;
+	}
+	for (i = 0; mf_default_entries[i]; i++) {
+		if (mf_file_exists(dir, mf_default_entries[i])) {
+			snprintf(fn->entry, sizeof(fn->entry), "%s", mf_default_entries[i]);
+			return 0;
+		}
+	}
+	return mf_fail(err, "entry", "no entry file: name one with \"entry\" or deploy "
+		       "index.js, index.ts or handler.py");
+}
+
+static int mf_has_suffix(const char *s, const char *suffix)
+{
+	size_t n = strlen(s), m = strlen(suffix);
+
+	return n >= m && !strcmp(s + n - m, suffix);
+}
+
+static int mf_is_js_entry(const char *entry)
+{
+	return mf_has_suffix(entry, ".js") || mf_has_suffix(entry, ".mjs") ||
+	       mf_has_suffix(entry, ".ts") || mf_has_suffix(entry, ".mts") ||
+	       mf_has_suffix(entry, ".wasm");
+}
+
+static const char *mf_default_runtime(const struct fn *fn)
+{
+	if (mf_is_js_entry(fn->entry))
+		return "js";
+	if (mf_has_suffix(fn->entry, ".py"))
+		return "python3";
+	return "native";
+}
+
+/* Each rule that sends a function to a micro-VM, with the reason it gives. */
+static int mf_vm_reasons(const struct fn *fn, struct strbuf *why)
+{
+	int n = 0;
+
+	if (strcmp(fn->runtime, "js")) {
+		sb_printf(why, "runtime %s runs only in a micro-VM\n", fn->runtime);
+		n++;
+	}
+	if (fn->limits.wall_ms > MF_WALL_ISOLATE_MAX_S * 1000) {
+		sb_printf(why, "wall-time limit %u s is over the isolate tier's %d s\n",
+			  fn->limits.wall_ms / 1000, MF_WALL_ISOLATE_MAX_S);
+		n++;
+	}
+	if (fn->strict) {
+		sb_adds(why, "isolation strict asks for a hardware-isolated micro-VM\n");
+		n++;
+	}
+	if (fn->keep_state) {
+		sb_adds(why, "state keep needs memory kept across requests (micro-VM)\n");
+		n++;
+	}
+	return n;
+}
+
+static int mf_choose_tier(struct fn *fn, const char *tier, char *reasons, size_t rlen,
+			  struct mf_error *err)
+{
+	struct strbuf why = STRBUF_INIT;
+	int vm = mf_vm_reasons(fn, &why);
+	int ret = 0;
+
+	if (!strcmp(tier, "isolate") && vm) {
+		ret = mf_fail(err, "tier", "tier isolate cannot run this function: %s",
+			      why.buf);
+		err->message[strcspn(err->message, "\n")] = '\0';
+	} else if (!strcmp(tier, "auto")) {
+		fn->tier = vm ? TIER_VM : TIER_ISOLATE;
+		if (!vm)
+			sb_printf(&why, "%s needs no native code: a V8 isolate starts fastest "
+				  "and uses least memory\n", fn->entry);
+	} else {
+		fn->tier = !strcmp(tier, "vm") ? TIER_VM : TIER_ISOLATE;
+		sb_printf(&why, "tier %s was asked for\n", tier);
+	}
+	snprintf(reasons, rlen, "%s", why.buf ? why.buf : "");
+	sb_free(&why);
+	return ret;
+}
+
+static void mf_default_limits(struct fn_limits *l, enum fn_tier tier)
+{
+	if (!l->cpu_ms)
+		l->cpu_ms = 50;
+	if (!l->wall_ms)
+		l->wall_ms = 30000;
+	if (!l->memory_mb)
+		l->memory_mb = tier == TIER_VM ? 256 : 128;
+	if (!l->max_instances)
+		l->max_instances = 16;
+	if (!l->concurrency)
+		l->concurrency = 1;
+	if (!l->tmp_mb)
+		l->tmp_mb = 64;
+}
+
+static int mf_finish(struct fn *fn, const struct mf_fields *f, const char *dir,
+		     char *reasons, size_t rlen, struct mf_error *err)
+{
+	int ret;
+
+	ret = mf_pick_entry(fn, f->entry, dir, err);
+	if (ret)
+		return ret;
+	snprintf(fn->runtime, sizeof(fn->runtime), "%s",
+		 f->runtime ? f->runtime : mf_default_runtime(fn));
+	if (!strcmp(fn->runtime, "js") && !mf_is_js_entry(fn->entry))
+		return mf_fail(err, "runtime", "runtime js needs a .js, .mjs, .ts or .wasm "
+			       "entry, not %s", fn->entry);
+	fn->strict = f->isolation && !strcmp(f->isolation, "strict");
+	fn->keep_state = f->state && !strcmp(f->state, "keep");
+	ret = mf_choose_tier(fn, f->tier ? f->tier : "auto", reasons, rlen, err);
+	if (ret)
+		return ret;
+	mf_default_limits(&fn->limits, fn->tier);
+	fn->dir = strdup(dir);
+	return fn->dir ? 0 : -ENOMEM;
+}
+
+int mf_parse(const cJSON *manifest, const char *name, const char *dir,
+	     struct fn **out, char *reasons, size_t rlen, struct mf_error *err)
+{
+	struct mf_fields f = { 0 };
+	const cJSON *item;
+	struct fn *fn;
+	int ret = 0;
+
+	memset(err, 0, sizeof(*err));
+	if (manifest && !cJSON_IsObject(manifest))
+		return mf_fail(err, "manifest", "the manifest must be a JSON object");
+	fn = calloc(1, sizeof(*fn));
+	if (!fn)
+		return -ENOMEM;
+	atomic_init(&fn->refs, 1);
+	snprintf(fn->name, sizeof(fn->name), "%s", name);
+	for (item = manifest ? manifest->child : NULL; item && !ret; item = item->next)
+		ret = mf_parse_field(item, fn, &f, err);
+	if (!ret && f.name && strcmp(f.name, name))
+		ret = mf_fail(err, "name", "manifest name \"%s\" differs from the deployed "
+			      "name \"%s\"", f.name, name);
+	if (!ret)
+		ret = mf_finish(fn, &f, dir, reasons, rlen, err);
+	if (ret) {
+		fn_unref(fn);
+		return ret;
+	}
+	*out = fn;
+	return 0;
+}

@@ -1,0 +1,30 @@
+/*
+ * The function manifest (stoke.json): validation, defaults and the choice of tier.
+ * The manifest format is documented in the README ("The manifest").
+ */
+#ifndef STOKE_MANIFEST_H
+#define STOKE_MANIFEST_H
+
+#include "common/invoke.h"
+
+struct cJSON;
+
+/* What went wrong with a manifest, for a 400 answer that names the field. */
+struct mf_error {
+	char field[64];
+	char message[512];
+};
+
+/* A DNS label: [a-z0-9-], 1-63 characters, no leading or trailing '-'. */
+int mf_valid_name(const char *name, size_t len);
+
+/*
+ * Builds a struct fn (refs = 1, version unset) from a manifest object for the files
+ * already written to dir: fills defaults, picks the entry file when none is named, and
+ * chooses the tier. reasons receives why that tier, one reason per line (for deploy
+ * answers and `stoke advise`). Returns 0, or -EINVAL with err filled.
+ */
+int mf_parse(const struct cJSON *manifest, const char *name, const char *dir,
+	     struct fn **out, char *reasons, size_t rlen, struct mf_error *err);
+
+#endif

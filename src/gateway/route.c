@@ -1,0 +1,419 @@
+/*
+ * The request path: route a request to a function (or the admin API), hand it to a
+ * tier as a struct inv, and write the answer when the tier hands it back through the
+ * loop thread's message queue. Runs on the event-loop threads only.
+ */
+#include "gateway.h"
+#include "manifest.h"
+#include "server.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define GW_MAX_HEADER_BYTES (64 * 1024)
+
+/* Ties an invocation to its h2o request; the request may die first (client gone). */
+struct gw_inv {
+	struct inv inv;		/* first, so inv_free() frees the whole */
+	h2o_multithread_message_t msg;
+	struct gw_thread *thread;
+	h2o_req_t *req;		/* NULL once the request's memory is gone */
+	struct gw_inv **slot;	/* lives in the request's pool */
+	struct gw_entry *entry;	/* stats; NULL for the admin API */
+	int responded;
+};
+
+static const char gw_json[] = "application/json";
+
+void gw_send_json(h2o_req_t *req, int status, const char *body, size_t len)
+{
+	static h2o_generator_t gen = { NULL, NULL };
+	h2o_iovec_t buf = h2o_strdup(&req->pool, body, len);
+
+	req->res.status = status;
+	req->res.reason = "";
+	req->res.content_length = len;
+	h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, gw_json,
+		       sizeof(gw_json) - 1);
+	h2o_start_response(req, &gen);
+	h2o_send(req, &buf, 1, H2O_SEND_STATE_FINAL);
+}
+
+/* Answers an error stoke itself produces: always a JSON body. */
+void gw_send_error(h2o_req_t *req, int status, const char *kind, const char *msg)
+{
+	struct strbuf sb = STRBUF_INIT;
+
+	sb_adds(&sb, "{\"error\":");
+	sb_json_str(&sb, kind, strlen(kind));
+	sb_adds(&sb, ",\"message\":");
+	sb_json_str(&sb, msg, strlen(msg));
+	sb_adds(&sb, "}\n");
+	if (sb_failed(&sb))
+		h2o_send_error_generic(req, 500, "Internal Server Error", "out of memory\n", 0);
+	else
+		gw_send_json(req, status, sb.buf, sb.len);
+	sb_free(&sb);
+}
+
+static void gw_on_req_dispose(void *p)
+{
+	struct gw_inv *gi = *(struct gw_inv **)p;
+
+	if (!gi)
+		return;
+	if (gi->responded) {
+		inv_free(&gi->inv);
+		return;
+	}
+	gi->req = NULL;		/* still running: gw_finish frees it */
+	gi->slot = NULL;
+}
+
+static void gw_post_done(struct inv *inv)
+{
+	struct gw_inv *gi = (struct gw_inv *)inv;
+
+	h2o_multithread_send_message(&gi->thread->done_rx, &gi->msg);
+}
+
+static char *gw_dup(const char *s, size_t len)
+{
+	char *p = malloc(len + 1);
+
+	if (p) {
+		memcpy(p, s, len);
+		p[len] = '\0';
+	}
+	return p;
+}
+
+static int gw_copy_headers(struct inv_request *r, const h2o_req_t *req)
+{
+	size_t i;
+
+	r->headers = calloc(req->headers.size + 1, sizeof(*r->headers));
+	if (!r->headers)
+		return -1;
+	for (i = 0; i < req->headers.size; i++) {
+		const h2o_header_t *h = &req->headers.entries[i];
+		struct kv *kv = &r->headers[i];
+
+		kv->name = gw_dup(h->name->base, h->name->len);
+		kv->value = gw_dup(h->value.base, h->value.len);
+		r->nheaders = i + 1;
+		if (!kv->name || !kv->value)
+			return -1;
+		kv->name_len = h->name->len;
+		kv->value_len = h->value.len;
+	}
+	return 0;
+}
+
+static const char *gw_host(const h2o_req_t *req)
+{
+	const char *auth = req->input.authority.len ? req->input.authority.base : "localhost";
+
+	return auth;
+}
+
+/* path is what the function sees (starting with '/'); q points at '?' or is NULL. */
+static int gw_fill_request(struct inv_request *r, const h2o_req_t *req, const char *path,
+			   size_t plen)
+{
+	const char *q = memchr(path, '?', plen);
+	size_t path_len = q ? (size_t)(q - path) : plen;
+	size_t hlen = req->input.authority.len ? req->input.authority.len : 9;
+	struct strbuf url = STRBUF_INIT;
+
+	sb_adds(&url, "http://");
+	sb_add(&url, gw_host(req), hlen);
+	sb_add(&url, path, plen);
+	r->url = sb_detach(&url, NULL);
+	r->method = gw_dup(req->input.method.base, req->input.method.len);
+	r->path = gw_dup(path, path_len);
+	r->query = q ? gw_dup(q + 1, plen - path_len - 1) : gw_dup("", 0);
+	r->body = gw_dup(req->entity.base ? req->entity.base : "", req->entity.len);
+	r->body_len = req->entity.len;
+	if (!r->url || !r->method || !r->path || !r->query || !r->body)
+		return -1;
+	return gw_copy_headers(r, req);
+}
+
+static void gw_new_request_id(char *buf, size_t len)
+{
+	static atomic_uint_fast64_t counter;
+	static uint32_t boot;
+
+	if (!boot)
+		boot = (uint32_t)(gw_now_ns() ^ (uint64_t)getpid() << 16) | 1;
+	snprintf(buf, len, "%08x%08llx", boot,
+		 (unsigned long long)atomic_fetch_add(&counter, 1) & 0xffffffffull);
+}
+
+static struct gw_inv *gw_inv_new(struct gw_thread *t, h2o_req_t *req, const char *path,
+				 size_t plen)
+{
+	struct gw_inv *gi = calloc(1, sizeof(*gi));
+
+	if (!gi)
+		return NULL;
+	gi->thread = t;
+	gi->req = req;
+	gi->inv.on_done = gw_post_done;
+	gi->inv.start_ns = gw_now_ns();
+	gw_new_request_id(gi->inv.request_id, sizeof(gi->inv.request_id));
+	if (gw_fill_request(&gi->inv.req, req, path, plen)) {
+		inv_free(&gi->inv);
+		return NULL;
+	}
+	gi->slot = h2o_mem_alloc_shared(&req->pool, sizeof(*gi->slot), gw_on_req_dispose);
+	*gi->slot = gi;
+	return gi;
+}
+
+static void gw_dispatch(struct gw_thread *t, h2o_req_t *req, struct tier *tier,
+			struct fn *fn, struct gw_entry *e, const char *path, size_t plen)
+{
+	struct gw_inv *gi = gw_inv_new(t, req, path, plen);
+
+	if (!gi) {
+		fn_unref(fn);
+		gw_send_error(req, 503, "overloaded", "out of memory for this request");
+		return;
+	}
+	gi->inv.fn = fn;
+	gi->entry = e;
+	atomic_fetch_add(&t->gw->inflight, 1);
+	atomic_fetch_add(&t->gw->requests, 1);
+	tier->ops->invoke(tier, &gi->inv);
+}
+
+static int gw_headers_too_big(const h2o_req_t *req)
+{
+	size_t i, total = req->input.path.len;
+
+	for (i = 0; i < req->headers.size; i++)
+		total += req->headers.entries[i].name->len + req->headers.entries[i].value.len + 4;
+	return total > GW_MAX_HEADER_BYTES;
+}
+
+/* Host: NAME.<domain>[:port] routes to NAME with the path unchanged. */
+static int gw_route_host(const struct gw *gw, const h2o_req_t *req, const char **name,
+			 size_t *len)
+{
+	const char *host = req->input.authority.base, *colon, *dot;
+	size_t hlen = req->input.authority.len, dlen = strlen(gw->cfg->domain);
+
+	if (!hlen || host[0] == '[')
+		return 0;
+	colon = memchr(host, ':', hlen);
+	if (colon)
+		hlen = (size_t)(colon - host);
+	dot = memchr(host, '.', hlen);
+	if (!dot || hlen - (size_t)(dot + 1 - host) != dlen ||
+	    strncasecmp(dot + 1, gw->cfg->domain, dlen))
+		return 0;
+	*name = host;
+	*len = (size_t)(dot - host);
+	return 1;
+}
+
+/* /fn/NAME/rest routes to NAME, which sees /rest. */
+static int gw_route_path(const h2o_req_t *req, const char **name, size_t *len,
+			 const char **rest, size_t *rlen)
+{
+	const char *p = req->input.path.base, *end = p + req->input.path.len, *s;
+
+	if (req->input.path.len < 4 || memcmp(p, "/fn/", 4))
+		return 0;
+	p += 4;
+	for (s = p; s < end && *s != '/' && *s != '?'; s++)
+		;
+	*name = p;
+	*len = (size_t)(s - p);
+	*rest = s;
+	*rlen = (size_t)(end - s);
+	return 1;
+}
+
+static void gw_route_fn(struct gw_thread *t, h2o_req_t *req, const char *name, size_t len,
+			const char *path, size_t plen)
+{
+	struct gw *gw = t->gw;
+	struct gw_entry *e;
+	struct fn *fn;
+	char msg[160];
+
+	if (!mf_valid_name(name, len)) {
+		gw_send_error(req, 404, "not_found", "not a function name: names are 1-63 "
+			      "characters of a-z, 0-9 and '-'");
+		return;
+	}
+	fn = gw_fn_lookup(gw, name, len, &e);
+	if (!fn) {
+		snprintf(msg, sizeof(msg), "no function named %.*s", (int)len, name);
+		gw_send_error(req, e && e->load_error ? 503 : 404,
+			      e && e->load_error ? "unavailable" : "not_found",
+			      e && e->load_error ? e->load_error : msg);
+		return;
+	}
+	if (req->entity.len > gw->cfg->max_body) {
+		fn_unref(fn);
+		snprintf(msg, sizeof(msg), "request body over the %zu-byte limit",
+			 gw->cfg->max_body);
+		gw_send_error(req, 413, "body_too_large", msg);
+		return;
+	}
+	if (!plen) {
+		path = "/";
+		plen = 1;
+	} else if (path[0] == '?') {
+		/* /fn/NAME?x=1: the function sees /?x=1 */
+		char *p = h2o_mem_alloc_pool(&req->pool, plen + 2);
+
+		p[0] = '/';
+		memcpy(p + 1, path, plen);
+		path = p;
+		plen++;
+	}
+	gw_dispatch(t, req, &gw->tiers[fn->tier], fn, e, path, plen);
+}
+
+static int gw_is_admin(const h2o_req_t *req)
+{
+	const h2o_iovec_t *p = &req->input.path;
+
+	return p->len >= 7 && !memcmp(p->base, "/_stoke", 7) &&
+	       (p->len == 7 || p->base[7] == '/' || p->base[7] == '?');
+}
+
+static int gw_authorized(const struct gw *gw, const h2o_req_t *req)
+{
+	ssize_t i = h2o_find_header(&req->headers, H2O_TOKEN_AUTHORIZATION, -1);
+	const h2o_iovec_t *v;
+	unsigned char diff = 0;
+	size_t k, tlen = strlen(gw->token);
+
+	if (i < 0)
+		return 0;
+	v = &req->headers.entries[i].value;
+	if (v->len != 7 + tlen || strncasecmp(v->base, "Bearer ", 7))
+		return 0;
+	for (k = 0; k < tlen; k++)	/* constant time: no early exit on a mismatch */
+		diff |= (unsigned char)(v->base[7 + k] ^ gw->token[k]);
+	return diff == 0;
+}
+
+static void gw_route_admin(struct gw_thread *t, h2o_req_t *req)
+{
+	struct gw *gw = t->gw;
+	int health = h2o_memis(req->input.path.base, req->input.path.len,
+			       H2O_STRLIT("/_stoke/health"));
+
+	if (!health && !gw_authorized(gw, req)) {
+		gw_send_error(req, 401, "unauthorized", "admin requests need 'Authorization: "
+			      "Bearer TOKEN' (the token file is in the data directory)");
+		return;
+	}
+	if (req->entity.len > gw->cfg->max_deploy) {
+		gw_send_error(req, 413, "body_too_large", "admin request over the deploy size "
+			      "limit (--max-deploy)");
+		return;
+	}
+	gw_dispatch(t, req, &gw->admin, NULL, NULL, req->input.path.base,
+		    req->input.path.len);
+}
+
+int gw_on_req(h2o_handler_t *self, h2o_req_t *req)
+{
+	struct gw_thread *t = gw_thread_of(req->conn->ctx);
+	const char *name, *rest;
+	size_t len, rlen;
+
+	if (gw_headers_too_big(req)) {
+		gw_send_error(req, 431, "headers_too_large", "request headers over 64 KiB");
+		return 0;
+	}
+	if (gw_route_host(t->gw, req, &name, &len))
+		gw_route_fn(t, req, name, len, req->input.path.base, req->input.path.len);
+	else if (gw_is_admin(req))
+		gw_route_admin(t, req);
+	else if (gw_route_path(req, &name, &len, &rest, &rlen))
+		gw_route_fn(t, req, name, len, rest, rlen);
+	else
+		gw_send_error(req, 404, "not_found", "no route: call a function at /fn/NAME/ "
+			      "or NAME.<domain>; the admin API is under /_stoke/");
+	return 0;
+}
+
+static int gw_hop_by_hop(const struct kv *h)
+{
+	static const char *const names[] = { "connection", "content-length", "keep-alive",
+		"transfer-encoding", "upgrade", "proxy-connection", NULL };
+	size_t i;
+
+	for (i = 0; names[i]; i++) {
+		if (h->name_len == strlen(names[i]) && !strncasecmp(h->name, names[i], h->name_len))
+			return 1;
+	}
+	return 0;
+}
+
+static void gw_respond(struct gw_inv *gi)
+{
+	static h2o_generator_t gen = { NULL, NULL };
+	h2o_req_t *req = gi->req;
+	struct inv_response *r = &gi->inv.resp;
+	h2o_iovec_t body = h2o_iovec_init(r->body ? r->body : "", r->body_len);
+	size_t i;
+
+	req->res.status = r->status ? r->status : 200;
+	req->res.reason = "";
+	req->res.content_length = r->body_len;
+	for (i = 0; i < r->nheaders; i++) {
+		if (gw_hop_by_hop(&r->headers[i]))
+			continue;
+		h2o_add_header_by_str(&req->pool, &req->res.headers, r->headers[i].name,
+				      r->headers[i].name_len, 1, NULL, r->headers[i].value,
+				      r->headers[i].value_len);
+	}
+	h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-stoke-request-id"),
+			      0, NULL, gi->inv.request_id, strlen(gi->inv.request_id));
+	gi->responded = 1;
+	h2o_start_response(req, &gen);
+	h2o_send(req, &body, 1, H2O_SEND_STATE_FINAL);
+}
+
+static void gw_finish(struct gw_inv *gi)
+{
+	struct gw *gw = gi->thread->gw;
+	const char *tier = gi->inv.fn ? gw->tiers[gi->inv.fn->tier].ops->name : "admin";
+	int gone = gi->req == NULL;
+
+	if (!gi->inv.resp.status)
+		inv_fail(&gi->inv, 500, "internal", "the tier returned no response");
+	if (gi->entry)
+		gw_stats_record(&gi->entry->stats, gi->inv.resp.status,
+				gw_now_ns() - gi->inv.start_ns, gi->inv.cold);
+	gw_access_log(gi->thread, &gi->inv, gi->entry ? gi->entry->name : "-", tier,
+		      gi->inv.resp.body_len, gone);
+	atomic_fetch_sub(&gw->inflight, 1);
+	if (gone) {
+		inv_free(&gi->inv);
+		return;
+	}
+	gw_respond(gi);	/* gw_on_req_dispose frees gi once h2o is done with the body */
+}
+
+void gw_on_done(h2o_multithread_receiver_t *rx, h2o_linklist_t *messages)
+{
+	while (!h2o_linklist_is_empty(messages)) {
+		h2o_multithread_message_t *m =
+			H2O_STRUCT_FROM_MEMBER(h2o_multithread_message_t, link, messages->next);
+
+		h2o_linklist_unlink(&m->link);
+		gw_finish(H2O_STRUCT_FROM_MEMBER(struct gw_inv, msg, m));
+	}
+}

@@ -1,0 +1,301 @@
+/*
+ * The HTTP front door: h2o event loops, one per thread, each accepting on its own
+ * SO_REUSEPORT socket so the kernel spreads connections. Shutdown: stop accepting,
+ * let in-flight requests finish within the grace period, then close.
+ */
+#include "server.h"
+#include "common/log.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define GW_ACCESS_FLUSH_BYTES (32 * 1024)
+#define GW_ACCESS_FLUSH_NS (200 * 1000000ull)
+#define GW_LINGER_NS (500 * 1000000ull)
+
+uint64_t gw_now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+void gw_timestamp(char *buf, size_t len)
+{
+	struct timespec ts;
+	struct tm tm;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	gmtime_r(&ts.tv_sec, &tm);
+	snprintf(buf, len, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+		 (tm.tm_mon + 1) % 100, tm.tm_mday % 100, tm.tm_hour % 100, tm.tm_min % 100,
+		 tm.tm_sec % 100, (int)(ts.tv_nsec / 1000000));
+}
+
+static void gw_access_flush(struct gw_thread *t)
+{
+	if (t->access.len && write(STDERR_FILENO, t->access.buf, t->access.len) < 0)
+		(void)0;	/* nowhere left to report a failing stderr */
+	t->access.len = 0;
+	t->access_flushed_ns = gw_now_ns();
+}
+
+void gw_access_log(struct gw_thread *t, const struct inv *inv, const char *fn,
+		   const char *tier, size_t bytes, int gone)
+{
+	double ms = (double)(gw_now_ns() - inv->start_ns) / 1e6;
+	int status = gone ? 499 : inv->resp.status;
+	char ts[32];
+
+	gw_timestamp(ts, sizeof(ts));
+	if (t->gw->cfg->log_json) {
+		sb_printf(&t->access, "{\"ts\":\"%s\",\"level\":\"info\",\"msg\":\"access\","
+			  "\"request_id\":\"%s\",\"method\":", ts, inv->request_id);
+		sb_json_str(&t->access, inv->req.method, strlen(inv->req.method));
+		sb_adds(&t->access, ",\"path\":");
+		sb_json_str(&t->access, inv->req.path, strlen(inv->req.path));
+		sb_printf(&t->access, ",\"status\":%d,\"bytes\":%zu,\"ms\":%.3f,\"function\":"
+			  "\"%s\",\"tier\":\"%s\",\"cold\":%s}\n", status, bytes, ms, fn, tier,
+			  inv->cold ? "true" : "false");
+	} else {
+		sb_printf(&t->access, "%s info  access %s %s %s %d %zuB %.3fms fn=%s tier=%s%s\n",
+			  ts, inv->request_id, inv->req.method, inv->req.path, status, bytes, ms,
+			  fn, tier, inv->cold ? " cold" : "");
+	}
+	if (t->access.len >= GW_ACCESS_FLUSH_BYTES)
+		gw_access_flush(t);
+}
+
+static void gw_on_accept(h2o_socket_t *listener, const char *err)
+{
+	struct gw_thread *t = listener->data;
+	h2o_socket_t *sock;
+
+	if (err)
+		return;
+	sock = h2o_evloop_socket_accept(listener);
+	if (sock)
+		h2o_accept(&t->accept, sock);
+}
+
+static int gw_parse_listen(const char *listen, struct sockaddr_storage *ss, socklen_t *len)
+{
+	struct addrinfo hints = { .ai_flags = AI_NUMERICHOST | AI_NUMERICSERV,
+				  .ai_socktype = SOCK_STREAM };
+	char host[256], *port;
+	struct addrinfo *ai;
+
+	snprintf(host, sizeof(host), "%s", listen);
+	port = strrchr(host, ':');
+	if (!port)
+		return -EINVAL;
+	*port++ = '\0';
+	if (host[0] == '[' && port[-2] == ']') {	/* [::1]:8080 */
+		port[-2] = '\0';
+		memmove(host, host + 1, strlen(host));
+	}
+	if (getaddrinfo(host, port, &hints, &ai))
+		return -EINVAL;
+	memcpy(ss, ai->ai_addr, ai->ai_addrlen);
+	*len = ai->ai_addrlen;
+	freeaddrinfo(ai);
+	return 0;
+}
+
+static int gw_listen_fd(const char *addr)
+{
+	struct sockaddr_storage ss;
+	socklen_t len;
+	int fd, one = 1, ret;
+
+	ret = gw_parse_listen(addr, &ss, &len);
+	if (ret)
+		return ret;
+	fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	if (bind(fd, (struct sockaddr *)&ss, len) || listen(fd, SOMAXCONN)) {
+		ret = -errno;
+		close(fd);
+		return ret;
+	}
+	return fd;
+}
+
+static void gw_stop_accepting(struct gw_thread *t)
+{
+	if (!t->listener)
+		return;
+	h2o_socket_read_stop(t->listener);
+	h2o_socket_close(t->listener);
+	t->listener = NULL;
+	h2o_context_request_shutdown(&t->ctx);
+}
+
+static void gw_on_ctl(h2o_multithread_receiver_t *rx, h2o_linklist_t *messages)
+{
+	struct gw_thread *t = H2O_STRUCT_FROM_MEMBER(struct gw_thread, ctl_rx, rx);
+
+	while (!h2o_linklist_is_empty(messages)) {
+		h2o_multithread_message_t *m =
+			H2O_STRUCT_FROM_MEMBER(h2o_multithread_message_t, link, messages->next);
+
+		h2o_linklist_unlink(&m->link);
+		free(m);
+	}
+	t->stopping = 1;
+	gw_stop_accepting(t);
+}
+
+/*
+ * Done when nothing is in flight and every connection closed, or the grace ran out.
+ * Idle keep-alive connections get a short linger to close on their own, then go.
+ */
+static int gw_drained(struct gw_thread *t, uint64_t deadline, uint64_t *idle_since)
+{
+	uint64_t now = gw_now_ns();
+
+	if (now >= deadline)
+		return 1;
+	if (atomic_load(&t->gw->inflight)) {
+		*idle_since = 0;
+		return 0;
+	}
+	if (h2o_linklist_is_empty(&t->ctx.http1._conns))
+		return 1;
+	if (!*idle_since)
+		*idle_since = now;
+	return now - *idle_since > GW_LINGER_NS;
+}
+
+static void *gw_thread_main(void *arg)
+{
+	struct gw_thread *t = arg;
+	uint64_t deadline = 0, idle_since = 0;
+
+	for (;;) {
+		h2o_evloop_run(t->loop, 100);
+		if (t->access.len && gw_now_ns() - t->access_flushed_ns > GW_ACCESS_FLUSH_NS)
+			gw_access_flush(t);
+		if (!t->stopping)
+			continue;
+		if (!deadline)
+			deadline = gw_now_ns() + (uint64_t)t->gw->cfg->shutdown_grace_ms * 1000000ull;
+		if (gw_drained(t, deadline, &idle_since))
+			break;
+	}
+	gw_access_flush(t);
+	return NULL;
+}
+
+static int gw_thread_init(struct gw *gw, struct gw_thread *t, h2o_hostconf_t *host, int fd)
+{
+	t->gw = gw;
+	t->loop = h2o_evloop_create();
+	h2o_context_init(&t->ctx, t->loop, &gw->h2o);
+	t->accept.ctx = &t->ctx;
+	t->accept.hosts = gw->h2o.hosts;
+	t->queue = h2o_multithread_create_queue(t->loop);
+	h2o_multithread_register_receiver(t->queue, &t->done_rx, gw_on_done);
+	h2o_multithread_register_receiver(t->queue, &t->ctl_rx, gw_on_ctl);
+	t->listener = h2o_evloop_socket_create(t->loop, fd, H2O_SOCKET_FLAG_DONT_READ);
+	t->listener->data = t;
+	h2o_socket_read_start(t->listener, gw_on_accept);
+	t->access_flushed_ns = gw_now_ns();
+	(void)host;
+	return 0;
+}
+
+static void gw_register_handler(struct gw *gw, h2o_hostconf_t **host)
+{
+	h2o_pathconf_t *path;
+	h2o_handler_t *handler;
+
+	*host = h2o_config_register_host(&gw->h2o, h2o_iovec_init(H2O_STRLIT("default")),
+					 65535);
+	path = h2o_config_register_path(*host, "/", 0);
+	handler = h2o_create_handler(path, sizeof(*handler));
+	handler->on_req = gw_on_req;
+}
+
+static void gw_signal_threads(struct gw *gw)
+{
+	int i;
+
+	atomic_store(&gw->stopping, 1);
+	for (i = 0; i < gw->nthreads; i++) {
+		h2o_multithread_message_t *m = calloc(1, sizeof(*m));
+
+		if (m)
+			h2o_multithread_send_message(&gw->threads[i].ctl_rx, m);
+	}
+}
+
+static int gw_wait_signal(void)
+{
+	sigset_t set;
+	int sig = 0;
+
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	sigwait(&set, &sig);
+	return sig;
+}
+
+static int gw_start_threads(struct gw *gw, h2o_hostconf_t *host)
+{
+	int i, fd;
+
+	for (i = 0; i < gw->nthreads; i++) {
+		struct gw_thread *t = &gw->threads[i];
+
+		fd = gw_listen_fd(gw->cfg->listen);
+		if (fd < 0)
+			return fd;
+		t->index = i;
+		gw_thread_init(gw, t, host, fd);
+	}
+	for (i = 0; i < gw->nthreads; i++)
+		pthread_create(&gw->threads[i].tid, NULL, gw_thread_main, &gw->threads[i]);
+	return 0;
+}
+
+int gw_run(struct gw *gw)
+{
+	h2o_hostconf_t *host;
+	int i, ret, sig;
+
+	gw_register_handler(gw, &host);
+	gw->threads = calloc((size_t)gw->nthreads, sizeof(*gw->threads));
+	if (!gw->threads)
+		return -ENOMEM;
+	ret = gw_start_threads(gw, host);
+	if (ret) {
+		log_error("cannot listen on %s: %s", gw->cfg->listen, strerror(-ret));
+		return ret;
+	}
+	log_info("stoke listening on http://%s (data %s, %d loop threads)", gw->cfg->listen,
+		 gw->cfg->data_dir, gw->nthreads);
+	sig = gw_wait_signal();
+	log_info("%s: finishing %llu in-flight requests (at most %u ms), then exiting",
+		 strsignal(sig), (unsigned long long)atomic_load(&gw->inflight),
+		 gw->cfg->shutdown_grace_ms);
+	gw_signal_threads(gw);
+	for (i = 0; i < gw->nthreads; i++)
+		pthread_join(gw->threads[i].tid, NULL);
+	return 0;
+}
