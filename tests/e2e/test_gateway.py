@@ -1,0 +1,300 @@
+"""The daemon's HTTP front door, admin API and registry, end to end over real HTTP."""
+import json
+import os
+import signal
+import socket
+import threading
+import time
+
+from harness import Daemon
+
+HELLO = """export default {
+  async fetch(request, env) {
+    const url = new URL(request.url);
+    const body = request.method === "POST" ? await request.text() : "";
+    return new Response(JSON.stringify({
+      method: request.method, path: url.pathname, query: url.search,
+      host: request.headers.get("host"), body, greeting: env.GREETING || null,
+      xtest: request.headers.get("x-test")}),
+      {headers: {"content-type": "application/json", "x-fn": "hello"}});
+  }
+};
+"""
+
+SLOW = """export default {
+  async fetch(request) {
+    await new Promise(r => setTimeout(r, 600));
+    return new Response("slow done");
+  }
+};
+"""
+
+
+def raw(d, data, timeout=10, read_until_close=True):
+    """Sends raw bytes on one connection and returns everything read back."""
+    with socket.create_connection(("127.0.0.1", d.port), timeout=timeout) as s:
+        s.sendall(data)
+        if read_until_close:
+            s.shutdown(socket.SHUT_WR)
+        chunks = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                b = s.recv(65536)
+            except socket.timeout:
+                break
+            if not b:
+                break
+            chunks.append(b)
+        return b"".join(chunks)
+
+
+def test_health_needs_no_token(d):
+    r = d.request("GET", "/_stoke/health")
+    assert r.status == 200 and r.json() == {"ok": True}
+
+
+def test_admin_requires_token(d):
+    r = d.request("GET", "/_stoke/functions")
+    assert r.status == 401
+    assert r.json()["error"] == "unauthorized"
+    r = d.request("GET", "/_stoke/functions", headers={"Authorization": "Bearer nope"})
+    assert r.status == 401
+
+
+def test_token_file_is_private(d):
+    st = os.stat(os.path.join(d.data_dir, "token"))
+    assert st.st_mode & 0o777 == 0o600
+    assert len(d.token) == 64
+
+
+def test_unknown_function_is_404_json(d):
+    r = d.invoke("no-such-fn")
+    assert r.status == 404
+    assert r.headers["content-type"] == "application/json"
+    assert "no-such-fn" in r.json()["message"]
+
+
+def test_unrouted_path_is_404_json(d):
+    r = d.request("GET", "/elsewhere")
+    assert r.status == 404 and r.json()["error"] == "not_found"
+
+
+def test_deploy_and_invoke_by_path(d):
+    r = d.deploy_files("hello", {"index.js": HELLO}, {"env": {"GREETING": "hi"}})
+    info = r.json()
+    assert info["name"] == "hello" and info["tier"] == "isolate" and info["version"] >= 1
+    r = d.invoke("hello", "/a/b?x=1&y=2", headers={"X-Test": "yes"})
+    assert r.status == 200, r
+    body = r.json()
+    assert body["method"] == "GET" and body["path"] == "/a/b" and body["query"] == "?x=1&y=2"
+    assert body["greeting"] == "hi" and body["xtest"] == "yes"
+    assert r.headers["x-fn"] == "hello"
+    assert len(r.headers["x-stoke-request-id"]) == 16
+
+
+def test_invoke_by_host(d):
+    d.deploy_files("hosted", {"index.js": HELLO})
+    r = d.request("GET", "/p?q=1", host="hosted.localhost:%d" % d.port)
+    assert r.status == 200, r
+    assert r.json()["path"] == "/p" and r.json()["query"] == "?q=1"
+
+
+def test_root_path_and_bare_query(d):
+    d.deploy_files("rooted", {"index.js": HELLO})
+    assert d.request("GET", "/fn/rooted").json()["path"] == "/"
+    r = d.request("GET", "/fn/rooted?z=9").json()
+    assert r["path"] == "/" and r["query"] == "?z=9"
+
+
+def test_post_body_round_trip(d):
+    d.deploy_files("echo", {"index.js": HELLO})
+    r = d.invoke("echo", "/", "POST", body="x" * 100000)
+    assert r.status == 200 and r.json()["body"] == "x" * 100000
+
+
+def test_chunked_request_body(d):
+    d.deploy_files("chunky", {"index.js": HELLO})
+    req = (b"POST /fn/chunky/ HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+           b"Connection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+    out = raw(d, req)
+    assert out.startswith(b"HTTP/1.1 200"), out[:200]
+    assert b'"body":"hello world"' in out
+
+
+def test_keepalive_and_pipelining(d):
+    d.deploy_files("pipe", {"index.js": HELLO})
+    one = b"GET /fn/pipe/%d HTTP/1.1\r\nHost: x\r\n\r\n"
+    req = b"".join(one % i for i in range(5))
+    req += b"GET /fn/pipe/last HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    out = raw(d, req, read_until_close=False)
+    assert out.count(b"HTTP/1.1 200") == 6, out
+    # answers come back in request order
+    positions = [out.index(b'"path":"/%d"' % i) for i in range(5)]
+    assert positions == sorted(positions)
+    assert out.rindex(b'"path":"/last"') > positions[-1]
+
+
+def test_malformed_request_is_400(d):
+    out = raw(d, b"GARBAGE\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 400"), out[:100]
+    assert d.request("GET", "/_stoke/health").status == 200
+
+
+def test_oversized_headers_rejected(d):
+    d.deploy_files("hdr", {"index.js": HELLO})
+    big = {"X-Big-%d" % i: "v" * 8000 for i in range(10)}
+    r = d.invoke("hdr", headers=big)
+    assert r.status in (400, 431), r
+    if r.status == 431:
+        assert r.json()["error"] == "headers_too_large"
+    # 40 KiB of headers is within the 64 KiB limit
+    ok = {"X-Ok-%d" % i: "v" * 8000 for i in range(5)}
+    assert d.invoke("hdr", headers=ok).status == 200
+
+
+def test_oversized_body_is_413(d):
+    d.deploy_files("big", {"index.js": HELLO})
+    r = d.invoke("big", "/", "POST", body=b"x" * (10 * 1024 * 1024 + 10))
+    assert r.status == 413, r
+    assert r.json()["error"] == "body_too_large"
+
+
+def test_deploy_invalid_fields_name_the_field(d):
+    cases = [
+        ({"tier": "gpu"}, "tier"),
+        ({"limits": {"cpu_ms": -5}}, "limits.cpu_ms"),
+        ({"limits": {"memory_mb": "lots"}}, "limits.memory_mb"),
+        ({"limits": {"bogus": 1}}, "limits.bogus"),
+        ({"colour": "red"}, "colour"),
+        ({"env": {"A": 1}}, "env"),
+        ({"entry": "missing.js"}, "entry"),
+        ({"entry": "../etc/passwd"}, "entry"),
+        ({"name": "other"}, "name"),
+        ({"isolation": "paranoid"}, "isolation"),
+        ({"state": "forever"}, "state"),
+    ]
+    for manifest, field in cases:
+        r = d.deploy_files("bad", {"index.js": HELLO}, manifest, expect=400)
+        assert r.json()["field"] == field, (manifest, r.json())
+        assert r.json()["error"] == "invalid_manifest"
+    assert d.invoke("bad").status == 404  # nothing half-deployed
+
+
+def test_deploy_bad_name_and_body(d):
+    r = d.deploy_files("Bad_Name", {"index.js": HELLO}, expect=400)
+    assert r.json()["field"] == "name"
+    r = d.admin("PUT", "/functions/x", None)
+    assert r.status == 400
+    r = d.request("PUT", "/_stoke/functions/x", body=b"{not json", auth=True)
+    assert r.status == 400 and r.json()["error"] == "invalid_request"
+    r = d.admin("PUT", "/functions/x", {"files": {"../../escape.js": "AAAA"}})
+    assert r.status == 400 and r.json()["field"] == "files"
+    r = d.admin("PUT", "/functions/x", {"files": {"a.js": "!!!notbase64"}})
+    assert r.status == 400
+
+
+def test_wrong_explicit_tier_is_400(d):
+    r = d.deploy_files("py-in-isolate", {"handler.py": "def handler(e, c): return 'x'"},
+                       {"tier": "isolate"}, expect=400)
+    assert r.json()["field"] == "tier" and "python3" in r.json()["message"]
+
+
+def test_syntax_error_is_400_with_position(d):
+    r = d.deploy_files("broken", {"index.js": "export default {\n  fetch( {\n};\n"},
+                       expect=400)
+    msg = r.json()["message"]
+    assert "line" in msg, msg
+
+
+def test_redeploy_replaces_version(d):
+    d.deploy_files("ver", {"index.js": "export default {fetch(){return new Response('one')}}"})
+    assert d.invoke("ver").body == b"one"
+    r = d.deploy_files("ver", {"index.js": "export default {fetch(){return new Response('two')}}"})
+    assert d.invoke("ver").body == b"two"
+    assert r.json()["version"] >= 2
+
+
+def test_list_show_delete(d):
+    d.deploy_files("listed", {"index.js": HELLO})
+    names = [f["name"] for f in d.admin("GET", "/functions").json()["functions"]]
+    assert "listed" in names
+    info = d.admin("GET", "/functions/listed").json()
+    assert info["runtime"] == "js" and info["limits"]["cpu_ms"] == 50
+    assert d.admin("DELETE", "/functions/listed").json() == {"deleted": "listed"}
+    assert d.invoke("listed").status == 404
+    assert d.admin("DELETE", "/functions/listed").status == 404
+    assert d.admin("GET", "/functions/listed").status == 404
+
+
+def test_logs_capture_console(d):
+    src = "export default {fetch(){console.log('hello from', 'logs'); return new Response('k')}}"
+    d.deploy_files("logger", {"index.js": src})
+    r = d.invoke("logger")
+    assert r.status == 200
+    rid = r.headers["x-stoke-request-id"]
+    lines = d.admin("GET", "/functions/logger/logs").json()["lines"]
+    assert any(l["msg"] == "hello from logs" and l["request_id"] == rid for l in lines), lines
+    nxt = d.admin("GET", "/functions/logger/logs").json()["next"]
+    assert d.admin("GET", "/functions/logger/logs?since=%d" % nxt).json()["lines"] == []
+
+
+def test_metrics_prometheus(d):
+    d.deploy_files("counted", {"index.js": HELLO})
+    for _ in range(3):
+        d.invoke("counted")
+    r = d.admin("GET", "/metrics")
+    assert r.status == 200 and r.headers["content-type"].startswith("text/plain")
+    text = r.text
+    assert 'stoke_requests_total{function="counted",tier="isolate",code="2xx"} 3' in text
+    assert 'stoke_request_duration_seconds_count{function="counted",tier="isolate"} 3' in text
+    assert "# TYPE stoke_request_duration_seconds histogram" in text
+    assert "stoke_process_resident_bytes" in text
+
+
+def test_status(d):
+    s = d.admin("GET", "/status").json()
+    assert s["listen"] == "127.0.0.1:%d" % d.port and s["uptime_s"] >= 0
+
+
+def test_access_log_has_request_ids(d):
+    d.deploy_files("audited", {"index.js": HELLO})
+    rid = d.invoke("audited").headers["x-stoke-request-id"]
+    deadline = time.monotonic() + 5
+    while rid not in d.logs() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "access %s GET / 200" % rid in d.logs()
+
+
+def test_restart_keeps_deployments():
+    with Daemon() as d:
+        d.deploy_files("kept", {"index.js": HELLO})
+        token = d.token
+        assert d.stop() == 0
+        d.start()
+        assert d.token == token
+        r = d.invoke("kept", "/again")
+        assert r.status == 200 and r.json()["path"] == "/again"
+
+
+def test_graceful_shutdown_finishes_inflight():
+    with Daemon() as d:
+        d.deploy_files("slow", {"index.js": SLOW})
+        results = []
+        t = threading.Thread(target=lambda: results.append(d.invoke("slow")))
+        t.start()
+        time.sleep(0.2)
+        d.proc.send_signal(signal.SIGTERM)
+        t.join(15)
+        assert results and results[0].status == 200 and results[0].body == b"slow done"
+        assert d.proc.wait(15) == 0
+        assert "stopped" in d.logs()
+
+
+def test_json_logs():
+    with Daemon("--log-json") as d:
+        d.deploy_files("j", {"index.js": HELLO})
+        d.invoke("j")
+        d.stop()
+        lines = [json.loads(l) for l in d.logs().splitlines() if l.startswith("{")]
+        assert any(l.get("msg") == "access" and l.get("function") == "j" for l in lines)
