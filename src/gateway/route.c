@@ -26,13 +26,43 @@ struct gw_inv {
 
 static const char gw_json[] = "application/json";
 
+/* RFC 9110 section 15 reason phrases; HTTP/1.1 clients show them to people. */
+static const char *gw_reason(int status)
+{
+	switch (status) {
+	case 200: return "OK";
+	case 201: return "Created";
+	case 204: return "No Content";
+	case 301: return "Moved Permanently";
+	case 302: return "Found";
+	case 304: return "Not Modified";
+	case 307: return "Temporary Redirect";
+	case 308: return "Permanent Redirect";
+	case 400: return "Bad Request";
+	case 401: return "Unauthorized";
+	case 403: return "Forbidden";
+	case 404: return "Not Found";
+	case 405: return "Method Not Allowed";
+	case 413: return "Content Too Large";
+	case 429: return "Too Many Requests";
+	case 431: return "Request Header Fields Too Large";
+	case 500: return "Internal Server Error";
+	case 502: return "Bad Gateway";
+	case 503: return "Service Unavailable";
+	case 504: return "Gateway Timeout";
+	case 507: return "Insufficient Storage";
+	default: return status < 300 ? "OK" : status < 400 ? "Redirect" :
+			status < 500 ? "Client Error" : "Server Error";
+	}
+}
+
 void gw_send_json(h2o_req_t *req, int status, const char *body, size_t len)
 {
 	static h2o_generator_t gen = { NULL, NULL };
 	h2o_iovec_t buf = h2o_strdup(&req->pool, body, len);
 
 	req->res.status = status;
-	req->res.reason = "";
+	req->res.reason = gw_reason(status);
 	req->res.content_length = len;
 	h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, gw_json,
 		       sizeof(gw_json) - 1);
@@ -370,7 +400,7 @@ static void gw_respond(struct gw_inv *gi)
 	size_t i;
 
 	req->res.status = r->status ? r->status : 200;
-	req->res.reason = "";
+	req->res.reason = gw_reason(req->res.status);
 	req->res.content_length = r->body_len;
 	for (i = 0; i < r->nheaders; i++) {
 		if (gw_hop_by_hop(&r->headers[i]))
