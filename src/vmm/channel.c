@@ -1,0 +1,166 @@
+/*
+ * The invocation channel: guest descriptor 3 is relayed byte for byte to the host
+ * socket the daemon gave us. The VMM follows the frame boundaries of what the guest
+ * writes so that it can stop the wall clock when a response is complete and slip its
+ * own statistics frame in between two guest frames.
+ */
+#include "vm.h"
+#include "frame.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <linux/kvm.h>
+
+static struct kvm_run *volatile timer_run;
+
+static void on_wall_timer(int sig)
+{
+	(void)sig;
+	/* Makes a KVM_RUN that has not started yet return at once with EINTR. */
+	if (timer_run)
+		timer_run->immediate_exit = 1;
+}
+
+int chan_arm_timer(struct vm *vm)
+{
+	struct sigevent sev = { 0 };
+	struct sigaction sa = { 0 };
+
+	if (!vm->cfg->wall_ms)
+		return 0;
+	sa.sa_handler = on_wall_timer;
+	if (sigaction(SIGALRM, &sa, NULL) < 0)
+		return -errno;
+	sev.sigev_notify = SIGEV_SIGNAL;
+	sev.sigev_signo = SIGALRM;
+	if (timer_create(CLOCK_MONOTONIC, &sev, &vm->wall_timer) < 0)
+		return -errno;
+	vm->has_wall_timer = 1;
+	timer_run = vm->run;
+	return 0;
+}
+
+static void wall_clock(struct vm *vm, int start)
+{
+	struct itimerspec its = { 0 };
+	uint32_t ms = vm->cfg->wall_ms;
+
+	if (!vm->has_wall_timer)
+		return;
+	if (start) {
+		its.it_value.tv_sec = ms / 1000;
+		its.it_value.tv_nsec = (long)(ms % 1000) * 1000000L;
+	}
+	timer_settime(vm->wall_timer, 0, &its, NULL);
+}
+
+static int write_all(int fd, const void *buf, size_t len)
+{
+	const uint8_t *p = buf;
+	ssize_t n;
+
+	while (len) {
+		n = write(fd, p, len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return n < 0 ? -errno : -EPIPE;
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+/* {"enosys":{"name":count,...}} with the counts new since the last report. */
+static int send_stats(struct vm *vm)
+{
+	char buf[8192], nbuf[32];
+	size_t off = FRAME_HDR_SIZE;
+	int i, first = 1;
+
+	off += (size_t)snprintf(buf + off, sizeof(buf) - off,
+				"{\"syscalls\":%llu,\"enosys\":{",
+				(unsigned long long)vm->nr_syscalls);
+	for (i = 0; i < VM_NR_SYSCALLS && off < sizeof(buf) - 64; i++) {
+		uint64_t d = vm->enosys[i] - vm->enosys_reported[i];
+
+		if (!d)
+			continue;
+		off += (size_t)snprintf(buf + off, sizeof(buf) - off, "%s\"%s\":%llu",
+					first ? "" : ",", sys_name((uint64_t)i, nbuf,
+					sizeof(nbuf)), (unsigned long long)d);
+		vm->enosys_reported[i] = vm->enosys[i];
+		first = 0;
+	}
+	off += (size_t)snprintf(buf + off, sizeof(buf) - off, "}}");
+	frame_hdr_pack((uint8_t *)buf, (uint32_t)(off - FRAME_HDR_SIZE), FRAME_VMM_STATS);
+	return write_all(vm->cfg->channel_fd, buf, off);
+}
+
+long chan_read(struct vm *vm, void *buf, size_t len)
+{
+	ssize_t n;
+
+	do
+		n = read(vm->cfg->channel_fd, buf, len);
+	while (n < 0 && errno == EINTR && !vm->run->immediate_exit);
+	if (n < 0)
+		return -errno;
+	if (n > 0 && !vm->in_request) {
+		vm->in_request = 1;
+		wall_clock(vm, 1);
+	}
+	return n;
+}
+
+/* Consumes up to len written bytes; returns how many belong to the current frame. */
+static size_t track(struct chan_track *t, const uint8_t *p, size_t len, int *frame_done)
+{
+	struct frame_hdr h;
+	size_t used = 0, take;
+
+	*frame_done = 0;
+	while (used < len && t->hdr_len < FRAME_HDR_SIZE) {
+		t->hdr[t->hdr_len++] = p[used++];
+		if (t->hdr_len == FRAME_HDR_SIZE) {
+			frame_hdr_unpack(t->hdr, &h);
+			t->left = h.len;
+			t->type = h.type;
+		}
+	}
+	if (t->hdr_len < FRAME_HDR_SIZE)
+		return used;
+	take = len - used < t->left ? len - used : (size_t)t->left;
+	t->left -= take;
+	used += take;
+	if (!t->left) {
+		*frame_done = 1;
+		t->hdr_len = 0;
+	}
+	return used;
+}
+
+long chan_write(struct vm *vm, const void *buf, size_t len)
+{
+	const uint8_t *p = buf;
+	size_t off = 0, n;
+	int done, r;
+
+	while (off < len) {
+		n = track(&vm->out, p + off, len - off, &done);
+		r = write_all(vm->cfg->channel_fd, p + off, n);
+		if (r)
+			return off ? (long)off : r;
+		off += n;
+		if (done && vm->out.type == FRAME_RESPONSE) {
+			wall_clock(vm, 0);
+			vm->in_request = 0;
+			send_stats(vm);
+		}
+	}
+	return (long)len;
+}

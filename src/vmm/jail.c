@@ -1,0 +1,249 @@
+/* The VMM's sandbox: see jail.h. */
+#include "jail.h"
+#include "vm.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <grp.h>
+#include <sched.h>
+#include <seccomp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define NOBODY 65534
+#define CG_ROOT "/sys/fs/cgroup"
+
+static int write_file(const char *dir, const char *name, const char *val)
+{
+	char path[512];
+	int fd, r = 0;
+
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	fd = open(path, O_WRONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	if (write(fd, val, strlen(val)) < 0)
+		r = -errno;
+	close(fd);
+	return r;
+}
+
+/* cgroup v2 where its controllers are enabled, else the v1 memory and cpu hierarchies. */
+static int cgroup_create(struct jail_config *jc, pid_t pid)
+{
+	char val[64];
+	int r;
+
+	snprintf(val, sizeof(val), "%d", pid);
+	snprintf(jc->cg_paths[0], sizeof(jc->cg_paths[0]), CG_ROOT "/stoke-%s", jc->cgroup);
+	if (access(CG_ROOT "/cgroup.controllers", F_OK) == 0 &&
+	    mkdir(jc->cg_paths[0], 0755) == 0) {
+		snprintf(val, sizeof(val), "%llu", (unsigned long long)jc->mem_bytes);
+		r = write_file(jc->cg_paths[0], "memory.max", val);
+		if (!r)
+			r = write_file(jc->cg_paths[0], "cpu.max", "100000 100000");
+		snprintf(val, sizeof(val), "%d", pid);
+		return r ? r : write_file(jc->cg_paths[0], "cgroup.procs", val);
+	}
+	snprintf(jc->cg_paths[0], sizeof(jc->cg_paths[0]), CG_ROOT "/memory/stoke-%s",
+		 jc->cgroup);
+	snprintf(jc->cg_paths[1], sizeof(jc->cg_paths[1]), CG_ROOT "/cpu/stoke-%s", jc->cgroup);
+	if (mkdir(jc->cg_paths[0], 0755) < 0 || mkdir(jc->cg_paths[1], 0755) < 0)
+		return -errno;
+	snprintf(val, sizeof(val), "%llu", (unsigned long long)jc->mem_bytes);
+	r = write_file(jc->cg_paths[0], "memory.limit_in_bytes", val);
+	if (!r)
+		r = write_file(jc->cg_paths[1], "cpu.cfs_quota_us", "100000");
+	snprintf(val, sizeof(val), "%d", pid);
+	if (!r)
+		r = write_file(jc->cg_paths[0], "cgroup.procs", val);
+	return r ? r : write_file(jc->cg_paths[1], "cgroup.procs", val);
+}
+
+static void cgroup_remove(struct jail_config *jc)
+{
+	int i;
+
+	for (i = 0; i < 2; i++)
+		if (jc->cg_paths[i][0])
+			rmdir(jc->cg_paths[i]);
+}
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+	(void)st;
+	(void)flag;
+	(void)ftw;
+	remove(path);
+	return 0;
+}
+
+void jail_cleanup(struct jail_config *jc)
+{
+	/* Jailed, the tmpfs vanishes with our mount namespace; the parent removes stage. */
+	if (!jc->jail && jc->stage[0])
+		nftw(jc->stage, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+/* The parent half after fork: wait for the VMM, pass its status on, clean up. */
+static void supervise(struct jail_config *jc, pid_t child, int go_fd)
+{
+	int status = 0, r;
+
+	if (jc->cgroup && (r = cgroup_create(jc, child)) < 0)
+		fprintf(stderr, "stoke-vmm: cgroup: %s (continuing without)\n", strerror(-r));
+	if (write(go_fd, "g", 1) < 0)
+		kill(child, SIGKILL);
+	close(go_fd);
+	while (waitpid(child, &status, 0) < 0 && errno == EINTR)
+		;
+	cgroup_remove(jc);
+	rmdir(jc->stage);
+	if (WIFSIGNALED(status))
+		_exit(128 + WTERMSIG(status));
+	_exit(WEXITSTATUS(status));
+}
+
+static int make_stage(struct jail_config *jc)
+{
+	const char *base = getenv("TMPDIR");
+
+	snprintf(jc->stage, sizeof(jc->stage), "%s/stoke-vmm-XXXXXX",
+		 base && strlen(base) < 32 ? base : "/tmp");
+	if (!mkdtemp(jc->stage))
+		return -errno;
+	snprintf(jc->tmp, sizeof(jc->tmp), "%s/tmp", jc->stage);
+	return 0;
+}
+
+static int mount_stage(struct jail_config *jc)
+{
+	char opts[64];
+
+	if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
+		return -errno;
+	snprintf(opts, sizeof(opts), "size=%llu,mode=0755",
+		 (unsigned long long)(jc->tmp_bytes ? jc->tmp_bytes : 4096));
+	if (mount("tmpfs", jc->stage, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, opts) < 0)
+		return -errno;
+	return 0;
+}
+
+int jail_prepare(struct jail_config *jc, struct vm_config *cfg)
+{
+	int go[2], r;
+	pid_t pid;
+	char c;
+
+	r = make_stage(jc);
+	if (r)
+		return r;
+	jc->mem_bytes = cfg->mem_bytes + (64ULL << 20);	/* guest memory + VMM overhead */
+	if (jc->jail) {
+		if (unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC |
+			    CLONE_NEWUTS) < 0)
+			return -errno;
+		if (pipe2(go, O_CLOEXEC) < 0)
+			return -errno;
+		pid = fork();
+		if (pid < 0)
+			return -errno;
+		if (pid > 0) {
+			close(go[0]);
+			if (cfg->channel_fd >= 0)
+				close(cfg->channel_fd);
+			supervise(jc, pid, go[1]);
+		}
+		close(go[1]);
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		if (read(go[0], &c, 1) != 1)
+			_exit(125);
+		close(go[0]);
+		r = mount_stage(jc);
+		if (r)
+			return r;
+	}
+	if (mkdir(jc->tmp, 01777) < 0 || chmod(jc->tmp, 01777) < 0)
+		return -errno;
+	if (cfg->tmp_bytes)
+		cfg->tmp_dir = jc->tmp;
+	return 0;
+}
+
+static int pivot(struct jail_config *jc)
+{
+	if (mkdir(jc->stage, 0755) < 0 && errno != EEXIST)
+		return -errno;
+	if (chdir(jc->stage) < 0 || mkdir("old", 0700) < 0)
+		return -errno;
+	if (syscall(SYS_pivot_root, ".", "old") < 0)
+		return -errno;
+	if (umount2("old", MNT_DETACH) < 0 || rmdir("old") < 0 || chdir("/") < 0)
+		return -errno;
+	return 0;
+}
+
+static int drop_privileges(void)
+{
+	if (setgroups(0, NULL) < 0 || setresgid(NOBODY, NOBODY, NOBODY) < 0 ||
+	    setresuid(NOBODY, NOBODY, NOBODY) < 0)
+		return -errno;
+	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+		return -errno;
+	return 0;
+}
+
+/* What the system-call layer and the run loop use, and nothing else. */
+static const int allowed[] = {
+	SCMP_SYS(read), SCMP_SYS(write), SCMP_SYS(pread64), SCMP_SYS(pwrite64),
+	SCMP_SYS(readv), SCMP_SYS(writev), SCMP_SYS(close), SCMP_SYS(openat2),
+	SCMP_SYS(fstat), SCMP_SYS(newfstatat), SCMP_SYS(statx), SCMP_SYS(lseek),
+	SCMP_SYS(getdents64), SCMP_SYS(readlinkat), SCMP_SYS(mkdirat), SCMP_SYS(unlinkat),
+	SCMP_SYS(renameat), SCMP_SYS(renameat2), SCMP_SYS(ftruncate), SCMP_SYS(fcntl),
+	SCMP_SYS(ioctl), SCMP_SYS(mmap), SCMP_SYS(munmap), SCMP_SYS(madvise), SCMP_SYS(brk),
+	SCMP_SYS(mremap), SCMP_SYS(clock_gettime), SCMP_SYS(clock_getres),
+	SCMP_SYS(clock_nanosleep), SCMP_SYS(nanosleep), SCMP_SYS(gettimeofday),
+	SCMP_SYS(getrandom), SCMP_SYS(sysinfo), SCMP_SYS(exit), SCMP_SYS(exit_group),
+	SCMP_SYS(rt_sigreturn), SCMP_SYS(rt_sigaction), SCMP_SYS(rt_sigprocmask),
+	SCMP_SYS(timer_settime), SCMP_SYS(timer_delete), SCMP_SYS(getpid),
+	SCMP_SYS(futex), SCMP_SYS(time),
+};
+
+static int seccomp_install(void)
+{
+	scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_KILL_PROCESS);
+	size_t i;
+	int r = 0;
+
+	if (!ctx)
+		return -ENOMEM;
+	for (i = 0; i < sizeof(allowed) / sizeof(allowed[0]) && !r; i++)
+		r = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, allowed[i], 0);
+	/* libc may look for locale files when formatting messages: refuse, do not kill. */
+	if (!r)
+		r = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EACCES), SCMP_SYS(openat), 0);
+	if (!r)
+		r = seccomp_load(ctx);
+	seccomp_release(ctx);
+	return r;
+}
+
+int jail_enter(struct jail_config *jc)
+{
+	int r = pivot(jc);
+
+	if (!r)
+		r = drop_privileges();
+	if (!r)
+		r = seccomp_install();
+	return r;
+}

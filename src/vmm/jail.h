@@ -1,0 +1,35 @@
+/*
+ * The VMM's own sandbox. Everything a guest can make the VMM do goes through the
+ * system-call layer, so the VMM process is confined: its own mount, PID, network, IPC
+ * and UTS namespaces; a root directory that is an empty tmpfs (files are reached only
+ * through descriptors opened before); an unprivileged user; a seccomp allow-list; and a
+ * cgroup capping memory and CPU.
+ */
+#ifndef STOKE_VMM_JAIL_H
+#define STOKE_VMM_JAIL_H
+
+#include <stdint.h>
+
+struct vm_config;
+
+struct jail_config {
+	int jail;		/* 0: only create the private /tmp */
+	const char *cgroup;	/* cgroup name to create under the stoke hierarchy, or NULL */
+	uint64_t tmp_bytes;
+	uint64_t mem_bytes;	/* cgroup memory limit */
+	char stage[64];		/* host directory: the tmpfs root of the jail */
+	char tmp[80];
+	char cg_paths[2][256];	/* cgroup directories created (v2: one; v1: memory, cpu) */
+};
+
+/*
+ * Creates the private /tmp (a size-capped tmpfs when jailed) and sets cfg->tmp_dir.
+ * When jailed this forks: the parent stays outside the new PID namespace, waits for the
+ * VMM and cleans up, and never returns.
+ */
+int jail_prepare(struct jail_config *jc, struct vm_config *cfg);
+/* Drops into the jail once the VMM holds every descriptor it needs. */
+int jail_enter(struct jail_config *jc);
+void jail_cleanup(struct jail_config *jc);
+
+#endif

@@ -1,0 +1,171 @@
+/*
+ * stoke-vmm: runs one Linux x86-64 program in a process VM. The daemon's VM tier starts
+ * one per function instance; it can also be run by hand:
+ *
+ *   stoke-vmm --rootfs ~/.cache/stoke/rootfs/python3 -- /usr/bin/python3 -c 'print(42)'
+ *
+ * Exit status: the program's, 128+signal when it faulted, 124 when a request ran past
+ * --wall-ms, 125 when the VMM itself failed.
+ */
+#include "vm.h"
+#include "jail.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define EXIT_VMM_FAILED 125
+
+static const char usage[] =
+	"usage: stoke-vmm [options] -- PROGRAM [ARG...]\n"
+	"  --rootfs DIR     guest root file system (required); PROGRAM is a path in it\n"
+	"  --task DIR       function files, shown at /var/task (also the cwd)\n"
+	"  --mem-mb N       guest memory (default 256)\n"
+	"  --tmp-mb N       size of the private writable /tmp (default 64, 0 for none)\n"
+	"  --wall-ms N      wall-clock limit per request on the channel (default none)\n"
+	"  --channel-fd N   host descriptor relayed as guest descriptor 3\n"
+	"  --env NAME=VAL   environment variable (repeatable)\n"
+	"  --no-jail        skip namespaces, seccomp, cgroup and privilege drop\n"
+	"  --cgroup DIR     cgroup v2 directory to join (the caller sets its limits)\n"
+	"  --stats          print system-call counts to stderr at exit\n";
+
+enum { OPT_ROOTFS = 256, OPT_TASK, OPT_MEM, OPT_TMP, OPT_WALL, OPT_CHAN, OPT_ENV,
+       OPT_NOJAIL, OPT_STATS, OPT_CGROUP };
+
+static const struct option options[] = {
+	{ "rootfs", required_argument, NULL, OPT_ROOTFS },
+	{ "task", required_argument, NULL, OPT_TASK },
+	{ "mem-mb", required_argument, NULL, OPT_MEM },
+	{ "tmp-mb", required_argument, NULL, OPT_TMP },
+	{ "wall-ms", required_argument, NULL, OPT_WALL },
+	{ "channel-fd", required_argument, NULL, OPT_CHAN },
+	{ "env", required_argument, NULL, OPT_ENV },
+	{ "no-jail", no_argument, NULL, OPT_NOJAIL },
+	{ "cgroup", required_argument, NULL, OPT_CGROUP },
+	{ "stats", no_argument, NULL, OPT_STATS },
+	{ NULL, 0, NULL, 0 },
+};
+
+static char *env[128];
+static int nenv;
+
+static int parse_args(int argc, char **argv, struct vm_config *cfg, struct jail_config *jc)
+{
+	int c;
+
+	cfg->mem_bytes = 256ULL << 20;
+	cfg->tmp_bytes = 64ULL << 20;
+	cfg->channel_fd = -1;
+	cfg->jail = 1;
+	cfg->trace = getenv("STOKE_VMM_TRACE") != NULL;
+	while ((c = getopt_long(argc, argv, "", options, NULL)) != -1) {
+		switch (c) {
+		case OPT_ROOTFS: cfg->rootfs = optarg; break;
+		case OPT_TASK: cfg->task_dir = optarg; break;
+		case OPT_MEM: cfg->mem_bytes = strtoull(optarg, NULL, 10) << 20; break;
+		case OPT_TMP: cfg->tmp_bytes = strtoull(optarg, NULL, 10) << 20; break;
+		case OPT_WALL: cfg->wall_ms = (uint32_t)strtoul(optarg, NULL, 10); break;
+		case OPT_CHAN: cfg->channel_fd = atoi(optarg); break;
+		case OPT_ENV:
+			if (nenv < (int)(sizeof(env) / sizeof(env[0])) - 1)
+				env[nenv++] = optarg;
+			break;
+		case OPT_NOJAIL: cfg->jail = 0; break;
+		case OPT_CGROUP: jc->cgroup = optarg; break;
+		case OPT_STATS: cfg->stats = 1; break;
+		default: return -EINVAL;
+		}
+	}
+	if (!cfg->rootfs || optind >= argc)
+		return -EINVAL;
+	cfg->argv = argv + optind;
+	cfg->envp = env;
+	return 0;
+}
+
+static void print_stats(struct vm *vm, double ms)
+{
+	char nb[32];
+	int i;
+
+	fprintf(stderr, "stoke-vmm: %llu system calls in %.1f ms\n",
+		(unsigned long long)vm->nr_syscalls, ms);
+	for (i = 0; i < VM_NR_SYSCALLS; i++)
+		if (vm->counts[i])
+			fprintf(stderr, "  %-18s %6llu%s\n", sys_name((uint64_t)i, nb, sizeof(nb)),
+				(unsigned long long)vm->counts[i], vm->enosys[i] ? "  ENOSYS" : "");
+}
+
+static double now_ms(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (double)t.tv_sec * 1e3 + (double)t.tv_nsec / 1e6;
+}
+
+static int run(struct vm *vm, struct vm_config *cfg, struct jail_config *jc)
+{
+	uint64_t entry, sp;
+	double t0;
+	int r;
+
+	r = vm_create(vm, cfg);
+	if (r)
+		return fprintf(stderr, "stoke-vmm: creating the VM: %s\n", strerror(-r)), r;
+	r = vfs_init(vm);
+	if (r)
+		return fprintf(stderr, "stoke-vmm: %s: %s\n", cfg->rootfs, strerror(-r)), r;
+	r = chan_arm_timer(vm);
+	if (!r && cfg->jail)
+		r = jail_enter(jc);
+	if (r)
+		return fprintf(stderr, "stoke-vmm: jail: %s\n", strerror(-r)), r;
+	r = elf_load_program(vm, &entry, &sp);
+	if (r)
+		return fprintf(stderr, "stoke-vmm: loading %s: %s\n", cfg->argv[0],
+			       strerror(-r)), r;
+	t0 = now_ms();
+	r = vm_run(vm, entry, sp);
+	if (cfg->stats)
+		print_stats(vm, now_ms() - t0);
+	if (r == -EFAULT || r == -EIO || r == -EINTR)
+		fprintf(stderr, "stoke-vmm: %s\n", vm_stop_reason());
+	else if (r)
+		fprintf(stderr, "stoke-vmm: running the VM: %s\n", strerror(-r));
+	return r;
+}
+
+int main(int argc, char **argv)
+{
+	static struct vm vm;
+	struct vm_config cfg = { 0 };
+	struct jail_config jc = { 0 };
+	int r;
+
+	if (parse_args(argc, argv, &cfg, &jc)) {
+		fputs(usage, stderr);
+		return 2;
+	}
+	/* A daemon that went away must not kill us mid-write: writes report EPIPE. */
+	signal(SIGPIPE, SIG_IGN);
+	jc.tmp_bytes = cfg.tmp_bytes;
+	jc.jail = cfg.jail;
+	r = jail_prepare(&jc, &cfg);
+	if (r) {
+		fprintf(stderr, "stoke-vmm: preparing /tmp and the jail: %s\n", strerror(-r));
+		return EXIT_VMM_FAILED;
+	}
+	r = run(&vm, &cfg, &jc);
+	vfs_close_all(&vm);
+	vm_destroy(&vm);
+	jail_cleanup(&jc);
+	if (vm.exit_code)
+		return vm.exit_code;
+	return r ? EXIT_VMM_FAILED : 0;
+}

@@ -1,0 +1,159 @@
+/*
+ * stoke-vmm: one process runs one process VM. A Linux x86-64 program runs in guest user
+ * mode; each of its system calls and faults leaves the guest in one exit and is served
+ * here. All per-VM state lives in struct vm so that a snapshot can later save and
+ * restore it as a unit.
+ */
+#ifndef STOKE_VMM_VM_H
+#define STOKE_VMM_VM_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+#define VM_PAGE		4096UL
+#define VM_NR_FDS	256
+#define VM_NR_SYSCALLS	512
+/* Guest descriptor of the invocation channel (docs/channel-abi.md). */
+#define VM_CHANNEL_FD	3
+
+struct kvm_run;
+
+enum vfd_kind { VFD_FREE = 0, VFD_HOST, VFD_STDIN, VFD_STDOUT, VFD_STDERR, VFD_CHANNEL };
+
+/* One guest file descriptor. VFD_HOST descriptors own host fd `host`. */
+struct vfd {
+	enum vfd_kind kind;
+	int host;
+	int cloexec;
+	int flags;		/* open(2) flags as given (access mode, O_APPEND...) */
+	char *path;		/* guest path, for directory-relative lookups */
+};
+
+/* Guest mount points layered over the root file system. */
+enum vm_mount { VM_MNT_ROOT, VM_MNT_TASK, VM_MNT_TMP, VM_MNT_COUNT };
+
+struct vm_config {
+	const char *rootfs;	/* host directory: the guest's / */
+	const char *task_dir;	/* host directory shown at /var/task, or NULL */
+	const char *tmp_dir;	/* host directory shown at /tmp, or NULL for none */
+	uint64_t mem_bytes;
+	uint64_t tmp_bytes;
+	uint32_t wall_ms;	/* per request; 0 for no limit */
+	int channel_fd;		/* host end of the channel, or -1 */
+	int jail;
+	int stats;		/* print system-call counts at exit */
+	int trace;		/* print every system call (STOKE_VMM_TRACE=1) */
+	char **argv;		/* program (guest path) and its arguments */
+	char **envp;
+};
+
+/* Frame tracker for the guest's outbound channel bytes (see channel.c). */
+struct chan_track {
+	uint8_t hdr[8];
+	uint32_t hdr_len;
+	uint64_t left;		/* payload bytes still to come in the current frame */
+	uint8_t type;
+};
+
+struct vm {
+	const struct vm_config *cfg;
+
+	/* KVM objects */
+	int kvm_fd;
+	int vm_fd;
+	int vcpu_fd;
+	struct kvm_run *run;
+	size_t run_size;
+
+	/* Guest memory: one slot at guest-physical 0, identity mapped. */
+	uint8_t *mem;
+	uint64_t mem_size;
+	uint8_t *page_used;	/* one byte per 4 KiB page: owned by brk, mmap or the loader */
+	uint64_t brk_start;
+	uint64_t brk_cur;
+	uint64_t mmap_top;	/* mappings are placed top-down below this */
+	uint64_t stack_lo;
+
+	/* Files */
+	int mnt_fd[VM_MNT_COUNT];
+	struct vfd fds[VM_NR_FDS];
+	char cwd[256];
+	char exe_path[256];
+	unsigned umask;
+
+	/* Process state the guest can observe */
+	uint64_t fs_base;
+	int fs_dirty;
+	uint64_t tid_address;
+	uint64_t rlimit_stack;
+	/* Signals are recorded, never delivered: a fault ends the program. */
+	uint8_t sigactions[64][32];	/* struct kernel_sigaction per signal */
+	uint64_t sigmask;
+	uint8_t altstack[24];		/* stack_t */
+
+	/* Channel and per-request wall clock */
+	struct chan_track out;
+	int in_request;
+	timer_t wall_timer;
+	int has_wall_timer;
+
+	/* Accounting */
+	uint64_t nr_syscalls;
+	uint64_t counts[VM_NR_SYSCALLS];
+	uint64_t enosys[VM_NR_SYSCALLS];
+	uint64_t enosys_reported[VM_NR_SYSCALLS];
+	int exit_code;
+	int exited;
+};
+
+/* kvm.c: VM, vCPU and the run loop. Return 0 or -errno. */
+int vm_create(struct vm *vm, const struct vm_config *cfg);
+void vm_destroy(struct vm *vm);
+/* Starts the program at entry with stack pointer sp; returns when it exits or dies. */
+int vm_run(struct vm *vm, uint64_t entry, uint64_t sp);
+/* Why the last vm_run stopped, for the operator (set on -EFAULT/-EINTR/-EIO). */
+const char *vm_stop_reason(void);
+
+/* memory.c: guest address space. */
+int gmem_init(struct vm *vm);
+/* Checks that [addr, addr+len) is guest memory; returns a host pointer or NULL. */
+void *gmem_ptr(struct vm *vm, uint64_t addr, uint64_t len);
+/* Copies a NUL-terminated guest string (at most max bytes including NUL). */
+int gmem_str(struct vm *vm, uint64_t addr, char *buf, size_t max);
+/* Reserves len bytes (page multiple) top-down in the mapping area; 0 when full. */
+uint64_t gmem_alloc(struct vm *vm, uint64_t len);
+void gmem_mark(struct vm *vm, uint64_t addr, uint64_t len, int used);
+/* Gives the pages back to the host: they read as zero afterwards. */
+void gmem_zero(struct vm *vm, uint64_t addr, uint64_t len);
+
+/* elf.c: loads cfg->argv[0] (and its interpreter) and builds the initial stack. */
+int elf_load_program(struct vm *vm, uint64_t *entry, uint64_t *sp);
+
+/* files.c: guest paths, descriptors. */
+int vfs_init(struct vm *vm);
+void vfs_close_all(struct vm *vm);
+/* Opens a guest path on the host; flags as for openat(2). Returns a host fd or -errno. */
+int vfs_open(struct vm *vm, int dirfd, const char *path, int flags, int *mnt_out);
+/* Normalized absolute guest path of path, relative to dirfd (or the cwd). */
+int vfs_resolve(struct vm *vm, int dirfd, const char *path, char *abs, size_t max);
+/*
+ * Opens the parent directory of a path for creating or removing an entry; only /tmp
+ * allows it (-EROFS elsewhere). *base points at the last component within path.
+ */
+int vfs_parent(struct vm *vm, int dirfd, const char *path, const char **base);
+struct vfd *vfd_get(struct vm *vm, long fd);
+int vfd_install(struct vm *vm, int host, int min, int cloexec);
+
+/* channel.c: the invocation channel relay. */
+long chan_read(struct vm *vm, void *buf, size_t len);
+long chan_write(struct vm *vm, const void *buf, size_t len);
+int chan_arm_timer(struct vm *vm);
+
+/* syscall.c: Linux system-call layer. */
+/* Runs system call nr; sets vm->exited on exit/exit_group. */
+long sys_dispatch(struct vm *vm, uint64_t nr, const uint64_t *args);
+/* Name of a system call for logs and metrics ("nr_N" when unknown). */
+const char *sys_name(uint64_t nr, char *buf, size_t len);
+
+#endif
