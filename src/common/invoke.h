@@ -33,6 +33,7 @@ struct fn_limits {
 	uint32_t max_instances;
 	uint32_t concurrency;	/* requests one instance serves at once */
 	uint32_t tmp_mb;	/* writable /tmp size (vm) */
+	uint32_t queue;		/* requests waiting beyond max_instances x concurrency */
 };
 
 /*

@@ -7,6 +7,7 @@
 #include "manifest.h"
 #include "common/base64.h"
 #include "common/log.h"
+#include "sched/meter.h"
 #include "store/registry.h"
 
 #include <cjson/cJSON.h>
@@ -489,6 +490,111 @@ static void admin_metrics(struct gw *gw, struct inv *inv)
 	inv_resp_set_body(inv, text, len);
 }
 
+/* ---- usage and cost ---- */
+
+/*
+ * List prices the estimates use unless <data-dir>/prices.json overrides them (same
+ * shape as the "prices" object of the answer). AWS Lambda x86 in us-east-1 and
+ * Cloudflare Workers Standard, as published on 2025-01-01.
+ */
+static const char admin_default_prices[] =
+	"{\"lambda\":{\"per_million_requests\":0.20,\"per_gb_s\":0.0000166667,"
+	"\"as_of\":\"2025-01-01\"},"
+	"\"workers\":{\"per_million_requests\":0.30,\"per_million_cpu_ms\":0.02,"
+	"\"as_of\":\"2025-01-01\"}}";
+
+static cJSON *admin_prices(struct gw *gw)
+{
+	char path[4096];
+	cJSON *p = NULL;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/prices.json", gw->cfg->data_dir);
+	f = fopen(path, "r");
+	if (f) {
+		char buf[4096];
+		size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+
+		buf[n] = '\0';
+		fclose(f);
+		p = cJSON_Parse(buf);
+		if (!cJSON_IsObject(p)) {
+			log_warn("%s is not a JSON object; using the default prices", path);
+			cJSON_Delete(p);
+			p = NULL;
+		}
+	}
+	return p ? p : cJSON_Parse(admin_default_prices);
+}
+
+static double admin_price(const cJSON *prices, const char *vendor, const char *key)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(prices, vendor);
+
+	v = cJSON_GetObjectItemCaseSensitive(v, key);
+	return cJSON_IsNumber(v) ? v->valuedouble : 0;
+}
+
+struct admin_usage {
+	cJSON *rows;
+	const cJSON *prices;
+	double total[2];
+};
+
+static int admin_usage_row(void *arg, const struct meter_usage *u)
+{
+	struct admin_usage *a = arg;
+	cJSON *o = cJSON_CreateObject();
+	double req_m = (double)u->invocations / 1e6;
+	double lambda = req_m * admin_price(a->prices, "lambda", "per_million_requests") +
+			u->gb_s * admin_price(a->prices, "lambda", "per_gb_s");
+	double workers = req_m * admin_price(a->prices, "workers", "per_million_requests") +
+			 u->cpu_ms / 1e6 * admin_price(a->prices, "workers", "per_million_cpu_ms");
+
+	cJSON_AddStringToObject(o, "function", u->function);
+	cJSON_AddStringToObject(o, "tier", u->tier);
+	cJSON_AddNumberToObject(o, "invocations", (double)u->invocations);
+	cJSON_AddNumberToObject(o, "cold_starts", (double)u->cold);
+	cJSON_AddNumberToObject(o, "errors", (double)u->errors);
+	cJSON_AddNumberToObject(o, "wall_ms", u->wall_ms);
+	cJSON_AddNumberToObject(o, "cpu_ms", u->cpu_ms);
+	cJSON_AddNumberToObject(o, "gb_s", u->gb_s);
+	cJSON_AddNumberToObject(o, "cost_lambda_usd", lambda);
+	cJSON_AddNumberToObject(o, "cost_workers_usd", workers);
+	cJSON_AddItemToArray(a->rows, o);
+	a->total[0] += lambda;
+	a->total[1] += workers;
+	return 0;
+}
+
+static void admin_usage(struct gw *gw, struct inv *inv)
+{
+	char function[64] = "";
+	const char *q = strstr(inv->req.query, "function=");
+	struct admin_usage a = { 0 };
+	cJSON *o;
+	int ret;
+
+	if (q && (q == inv->req.query || q[-1] == '&'))
+		snprintf(function, sizeof(function), "%.*s", (int)strcspn(q + 9, "&"), q + 9);
+	meter_flush(gw->meter);	/* answer with every invocation finished so far */
+	o = cJSON_CreateObject();
+	a.rows = cJSON_AddArrayToObject(o, "usage");
+	a.prices = admin_prices(gw);
+	ret = meter_usage(gw->meter, function[0] ? function : NULL,
+			  admin_query_num(inv->req.query, "since", 0), admin_usage_row, &a);
+	cJSON_AddNumberToObject(o, "cost_lambda_usd", a.total[0]);
+	cJSON_AddNumberToObject(o, "cost_workers_usd", a.total[1]);
+	cJSON_AddItemToObject(o, "prices", (cJSON *)a.prices);
+	if (ret) {
+		cJSON_Delete(o);
+		log_error("usage query failed: %s", strerror(-ret));
+		inv_fail(inv, 500, "registry", "could not read usage");
+		return;
+	}
+	admin_json(inv, 200, o);
+}
+
 /* ---- dispatch ---- */
 
 static int admin_is(const struct inv *inv, const char *method)
@@ -555,6 +661,8 @@ static void admin_handle(struct gw *gw, struct inv *inv)
 		admin_metrics(gw, inv);
 	else if (!strcmp(path, "/_stoke/functions") && admin_is(inv, "GET"))
 		admin_list(gw, inv);
+	else if (!strcmp(path, "/_stoke/usage") && admin_is(inv, "GET"))
+		admin_usage(gw, inv);
 	else if (admin_fn_path(path, name, sizeof(name), &sub))
 		admin_fn_route(gw, inv, name, sub);
 	else

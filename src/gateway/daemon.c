@@ -3,6 +3,7 @@
 #include "gateway.h"
 #include "common/fnlog.h"
 #include "common/log.h"
+#include "sched/meter.h"
 #include "store/registry.h"
 
 #include <errno.h>
@@ -186,8 +187,13 @@ static int daemon_open(struct gw *gw)
 	}
 	snprintf(path, sizeof(path), "%s/registry.db", cfg->data_dir);
 	ret = reg_open(path, &gw->reg);
-	if (ret)
+	if (ret) {
 		log_error("cannot open the registry %s", path);
+		return ret;
+	}
+	ret = meter_start(path, &gw->meter);
+	if (ret)
+		log_error("cannot start metering into %s", path);
 	return ret;
 }
 
@@ -248,6 +254,7 @@ int daemon_run(const struct daemon_config *cfg)
 	if (!ret)
 		ret = gw_run(gw);
 	daemon_stop_tiers(gw);
+	meter_stop(gw->meter);
 	reg_close(gw->reg);
 	if (!ret)
 		log_info("stopped");

@@ -15,6 +15,7 @@
 #include "daemon.h"
 
 struct reg;
+struct meter;
 
 #define GW_HIST_BUCKETS 14
 extern const double gw_hist_bounds_ms[GW_HIST_BUCKETS];
@@ -54,6 +55,7 @@ struct gw_entry {
 	int64_t deployed_at;
 	struct gw_stats stats;
 	struct gw_logring logs;
+	atomic_uint_fast32_t inflight;	/* admitted and not yet answered */
 	struct gw_entry *next;
 };
 
@@ -67,6 +69,7 @@ struct gw {
 	struct tier tiers[TIER_COUNT];
 	struct tier admin;
 	struct reg *reg;
+	struct meter *meter;
 	char token[65];
 	char vmm_path[4096];
 	uint64_t started_ns;

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #define MF_WALL_ISOLATE_MAX_S 30
+#define MF_UNSET UINT32_MAX
 
 static int mf_fail(struct mf_error *err, const char *field, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
@@ -78,6 +79,7 @@ static const struct mf_limit mf_limits[] = {
 	{ "max_instances", offsetof(struct fn_limits, max_instances), 1, 10000, 1 },
 	{ "concurrency", offsetof(struct fn_limits, concurrency), 1, 1000, 1 },
 	{ "tmp_mb", offsetof(struct fn_limits, tmp_mb), 0, 4096, 1 },
+	{ "queue", offsetof(struct fn_limits, queue), 0, 100000, 1 },
 };
 
 static int mf_parse_limit(const cJSON *item, struct fn_limits *lim, struct mf_error *err)
@@ -304,6 +306,8 @@ static void mf_default_limits(struct fn_limits *l, enum fn_tier tier)
 		l->concurrency = 1;
 	if (!l->tmp_mb)
 		l->tmp_mb = 64;
+	if (l->queue == MF_UNSET)
+		l->queue = 1024;
 }
 
 static int mf_finish(struct fn *fn, const struct mf_fields *f, const char *dir,
@@ -344,6 +348,7 @@ int mf_parse(const cJSON *manifest, const char *name, const char *dir,
 	if (!fn)
 		return -ENOMEM;
 	atomic_init(&fn->refs, 1);
+	fn->limits.queue = MF_UNSET;	/* 0 is a valid queue length */
 	snprintf(fn->name, sizeof(fn->name), "%s", name);
 	for (item = manifest ? manifest->child : NULL; item && !ret; item = item->next)
 		ret = mf_parse_field(item, fn, &f, err);

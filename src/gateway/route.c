@@ -6,6 +6,7 @@
 #include "gateway.h"
 #include "manifest.h"
 #include "server.h"
+#include "sched/meter.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -268,6 +269,32 @@ static int gw_route_path(const h2o_req_t *req, const char **name, size_t *len,
 	return 1;
 }
 
+/*
+ * Admission: at most max_instances x concurrency requests run and `queue` more wait
+ * (in the tier); beyond that the caller is told to come back rather than left hanging.
+ */
+static int gw_admit(struct gw_entry *e, const struct fn *fn)
+{
+	uint64_t cap = (uint64_t)fn->limits.max_instances * fn->limits.concurrency +
+		       fn->limits.queue;
+
+	if (atomic_fetch_add(&e->inflight, 1) < cap)
+		return 1;
+	atomic_fetch_sub(&e->inflight, 1);
+	return 0;
+}
+
+static void gw_send_busy(h2o_req_t *req, const char *name)
+{
+	char msg[160];
+
+	snprintf(msg, sizeof(msg), "function %s has as many requests running and queued as "
+		 "its limits allow; retry later", name);
+	h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_RETRY_AFTER, NULL,
+		       H2O_STRLIT("1"));
+	gw_send_error(req, 429, "too_many_requests", msg);
+}
+
 static void gw_route_fn(struct gw_thread *t, h2o_req_t *req, const char *name, size_t len,
 			const char *path, size_t plen)
 {
@@ -294,6 +321,11 @@ static void gw_route_fn(struct gw_thread *t, h2o_req_t *req, const char *name, s
 		snprintf(msg, sizeof(msg), "request body over the %zu-byte limit",
 			 gw->cfg->max_body);
 		gw_send_error(req, 413, "body_too_large", msg);
+		return;
+	}
+	if (!gw_admit(e, fn)) {
+		fn_unref(fn);
+		gw_send_busy(req, e->name);
 		return;
 	}
 	if (!plen) {
@@ -416,6 +448,23 @@ static void gw_respond(struct gw_inv *gi)
 	h2o_send(req, &body, 1, H2O_SEND_STATE_FINAL);
 }
 
+static void gw_meter(struct gw *gw, const struct gw_inv *gi, const char *tier)
+{
+	struct meter_rec rec = {
+		.tier = tier,
+		.cold = gi->inv.cold,
+		.error = gi->inv.resp.status >= 500,
+		.wall_us = (gw_now_ns() - gi->inv.start_ns) / 1000,
+		.cpu_us = gi->inv.cpu_ns / 1000,
+		.memory_mb = gi->inv.fn->limits.memory_mb,
+	};
+
+	if (!gw->meter)
+		return;
+	memcpy(rec.function, gi->entry->name, sizeof(rec.function));
+	meter_record(gw->meter, &rec);
+}
+
 static void gw_finish(struct gw_inv *gi)
 {
 	struct gw *gw = gi->thread->gw;
@@ -424,9 +473,12 @@ static void gw_finish(struct gw_inv *gi)
 
 	if (!gi->inv.resp.status)
 		inv_fail(&gi->inv, 500, "internal", "the tier returned no response");
-	if (gi->entry)
+	if (gi->entry) {
 		gw_stats_record(&gi->entry->stats, gi->inv.resp.status,
 				gw_now_ns() - gi->inv.start_ns, gi->inv.cold);
+		gw_meter(gw, gi, tier);
+		atomic_fetch_sub(&gi->entry->inflight, 1);
+	}
 	gw_access_log(gi->thread, &gi->inv, gi->entry ? gi->entry->name : "-", tier,
 		      gi->inv.resp.body_len, gone);
 	atomic_fetch_sub(&gw->inflight, 1);

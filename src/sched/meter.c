@@ -1,0 +1,215 @@
+#include "meter.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define METER_MAX_PENDING (1 << 20)
+#define METER_FLUSH_MS 1000
+
+struct meter {
+	sqlite3 *db;
+	pthread_t tid;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	pthread_cond_t flushed;
+	struct meter_rec *pending;
+	size_t npending, cap;
+	uint64_t dropped;
+	uint64_t generation, written;	/* for meter_flush */
+	int stop;
+};
+
+static const char meter_schema[] =
+	"CREATE TABLE IF NOT EXISTS usage ("
+	" function TEXT NOT NULL, minute INTEGER NOT NULL, tier TEXT NOT NULL,"
+	" invocations INTEGER NOT NULL, cold INTEGER NOT NULL, errors INTEGER NOT NULL,"
+	" wall_us INTEGER NOT NULL, cpu_us INTEGER NOT NULL, mb_us INTEGER NOT NULL,"
+	" PRIMARY KEY (function, minute, tier));";
+
+/* One upsert per record keeps the code simple; the batch shares one transaction. */
+static const char meter_upsert[] =
+	"INSERT INTO usage VALUES (?,?,?,1,?,?,?,?,?) ON CONFLICT DO UPDATE SET"
+	" invocations = invocations + 1, cold = cold + excluded.cold,"
+	" errors = errors + excluded.errors, wall_us = wall_us + excluded.wall_us,"
+	" cpu_us = cpu_us + excluded.cpu_us, mb_us = mb_us + excluded.mb_us";
+
+static int meter_write(struct meter *m, const struct meter_rec *recs, size_t n)
+{
+	int64_t minute = (int64_t)time(NULL) / 60 * 60;
+	sqlite3_stmt *st;
+	size_t i;
+	int ok = 1;
+
+	if (sqlite3_prepare_v2(m->db, meter_upsert, -1, &st, NULL) != SQLITE_OK)
+		return -EIO;
+	sqlite3_exec(m->db, "BEGIN", NULL, NULL, NULL);
+	for (i = 0; i < n && ok; i++) {
+		const struct meter_rec *r = &recs[i];
+
+		sqlite3_bind_text(st, 1, r->function, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(st, 2, minute);
+		sqlite3_bind_text(st, 3, r->tier, -1, SQLITE_STATIC);
+		sqlite3_bind_int(st, 4, r->cold != 0);
+		sqlite3_bind_int(st, 5, r->error != 0);
+		sqlite3_bind_int64(st, 6, (sqlite3_int64)r->wall_us);
+		sqlite3_bind_int64(st, 7, (sqlite3_int64)r->cpu_us);
+		sqlite3_bind_int64(st, 8, (sqlite3_int64)(r->wall_us * r->memory_mb));
+		ok = sqlite3_step(st) == SQLITE_DONE;
+		sqlite3_reset(st);
+	}
+	sqlite3_finalize(st);
+	sqlite3_exec(m->db, ok ? "COMMIT" : "ROLLBACK", NULL, NULL, NULL);
+	return ok ? 0 : -EIO;
+}
+
+static void *meter_main(void *arg)
+{
+	struct meter *m = arg;
+	struct meter_rec *batch = NULL;
+	size_t n, batch_cap = 0;
+	uint64_t gen;
+	struct timespec ts;
+
+	pthread_mutex_lock(&m->lock);
+	for (;;) {
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_sec += METER_FLUSH_MS / 1000;
+		while (!m->npending && !m->stop && m->written == m->generation)
+			if (pthread_cond_timedwait(&m->cond, &m->lock, &ts))
+				break;
+		/* Swap buffers so recorders never wait on SQLite. */
+		n = m->npending;
+		gen = m->generation;
+		if (n) {
+			struct meter_rec *tmp = m->pending;
+			size_t cap = m->cap;
+
+			m->pending = batch;
+			m->cap = batch_cap;
+			m->npending = 0;
+			batch = tmp;
+			batch_cap = cap;
+		}
+		pthread_mutex_unlock(&m->lock);
+		if (n && meter_write(m, batch, n))
+			fprintf(stderr, "meter: could not write %zu usage records\n", n);
+		pthread_mutex_lock(&m->lock);
+		m->written = gen;
+		pthread_cond_broadcast(&m->flushed);
+		if (m->stop && !m->npending)
+			break;
+	}
+	pthread_mutex_unlock(&m->lock);
+	free(batch);
+	return NULL;
+}
+
+int meter_start(const char *db_path, struct meter **out)
+{
+	struct meter *m = calloc(1, sizeof(*m));
+
+	if (!m)
+		return -ENOMEM;
+	if (sqlite3_open(db_path, &m->db) != SQLITE_OK ||
+	    sqlite3_busy_timeout(m->db, 5000) != SQLITE_OK ||
+	    sqlite3_exec(m->db, meter_schema, NULL, NULL, NULL) != SQLITE_OK) {
+		sqlite3_close(m->db);
+		free(m);
+		return -EIO;
+	}
+	pthread_mutex_init(&m->lock, NULL);
+	pthread_cond_init(&m->cond, NULL);
+	pthread_cond_init(&m->flushed, NULL);
+	if (pthread_create(&m->tid, NULL, meter_main, m)) {
+		sqlite3_close(m->db);
+		free(m);
+		return -EAGAIN;
+	}
+	*out = m;
+	return 0;
+}
+
+void meter_record(struct meter *m, const struct meter_rec *rec)
+{
+	pthread_mutex_lock(&m->lock);
+	if (m->npending == m->cap && m->cap < METER_MAX_PENDING) {
+		size_t cap = m->cap ? m->cap * 2 : 1024;
+		struct meter_rec *p = realloc(m->pending, cap * sizeof(*p));
+
+		if (p) {
+			m->pending = p;
+			m->cap = cap;
+		}
+	}
+	if (m->npending < m->cap)
+		m->pending[m->npending++] = *rec;
+	else
+		m->dropped++;
+	pthread_mutex_unlock(&m->lock);
+}
+
+void meter_flush(struct meter *m)
+{
+	uint64_t gen;
+
+	pthread_mutex_lock(&m->lock);
+	gen = ++m->generation;
+	pthread_cond_signal(&m->cond);
+	while (m->written < gen)
+		pthread_cond_wait(&m->flushed, &m->lock);
+	pthread_mutex_unlock(&m->lock);
+}
+
+void meter_stop(struct meter *m)
+{
+	if (!m)
+		return;
+	pthread_mutex_lock(&m->lock);
+	m->stop = 1;
+	pthread_cond_signal(&m->cond);
+	pthread_mutex_unlock(&m->lock);
+	pthread_join(m->tid, NULL);
+	sqlite3_close(m->db);
+	free(m->pending);
+	free(m);
+}
+
+int meter_usage(struct meter *m, const char *function, int64_t since,
+		int (*each)(void *arg, const struct meter_usage *u), void *arg)
+{
+	static const char sql[] =
+		"SELECT function, tier, SUM(invocations), SUM(cold), SUM(errors), SUM(wall_us),"
+		" SUM(cpu_us), SUM(mb_us) FROM usage WHERE minute >= ?1 / 60 * 60"
+		" AND (?2 IS NULL OR function = ?2) GROUP BY function, tier ORDER BY function";
+	sqlite3_stmt *st;
+	int rc, ret = 0;
+
+	if (sqlite3_prepare_v2(m->db, sql, -1, &st, NULL) != SQLITE_OK)
+		return -EIO;
+	sqlite3_bind_int64(st, 1, since);
+	if (function)
+		sqlite3_bind_text(st, 2, function, -1, SQLITE_STATIC);
+	while (!ret && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+		struct meter_usage u = { 0 };
+
+		snprintf(u.function, sizeof(u.function), "%s", sqlite3_column_text(st, 0));
+		snprintf(u.tier, sizeof(u.tier), "%s", sqlite3_column_text(st, 1));
+		u.invocations = (uint64_t)sqlite3_column_int64(st, 2);
+		u.cold = (uint64_t)sqlite3_column_int64(st, 3);
+		u.errors = (uint64_t)sqlite3_column_int64(st, 4);
+		u.wall_ms = (double)sqlite3_column_int64(st, 5) / 1e3;
+		u.cpu_ms = (double)sqlite3_column_int64(st, 6) / 1e3;
+		/* MB x us -> GB x s, with 1 GB = 1024 MB as Lambda bills */
+		u.gb_s = (double)sqlite3_column_int64(st, 7) / 1024.0 / 1e6;
+		ret = each(arg, &u);
+	}
+	if (!ret && rc != SQLITE_DONE)
+		ret = -EIO;
+	sqlite3_finalize(st);
+	return ret;
+}
