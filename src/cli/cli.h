@@ -1,0 +1,41 @@
+/*
+ * The `stoke` command: one file per verb, each a struct cli_verb that main.c dispatches
+ * to. Verbs are the boundary: they print to stdout/stderr and turn errors into exit
+ * codes; the modules below them (http, manifest, config...) only return errors.
+ */
+#ifndef STOKE_CLI_H
+#define STOKE_CLI_H
+
+#include <stdio.h>
+
+enum cli_exit {
+	CLI_EXIT_OK = 0,
+	CLI_EXIT_REMOTE = 1,		/* the daemon or the function answered an error */
+	CLI_EXIT_USAGE = 2,		/* bad arguments or unusable local input */
+	CLI_EXIT_UNREACHABLE = 3,	/* no (complete) answer from the daemon */
+};
+
+struct cli_verb {
+	const char *name;
+	const char *args;		/* synopsis after the verb, e.g. "NAME [-f] [-n N]" */
+	const char *summary;		/* one line for `stoke --help` */
+	const char *options;		/* option lines for `stoke VERB --help` */
+	int client;			/* talks to a daemon, so takes --url, --token... */
+	int (*run)(int argc, char **argv);	/* argv[0] is the verb's name */
+};
+
+extern const struct cli_verb cli_verb_serve, cli_verb_deploy, cli_verb_invoke,
+	cli_verb_ls, cli_verb_rm, cli_verb_logs, cli_verb_status, cli_verb_show;
+
+/* Prints the verb's full help to out. */
+void cli_help(const struct cli_verb *verb, FILE *out);
+
+/* Prints "stoke VERB: <message>" and a pointer to --help; returns CLI_EXIT_USAGE. */
+int cli_usage(const struct cli_verb *verb, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+/* Reports what getopt_long returned as '?' or ':' (opterr is off, the optstring
+ * starts with ':'); returns CLI_EXIT_USAGE. */
+int cli_bad_option(const struct cli_verb *verb, int c, char **argv);
+
+#endif

@@ -1,0 +1,216 @@
+#include "client.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+
+void cli_client_init(struct cli_client *c, const struct cli_verb *verb)
+{
+	memset(c, 0, sizeof(*c));
+	c->verb = verb;
+	c->timeout_ms = 120000;
+}
+
+static int cli_client_timeout(struct cli_client *c, const char *arg)
+{
+	char *end;
+	double s;
+
+	errno = 0;
+	s = strtod(arg, &end);
+	if (errno || end == arg || *end || s <= 0 || s > 86400)
+		return -EINVAL;
+	c->timeout_ms = (int)(s * 1000);
+	if (!c->timeout_ms)
+		c->timeout_ms = 1;
+	return 0;
+}
+
+int cli_client_option(struct cli_client *c, int opt, const char *arg, int *exit_code)
+{
+	switch (opt) {
+	case CLI_OPT_URL:
+		c->url_flag = arg;
+		return 1;
+	case CLI_OPT_TOKEN:
+		c->token_flag = arg;
+		return 1;
+	case CLI_OPT_DATA_DIR:
+		c->data_dir_flag = arg;
+		return 1;
+	case CLI_OPT_JSON:
+		c->json = 1;
+		return 1;
+	case CLI_OPT_TIMEOUT:
+		if (!cli_client_timeout(c, arg))
+			return 1;
+		*exit_code = cli_usage(c->verb, "--timeout wants seconds, got '%s'", arg);
+		return -1;
+	case 'h':
+		cli_help(c->verb, stdout);
+		*exit_code = CLI_EXIT_OK;
+		return -1;
+	}
+	return 0;
+}
+
+int cli_client_getopt(struct cli_client *c, int argc, char **argv, const char *shortopts,
+		      const struct option *longopts, int *exit_code)
+{
+	int opt, ret;
+
+	for (;;) {
+		opt = getopt_long(argc, argv, shortopts, longopts, NULL);
+		if (opt == '?' || opt == ':') {
+			*exit_code = cli_bad_option(c->verb, opt, argv);
+			return -2;
+		}
+		ret = opt == -1 ? 0 : cli_client_option(c, opt, optarg, exit_code);
+		if (ret < 0)
+			return -2;
+		if (!ret)
+			return opt;
+	}
+}
+
+int cli_client_open(struct cli_client *c)
+{
+	struct cli_err err = { 0 };
+
+	c->url_text = cli_config_url(c->url_flag);
+	if (cli_url_parse(c->url_text, &c->url, &err)) {
+		fprintf(stderr, "stoke: bad daemon URL '%s': %s\n", c->url_text, err.msg);
+		return CLI_EXIT_USAGE;
+	}
+	if (c->anonymous)
+		return CLI_EXIT_OK;
+	if (cli_config_token(c->token_flag, c->data_dir_flag, &c->token, &err)) {
+		fprintf(stderr, "stoke: %s\n", err.msg);
+		return CLI_EXIT_USAGE;
+	}
+	/* It goes into a header line: a stray newline would forge headers. */
+	if (c->token && strpbrk(c->token, "\r\n")) {
+		fprintf(stderr, "stoke: the token contains a line break\n");
+		return CLI_EXIT_USAGE;
+	}
+	return CLI_EXIT_OK;
+}
+
+int cli_client_send(struct cli_client *c, struct cli_http_req *req, struct cli_http_resp *resp)
+{
+	struct cli_err err = { 0 };
+	int ret;
+
+	req->io_timeout_ms = c->timeout_ms;
+	ret = cli_http_do(&c->url, req, resp, &err);
+	if (!ret)
+		return CLI_EXIT_OK;
+	/* Only a verb that catches SIGINT sees this, and it knows why. */
+	if (ret == -EINTR)
+		return CLI_EXIT_UNREACHABLE;
+	if (!resp->connected && ret == -ECONNREFUSED)
+		fprintf(stderr, "stoke: cannot reach the daemon at %s (is 'stoke serve' "
+			"running?)\n", c->url_text);
+	else if (!resp->connected)
+		fprintf(stderr, "stoke: cannot reach the daemon at %s: %s\n", c->url_text,
+			err.msg);
+	else if (ret == -ETIMEDOUT)
+		fprintf(stderr, "stoke: the daemon at %s did not answer within %g s\n",
+			c->url_text, c->timeout_ms / 1000.0);
+	else
+		fprintf(stderr, "stoke: %s\n", err.msg);
+	return CLI_EXIT_UNREACHABLE;
+}
+
+/* Prints the daemon's error: {"error","message","field"} when it sent one, else the
+ * status line and the start of whatever it sent. */
+static void cli_client_report(const struct cli_http_resp *resp)
+{
+	cJSON *doc = cJSON_ParseWithLength(resp->body.buf, resp->body.len);
+	cJSON *msg = cJSON_GetObjectItemCaseSensitive(doc, "message");
+	cJSON *kind = cJSON_GetObjectItemCaseSensitive(doc, "error");
+	cJSON *field = cJSON_GetObjectItemCaseSensitive(doc, "field");
+	int len = resp->body.len > 200 ? 200 : (int)resp->body.len;
+
+	if (cJSON_IsString(msg))
+		fprintf(stderr, "stoke: %s", msg->valuestring);
+	else if (cJSON_IsString(kind))
+		fprintf(stderr, "stoke: %s", kind->valuestring);
+	else
+		fprintf(stderr, "stoke: the daemon answered %d%s%.*s", resp->status,
+			len ? ": " : "", len, resp->body.buf);
+	if (cJSON_IsString(field))
+		fprintf(stderr, " (field: %s)", field->valuestring);
+	fputc('\n', stderr);
+	if (resp->status == 401)
+		fprintf(stderr, "stoke: pass --token, set STOKE_TOKEN or --data-dir "
+			"(the token is in DATA_DIR/token)\n");
+	cJSON_Delete(doc);
+}
+
+static int cli_client_parse(const struct cli_http_resp *resp, cJSON **out)
+{
+	*out = cJSON_ParseWithLength(resp->body.buf, resp->body.len);
+	if (*out)
+		return CLI_EXIT_OK;
+	fprintf(stderr, "stoke: the daemon answered %d with something that is not JSON\n",
+		resp->status);
+	return CLI_EXIT_REMOTE;
+}
+
+int cli_client_api(struct cli_client *c, const char *method, const char *target,
+		   const struct strbuf *body, cJSON **out)
+{
+	struct cli_http_req req = { .method = method, .target = target };
+	struct cli_http_resp resp;
+	const char *headers[4] = { "Accept: application/json" };
+	char *auth = NULL;
+	int n = 1, ret;
+
+	*out = NULL;
+	if (c->token && asprintf(&auth, "Authorization: Bearer %s", c->token) > 0)
+		headers[n++] = auth;
+	if (body) {
+		headers[n++] = "Content-Type: application/json";
+		req.body = body->buf ? body->buf : "";
+		req.body_len = body->len;
+	}
+	req.headers = headers;
+	ret = cli_client_send(c, &req, &resp);
+	if (!ret && (resp.status < 200 || resp.status > 299)) {
+		cli_client_report(&resp);
+		ret = CLI_EXIT_REMOTE;
+	} else if (!ret) {
+		ret = cli_client_parse(&resp, out);
+	}
+	cli_http_resp_free(&resp);
+	free(auth);
+	return ret;
+}
+
+void cli_client_escape(struct strbuf *sb, const char *s)
+{
+	static const char hex[] = "0123456789ABCDEF";
+
+	for (; *s; s++) {
+		unsigned char ch = *s;
+
+		if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+		    (ch >= '0' && ch <= '9') || strchr("-._~", ch)) {
+			sb_add(sb, s, 1);
+		} else {
+			char esc[3] = { '%', hex[ch >> 4], hex[ch & 15] };
+
+			sb_add(sb, esc, 3);
+		}
+	}
+}
+
+void cli_client_close(struct cli_client *c)
+{
+	free(c->token);
+	c->token = NULL;
+}

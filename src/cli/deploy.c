@@ -1,0 +1,119 @@
+/* `stoke deploy PATH`: uploads a directory or a single file as a new function version. */
+#include <string.h>
+
+#include "client.h"
+#include "manifest.h"
+#include "output.h"
+
+enum { OPT_NAME = CLI_OPT_VERB_BASE, OPT_TIER, OPT_RUNTIME };
+
+static int cli_deploy_args(struct cli_client *c, int argc, char **argv,
+			   struct cli_manifest_opts *mo, int *code)
+{
+	static const struct option opts[] = {
+		CLI_CLIENT_OPTIONS,
+		{ "name", required_argument, NULL, OPT_NAME },
+		{ "tier", required_argument, NULL, OPT_TIER },
+		{ "runtime", required_argument, NULL, OPT_RUNTIME },
+		{ 0 },
+	};
+	int opt;
+
+	while ((opt = cli_client_getopt(c, argc, argv, ":h", opts, code)) >= 0) {
+		if (opt == OPT_NAME)
+			mo->name = optarg;
+		else if (opt == OPT_TIER)
+			mo->tier = optarg;
+		else if (opt == OPT_RUNTIME)
+			mo->runtime = optarg;
+	}
+	if (opt == -2)
+		return -1;
+	if (argc - optind != 1)
+		*code = cli_usage(c->verb, "wants exactly one PATH (a directory or a file)");
+	else if (mo->tier && strcmp(mo->tier, "auto") && strcmp(mo->tier, "isolate") &&
+		 strcmp(mo->tier, "vm"))
+		*code = cli_usage(c->verb, "--tier must be auto, isolate or vm");
+	else if ((mo->name && !*mo->name) || (mo->runtime && !*mo->runtime))
+		*code = cli_usage(c->verb, "--name and --runtime cannot be empty");
+	else
+		mo->path = argv[optind];
+	return mo->path ? 0 : -1;
+}
+
+static void cli_deploy_print(const struct cli_client *c, const cJSON *doc, const char *name)
+{
+	char version[64];
+
+	if (c->json) {
+		cli_out_json(doc);
+		return;
+	}
+	cli_out_scalar(cJSON_GetObjectItemCaseSensitive(doc, "version"), version,
+		       sizeof(version));
+	printf("deployed %s v%s (%s, %s) -> ", cli_out_str(doc, "name", name), version,
+	       cli_out_str(doc, "tier", "?"), cli_out_str(doc, "runtime", "?"));
+	if (cli_out_str(doc, "url", NULL))
+		printf("%s\n", cli_out_str(doc, "url", NULL));
+	else
+		printf("%s/fn/%s/\n", c->url_text, cli_out_str(doc, "name", name));
+}
+
+/* Builds the request (reporting local problems as usage errors) and sends it. */
+static int cli_deploy_send(struct cli_client *c, const struct cli_manifest_opts *mo)
+{
+	struct strbuf target = STRBUF_INIT, body = STRBUF_INIT;
+	struct cli_err err = { 0 };
+	struct cli_manifest m;
+	cJSON *doc = NULL;
+	int code;
+
+	if (cli_manifest_build(mo, &m, &err)) {
+		fprintf(stderr, "stoke: %s\n", err.msg);
+		return CLI_EXIT_USAGE;
+	}
+	sb_adds(&target, "/_stoke/functions/");
+	cli_client_escape(&target, m.name);
+	if (cli_manifest_body(&m, &body) || sb_failed(&target)) {
+		fprintf(stderr, "stoke: out of memory building the request\n");
+		code = CLI_EXIT_USAGE;
+	} else {
+		code = cli_client_api(c, "PUT", target.buf, &body, &doc);
+	}
+	if (!code)
+		cli_deploy_print(c, doc, m.name);
+	cJSON_Delete(doc);
+	sb_free(&body);
+	sb_free(&target);
+	cli_manifest_free(&m);
+	return code;
+}
+
+static int cli_deploy_run(int argc, char **argv)
+{
+	struct cli_manifest_opts mo = { 0 };
+	struct cli_client c;
+	int code = 0;
+
+	cli_client_init(&c, &cli_verb_deploy);
+	if (cli_deploy_args(&c, argc, argv, &mo, &code))
+		return code;
+	code = cli_client_open(&c);
+	if (!code)
+		code = cli_deploy_send(&c, &mo);
+	cli_client_close(&c);
+	return code;
+}
+
+const struct cli_verb cli_verb_deploy = {
+	.name = "deploy",
+	.args = "PATH [OPTIONS]",
+	.summary = "Deploy a directory (with an optional stoke.json) or a single source file.",
+	.options =
+		"  --name N          function name (default: stoke.json's, else the directory's\n"
+		"                    or file's name, lower-cased, without extension)\n"
+		"  --tier T          auto, isolate or vm (overrides stoke.json)\n"
+		"  --runtime R       e.g. js or python3 (overrides stoke.json)\n",
+	.client = 1,
+	.run = cli_deploy_run,
+};

@@ -1,0 +1,303 @@
+#include "manifest.h"
+
+#include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "base64.h"
+
+/* Deeper trees are almost certainly a mistake (a deploy of $HOME, a bind-mount loop). */
+#define CLI_MANIFEST_MAX_DEPTH 32
+
+/* Reads the whole file at path into a malloc'd buffer. */
+static int cli_manifest_slurp(const char *path, char **data, size_t *len,
+			      struct cli_err *err)
+{
+	struct strbuf sb = STRBUF_INIT;
+	char buf[65536];
+	ssize_t n;
+	int fd;
+
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return cli_err_set(err, -errno, "cannot open %s: %s", path, strerror(errno));
+	while ((n = read(fd, buf, sizeof(buf))) > 0 || (n < 0 && errno == EINTR))
+		if (n > 0)
+			sb_add(&sb, buf, n);
+	if (n < 0) {
+		cli_err_set(err, -errno, "cannot read %s: %s", path, strerror(errno));
+		close(fd);
+		sb_free(&sb);
+		return err ? err->code : -EIO;
+	}
+	close(fd);
+	sb_add(&sb, "", 0);
+	*data = sb_detach(&sb, len);
+	return *data ? 0 : cli_err_set(err, -ENOMEM, "out of memory reading %s", path);
+}
+
+static int cli_manifest_read_json(const char *path, cJSON **out, struct cli_err *err)
+{
+	const char *bad;
+	size_t len;
+	char *text;
+	int ret;
+
+	ret = cli_manifest_slurp(path, &text, &len, err);
+	if (ret)
+		return ret;
+	*out = cJSON_ParseWithLength(text, len);
+	if (!*out) {
+		bad = cJSON_GetErrorPtr();
+		ret = cli_err_set(err, -EINVAL, "%s: invalid JSON at offset %td", path,
+				  bad ? bad - text : 0);
+	} else if (!cJSON_IsObject(*out)) {
+		ret = cli_err_set(err, -EINVAL, "%s: the manifest must be a JSON object", path);
+		cJSON_Delete(*out);
+		*out = NULL;
+	}
+	free(text);
+	return ret;
+}
+
+/* Starts from dir/stoke.json when there is one, else from an empty manifest. */
+static int cli_manifest_load(const char *dir, cJSON **out, struct cli_err *err)
+{
+	char path[PATH_MAX];
+
+	if (snprintf(path, sizeof(path), "%s/stoke.json", dir) >= (int)sizeof(path))
+		return cli_err_set(err, -ENAMETOOLONG, "%s: path too long", dir);
+	if (access(path, F_OK) == 0)
+		return cli_manifest_read_json(path, out, err);
+	*out = cJSON_CreateObject();
+	return *out ? 0 : cli_err_set(err, -ENOMEM, "out of memory");
+}
+
+static int cli_manifest_set(cJSON *obj, const char *key, const char *value)
+{
+	cJSON *item;
+
+	if (!value)
+		return 0;
+	item = cJSON_CreateString(value);
+	if (!item)
+		return -ENOMEM;
+	if (cJSON_GetObjectItemCaseSensitive(obj, key))
+		cJSON_ReplaceItemInObjectCaseSensitive(obj, key, item);
+	else
+		cJSON_AddItemToObject(obj, key, item);
+	return 0;
+}
+
+/* The last component of path ("." and trailing slashes resolved for directories). */
+static int cli_manifest_base(const char *path, int is_dir, char *out, size_t size,
+			     struct cli_err *err)
+{
+	char real[PATH_MAX];
+	const char *base;
+
+	if (is_dir) {
+		if (!realpath(path, real))
+			return cli_err_set(err, -errno, "%s: %s", path, strerror(errno));
+		path = real;
+	}
+	base = strrchr(path, '/');
+	base = base ? base + 1 : path;
+	if (!*base || strlen(base) >= size)
+		return cli_err_set(err, -EINVAL, "cannot derive a function name from '%s'; "
+				   "use --name", path);
+	strcpy(out, base);
+	return 0;
+}
+
+/* The name when nothing gives one: the directory's name, or the file's without its
+ * extension, lower-cased (the daemon accepts DNS labels only, and checks them). */
+static int cli_manifest_default_name(const char *path, int is_dir, cJSON *manifest,
+				     struct cli_err *err)
+{
+	char name[NAME_MAX + 1], *dot, *p;
+	int ret;
+
+	ret = cli_manifest_base(path, is_dir, name, sizeof(name), err);
+	if (ret)
+		return ret;
+	dot = strrchr(name, '.');
+	if (!is_dir && dot && dot != name)
+		*dot = '\0';
+	for (p = name; *p; p++)
+		*p = tolower((unsigned char)*p);
+	return cli_manifest_set(manifest, "name", name) ?
+		cli_err_set(err, -ENOMEM, "out of memory") : 0;
+}
+
+static int cli_manifest_fields(const struct cli_manifest_opts *opts, int is_dir,
+			       struct cli_manifest *m, struct cli_err *err)
+{
+	char base[NAME_MAX + 1];
+	cJSON *name;
+	int ret;
+
+	if (cli_manifest_set(m->manifest, "name", opts->name) ||
+	    cli_manifest_set(m->manifest, "tier", opts->tier) ||
+	    cli_manifest_set(m->manifest, "runtime", opts->runtime))
+		return cli_err_set(err, -ENOMEM, "out of memory");
+	if (!cJSON_GetObjectItemCaseSensitive(m->manifest, "name")) {
+		ret = cli_manifest_default_name(opts->path, is_dir, m->manifest, err);
+		if (ret)
+			return ret;
+	}
+	name = cJSON_GetObjectItemCaseSensitive(m->manifest, "name");
+	if (!cJSON_IsString(name))
+		return cli_err_set(err, -EINVAL, "stoke.json: \"name\" must be a string");
+	m->name = name->valuestring;
+	if (is_dir || cJSON_GetObjectItemCaseSensitive(m->manifest, "entry"))
+		return 0;
+	ret = cli_manifest_base(opts->path, 0, base, sizeof(base), err);
+	if (!ret && cli_manifest_set(m->manifest, "entry", base))
+		ret = cli_err_set(err, -ENOMEM, "out of memory");
+	return ret;
+}
+
+/* Appends "rel":"<base64 of path's content>" to the files object. */
+static int cli_manifest_add_file(struct cli_manifest *m, const char *path, const char *rel,
+				 struct cli_err *err)
+{
+	size_t len;
+	char *data;
+	int ret;
+
+	ret = cli_manifest_slurp(path, &data, &len, err);
+	if (ret)
+		return ret;
+	sb_adds(&m->files, m->nfiles ? "," : "{");
+	sb_json_str(&m->files, rel, strlen(rel));
+	sb_adds(&m->files, ":\"");
+	cli_b64_encode(data, len, &m->files);
+	sb_adds(&m->files, "\"");
+	free(data);
+	m->nfiles++;
+	m->bytes += len;
+	return sb_failed(&m->files) ? cli_err_set(err, -ENOMEM, "out of memory") : 0;
+}
+
+static int cli_manifest_walk(struct cli_manifest *m, const char *root, const char *rel,
+			     int depth, struct cli_err *err);
+
+/* Adds one directory entry: regular files are sent, visible directories walked. */
+static int cli_manifest_entry(struct cli_manifest *m, const char *root, const char *rel,
+			      const char *name, int depth, struct cli_err *err)
+{
+	char child[PATH_MAX], full[PATH_MAX];
+	struct stat st;
+
+	if (snprintf(child, sizeof(child), "%s%s%s", rel, *rel ? "/" : "", name) >=
+	    (int)sizeof(child) ||
+	    snprintf(full, sizeof(full), "%s/%s", root, child) >= (int)sizeof(full))
+		return cli_err_set(err, -ENAMETOOLONG, "%s/%s: path too long", root, child);
+	if (lstat(full, &st) < 0)
+		return cli_err_set(err, -errno, "%s: %s", full, strerror(errno));
+	/* Dot-directories hold version control and tool state (.git, .cache), not code. */
+	if (S_ISDIR(st.st_mode))
+		return name[0] == '.' ? 0 : cli_manifest_walk(m, root, child, depth + 1, err);
+	if (S_ISREG(st.st_mode))
+		return cli_manifest_add_file(m, full, child, err);
+	return 0;
+}
+
+static int cli_manifest_walk(struct cli_manifest *m, const char *root, const char *rel,
+			     int depth, struct cli_err *err)
+{
+	char dir[PATH_MAX];
+	struct dirent **list;
+	int i, n, ret = 0;
+
+	if (depth > CLI_MANIFEST_MAX_DEPTH)
+		return cli_err_set(err, -ELOOP, "%s/%s: directories nested too deeply", root,
+				   rel);
+	snprintf(dir, sizeof(dir), "%s%s%s", root, *rel ? "/" : "", rel);
+	/* Sorted, so the same tree always makes the same request. */
+	n = scandir(dir, &list, NULL, alphasort);
+	if (n < 0)
+		return cli_err_set(err, -errno, "%s: %s", dir, strerror(errno));
+	for (i = 0; i < n; i++) {
+		const char *name = list[i]->d_name;
+
+		if (!ret && strcmp(name, ".") && strcmp(name, ".."))
+			ret = cli_manifest_entry(m, root, rel, name, depth, err);
+		free(list[i]);
+	}
+	free(list);
+	return ret;
+}
+
+static int cli_manifest_collect(const char *path, int is_dir, struct cli_manifest *m,
+				struct cli_err *err)
+{
+	char base[NAME_MAX + 1];
+	int ret;
+
+	if (is_dir)
+		ret = cli_manifest_walk(m, path, "", 0, err);
+	else
+		ret = cli_manifest_base(path, 0, base, sizeof(base), err) ?:
+		      cli_manifest_add_file(m, path, base, err);
+	if (!ret && !m->nfiles)
+		ret = cli_err_set(err, -ENOENT, "%s: no files to deploy", path);
+	sb_adds(&m->files, "}");
+	return ret;
+}
+
+int cli_manifest_build(const struct cli_manifest_opts *opts, struct cli_manifest *m,
+		       struct cli_err *err)
+{
+	struct stat st;
+	int ret, is_dir;
+
+	memset(m, 0, sizeof(*m));
+	if (stat(opts->path, &st) < 0)
+		return cli_err_set(err, -errno, "%s: %s", opts->path, strerror(errno));
+	is_dir = S_ISDIR(st.st_mode);
+	if (!is_dir && !S_ISREG(st.st_mode))
+		return cli_err_set(err, -EINVAL, "%s: not a directory or a regular file",
+				   opts->path);
+	if (is_dir)
+		ret = cli_manifest_load(opts->path, &m->manifest, err);
+	else if (!(m->manifest = cJSON_CreateObject()))
+		ret = cli_err_set(err, -ENOMEM, "out of memory");
+	else
+		ret = 0;
+	if (!ret)
+		ret = cli_manifest_fields(opts, is_dir, m, err);
+	if (!ret)
+		ret = cli_manifest_collect(opts->path, is_dir, m, err);
+	if (ret)
+		cli_manifest_free(m);
+	return ret;
+}
+
+int cli_manifest_body(const struct cli_manifest *m, struct strbuf *out)
+{
+	char *manifest = cJSON_PrintUnformatted(m->manifest);
+
+	if (!manifest)
+		return -ENOMEM;
+	sb_printf(out, "{\"manifest\":%s,\"files\":", manifest);
+	sb_add(out, m->files.buf, m->files.len);
+	sb_adds(out, "}");
+	free(manifest);
+	return sb_failed(out) ? -ENOMEM : 0;
+}
+
+void cli_manifest_free(struct cli_manifest *m)
+{
+	cJSON_Delete(m->manifest);
+	sb_free(&m->files);
+	memset(m, 0, sizeof(*m));
+}

@@ -1,0 +1,48 @@
+/*
+ * What `stoke deploy` sends: the manifest (stoke.json as written, unknown fields
+ * included, so the daemon can reject them by name; then the flags) and every regular
+ * file of the function, base64-encoded under its path relative to the deployed
+ * directory.
+ */
+#ifndef STOKE_CLI_MANIFEST_H
+#define STOKE_CLI_MANIFEST_H
+
+#include <stddef.h>
+
+#include <cjson/cJSON.h>
+
+#include "common/strbuf.h"
+#include "err.h"
+
+struct cli_manifest_opts {
+	const char *path;	/* a directory or a single source file */
+	const char *name;	/* flags; NULL keeps what stoke.json says */
+	const char *tier;
+	const char *runtime;
+};
+
+struct cli_manifest {
+	cJSON *manifest;
+	const char *name;	/* the function's name, owned by manifest */
+	struct strbuf files;	/* the "files" JSON object, as text */
+	size_t nfiles;
+	size_t bytes;		/* sum of the files' sizes before encoding */
+};
+
+/*
+ * Builds m from opts. The name, when neither stoke.json nor --name gives one, is the
+ * directory's name or the file's name without its extension, lower-cased. A single file
+ * also becomes the entry; a directory's entry is left to the daemon. Dot-directories
+ * (.git...) and anything but regular files (symbolic links included) are left out.
+ * Returns 0 or a negative errno with err saying which file or field is at fault.
+ */
+int cli_manifest_build(const struct cli_manifest_opts *opts, struct cli_manifest *m,
+		       struct cli_err *err);
+
+/* Appends the request body, {"manifest":{...},"files":{...}}, to out. Returns 0 or
+ * -ENOMEM. */
+int cli_manifest_body(const struct cli_manifest *m, struct strbuf *out);
+
+void cli_manifest_free(struct cli_manifest *m);
+
+#endif

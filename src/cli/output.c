@@ -1,0 +1,83 @@
+#include "output.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void cli_out_json(const cJSON *item)
+{
+	char *text = cJSON_Print(item);
+
+	if (text) {
+		puts(text);
+		free(text);
+	}
+}
+
+const char *cli_out_scalar(const cJSON *item, char *buf, size_t size)
+{
+	double v;
+
+	if (cJSON_IsString(item))
+		snprintf(buf, size, "%s", item->valuestring);
+	else if (cJSON_IsBool(item))
+		snprintf(buf, size, "%s", cJSON_IsTrue(item) ? "true" : "false");
+	else if (cJSON_IsNumber(item)) {
+		v = item->valuedouble;
+		/* cJSON stores numbers as doubles; show integral ones without ".0". */
+		if (v == floor(v) && fabs(v) < 1e15)
+			snprintf(buf, size, "%.0f", v);
+		else
+			snprintf(buf, size, "%g", v);
+	} else
+		snprintf(buf, size, "-");
+	return buf;
+}
+
+const char *cli_out_str(const cJSON *obj, const char *key, const char *def)
+{
+	const cJSON *item = cJSON_GetObjectItemCaseSensitive(obj, key);
+
+	return cJSON_IsString(item) ? item->valuestring : def;
+}
+
+static void cli_out_array(const cJSON *arr)
+{
+	const cJSON *item;
+	char buf[256];
+	int first = 1;
+
+	cJSON_ArrayForEach(item, arr) {
+		if (cJSON_IsObject(item) || cJSON_IsArray(item)) {
+			char *text = cJSON_PrintUnformatted(item);
+
+			printf("%s%s", first ? "" : ", ", text ? text : "?");
+			free(text);
+		} else {
+			printf("%s%s", first ? "" : ", ",
+			       cli_out_scalar(item, buf, sizeof(buf)));
+		}
+		first = 0;
+	}
+	putchar('\n');
+}
+
+void cli_out_fields(const cJSON *obj, int indent)
+{
+	const cJSON *item;
+	char buf[1024];
+
+	cJSON_ArrayForEach(item, obj) {
+		printf("%*s%s:", indent, "", item->string ? item->string : "?");
+		if (cJSON_IsObject(item)) {
+			putchar('\n');
+			cli_out_fields(item, indent + 2);
+		} else if (cJSON_IsArray(item)) {
+			putchar(' ');
+			cli_out_array(item);
+		} else {
+			printf(" %s\n", cli_out_scalar(item, buf, sizeof(buf)));
+		}
+	}
+}

@@ -1,0 +1,230 @@
+/* cli_manifest_build and cli_manifest_body on real files in a temporary directory:
+ * stoke.json passes through with unknown fields, flags override it, names and entries
+ * are derived, dot-directories and symbolic links stay home. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "check.h"
+#include "cli/manifest.h"
+
+static char root[256];
+
+static void put(const char *rel, const char *content)
+{
+	char path[512];
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/%s", root, rel);
+	f = fopen(path, "w");
+	if (!f) {
+		perror(path);
+		exit(2);
+	}
+	fputs(content, f);
+	fclose(f);
+}
+
+static void mkdir_in(const char *rel)
+{
+	char path[512];
+
+	snprintf(path, sizeof(path), "%s/%s", root, rel);
+	if (mkdir(path, 0755)) {
+		perror(path);
+		exit(2);
+	}
+}
+
+static const char *field(const struct cli_manifest *m, const char *key)
+{
+	const cJSON *item = cJSON_GetObjectItemCaseSensitive(m->manifest, key);
+
+	return cJSON_IsString(item) ? item->valuestring : NULL;
+}
+
+/* Builds for path (relative to root) with the given flags; returns the result. */
+static int build(const char *rel, const char *name, const char *tier, const char *runtime,
+		 struct cli_manifest *m, struct cli_err *err)
+{
+	char path[512];
+	struct cli_manifest_opts o = { path, name, tier, runtime };
+
+	snprintf(path, sizeof(path), "%s/%s", root, rel);
+	return cli_manifest_build(&o, m, err);
+}
+
+/* The body as the daemon sees it: parsed back from JSON. */
+static cJSON *body_of(const struct cli_manifest *m)
+{
+	struct strbuf sb = STRBUF_INIT;
+	cJSON *doc;
+
+	CHECK_INT(cli_manifest_body(m, &sb), 0);
+	doc = cJSON_ParseWithLength(sb.buf, sb.len);
+	CHECK(doc != NULL);
+	sb_free(&sb);
+	return doc;
+}
+
+static const char *file_b64(const cJSON *body, const char *rel)
+{
+	const cJSON *files = cJSON_GetObjectItemCaseSensitive(body, "files");
+	const cJSON *f = cJSON_GetObjectItemCaseSensitive(files, rel);
+
+	return cJSON_IsString(f) ? f->valuestring : NULL;
+}
+
+static void setup_tree(void)
+{
+	mkdir_in("My_App");
+	put("My_App/stoke.json", "{\"name\":\"from-json\",\"tier\":\"vm\",\"runtime\":"
+	    "\"python3\",\"entry\":\"main.py\",\"custom\":{\"x\":[1,2]}}");
+	put("My_App/main.py", "print('hi')\n");
+	put("My_App/.env", "A=1\n");
+	mkdir_in("My_App/lib");
+	put("My_App/lib/util.py", "x = 1\n");
+	mkdir_in("My_App/.git");
+	put("My_App/.git/HEAD", "ref: refs/heads/main\n");
+	mkdir_in("My_App/lib/.cache");
+	put("My_App/lib/.cache/junk", "junk");
+	{
+		char link[512];
+
+		/* Links could point anywhere (outside the tree too), so deploy skips them. */
+		snprintf(link, sizeof(link), "%s/My_App/alias.py", root);
+		CHECK_INT(symlink("main.py", link), 0);
+	}
+	mkdir_in("Plain.Dir");
+	put("Plain.Dir/index.js", "export default {}\n");
+	put("Hello.JS", "export default {fetch() {}}\n");
+	mkdir_in("bad");
+	put("bad/stoke.json", "{\"name\": ");
+	mkdir_in("array");
+	put("array/stoke.json", "[1]");
+	mkdir_in("numname");
+	put("numname/stoke.json", "{\"name\": 5}");
+	put("numname/a.js", "1");
+	mkdir_in("empty");
+}
+
+static void test_stoke_json_passes_through(void)
+{
+	struct cli_manifest m;
+	cJSON *body, *custom;
+
+	CHECK_INT(build("My_App", NULL, NULL, NULL, &m, NULL), 0);
+	CHECK_STR(m.name, "from-json");
+	CHECK_STR(field(&m, "tier"), "vm");
+	CHECK_STR(field(&m, "runtime"), "python3");
+	CHECK_STR(field(&m, "entry"), "main.py");
+	custom = cJSON_GetObjectItemCaseSensitive(m.manifest, "custom");
+	CHECK(cJSON_IsObject(custom));
+	CHECK_INT(m.nfiles, 4);	/* stoke.json, main.py, .env, lib/util.py */
+
+	body = body_of(&m);
+	CHECK_STR(file_b64(body, "main.py"), "cHJpbnQoJ2hpJykK");
+	CHECK_STR(file_b64(body, "lib/util.py"), "eCA9IDEK");
+	CHECK(file_b64(body, ".env") != NULL);
+	CHECK(file_b64(body, "stoke.json") != NULL);
+	CHECK(file_b64(body, ".git/HEAD") == NULL);
+	CHECK(file_b64(body, "lib/.cache/junk") == NULL);
+	CHECK(file_b64(body, "alias.py") == NULL);
+	custom = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(body,
+							"manifest"), "custom");
+	CHECK(cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(custom, "x")));
+	cJSON_Delete(body);
+	cli_manifest_free(&m);
+}
+
+static void test_flags_override(void)
+{
+	struct cli_manifest m;
+
+	CHECK_INT(build("My_App", "flagged", "isolate", "js", &m, NULL), 0);
+	CHECK_STR(m.name, "flagged");
+	CHECK_STR(field(&m, "name"), "flagged");
+	CHECK_STR(field(&m, "tier"), "isolate");
+	CHECK_STR(field(&m, "runtime"), "js");
+	CHECK_STR(field(&m, "entry"), "main.py");
+	cli_manifest_free(&m);
+}
+
+static void test_derived_names(void)
+{
+	struct cli_manifest m;
+	cJSON *body;
+
+	/* A directory keeps its dots: only files lose an extension. */
+	CHECK_INT(build("Plain.Dir/", NULL, NULL, NULL, &m, NULL), 0);
+	CHECK_STR(m.name, "plain.dir");
+	CHECK(field(&m, "entry") == NULL);
+	CHECK(field(&m, "tier") == NULL);
+	cli_manifest_free(&m);
+
+	CHECK_INT(build("Plain.Dir/.", NULL, "auto", NULL, &m, NULL), 0);
+	CHECK_STR(m.name, "plain.dir");
+	CHECK_STR(field(&m, "tier"), "auto");
+	cli_manifest_free(&m);
+
+	CHECK_INT(build("Hello.JS", NULL, NULL, NULL, &m, NULL), 0);
+	CHECK_STR(m.name, "hello");
+	CHECK_STR(field(&m, "entry"), "Hello.JS");
+	CHECK_INT(m.nfiles, 1);
+	body = body_of(&m);
+	CHECK(file_b64(body, "Hello.JS") != NULL);
+	cJSON_Delete(body);
+	cli_manifest_free(&m);
+
+	CHECK_INT(build("Hello.JS", "other", NULL, "js", &m, NULL), 0);
+	CHECK_STR(m.name, "other");
+	CHECK_STR(field(&m, "entry"), "Hello.JS");
+	CHECK_STR(field(&m, "runtime"), "js");
+	cli_manifest_free(&m);
+}
+
+static void test_errors(void)
+{
+	struct cli_err err = { 0 };
+	struct cli_manifest m;
+
+	CHECK_INT(build("bad", NULL, NULL, NULL, &m, &err), -EINVAL);
+	CHECK(strstr(err.msg, "stoke.json") != NULL);
+	CHECK_INT(build("array", NULL, NULL, NULL, &m, &err), -EINVAL);
+	CHECK_INT(build("numname", NULL, NULL, NULL, &m, &err), -EINVAL);
+	CHECK(strstr(err.msg, "name") != NULL);
+	CHECK_INT(build("numname", "fixed", NULL, NULL, &m, &err), 0);
+	cli_manifest_free(&m);
+	CHECK_INT(build("missing", NULL, NULL, NULL, &m, &err), -ENOENT);
+	CHECK_INT(build("empty", NULL, NULL, NULL, &m, &err), -ENOENT);
+	CHECK(strstr(err.msg, "no files") != NULL);
+}
+
+static void cleanup(void)
+{
+	char cmd[300];
+
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", root);
+	if (system(cmd))
+		fprintf(stderr, "could not remove %s\n", root);
+}
+
+int main(void)
+{
+	const char *tmp = getenv("TMPDIR");
+
+	snprintf(root, sizeof(root), "%s/stoke-cli-manifest-XXXXXX", tmp ? tmp : "/tmp");
+	if (!mkdtemp(root)) {
+		perror("mkdtemp");
+		return 2;
+	}
+	setup_tree();
+	test_stoke_json_passes_through();
+	test_flags_override();
+	test_derived_names();
+	test_errors();
+	cleanup();
+	return check_done("test_manifest");
+}
