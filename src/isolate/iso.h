@@ -1,0 +1,93 @@
+/*
+ * Internals of the isolate tier shared by its C files (tier.c: workers, pool, limits;
+ * prepare.c: deploy-time transpile and compile). The public face is iso_tier_ops.
+ */
+#ifndef STOKE_ISO_H
+#define STOKE_ISO_H
+
+#include "common/invoke.h"
+#include "isolate/iso_v8.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <time.h>
+
+#define ISO_DEFAULT_CPU_MS 50
+#define ISO_DEFAULT_WALL_MS 30000
+#define ISO_DEFAULT_MEMORY_MB 128
+/* Module evaluation at a cold start gets its own, larger CPU budget. */
+#define ISO_STARTUP_CPU_MS 1000
+#define ISO_DEFAULT_POOL 4
+
+/* fn->tier_data: what a deploy produced, shared by every worker. */
+struct iso_fn {
+	struct iso_code *code;
+	atomic_int worker;		/* owning worker index; -1 until first request */
+	struct iso_tenant *tenant;	/* the live instance; owning worker only */
+};
+
+/* A live instance of a function version: one isolate with the tenant's context. Owned
+ * and touched only by its worker thread. */
+struct iso_tenant {
+	struct fn *fn;			/* referenced while the tenant lives */
+	struct iso_vm *vm;
+	size_t mem;			/* bytes at the end of its last request */
+	struct iso_tenant *prev, *next;	/* worker's LRU list, most recent first */
+};
+
+enum iso_msg_kind { ISO_MSG_INVOKE, ISO_MSG_RETIRE };
+
+struct iso_msg {
+	enum iso_msg_kind kind;
+	struct inv *inv;
+	struct fn *fn;			/* ISO_MSG_RETIRE: referenced */
+};
+
+struct iso_tier;
+
+struct iso_worker {
+	struct iso_tier *tier;
+	int idx;
+	pthread_t thread;
+	clockid_t cpu_clock;
+
+	pthread_mutex_t lock;		/* guards the queue and the watch fields */
+	pthread_cond_t cond;
+	struct iso_msg *q;
+	size_t qhead, qlen, qcap;
+	int stop;
+	struct iso_vm *watched;		/* JavaScript running under the watchdog */
+	uint64_t cpu_start_ns, cpu_limit_ns, wall_deadline_ns;
+
+	/* Worker thread only. */
+	struct iso_vm **pool;
+	int npool;
+	struct iso_tenant *lru_head, *lru_tail;
+	size_t mem;
+};
+
+struct iso_tier {
+	struct tier *t;
+	int nworkers;
+	int pool_target;
+	uint64_t budget_per_worker;
+	struct iso_worker *workers;
+	atomic_uint next_worker;
+
+	pthread_t watchdog;
+	pthread_mutex_t wd_lock;
+	pthread_cond_t wd_cond;
+	int wd_stop;
+	atomic_int nbusy;
+
+	atomic_long live, pool_size, mem_bytes;
+	atomic_ulong cold_starts, invocations, evictions, pool_misses;
+	atomic_ulong kills_cpu, kills_wall, kills_memory, kills_stack, exceptions;
+};
+
+/* prepare.c */
+int iso__prepare(struct tier *t, struct fn *fn, char *err, size_t errlen);
+void iso__release(struct tier *t, struct fn *fn);
+
+#endif

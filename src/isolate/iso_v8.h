@@ -1,0 +1,110 @@
+/*
+ * The C face of the V8 shim (shim.cc, the only C++ in stoke). Everything else in the
+ * isolate tier is C and sees V8 only through these calls.
+ *
+ * Threading: iso_v8_init() once per process. An iso_vm (one V8 isolate) is created,
+ * used and freed by one thread only; the only call allowed from another thread is
+ * iso_vm_terminate(). An iso_code is immutable once compiled and shared by all threads.
+ */
+#ifndef STOKE_ISO_V8_H
+#define STOKE_ISO_V8_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* How a load or a call ended. */
+enum iso_status {
+	ISO_OK = 0,
+	ISO_EXCEPTION,		/* uncaught exception; message in the error text */
+	ISO_CPU_LIMIT,		/* iso_vm_terminate(vm, ISO_CPU_LIMIT) */
+	ISO_WALL_LIMIT,
+	ISO_MEMORY_LIMIT,	/* heap or ArrayBuffer cap reached */
+	ISO_STACK_OVERFLOW,
+	ISO_NO_RESPONSE,	/* the promise can never settle (nothing left to run) */
+	ISO_BAD_RESPONSE,	/* fetch() resolved to something that is not a Response */
+	ISO_NO_HANDLER,		/* no default export with a fetch method */
+};
+
+/* Same layout as struct kv in common/invoke.h so callers can pass those arrays. */
+struct iso_kv {
+	char *name;
+	char *value;
+	size_t name_len;
+	size_t value_len;
+};
+
+/* Where a vm sends what the JavaScript produces; set per call with iso_vm_set_io(). */
+struct iso_io {
+	void *opaque;
+	void (*log)(void *opaque, int is_stderr, const char *msg, size_t len);
+	int (*add_header)(void *opaque, const char *name, size_t nlen,
+			  const char *value, size_t vlen);
+	/* Takes ownership of a malloc'd body. */
+	void (*set_body)(void *opaque, char *body, size_t len);
+};
+
+struct iso_req {
+	const char *method;
+	const char *url;
+	const struct iso_kv *headers;
+	size_t nheaders;
+	const char *body;
+	size_t body_len;
+	uint64_t wall_deadline_ns;	/* CLOCK_MONOTONIC; timers never sleep past it */
+};
+
+struct iso_code;
+struct iso_vm;
+
+/* Starts V8 and builds the startup snapshot holding the Web API runtime. 0 or -errno. */
+int iso_v8_init(char *err, size_t errlen);
+/* The runtime snapshot's size in bytes (for metrics). */
+size_t iso_v8_snapshot_size(void);
+uint64_t iso_v8_now_ns(void);
+
+/*
+ * Reads dir/entry and every module it imports, compiles them and keeps V8 code caches.
+ * Returns 0, -EINVAL for a script error ("path: line L, column C: message" in err),
+ * -ENOENT for a missing file, or another -errno.
+ */
+int iso_code_compile(const char *dir, const char *entry, struct iso_code **out,
+		     char *err, size_t errlen);
+void iso_code_free(struct iso_code *code);
+size_t iso_code_size(const struct iso_code *code);
+/* How many modules were compiled (entry included) and how big their caches are. */
+size_t iso_code_nmodules(const struct iso_code *code);
+
+/* A blank isolate deserialized from the runtime snapshot (no context yet). */
+struct iso_vm *iso_vm_new(void);
+void iso_vm_free(struct iso_vm *vm);
+/* Heap limit and ArrayBuffer cap, bytes. Call before iso_vm_load(). */
+void iso_vm_set_limits(struct iso_vm *vm, size_t heap_bytes, size_t buffer_bytes);
+void iso_vm_set_io(struct iso_vm *vm, const struct iso_io *io);
+/*
+ * Creates the tenant's context from the snapshot, installs env and evaluates the modules
+ * (from the code cache). Returns an iso_status; err says what went wrong.
+ */
+int iso_vm_load(struct iso_vm *vm, const struct iso_code *code, const struct iso_kv *env,
+		size_t nenv, char *err, size_t errlen);
+/* Calls the default export's fetch(request, env, ctx) and runs timers, microtasks and
+ * ctx.waitUntil() work until they are done or the deadline passes. Fills *status. */
+int iso_vm_call(struct iso_vm *vm, const struct iso_req *req, int *status,
+		char *err, size_t errlen);
+/* Runs ctx.waitUntil() work after the response went out; drops leftover timers. */
+int iso_vm_drain(struct iso_vm *vm, uint64_t deadline, char *err, size_t errlen);
+/* Any thread: stops running JavaScript; the call returns `why`. */
+void iso_vm_terminate(struct iso_vm *vm, enum iso_status why);
+/* Heap bytes in use (V8's used_heap_size plus external ArrayBuffer memory). */
+size_t iso_vm_memory(struct iso_vm *vm);
+/* Lets the garbage collector trim an idle isolate. */
+void iso_vm_idle(struct iso_vm *vm);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

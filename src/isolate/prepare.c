@@ -1,0 +1,141 @@
+/*
+ * Deploy-time work for the isolate tier: TypeScript goes through esbuild into the
+ * function's directory, then every module is compiled once and its V8 code cache kept
+ * in fn->tier_data, so cold starts deserialize code instead of parsing it.
+ */
+#include "isolate/iso.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+extern char **environ;
+
+static int ends_with(const char *s, const char *suffix)
+{
+	size_t n = strlen(s), m = strlen(suffix);
+
+	return n >= m && !strcmp(s + n - m, suffix);
+}
+
+/*
+ * esbuild reports "✘ [ERROR] message" and then "    file:L:C:" (C counted from 0);
+ * rewrite that as the tier's "file: line L, column C: message".
+ */
+static void esbuild_error(const char *out, char *err, size_t errlen)
+{
+	const char *msg = strstr(out, "[ERROR] ");
+	const char *loc = msg ? strstr(msg, "\n    ") : NULL;
+	char file[256];
+	int line, col, n;
+
+	if (!msg) {
+		snprintf(err, errlen, "esbuild failed: %.200s", out);
+		return;
+	}
+	msg += 8;
+	n = (int)strcspn(msg, "\n");
+	if (loc && sscanf(loc + 5, "%255[^:]:%d:%d:", file, &line, &col) == 3)
+		snprintf(err, errlen, "%s: line %d, column %d: %.*s", file, line, col + 1, n, msg);
+	else
+		snprintf(err, errlen, "%.*s", n, msg);
+}
+
+static int run_esbuild(const char *dir, const char *entry, const char *outfile,
+		       char *err, size_t errlen)
+{
+	const char *exe = getenv("STOKE_ESBUILD") ? getenv("STOKE_ESBUILD") : "esbuild";
+	char outarg[4500], logpath[] = "/tmp/stoke-esbuild-XXXXXX", out[2048];
+	char *argv[] = { (char *)exe, (char *)entry, "--bundle", "--format=esm",
+		"--platform=neutral", "--target=es2022", "--external:*.wasm",
+		"--log-level=error", "--color=false", outarg, NULL };
+	posix_spawn_file_actions_t fa;
+	int fd, rc, status;
+	ssize_t n;
+	pid_t pid;
+
+	snprintf(outarg, sizeof(outarg), "--outfile=%s", outfile);
+	fd = mkstemp(logpath);
+	if (fd < 0)
+		return -errno;
+	unlink(logpath);
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_addchdir_np(&fa, dir);
+	posix_spawn_file_actions_adddup2(&fa, fd, 2);
+	posix_spawn_file_actions_adddup2(&fa, fd, 1);
+	rc = posix_spawnp(&pid, exe, &fa, NULL, argv, environ);
+	posix_spawn_file_actions_destroy(&fa);
+	if (rc) {
+		close(fd);
+		snprintf(err, errlen, "cannot run %s: %s", exe, strerror(rc));
+		return -rc;
+	}
+	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+		;
+	n = pread(fd, out, sizeof(out) - 1, 0);
+	close(fd);
+	out[n > 0 ? n : 0] = '\0';
+	if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+		return 0;
+	esbuild_error(out, err, errlen);
+	return -EINVAL;
+}
+
+/* "src/app.ts" -> "src/.app.stoke.js": next to its source so relative .wasm imports
+ * still resolve, and hidden so it cannot collide with a tenant's own app.js. */
+static void ts_output(const char *entry, char *out, size_t len)
+{
+	const char *slash = strrchr(entry, '/');
+	int dirlen = slash ? (int)(slash - entry + 1) : 0;
+	const char *base = entry + dirlen;
+
+	snprintf(out, len, "%.*s.%.*s.stoke.js", dirlen, entry, (int)(strlen(base) - 3), base);
+}
+
+int iso__prepare(struct tier *t, struct fn *fn, char *err, size_t errlen)
+{
+	char js[300], path[4400];
+	const char *entry = fn->entry[0] ? fn->entry : "index.js";
+	struct iso_fn *f;
+	int rc;
+
+	if (!fn->dir)
+		return -EINVAL;
+	if (ends_with(entry, ".ts") || ends_with(entry, ".mts")) {
+		if (ends_with(entry, ".mts"))
+			snprintf(js, sizeof(js), "%.*s.ts", (int)strlen(entry) - 4, entry);
+		ts_output(ends_with(entry, ".mts") ? js : entry, js, sizeof(js));
+		snprintf(path, sizeof(path), "%s/%s", fn->dir, js);
+		rc = run_esbuild(fn->dir, entry, path, err, errlen);
+		if (rc)
+			return rc;
+		entry = js;
+	}
+	f = calloc(1, sizeof(*f));
+	if (!f)
+		return -ENOMEM;
+	atomic_init(&f->worker, -1);
+	rc = iso_code_compile(fn->dir, entry, &f->code, err, errlen);
+	if (rc) {
+		free(f);
+		return rc;
+	}
+	fn->tier_data = f;
+	return 0;
+}
+
+void iso__release(struct tier *t, struct fn *fn)
+{
+	struct iso_fn *f = fn->tier_data;
+
+	if (!f)
+		return;
+	iso_code_free(f->code);
+	free(f);
+	fn->tier_data = NULL;
+}

@@ -1,0 +1,48 @@
+/* The hooks the shim calls, and the globals every tenant context starts with. */
+
+let waitList = [];
+
+class ExecutionContext {
+	waitUntil(p) { waitList.push(Promise.resolve(p).catch(reportError)); }
+	passThroughOnException() {}
+}
+
+function toWire(r) {
+	if (!(r instanceof Response))
+		throw new TypeError(`fetch() must return a Response, not ${r === null ? 'null' : typeof r}`);
+	if (r.bodyUsed) throw new TypeError('the Response body has already been used');
+	const flat = [];
+	for (const [k, v] of r.headers) flat.push(k, v);
+	return [r.status || 500, flat, r._rawBody()];
+}
+
+/* dispatch(handler, method, url, [name, value...], bodyLength|null, env) */
+function dispatch(handler, method, url, flat, bodyLen, env) {
+	timers.clear();
+	waitList = [];
+	let body = null;
+	if (bodyLen !== null) {
+		body = new Uint8Array(bodyLen);
+		native.readBody(body);
+	}
+	const req = new Request(kInternal, { method, url, headers: Headers[kGuard](flat), body });
+	return Promise.resolve(handler.fetch(req, env, new ExecutionContext())).then(toWire);
+}
+
+function drain() {
+	const list = waitList;
+	waitList = [];
+	return Promise.allSettled(list).then(() => { timers.clear(); });
+}
+
+const GLOBALS = {
+	DOMException, TextEncoder, TextDecoder, atob, btoa, console, setTimeout, clearTimeout,
+	setInterval, clearInterval, queueMicrotask, crypto, structuredClone, Headers, Request,
+	Response, URL, URLSearchParams, Event, EventTarget, Blob, FormData, AbortController,
+	AbortSignal, fetch, reportError,
+};
+for (const [k, v] of Object.entries(GLOBALS))
+	Object.defineProperty(globalThis, k, { value: v, writable: true, configurable: true,
+					       enumerable: false });
+Object.defineProperty(globalThis, 'self', { value: globalThis, writable: true,
+					    configurable: true });
