@@ -281,6 +281,148 @@ static void test_hello(void)
 	fn_unref(fn);
 }
 
+
+/* ---- limits and failure isolation ---- */
+
+/* A function that misbehaves when asked (?bad) and answers "ok N" otherwise, N counting
+ * requests served by this instance (so a fresh isolate shows as "ok 1"). */
+static struct fn *deploy_bad(const char *name, const char *bad, const struct fn_limits *lim)
+{
+	char src[4096];
+
+	snprintf(src, sizeof(src),
+		 "let n = 0;\n"
+		 "export default { async fetch(req) {\n"
+		 "  n++;\n"
+		 "  if (new URL(req.url).search === '?bad') { %s }\n"
+		 "  return new Response('ok ' + n);\n} };\n", bad);
+	return deploy_limits(name, lim, errbuf, sizeof(errbuf), "index.js", src, NULL);
+}
+
+static void expect_limit(const char *name, const char *bad, const struct fn_limits *lim,
+			 int status, const char *kind, const char *logline)
+{
+	struct fn *fn, *other;
+	struct inv *inv;
+	char oname[80];
+
+	if (!want(name))
+		return;
+	fn = deploy_bad(name, bad, lim);
+	snprintf(oname, sizeof(oname), "%s-other", name);
+	other = deploy_bad(oname, "", NULL);
+	CHECK(fn && other, "%s: deploy: %s", name, errbuf);
+	if (!fn || !other)
+		return;
+	inv = call(fn, "GET", "/", NULL);
+	CHECK(!strcmp(body_of(inv), "ok 1"), "%s: warm-up '%s'", name, body_of(inv));
+	inv_free(inv);
+	inv = call(fn, "GET", "/?bad", NULL);
+	CHECK(inv->resp.status == status && inv->resp.error_kind &&
+	      !strcmp(inv->resp.error_kind, kind),
+	      "%s: got %d %s '%s'", name, inv->resp.status,
+	      inv->resp.error_kind ? inv->resp.error_kind : "-", body_of(inv));
+	CHECK(strstr(body_of(inv), "\"error\":\"") && strstr(body_of(inv), kind),
+	      "%s: JSON error body '%s'", name, body_of(inv));
+	inv_free(inv);
+	CHECK(log_has(logline), "%s: log line '%s'", name, logline);
+	inv = call(other, "GET", "/", NULL);
+	CHECK(inv->resp.status == 200, "%s: other tenant still answers: %d", name,
+	      inv->resp.status);
+	inv_free(inv);
+	inv = call(fn, "GET", "/", NULL);
+	CHECK(inv->resp.status == 200 && !strncmp(body_of(inv), "ok ", 3),
+	      "%s: next request succeeds: %d '%s'", name, inv->resp.status, body_of(inv));
+	inv_free(inv);
+	T.ops->retire(&T, fn);
+	T.ops->retire(&T, other);
+	fn_unref(fn);
+	fn_unref(other);
+}
+
+static void test_limits(void)
+{
+	struct fn_limits small = { .memory_mb = 32, .cpu_ms = 5000 }, wall = { .wall_ms = 300, .cpu_ms = 50 };
+
+	expect_limit("cpu", "while (true) {}", NULL, 503, "cpu_limit",
+		     "exceeded its CPU time limit (50 ms)");
+	expect_limit("heap", "const a = []; while (true) a.push({ x: new Array(100).fill(n) });",
+		     &small, 503, "memory_limit", "exceeded its memory limit (32 MB)");
+	expect_limit("buffers", "const a = []; for (let i = 0; i < 1000; i++) "
+		     "a.push(new ArrayBuffer(1 << 20));", &small, 503, "memory_limit",
+		     "exceeded its memory limit (32 MB)");
+	expect_limit("stack", "const f = (x) => f(x + 1) + 1; f(0);", NULL, 500,
+		     "stack_overflow", "overflowed its stack");
+	expect_limit("wall", "await new Promise((r) => setTimeout(r, 5000));", &wall, 504,
+		     "wall_limit", "exceeded its wall time limit (300 ms)");
+	expect_limit("throws", "throw new Error('boom ' + n);", NULL, 500, "exception",
+		     "Uncaught Error: boom 2");
+	expect_limit("eval", "eval('1 + 1');", NULL, 500, "exception",
+		     "Code generation from strings disallowed");
+	expect_limit("newfn", "new Function('return 1')();", NULL, 500, "exception",
+		     "Code generation from strings disallowed");
+	expect_limit("noresp", "return 42;", NULL, 500, "exception",
+		     "fetch() must return a Response");
+	expect_limit("hang", "await new Promise(() => {});", NULL, 500, "no_response",
+		     "never produced a response");
+}
+
+static void test_deploy_errors(void)
+{
+	struct fn *fn;
+
+	if (!want("deploy"))
+		return;
+	fn = deploy("syntax", "index.js", "export default {\n  fetch() {\n    return 1 +;\n  }\n};\n");
+	CHECK(!fn && strstr(errbuf, "index.js: line 3, column") && strstr(errbuf, "SyntaxError"),
+	      "syntax error: '%s'", errbuf);
+	fn = deploy("syntax2", "index.js", "import { x } from './lib.js';\nexport default x;\n",
+		    "lib.js", "export const x = {\n\n  a: ]\n};\n");
+	CHECK(!fn && strstr(errbuf, "lib.js: line 3, column 6"), "import error: '%s'", errbuf);
+	fn = deploy("missing", "index.js", "import './nope.js';\n");
+	CHECK(!fn && strstr(errbuf, "nope.js"), "missing import: '%s'", errbuf);
+	fn = deploy("bare", "index.js", "import 'hono';\n");
+	CHECK(!fn && strstr(errbuf, "hono"), "bare import: '%s'", errbuf);
+	fn = deploy("nohandler", "index.js", "export default { x: 1 };\n");
+	CHECK(fn, "no handler deploys: %s", errbuf);
+	if (fn) {
+		struct inv *inv = call(fn, "GET", "/", NULL);
+
+		CHECK(inv->resp.status == 500 && !strcmp(inv->resp.error_kind, "no_handler"),
+		      "no handler: %d", inv->resp.status);
+		inv_free(inv);
+		fn_unref(fn);
+	}
+	fn = deploy("tsbad", "index.ts", "const x: number = ;\nexport default {};\n");
+	CHECK(!fn && strstr(errbuf, "index.ts: line 1, column 19"), "ts error: '%s'", errbuf);
+}
+
+static void test_isolation(void)
+{
+	struct fn *a, *b;
+	struct inv *inv;
+
+	if (!want("isolation"))
+		return;
+	a = deploy("tenant-a", "index.js",
+		   "globalThis.secret = 'a-secret'; Response.prototype.leak = 'a';\n"
+		   "export default { fetch() { return new Response(globalThis.secret); } };\n");
+	b = deploy("tenant-b", "index.js",
+		   "export default { fetch() { return new Response(\n"
+		   "  typeof globalThis.secret + ' ' + typeof Response.prototype.leak); } };\n");
+	CHECK(a && b, "deploy: %s", errbuf);
+	if (!a || !b)
+		return;
+	inv = call(a, "GET", "/", NULL);
+	CHECK(!strcmp(body_of(inv), "a-secret"), "a: %s", body_of(inv));
+	inv_free(inv);
+	inv = call(b, "GET", "/", NULL);
+	CHECK(!strcmp(body_of(inv), "undefined undefined"), "b sees a: %s", body_of(inv));
+	inv_free(inv);
+	fn_unref(a);
+	fn_unref(b);
+}
+
 static void release_hook(struct fn *fn)
 {
 	T.ops->release(&T, fn);
@@ -305,6 +447,9 @@ int main(int argc, char **argv)
 	}
 	test_hello();
 	js_expect("smoke", "return 1 + 1", "2");
+	test_limits();
+	test_deploy_errors();
+	test_isolation();
 	T.ops->stop(&T);
 	printf("test_isolate: %d passed, %d failed\n", npass, nfail);
 	return nfail ? 1 : 0;
