@@ -108,6 +108,9 @@ long chan_read(struct vm *vm, void *buf, size_t len)
 	do
 		n = read(vm->cfg->channel_fd, buf, len);
 	while (n < 0 && errno == EINTR && !vm->run->immediate_exit);
+	/* A daemon that closed with frames unread resets the socket: that is still EOF. */
+	if (n < 0 && errno == ECONNRESET)
+		return 0;
 	if (n < 0)
 		return -errno;
 	if (n > 0 && !vm->in_request) {

@@ -1,7 +1,7 @@
 /*
  * The guest's file namespace and descriptor table. Three host directories are layered:
- * the runtime root file system at /, the function's files at /var/task and a private
- * writable directory at /tmp. Every lookup goes through openat2(RESOLVE_IN_ROOT) on one
+ * the runtime root file system at /, the function's files at /var/task, the language
+ * runtime's bootstrap at /var/runtime and a private writable directory at /tmp. Every lookup goes through openat2(RESOLVE_IN_ROOT) on one
  * of them, so neither ".." nor a symlink (absolute or relative) can leave it, whatever
  * the guest asks for. Only /tmp is writable.
  */
@@ -18,10 +18,12 @@
 #include <unistd.h>
 
 #define GUEST_TASK "/var/task"
+#define GUEST_RUNTIME "/var/runtime"
 #define GUEST_TMP "/tmp"
 
 static const struct { const char *prefix; enum vm_mount mnt; } mounts[] = {
 	{ GUEST_TASK, VM_MNT_TASK },
+	{ GUEST_RUNTIME, VM_MNT_RUNTIME },
 	{ GUEST_TMP, VM_MNT_TMP },
 };
 
@@ -44,6 +46,7 @@ int vfs_init(struct vm *vm)
 	if (vm->mnt_fd[VM_MNT_ROOT] < 0)
 		return vm->mnt_fd[VM_MNT_ROOT];
 	vm->mnt_fd[VM_MNT_TASK] = cfg->task_dir ? open_dir(cfg->task_dir) : -1;
+	vm->mnt_fd[VM_MNT_RUNTIME] = cfg->runtime_dir ? open_dir(cfg->runtime_dir) : -1;
 	vm->mnt_fd[VM_MNT_TMP] = cfg->tmp_dir ? open_dir(cfg->tmp_dir) : -1;
 	for (i = VM_MNT_TASK; i < VM_MNT_COUNT; i++)
 		if (vm->mnt_fd[i] < -1)

@@ -107,6 +107,8 @@ static void supervise(struct jail_config *jc, pid_t child, int go_fd)
 	while (waitpid(child, &status, 0) < 0 && errno == EINTR)
 		;
 	cgroup_remove(jc);
+	/* The jail's tmpfs is mounted in the namespace we share with it. */
+	umount2(jc->stage, MNT_DETACH);
 	rmdir(jc->stage);
 	if (WIFSIGNALED(status))
 		_exit(128 + WTERMSIG(status));

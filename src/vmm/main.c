@@ -25,6 +25,7 @@ static const char usage[] =
 	"usage: stoke-vmm [options] -- PROGRAM [ARG...]\n"
 	"  --rootfs DIR     guest root file system (required); PROGRAM is a path in it\n"
 	"  --task DIR       function files, shown at /var/task (also the cwd)\n"
+	"  --runtime DIR    language runtime bootstrap, shown at /var/runtime\n"
 	"  --mem-mb N       guest memory (default 256)\n"
 	"  --tmp-mb N       size of the private writable /tmp (default 64, 0 for none)\n"
 	"  --wall-ms N      wall-clock limit per request on the channel (default none)\n"
@@ -34,12 +35,13 @@ static const char usage[] =
 	"  --cgroup DIR     cgroup v2 directory to join (the caller sets its limits)\n"
 	"  --stats          print system-call counts to stderr at exit\n";
 
-enum { OPT_ROOTFS = 256, OPT_TASK, OPT_MEM, OPT_TMP, OPT_WALL, OPT_CHAN, OPT_ENV,
+enum { OPT_ROOTFS = 256, OPT_TASK, OPT_RUNTIME, OPT_MEM, OPT_TMP, OPT_WALL, OPT_CHAN, OPT_ENV,
        OPT_NOJAIL, OPT_STATS, OPT_CGROUP };
 
 static const struct option options[] = {
 	{ "rootfs", required_argument, NULL, OPT_ROOTFS },
 	{ "task", required_argument, NULL, OPT_TASK },
+	{ "runtime", required_argument, NULL, OPT_RUNTIME },
 	{ "mem-mb", required_argument, NULL, OPT_MEM },
 	{ "tmp-mb", required_argument, NULL, OPT_TMP },
 	{ "wall-ms", required_argument, NULL, OPT_WALL },
@@ -67,6 +69,7 @@ static int parse_args(int argc, char **argv, struct vm_config *cfg, struct jail_
 		switch (c) {
 		case OPT_ROOTFS: cfg->rootfs = optarg; break;
 		case OPT_TASK: cfg->task_dir = optarg; break;
+		case OPT_RUNTIME: cfg->runtime_dir = optarg; break;
 		case OPT_MEM: cfg->mem_bytes = strtoull(optarg, NULL, 10) << 20; break;
 		case OPT_TMP: cfg->tmp_bytes = strtoull(optarg, NULL, 10) << 20; break;
 		case OPT_WALL: cfg->wall_ms = (uint32_t)strtoul(optarg, NULL, 10); break;

@@ -31,11 +31,12 @@ struct vfd {
 };
 
 /* Guest mount points layered over the root file system. */
-enum vm_mount { VM_MNT_ROOT, VM_MNT_TASK, VM_MNT_TMP, VM_MNT_COUNT };
+enum vm_mount { VM_MNT_ROOT, VM_MNT_TASK, VM_MNT_RUNTIME, VM_MNT_TMP, VM_MNT_COUNT };
 
 struct vm_config {
 	const char *rootfs;	/* host directory: the guest's / */
 	const char *task_dir;	/* host directory shown at /var/task, or NULL */
+	const char *runtime_dir; /* host directory shown at /var/runtime, or NULL */
 	const char *tmp_dir;	/* host directory shown at /tmp, or NULL for none */
 	uint64_t mem_bytes;
 	uint64_t tmp_bytes;

@@ -1,0 +1,163 @@
+"""stoke's Python runtime: serves invocations of one handler over the channel.
+
+Runs inside the process VM as `python3 -S -u /var/runtime/bootstrap.py`. It imports the
+user's module from /var/task once, then loops: read a request frame from descriptor 3,
+call handler(event, context) AWS Lambda style, write a response frame. One VM serves
+many requests warm. The frame format is documented in docs/channel-abi.md.
+"""
+
+import base64
+import importlib.util
+import json
+import os
+import sys
+import time
+import traceback
+from urllib.parse import parse_qs
+
+CHANNEL_FD = int(os.environ.get("STOKE_CHANNEL_FD", "3"))
+TASK_DIR = "/var/task"
+HDR_SIZE = 8
+FRAME_VERSION = 1
+FRAME_REQUEST = 1
+FRAME_RESPONSE = 2
+
+
+def read_exact(n):
+    chunks = []
+    while n:
+        b = os.read(CHANNEL_FD, n)
+        if not b:
+            return None
+        chunks.append(b)
+        n -= len(b)
+    return b"".join(chunks)
+
+
+def read_frame():
+    hdr = read_exact(HDR_SIZE)
+    if hdr is None:
+        return None, None
+    length = int.from_bytes(hdr[0:4], "little")
+    payload = read_exact(length) if length else b""
+    if payload is None:
+        return None, None
+    return hdr[4], payload
+
+
+def write_frame(ftype, payload):
+    hdr = len(payload).to_bytes(4, "little") + bytes([ftype, FRAME_VERSION, 0, 0])
+    data = memoryview(hdr + payload)
+    while data:
+        n = os.write(CHANNEL_FD, data)
+        data = data[n:]
+
+
+class Context:
+    """The handler's second argument, shaped like AWS Lambda's."""
+
+    def __init__(self, req):
+        self.function_name = req.get("function", "")
+        self.function_version = str(req.get("version", ""))
+        self.request_id = req.get("request_id", "")
+        self.aws_request_id = self.request_id
+        self.memory_limit_mb = int(req.get("memory_limit_mb", 0))
+        self.memory_limit_in_mb = self.memory_limit_mb
+        self._deadline_ms = int(req.get("deadline_ms", 0))
+
+    def get_remaining_time_in_millis(self):
+        if not self._deadline_ms:
+            return 0
+        return max(0, self._deadline_ms - int(time.time() * 1000))
+
+
+def make_event(req):
+    headers = {}
+    for name, value in req.get("headers", []):
+        name = name.lower()
+        headers[name] = headers[name] + ", " + value if name in headers else value
+    query = req.get("query", "")
+    return {
+        "method": req.get("method", "GET"),
+        "path": req.get("path", "/"),
+        "query": parse_qs(query, keep_blank_values=True),
+        "rawQuery": query,
+        "url": req.get("url", ""),
+        "headers": headers,
+        "body": req.get("body", ""),
+        "isBase64Encoded": req.get("body_encoding") == "base64",
+    }
+
+
+def as_response(result):
+    """Turns what the handler returned into the response frame's fields."""
+    if isinstance(result, dict) and ("statusCode" in result or "body" in result):
+        body = result.get("body", "")
+        b64 = bool(result.get("isBase64Encoded", False))
+        if isinstance(body, (bytes, bytearray)):
+            body, b64 = base64.b64encode(body).decode(), True
+        elif body is None:
+            body = ""
+        elif not isinstance(body, str):
+            body = json.dumps(body)
+        headers = {str(k): str(v) for k, v in (result.get("headers") or {}).items()}
+        return {"statusCode": int(result.get("statusCode", 200)), "headers": headers,
+                "body": body, "isBase64Encoded": b64}
+    if isinstance(result, (bytes, bytearray)):
+        return {"statusCode": 200, "headers": {}, "isBase64Encoded": True,
+                "body": base64.b64encode(result).decode()}
+    if isinstance(result, str):
+        return {"statusCode": 200, "headers": {"content-type": "text/plain; charset=utf-8"},
+                "body": result, "isBase64Encoded": False}
+    if result is None:
+        return {"statusCode": 200, "headers": {}, "body": "", "isBase64Encoded": False}
+    return {"statusCode": 200, "headers": {"content-type": "application/json"},
+            "body": json.dumps(result), "isBase64Encoded": False}
+
+
+def handler_error(req, exc):
+    traceback.print_exception(exc, file=sys.stderr)
+    body = json.dumps({"error": "handler_error", "message": f"{type(exc).__name__}: {exc}",
+                       "request_id": req.get("request_id", "")})
+    return {"statusCode": 500, "headers": {"content-type": "application/json"},
+            "body": body, "isBase64Encoded": False}
+
+
+def load_handler():
+    entry = os.environ.get("STOKE_ENTRY", "handler.py")
+    name = os.environ.get("STOKE_HANDLER", "handler")
+    path = os.path.join(TASK_DIR, entry)
+    sys.path.insert(0, os.path.dirname(path))
+    spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(entry))[0],
+                                                  path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise SystemExit(f"stoke: {entry} defines no callable '{name}'")
+    return fn
+
+
+def serve(handler):
+    while True:
+        ftype, payload = read_frame()
+        if ftype is None:
+            return
+        if ftype != FRAME_REQUEST:
+            continue
+        req = json.loads(payload)
+        try:
+            resp = as_response(handler(make_event(req), Context(req)))
+        except Exception as exc:  # the handler's failure is the caller's 500
+            resp = handler_error(req, exc)
+        sys.stdout.flush()
+        write_frame(FRAME_RESPONSE, json.dumps(resp).encode())
+
+
+def main():
+    os.chdir(TASK_DIR)
+    serve(load_handler())
+
+
+if __name__ == "__main__":
+    main()

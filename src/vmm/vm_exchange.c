@@ -1,0 +1,345 @@
+/*
+ * One request/response exchange with a running VM over the channel (frames as in
+ * docs/channel-abi.md), while the guest's stdout and stderr stream to the function log.
+ */
+#include "vm_proc.h"
+#include "frame.h"
+#include "common/base64.h"
+#include "common/invoke.h"
+#include "common/strbuf.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static int utf8_valid(const unsigned char *s, size_t n)
+{
+	size_t i = 0, k, len;
+
+	while (i < n) {
+		unsigned c = s[i];
+
+		if (c < 0x80) { i++; continue; }
+		if (c >= 0xc2 && c <= 0xdf) len = 1;
+		else if (c >= 0xe0 && c <= 0xef) len = 2;
+		else if (c >= 0xf0 && c <= 0xf4) len = 3;
+		else return 0;
+		if (i + len >= n)
+			return 0;
+		/* no overlong forms, surrogates or code points past U+10FFFF */
+		if ((c == 0xe0 && s[i + 1] < 0xa0) || (c == 0xed && s[i + 1] >= 0xa0) ||
+		    (c == 0xf0 && s[i + 1] < 0x90) || (c == 0xf4 && s[i + 1] >= 0x90))
+			return 0;
+		for (k = 1; k <= len; k++)
+			if ((s[i + k] & 0xc0) != 0x80)
+				return 0;
+		i += len + 1;
+	}
+	return 1;
+}
+
+static void add_body(struct strbuf *sb, const char *body, size_t len)
+{
+	char *b64;
+
+	if (utf8_valid((const unsigned char *)body, len)) {
+		sb_adds(sb, ",\"body\":");
+		sb_json_str(sb, body, len);
+		sb_adds(sb, ",\"body_encoding\":\"utf8\"");
+		return;
+	}
+	b64 = malloc(b64_encoded_len(len));
+	if (!b64) {
+		sb->failed = 1;
+		return;
+	}
+	b64_encode(body, len, b64);
+	sb_adds(sb, ",\"body\":\"");
+	sb_adds(sb, b64);
+	sb_adds(sb, "\",\"body_encoding\":\"base64\"");
+	free(b64);
+}
+
+static void add_field(struct strbuf *sb, const char *name, const char *val)
+{
+	sb_printf(sb, ",\"%s\":", name);
+	sb_json_str(sb, val ? val : "", val ? strlen(val) : 0);
+}
+
+/* Builds the request frame: header then JSON. Returns NULL on allocation failure. */
+static char *request_frame(struct inv *inv, uint32_t wall_ms, size_t *len)
+{
+	struct strbuf sb = STRBUF_INIT;
+	struct timespec now;
+	size_t i;
+	char *out;
+
+	clock_gettime(CLOCK_REALTIME, &now);
+	sb_add(&sb, "\0\0\0\0\0\0\0\0", FRAME_HDR_SIZE);
+	sb_adds(&sb, "{\"request_id\":");
+	sb_json_str(&sb, inv->request_id, strlen(inv->request_id));
+	add_field(&sb, "function", inv->fn->name);
+	sb_printf(&sb, ",\"version\":%lld,\"memory_limit_mb\":%u,\"deadline_ms\":%lld",
+		  (long long)inv->fn->version, inv->fn->limits.memory_mb,
+		  (long long)now.tv_sec * 1000 + now.tv_nsec / 1000000 + wall_ms);
+	add_field(&sb, "method", inv->req.method);
+	add_field(&sb, "path", inv->req.path);
+	add_field(&sb, "query", inv->req.query);
+	add_field(&sb, "url", inv->req.url);
+	sb_adds(&sb, ",\"headers\":[");
+	for (i = 0; i < inv->req.nheaders; i++) {
+		struct kv *h = &inv->req.headers[i];
+
+		sb_adds(&sb, i ? ",[" : "[");
+		sb_json_str(&sb, h->name, h->name_len);
+		sb_adds(&sb, ",");
+		sb_json_str(&sb, h->value, h->value_len);
+		sb_adds(&sb, "]");
+	}
+	sb_adds(&sb, "]");
+	add_body(&sb, inv->req.body ? inv->req.body : "", inv->req.body_len);
+	sb_adds(&sb, "}");
+	out = sb_detach(&sb, len);
+	if (out)
+		frame_hdr_pack((uint8_t *)out, (uint32_t)(*len - FRAME_HDR_SIZE), FRAME_REQUEST);
+	return out;
+}
+
+static int set_headers(struct inv *inv, cJSON *headers)
+{
+	cJSON *h;
+	int r = 0;
+
+	cJSON_ArrayForEach(h, headers) {
+		const char *name = h->string, *val;
+
+		if (cJSON_IsArray(h) && cJSON_GetArraySize(h) == 2) {	/* [name, value] */
+			name = cJSON_GetStringValue(cJSON_GetArrayItem(h, 0));
+			val = cJSON_GetStringValue(cJSON_GetArrayItem(h, 1));
+		} else {
+			val = cJSON_GetStringValue(h);
+		}
+		if (name && val)
+			r = inv_resp_add_header(inv, name, strlen(name), val, strlen(val));
+		if (r)
+			return r;
+	}
+	return 0;
+}
+
+static int set_body(struct inv *inv, cJSON *body, int b64)
+{
+	const char *s = cJSON_GetStringValue(body);
+	size_t n = s ? strlen(s) : 0;
+	char *out = malloc(n * 3 / 4 + 4);
+	long got;
+
+	if (!out)
+		return -ENOMEM;
+	if (b64) {
+		got = b64_decode(s ? s : "", n, out);
+		if (got < 0) {
+			free(out);
+			return -EINVAL;
+		}
+		n = (size_t)got;
+	} else {
+		free(out);
+		out = malloc(n + 1);
+		if (!out)
+			return -ENOMEM;
+		memcpy(out, s ? s : "", n + 1);
+	}
+	inv_resp_set_body(inv, out, n);
+	return 0;
+}
+
+/* Fills inv->resp from a response frame; a malformed one becomes a 502. */
+static void take_response(struct inv *inv, const char *json, size_t len)
+{
+	cJSON *j = cJSON_ParseWithLength(json, len), *st;
+	int r = -EINVAL;
+
+	st = cJSON_GetObjectItemCaseSensitive(j, "statusCode");
+	if (cJSON_IsNumber(st) && st->valueint >= 100 && st->valueint <= 599) {
+		inv->resp.status = st->valueint;
+		r = set_headers(inv, cJSON_GetObjectItemCaseSensitive(j, "headers"));
+		if (!r)
+			r = set_body(inv, cJSON_GetObjectItemCaseSensitive(j, "body"),
+				cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "isBase64Encoded")));
+	}
+	cJSON_Delete(j);
+	if (r)
+		inv_fail(inv, 502, "bad_response", "the function's runtime sent a malformed "
+			 "response frame");
+}
+
+/* Streams guest output to the function log, line by line where lines fit. */
+static int pump_output(struct vm_proc *p, int fd, struct inv *inv, const char *stream)
+{
+	char buf[4096];
+	ssize_t n = read(fd, buf, sizeof(buf));
+	size_t keep;
+
+	if (n <= 0)
+		return n < 0 && errno == EINTR ? 1 : 0;
+	fnlog_write(inv->fn->name, inv->request_id, stream, buf, (size_t)n);
+	if (fd == p->err) {
+		keep = (size_t)n >= sizeof(p->tail) ? sizeof(p->tail) - 1 : (size_t)n;
+		if (p->tail_len + keep >= sizeof(p->tail)) {
+			size_t drop = p->tail_len + keep - (sizeof(p->tail) - 1);
+
+			memmove(p->tail, p->tail + drop, p->tail_len - drop);
+			p->tail_len -= drop;
+		}
+		memcpy(p->tail + p->tail_len, buf + n - keep, keep);
+		p->tail_len += keep;
+		p->tail[p->tail_len] = '\0';
+	}
+	return 1;
+}
+
+struct xfer {
+	char *out;		/* request frame */
+	size_t out_len, out_off;
+	char *in;		/* incoming bytes */
+	size_t in_len, in_cap;
+};
+
+/* Pulls complete frames out of x->in; returns 1 once a response was taken. */
+static int take_frames(struct xfer *x, struct inv *inv, vm_stats_fn on_stats, void *arg)
+{
+	struct frame_hdr h;
+	int done = 0;
+
+	while (!done && x->in_len >= FRAME_HDR_SIZE) {
+		frame_hdr_unpack((uint8_t *)x->in, &h);
+		if (x->in_len < FRAME_HDR_SIZE + (size_t)h.len)
+			break;
+		if (h.type == FRAME_RESPONSE) {
+			take_response(inv, x->in + FRAME_HDR_SIZE, h.len);
+			done = 1;
+		} else if (h.type == FRAME_VMM_STATS && on_stats) {
+			on_stats(arg, x->in + FRAME_HDR_SIZE, h.len);
+		}
+		x->in_len -= FRAME_HDR_SIZE + h.len;
+		memmove(x->in, x->in + FRAME_HDR_SIZE + h.len, x->in_len);
+	}
+	return done;
+}
+
+static int channel_io(struct vm_proc *p, struct xfer *x, short revents)
+{
+	ssize_t n;
+
+	if ((revents & POLLOUT) && x->out_off < x->out_len) {
+		n = write(p->chan, x->out + x->out_off, x->out_len - x->out_off);
+		if (n > 0)
+			x->out_off += (size_t)n;
+	}
+	if (!(revents & (POLLIN | POLLHUP | POLLERR)))
+		return 1;
+	if (x->in_cap - x->in_len < 65536) {
+		char *b = realloc(x->in, x->in_cap * 2 + 65536);
+
+		if (!b)
+			return -ENOMEM;
+		x->in = b;
+		x->in_cap = x->in_cap * 2 + 65536;
+	}
+	n = read(p->chan, x->in + x->in_len, x->in_cap - x->in_len);
+	if (n < 0 && errno == EAGAIN)
+		return 1;
+	if (n <= 0)
+		return 0;
+	x->in_len += (size_t)n;
+	return x->in_len > FRAME_MAX_PAYLOAD + FRAME_HDR_SIZE ? -E2BIG : 1;
+}
+
+/* Waits for the VM to exit, draining its output; SIGKILLs it first when asked. */
+static void reap(struct vm_proc *p, struct inv *inv, int kill_it, int *status)
+{
+	struct pollfd pf[2] = { { p->out, POLLIN, 0 }, { p->err, POLLIN, 0 } };
+	int open = 2, i;
+
+	if (kill_it)
+		kill(p->pid, SIGKILL);
+	while (open && poll(pf, 2, 2000) > 0) {
+		for (i = 0; i < 2; i++)
+			if (pf[i].fd >= 0 && pf[i].revents &&
+			    !pump_output(p, pf[i].fd, inv, i ? "stderr" : "stdout")) {
+				pf[i].fd = -1;
+				open--;
+			}
+	}
+	kill(p->pid, SIGKILL);
+	while (waitpid(p->pid, status, 0) < 0 && errno == EINTR)
+		;
+	p->pid = 0;
+	vm_proc_kill(p);
+}
+
+static int exchange_loop(struct vm_proc *p, struct xfer *x, struct inv *inv,
+			 uint64_t deadline, vm_stats_fn on_stats, void *arg)
+{
+	struct pollfd pf[3];
+	uint64_t now;
+	int r, i;
+
+	for (;;) {
+		now = vm_now_ns();
+		if (now >= deadline)
+			return -ETIMEDOUT;
+		pf[0] = (struct pollfd){ p->chan, POLLIN, 0 };
+		if (x->out_off < x->out_len)
+			pf[0].events |= POLLOUT;
+		pf[1] = (struct pollfd){ p->out, POLLIN, 0 };
+		pf[2] = (struct pollfd){ p->err, POLLIN, 0 };
+		r = poll(pf, 3, (int)((deadline - now) / 1000000 + 1));
+		if (r < 0 && errno != EINTR)
+			return -errno;
+		for (i = 1; i < 3; i++)
+			if (pf[i].revents)
+				pump_output(p, pf[i].fd, inv, i == 1 ? "stdout" : "stderr");
+		if (!pf[0].revents)
+			continue;
+		r = channel_io(p, x, pf[0].revents);
+		if (r <= 0)
+			return r ? r : -EPIPE;
+		if (take_frames(x, inv, on_stats, arg))
+			return 0;
+	}
+}
+
+enum vm_outcome vm_proc_invoke(struct vm_proc *p, struct inv *inv, uint32_t budget_ms,
+			       vm_stats_fn on_stats, void *arg, int *status)
+{
+	struct xfer x = { 0 };
+	int r;
+
+	*status = 0;
+	p->tail_len = 0;
+	p->tail[0] = '\0';
+	x.out = request_frame(inv, budget_ms, &x.out_len);
+	if (!x.out)
+		return VM_FAILED;
+	r = exchange_loop(p, &x, inv, vm_now_ns() + (uint64_t)budget_ms * 1000000ULL,
+			  on_stats, arg);
+	free(x.out);
+	free(x.in);
+	if (r == 0) {
+		p->served++;
+		return VM_OK;
+	}
+	reap(p, inv, r == -ETIMEDOUT, status);
+	if (r == -ETIMEDOUT || (WIFEXITED(*status) && WEXITSTATUS(*status) == 124))
+		return VM_TIMEOUT;
+	return VM_CRASHED;
+}

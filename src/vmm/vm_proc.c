@@ -1,0 +1,227 @@
+/* Daemon side of one VM: spawning stoke-vmm and one request/response exchange. */
+#include "vm_proc.h"
+#include "frame.h"
+#include "common/base64.h"
+#include "common/invoke.h"
+#include "common/strbuf.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+/* Guest descriptor of the channel, and the same number in the stoke-vmm process. */
+#define CHILD_CHANNEL_FD 3
+
+extern char **environ;
+
+uint64_t vm_now_ns(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (uint64_t)t.tv_sec * 1000000000ULL + (uint64_t)t.tv_nsec;
+}
+
+static int add_arg(struct vm_launch *l, const char *fmt, ...)
+{
+	va_list ap;
+	int n;
+
+	if (l->argc >= (int)(sizeof(l->argv) / sizeof(l->argv[0])) - 1)
+		return -E2BIG;
+	va_start(ap, fmt);
+	n = vsnprintf(l->strs + l->used, sizeof(l->strs) - l->used, fmt, ap);
+	va_end(ap);
+	if (n < 0 || (size_t)n >= sizeof(l->strs) - l->used)
+		return -E2BIG;
+	l->argv[l->argc++] = l->strs + l->used;
+	l->argv[l->argc] = NULL;
+	l->used += (size_t)n + 1;
+	return 0;
+}
+
+/*
+ * Runtime bootstraps: $STOKE_RUNTIMES, else runtimes/ beside stoke-vmm (an installed
+ * layout), else the source tree this was built from.
+ */
+static void runtime_dir(char *out, size_t len, const char *vmm_path, const char *runtime)
+{
+	const char *env = getenv("STOKE_RUNTIMES");
+	const char *slash = strrchr(vmm_path, '/');
+
+	if (env && *env) {
+		snprintf(out, len, "%s/%s", env, runtime);
+		return;
+	}
+	snprintf(out, len, "%.*s/runtimes/%s", slash ? (int)(slash - vmm_path) : 1,
+		 slash ? vmm_path : ".", runtime);
+	if (access(out, F_OK))
+		snprintf(out, len, "%s/%s", STOKE_RUNTIMES_DIR, runtime);
+}
+
+static int check_file(const char *path, char *err, size_t errlen, const char *what)
+{
+	struct stat st;
+
+	if (stat(path, &st) == 0 && S_ISREG(st.st_mode))
+		return 0;
+	snprintf(err, errlen, "%s not found: %s", what, path);
+	return -ENOENT;
+}
+
+static int launch_python(struct vm_launch *l, const struct fn *fn, const char *rootfs_dir,
+			 const char *vmm_path, char *err, size_t errlen)
+{
+	char rt[2048], path[4096];
+	int r;
+
+	runtime_dir(rt, sizeof(rt), vmm_path, "python3");
+	snprintf(path, sizeof(path), "%s/bootstrap.py", rt);
+	r = check_file(path, err, errlen, "python3 runtime bootstrap");
+	if (r)
+		return r;
+	snprintf(path, sizeof(path), "%s/python3/usr/bin/python3", rootfs_dir);
+	if (access(path, F_OK)) {
+		snprintf(err, errlen, "python3 root file system missing (%s/python3): "
+			 "run scripts/setup", rootfs_dir);
+		return -ENOENT;
+	}
+	r = add_arg(l, "--rootfs=%s/python3", rootfs_dir);
+	r = r ? r : add_arg(l, "--runtime=%s", rt);
+	r = r ? r : add_arg(l, "--env=STOKE_ENTRY=%s", fn->entry);
+	return r;
+}
+
+static int add_program(struct vm_launch *l, const struct fn *fn)
+{
+	int r;
+
+	r = add_arg(l, "--");
+	if (!strcmp(fn->runtime, "python3")) {
+		r = r ? r : add_arg(l, "/usr/bin/python3");
+		r = r ? r : add_arg(l, "-S");
+		r = r ? r : add_arg(l, "-u");
+		return r ? r : add_arg(l, "/var/runtime/bootstrap.py");
+	}
+	return r ? r : add_arg(l, "/var/task/%s", fn->entry);
+}
+
+int vm_launch_build(struct vm_launch *l, const struct fn *fn, const char *rootfs_dir,
+		    const char *vmm_path, int jail, char *err, size_t errlen)
+{
+	char path[4096];
+	size_t i;
+	int r;
+
+	memset(l, 0, sizeof(*l));
+	l->wall_ms = fn->limits.wall_ms ? fn->limits.wall_ms : 30000;
+	l->mem_mb = fn->limits.memory_mb >= 64 ? fn->limits.memory_mb : 256;
+	snprintf(path, sizeof(path), "%s/%s", fn->dir, fn->entry);
+	if (strstr(fn->entry, "..") || check_file(path, err, errlen, "entry"))
+		return -ENOENT;
+	r = add_arg(l, "%s", vmm_path);
+	r = r ? r : add_arg(l, "--task=%s", fn->dir);
+	r = r ? r : add_arg(l, "--mem-mb=%u", l->mem_mb);
+	r = r ? r : add_arg(l, "--tmp-mb=%u", fn->limits.tmp_mb ? fn->limits.tmp_mb : 64);
+	r = r ? r : add_arg(l, "--wall-ms=%u", l->wall_ms);
+	r = r ? r : add_arg(l, "--channel-fd=%d", CHILD_CHANNEL_FD);
+	r = r ? r : add_arg(l, "--env=STOKE_CHANNEL_FD=%d", CHILD_CHANNEL_FD);
+	r = r ? r : add_arg(l, "--env=STOKE_FUNCTION=%s", fn->name);
+	if (!r && !jail)
+		r = add_arg(l, "--no-jail");
+	for (i = 0; i < fn->nenv && !r; i++)
+		r = add_arg(l, "--env=%s=%s", fn->env[i].name, fn->env[i].value);
+	if (r)
+		return r;
+	if (!strcmp(fn->runtime, "python3"))
+		r = launch_python(l, fn, rootfs_dir, vmm_path, err, errlen);
+	else if (!strcmp(fn->runtime, "native"))
+		r = add_arg(l, "--rootfs=%s", fn->dir);
+	else
+		snprintf(err, errlen, "runtime '%s' is not served by the vm tier "
+			 "(python3, native)", fn->runtime), r = -EINVAL;
+	return r ? r : add_program(l, fn);
+}
+
+static int spawn_actions(posix_spawn_file_actions_t *fa, int chan, int out, int err)
+{
+	int r = posix_spawn_file_actions_init(fa);
+
+	r = r ? r : posix_spawn_file_actions_addopen(fa, 0, "/dev/null", O_RDONLY, 0);
+	r = r ? r : posix_spawn_file_actions_adddup2(fa, out, 1);
+	r = r ? r : posix_spawn_file_actions_adddup2(fa, err, 2);
+	r = r ? r : posix_spawn_file_actions_adddup2(fa, chan, CHILD_CHANNEL_FD);
+	return r;
+}
+
+int vm_proc_spawn(struct vm_proc *p, const struct vm_launch *l, const char *vmm_path)
+{
+	int sv[2] = { -1, -1 }, po[2] = { -1, -1 }, pe[2] = { -1, -1 }, r, i;
+	posix_spawn_file_actions_t fa;
+
+	memset(p, 0, sizeof(*p));
+	p->chan = p->out = p->err = -1;
+	p->mem_mb = l->mem_mb;
+	/* Far above 2: dup2 onto an equal fd would keep close-on-exec set. */
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0 ||
+	    pipe2(po, O_CLOEXEC) < 0 || pipe2(pe, O_CLOEXEC) < 0) {
+		r = -errno;
+		goto fail;
+	}
+	if (sv[1] == CHILD_CHANNEL_FD) {
+		int d = fcntl(sv[1], F_DUPFD_CLOEXEC, 10);
+
+		close(sv[1]);
+		sv[1] = d;
+	}
+	r = -spawn_actions(&fa, sv[1], po[1], pe[1]);
+	if (!r)
+		r = -posix_spawn(&p->pid, vmm_path, &fa, NULL, l->argv, environ);
+	posix_spawn_file_actions_destroy(&fa);
+	if (r)
+		goto fail;
+	p->started_ns = vm_now_ns();
+	p->chan = sv[0];
+	p->out = po[0];
+	p->err = pe[0];
+	close(sv[1]);
+	close(po[1]);
+	close(pe[1]);
+	fcntl(p->chan, F_SETFL, O_NONBLOCK);
+	return 0;
+fail:
+	for (i = 0; i < 2; i++) {
+		if (sv[i] >= 0) close(sv[i]);
+		if (po[i] >= 0) close(po[i]);
+		if (pe[i] >= 0) close(pe[i]);
+	}
+	return r < 0 ? r : -EAGAIN;
+}
+
+void vm_proc_kill(struct vm_proc *p)
+{
+	int status;
+
+	if (p->pid > 0) {
+		kill(p->pid, SIGKILL);
+		while (waitpid(p->pid, &status, 0) < 0 && errno == EINTR)
+			;
+		p->pid = 0;
+	}
+	if (p->chan >= 0) close(p->chan);
+	if (p->out >= 0) close(p->out);
+	if (p->err >= 0) close(p->err);
+	p->chan = p->out = p->err = -1;
+}

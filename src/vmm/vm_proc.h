@@ -1,0 +1,60 @@
+/*
+ * Daemon side: one stoke-vmm child process and the exchange of one request with it.
+ * Used by the VM tier (vm_tier.c); kept apart so tests and benchmarks can drive a VM
+ * without the tier's pools and threads.
+ */
+#ifndef STOKE_VMM_VM_PROC_H
+#define STOKE_VMM_VM_PROC_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+struct fn;
+struct inv;
+
+struct vm_proc {
+	pid_t pid;
+	int chan;		/* our end of the channel socketpair */
+	int out, err;		/* the guest's stdout and stderr (read ends) */
+	uint64_t started_ns;
+	unsigned served;	/* requests answered */
+	uint32_t mem_mb;
+	char tail[1024];	/* the last stderr bytes, for crash reports */
+	size_t tail_len;
+	struct vm_proc *next;	/* idle list */
+};
+
+/* How to start a VM for a function: built once per function version at prepare. */
+struct vm_launch {
+	char *argv[64];
+	char strs[8192];	/* storage for argv strings */
+	size_t used;
+	int argc;
+	uint32_t wall_ms;
+	uint32_t mem_mb;
+};
+
+/* Outcome of one exchange, beyond the response it filled in. */
+enum vm_outcome { VM_OK, VM_CRASHED, VM_TIMEOUT, VM_FAILED };
+
+/* Per-exchange callback for the VMM's statistics frame (JSON payload). */
+typedef void (*vm_stats_fn)(void *arg, const char *json, size_t len);
+
+uint64_t vm_now_ns(void);
+/* Fills l for fn; rootfs_dir and vmm_path come from the tier. Returns 0 or -errno. */
+int vm_launch_build(struct vm_launch *l, const struct fn *fn, const char *rootfs_dir,
+		    const char *vmm_path, int jail, char *err, size_t errlen);
+/* Starts a VM. Returns 0 or -errno. */
+int vm_proc_spawn(struct vm_proc *p, const struct vm_launch *l, const char *vmm_path);
+/*
+ * Sends inv's request and waits for the response (at most budget_ms), streaming the
+ * guest's stdout/stderr into the function's log. On VM_OK inv->resp is filled; on any
+ * other outcome the process is dead and reaped, and *status holds its wait status.
+ */
+enum vm_outcome vm_proc_invoke(struct vm_proc *p, struct inv *inv, uint32_t budget_ms,
+			       vm_stats_fn on_stats, void *arg, int *status);
+/* Kills (if still running) and reaps the process, closes its descriptors. */
+void vm_proc_kill(struct vm_proc *p);
+
+#endif

@@ -1,0 +1,432 @@
+/*
+ * The micro-VM tier as the daemon sees it (vm_tier_ops): worker threads take
+ * invocations off a queue, each runs on a warm VM of the same function version or on a
+ * freshly started one, and idle VMs are kept per version within a memory budget. The
+ * gateway's event loop only ever enqueues.
+ */
+#include "vm_proc.h"
+#include "common/invoke.h"
+#include "common/strbuf.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define MAX_WORKERS 64
+#define MAX_IDLE_PER_FN 8
+#define MAX_ENOSYS_NAMES 32
+/* A cold start's budget: boot happens before the VMM's own per-request clock starts. */
+#define BOOT_ALLOWANCE_MS 10000
+/* Backstop past wall_ms for the VMM to report its own timeout first. */
+#define WALL_GRACE_MS 1000
+
+struct enosys_count {
+	char name[24];
+	uint64_t count;
+};
+
+/* fn->tier_data: one function version. */
+struct vm_fn {
+	pthread_mutex_t lock;
+	struct vm_launch launch;
+	struct vm_proc *idle;
+	int nidle;
+	int retired;
+	char name[64];
+	struct enosys_count enosys[MAX_ENOSYS_NAMES];
+	struct vm_fn *next;	/* tier's list, for metrics and stop */
+};
+
+struct job {
+	struct inv *inv;
+	struct job *next;
+};
+
+struct vm_tier {
+	pthread_t workers[MAX_WORKERS];
+	int nworkers;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	struct job *head, *tail;
+	int stopping;
+	int jail;
+	struct vm_fn *fns;
+	atomic_ullong idle_bytes;
+	atomic_int live;
+	atomic_ullong boots, boot_ns, crashes, timeouts, invocations;
+};
+
+static struct vm_tier *tier_of(struct tier *t)
+{
+	return t->priv;
+}
+
+static void on_stats(void *arg, const char *json, size_t len)
+{
+	struct vm_fn *vf = arg;
+	cJSON *j = cJSON_ParseWithLength(json, len), *e;
+	int i;
+
+	pthread_mutex_lock(&vf->lock);
+	cJSON_ArrayForEach(e, cJSON_GetObjectItemCaseSensitive(j, "enosys")) {
+		for (i = 0; i < MAX_ENOSYS_NAMES; i++) {
+			struct enosys_count *c = &vf->enosys[i];
+
+			if (!c->name[0])
+				snprintf(c->name, sizeof(c->name), "%s", e->string);
+			if (!strcmp(c->name, e->string)) {
+				c->count += (uint64_t)e->valuedouble;
+				break;
+			}
+		}
+	}
+	pthread_mutex_unlock(&vf->lock);
+	cJSON_Delete(j);
+}
+
+static struct vm_proc *take_idle(struct vm_fn *vf)
+{
+	struct vm_proc *p;
+
+	pthread_mutex_lock(&vf->lock);
+	p = vf->idle;
+	if (p) {
+		vf->idle = p->next;
+		vf->nidle--;
+	}
+	pthread_mutex_unlock(&vf->lock);
+	return p;
+}
+
+static void drop(struct vm_tier *vt, struct vm_proc *p)
+{
+	vm_proc_kill(p);
+	free(p);
+	atomic_fetch_sub(&vt->live, 1);
+}
+
+/* Keeps a VM warm for the next request, unless the version is gone or memory is short. */
+static void put_idle(struct tier *t, struct vm_fn *vf, struct vm_proc *p)
+{
+	struct vm_tier *vt = tier_of(t);
+	uint64_t bytes = (uint64_t)p->mem_mb << 20;
+	int keep;
+
+	pthread_mutex_lock(&vf->lock);
+	keep = !vf->retired && !vt->stopping && vf->nidle < MAX_IDLE_PER_FN &&
+	       atomic_load(&vt->idle_bytes) + bytes <= t->memory_budget;
+	if (keep) {
+		p->next = vf->idle;
+		vf->idle = p;
+		vf->nidle++;
+		atomic_fetch_add(&vt->idle_bytes, bytes);
+	}
+	pthread_mutex_unlock(&vf->lock);
+	if (!keep)
+		drop(vt, p);
+}
+
+static struct vm_proc *get_vm(struct tier *t, struct vm_fn *vf, struct inv *inv, int *err)
+{
+	struct vm_tier *vt = tier_of(t);
+	struct vm_proc *p = take_idle(vf);
+
+	if (p) {
+		atomic_fetch_sub(&vt->idle_bytes, (uint64_t)p->mem_mb << 20);
+		inv->cold = 0;
+		return p;
+	}
+	p = calloc(1, sizeof(*p));
+	if (!p) {
+		*err = -ENOMEM;
+		return NULL;
+	}
+	*err = vm_proc_spawn(p, &vf->launch, t->vmm_path);
+	if (*err) {
+		free(p);
+		return NULL;
+	}
+	atomic_fetch_add(&vt->live, 1);
+	atomic_fetch_add(&vt->boots, 1);
+	inv->cold = 1;
+	return p;
+}
+
+static void report_crash(struct vm_tier *vt, struct inv *inv, struct vm_proc *p, int status)
+{
+	const char *last = p->tail_len ? p->tail : "";
+	const char *nl;
+	char how[64];
+
+	/* The last stderr line usually names the fault or the uncaught exception. */
+	while ((nl = strchr(last, '\n')) && nl[1])
+		last = nl + 1;
+	if (WIFSIGNALED(status))
+		snprintf(how, sizeof(how), "killed by signal %d", WTERMSIG(status));
+	else if (WEXITSTATUS(status) > 128 && WEXITSTATUS(status) < 125 + 65)
+		/* stoke-vmm reports a guest fault as 128 + the signal Linux would send */
+		snprintf(how, sizeof(how), "program killed by signal %d", WEXITSTATUS(status) - 128);
+	else
+		snprintf(how, sizeof(how), "exited with status %d", WEXITSTATUS(status));
+	atomic_fetch_add(&vt->crashes, 1);
+	inv_fail(inv, 502, "crash", "the function's VM %s: %.200s", how, last);
+}
+
+static void run_invocation(struct tier *t, struct inv *inv)
+{
+	struct vm_tier *vt = tier_of(t);
+	struct vm_fn *vf = inv->fn->tier_data;
+	struct vm_proc *p;
+	uint64_t t0 = vm_now_ns();
+	uint32_t budget;
+	int err = 0, status;
+
+	atomic_fetch_add(&vt->invocations, 1);
+	p = get_vm(t, vf, inv, &err);
+	if (!p) {
+		inv_fail(inv, 503, "vm_start", "cannot start a VM: %s", strerror(-err));
+		return;
+	}
+	budget = vf->launch.wall_ms + WALL_GRACE_MS + (inv->cold ? BOOT_ALLOWANCE_MS : 0);
+	switch (vm_proc_invoke(p, inv, budget, on_stats, vf, &status)) {
+	case VM_OK:
+		if (inv->cold)
+			atomic_fetch_add(&vt->boot_ns, vm_now_ns() - t0);
+		put_idle(t, vf, p);
+		return;
+	case VM_TIMEOUT:
+		atomic_fetch_add(&vt->timeouts, 1);
+		inv_fail(inv, 504, "timeout", "the function ran past its wall-time limit of %u ms",
+			 vf->launch.wall_ms);
+		break;
+	case VM_CRASHED:
+		report_crash(vt, inv, p, status);
+		break;
+	case VM_FAILED:
+		inv_fail(inv, 500, "internal", "out of memory building the request");
+		break;
+	}
+	drop(vt, p);
+}
+
+static void *worker(void *arg)
+{
+	struct tier *t = arg;
+	struct vm_tier *vt = tier_of(t);
+	struct job *j;
+
+	for (;;) {
+		pthread_mutex_lock(&vt->lock);
+		while (!vt->head && !vt->stopping)
+			pthread_cond_wait(&vt->cond, &vt->lock);
+		j = vt->head;
+		if (j) {
+			vt->head = j->next;
+			if (!vt->head)
+				vt->tail = NULL;
+		}
+		pthread_mutex_unlock(&vt->lock);
+		if (!j)
+			return NULL;
+		run_invocation(t, j->inv);
+		inv_done(j->inv);
+		free(j);
+	}
+}
+
+static int vm_start(struct tier *t)
+{
+	struct vm_tier *vt = calloc(1, sizeof(*vt));
+	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+	int i, r;
+
+	if (!vt)
+		return -ENOMEM;
+	pthread_mutex_init(&vt->lock, NULL);
+	pthread_cond_init(&vt->cond, NULL);
+	/* VMs mostly wait on their guest: more workers than cores keeps cores busy. */
+	vt->nworkers = t->nworkers > 0 ? t->nworkers : (int)(ncpu > 0 ? ncpu * 4 : 8);
+	if (vt->nworkers > MAX_WORKERS)
+		vt->nworkers = MAX_WORKERS;
+	/* Namespaces, cgroups and the privilege drop need root; without it run unjailed. */
+	vt->jail = geteuid() == 0 && !getenv("STOKE_VM_NO_JAIL");
+	t->priv = vt;
+	for (i = 0; i < vt->nworkers; i++) {
+		r = pthread_create(&vt->workers[i], NULL, worker, t);
+		if (r) {
+			vt->nworkers = i;
+			return -r;
+		}
+	}
+	return 0;
+}
+
+static int vm_prepare(struct tier *t, struct fn *fn, char *err, size_t errlen)
+{
+	struct vm_tier *vt = tier_of(t);
+	struct vm_fn *vf = calloc(1, sizeof(*vf));
+	int r;
+
+	if (!vf)
+		return -ENOMEM;
+	r = vm_launch_build(&vf->launch, fn, t->rootfs_dir, t->vmm_path, vt->jail, err, errlen);
+	if (r) {
+		free(vf);
+		return r;
+	}
+	pthread_mutex_init(&vf->lock, NULL);
+	snprintf(vf->name, sizeof(vf->name), "%s", fn->name);
+	pthread_mutex_lock(&vt->lock);
+	vf->next = vt->fns;
+	vt->fns = vf;
+	pthread_mutex_unlock(&vt->lock);
+	fn->tier_data = vf;
+	return 0;
+}
+
+static void vm_invoke(struct tier *t, struct inv *inv)
+{
+	struct vm_tier *vt = tier_of(t);
+	struct job *j = malloc(sizeof(*j));
+
+	if (!j) {
+		inv_fail(inv, 503, "overloaded", "out of memory queueing the request");
+		inv_done(inv);
+		return;
+	}
+	j->inv = inv;
+	j->next = NULL;
+	pthread_mutex_lock(&vt->lock);
+	if (vt->tail)
+		vt->tail->next = j;
+	else
+		vt->head = j;
+	vt->tail = j;
+	pthread_cond_signal(&vt->cond);
+	pthread_mutex_unlock(&vt->lock);
+}
+
+static void drain_idle(struct vm_tier *vt, struct vm_fn *vf)
+{
+	struct vm_proc *p;
+
+	while ((p = take_idle(vf))) {
+		atomic_fetch_sub(&vt->idle_bytes, (uint64_t)p->mem_mb << 20);
+		drop(vt, p);
+	}
+}
+
+static void vm_retire(struct tier *t, struct fn *fn)
+{
+	struct vm_fn *vf = fn->tier_data;
+
+	if (!vf)
+		return;
+	pthread_mutex_lock(&vf->lock);
+	vf->retired = 1;
+	pthread_mutex_unlock(&vf->lock);
+	drain_idle(tier_of(t), vf);
+}
+
+static void vm_release(struct tier *t, struct fn *fn)
+{
+	struct vm_tier *vt = tier_of(t);
+	struct vm_fn *vf = fn->tier_data, **pp;
+
+	if (!vf)
+		return;
+	vm_retire(t, fn);
+	pthread_mutex_lock(&vt->lock);
+	for (pp = &vt->fns; *pp; pp = &(*pp)->next)
+		if (*pp == vf) {
+			*pp = vf->next;
+			break;
+		}
+	pthread_mutex_unlock(&vt->lock);
+	pthread_mutex_destroy(&vf->lock);
+	free(vf);
+	fn->tier_data = NULL;
+}
+
+static void metrics_enosys(struct vm_fn *vf, struct strbuf *out)
+{
+	int i;
+
+	pthread_mutex_lock(&vf->lock);
+	for (i = 0; i < MAX_ENOSYS_NAMES && vf->enosys[i].name[0]; i++)
+		sb_printf(out, "stoke_vm_enosys_total{function=\"%s\",syscall=\"%s\"} %llu\n",
+			  vf->name, vf->enosys[i].name,
+			  (unsigned long long)vf->enosys[i].count);
+	pthread_mutex_unlock(&vf->lock);
+}
+
+static void vm_metrics(struct tier *t, struct strbuf *out)
+{
+	struct vm_tier *vt = tier_of(t);
+	struct vm_fn *vf;
+
+	sb_printf(out, "# TYPE stoke_vm_live gauge\nstoke_vm_live %d\n", atomic_load(&vt->live));
+	sb_printf(out, "# TYPE stoke_vm_idle_bytes gauge\nstoke_vm_idle_bytes %llu\n",
+		  (unsigned long long)atomic_load(&vt->idle_bytes));
+	sb_printf(out, "# TYPE stoke_vm_boots_total counter\nstoke_vm_boots_total %llu\n",
+		  (unsigned long long)atomic_load(&vt->boots));
+	sb_printf(out, "# TYPE stoke_vm_cold_start_seconds summary\n"
+		  "stoke_vm_cold_start_seconds_sum %.6f\nstoke_vm_cold_start_seconds_count %llu\n",
+		  (double)atomic_load(&vt->boot_ns) / 1e9,
+		  (unsigned long long)atomic_load(&vt->boots));
+	sb_printf(out, "# TYPE stoke_vm_crashes_total counter\nstoke_vm_crashes_total %llu\n",
+		  (unsigned long long)atomic_load(&vt->crashes));
+	sb_printf(out, "# TYPE stoke_vm_timeouts_total counter\nstoke_vm_timeouts_total %llu\n",
+		  (unsigned long long)atomic_load(&vt->timeouts));
+	sb_adds(out, "# TYPE stoke_vm_enosys_total counter\n");
+	pthread_mutex_lock(&vt->lock);
+	for (vf = vt->fns; vf; vf = vf->next)
+		metrics_enosys(vf, out);
+	pthread_mutex_unlock(&vt->lock);
+}
+
+static void vm_stop(struct tier *t)
+{
+	struct vm_tier *vt = tier_of(t);
+	struct vm_fn *vf;
+	struct job *j;
+	int i;
+
+	if (!vt)
+		return;
+	pthread_mutex_lock(&vt->lock);
+	vt->stopping = 1;
+	/* Queued invocations fail; running ones finish (bounded by their wall limits). */
+	while ((j = vt->head)) {
+		vt->head = j->next;
+		inv_fail(j->inv, 503, "shutting_down", "the daemon is stopping");
+		inv_done(j->inv);
+		free(j);
+	}
+	vt->tail = NULL;
+	pthread_cond_broadcast(&vt->cond);
+	pthread_mutex_unlock(&vt->lock);
+	for (i = 0; i < vt->nworkers; i++)
+		pthread_join(vt->workers[i], NULL);
+	for (vf = vt->fns; vf; vf = vf->next)
+		drain_idle(vt, vf);
+	t->priv = NULL;
+	free(vt);
+}
+
+const struct tier_ops vm_tier_ops = {
+	.name = "vm",
+	.start = vm_start,
+	.prepare = vm_prepare,
+	.invoke = vm_invoke,
+	.retire = vm_retire,
+	.release = vm_release,
+	.metrics = vm_metrics,
+	.stop = vm_stop,
+};
