@@ -236,6 +236,9 @@ static void js_expect(const char *name, const char *body, const char *expect)
 	CHECK(fn, "%s: deploy failed: %s", name, errbuf);
 	if (!fn)
 		return;
+	fn->env = calloc(1, sizeof(*fn->env));
+	fn->env[0] = (struct kv){ strdup("GREETING"), strdup("hi"), 8, 2 };
+	fn->nenv = 1;
 	inv = call(fn, "GET", "/t?x=1", NULL);
 	CHECK(inv->resp.status == 200 && !strcmp(body_of(inv), expect),
 	      "%s: got %d '%s', want '%s'", name, inv->resp.status, body_of(inv), expect);
@@ -423,6 +426,166 @@ static void test_isolation(void)
 	fn_unref(b);
 }
 
+
+/* ---- Web APIs: each case is an async function body and the String() it must give ---- */
+
+static const char *const api_cases[][3] = {
+	/* URL (WHATWG parsing and serialization) */
+	{ "url-relative", "return new URL('../c/./d?x=1#f', 'http://ex.com/a/b/').href",
+	  "http://ex.com/a/c/d?x=1#f" },
+	{ "url-normalize", "return new URL('HTTP://EX.com:80/%7Efoo/../bar').href",
+	  "http://ex.com/bar" },
+	{ "url-parts", "const u = new URL('https://u:p@Ex.com:8443/p/a?q=1#h');"
+	  "return [u.protocol, u.username, u.password, u.host, u.hostname, u.port, u.pathname,"
+	  "u.search, u.hash, u.origin].join('|')",
+	  "https:|u|p|ex.com:8443|ex.com|8443|/p/a|?q=1|#h|https://ex.com:8443" },
+	{ "url-encode", "return new URL('http://ex.com/a b/ü?q=a b&c=ü#x y').href",
+	  "http://ex.com/a%20b/%C3%BC?q=a%20b&c=%C3%BC#x%20y" },
+	{ "url-ipv4", "return new URL('http://0x7f.1/').host + ' ' + new URL('http://[::1]:8/').host",
+	  "127.0.0.1 [::1]:8" },
+	{ "url-invalid", "try { new URL('nope'); return 'no' } catch (e) {"
+	  "return e instanceof TypeError }", "true" },
+	{ "url-canparse", "return [URL.canParse('http://a'), URL.canParse('/x'),"
+	  "URL.canParse('/x', 'http://a')].join()", "true,false,true" },
+	{ "url-setters", "const u = new URL('http://a.com/x?y=1'); u.pathname = '/p q';"
+	  "u.search = '?k=v'; u.hash = 'h'; u.port = '81'; return u.href",
+	  "http://a.com:81/p%20q?k=v#h" },
+	{ "url-opaque", "const u = new URL('mailto:Joe@Ex.com'); return u.pathname + ' ' + u.origin",
+	  "Joe@Ex.com null" },
+	{ "url-backslash", "return new URL('http://a.com\\\\b\\\\c').pathname", "/b/c" },
+	{ "url-searchparams-live", "const u = new URL('http://a/?a=1&b=2');"
+	  "u.searchParams.append('c', '3 4'); u.searchParams.delete('a'); return u.href",
+	  "http://a/?b=2&c=3+4" },
+	{ "usp-parse", "const p = new URLSearchParams('?a=1&a=2&b=%20x+y&c');"
+	  "return [p.getAll('a').join(), p.get('b'), p.get('c'), p.get('z'), p.size].join('|')",
+	  "1,2| x y|||4" },
+	{ "usp-record", "return new URLSearchParams({ x: 'a&b', y: 'é' }).toString()",
+	  "x=a%26b&y=%C3%A9" },
+	{ "usp-sort", "const p = new URLSearchParams('z=1&a=2&z=0&b=3'); p.sort();"
+	  "return p.toString()", "a=2&b=3&z=1&z=0" },
+	{ "usp-set", "const p = new URLSearchParams('a=1&b=2&a=3'); p.set('a', 'x');"
+	  "return p.toString() + ' ' + p.has('b') + ' ' + p.has('b', '9')", "a=x&b=2 true false" },
+	/* Headers */
+	{ "headers-basic", "const h = new Headers({ 'Content-Type': 'a' }); h.append('X-A', ' 1 ');"
+	  "h.append('x-a', '2'); return [h.get('content-type'), h.get('X-A'), h.has('x-b'),"
+	  "[...h.keys()].join()].join('|')", "a|1, 2|false|content-type,x-a" },
+	{ "headers-invalid", "try { new Headers({ 'a b': '1' }); return 'no' } catch (e) {"
+	  "return e.name }", "TypeError" },
+	{ "headers-cookie", "const h = new Headers(); h.append('Set-Cookie', 'a=1');"
+	  "h.append('Set-Cookie', 'b=2'); return h.getSetCookie().join('|') + ' ' +"
+	  "[...h].length", "a=1|b=2 2" },
+	{ "headers-request", "return request.headers.get('Host') + ' ' + request.method",
+	  "fn.test GET" },
+	/* Request */
+	{ "request-ctor", "const r = new Request('https://a.com/x', { method: 'post',"
+	  "body: 'hi', headers: { 'x': 'y' } }); return [r.method, r.url, r.headers.get('x'),"
+	  "r.headers.get('content-type'), await r.text(), r.bodyUsed].join('|')",
+	  "POST|https://a.com/x|y|text/plain;charset=UTF-8|hi|true" },
+	{ "request-get-body", "try { new Request('http://a', { body: 'x' }); return 'no' }"
+	  "catch (e) { return e.name }", "TypeError" },
+	{ "request-clone", "const r = new Request('http://a', { method: 'PUT', body: '{\"a\":1}' });"
+	  "const c = r.clone(); return (await r.json()).a + (await c.text())", "1{\"a\":1}" },
+	{ "request-url", "return request.url", "http://request-url.test/t?x=1" },
+	/* Response */
+	{ "response-json", "const r = Response.json({ a: [1] }, { status: 202 });"
+	  "return [r.status, r.headers.get('content-type'), await r.text(), r.ok].join('|')",
+	  "202|application/json|{\"a\":[1]}|true" },
+	{ "response-redirect", "const r = Response.redirect('http://a.com/b c', 301);"
+	  "return r.status + ' ' + r.headers.get('location')", "301 http://a.com/b%20c" },
+	{ "response-redirect-bad", "try { Response.redirect('http://a', 200) } catch (e) {"
+	  "return e.name }", "RangeError" },
+	{ "response-status", "try { new Response('', { status: 99 }) } catch (e) { return e.name }",
+	  "RangeError" },
+	{ "response-nullbody", "try { new Response('x', { status: 204 }) } catch (e) {"
+	  "return e.name }", "TypeError" },
+	{ "response-arraybuffer", "const b = await new Response(new Uint8Array([104, 105]))"
+	  ".arrayBuffer(); return b.byteLength + new TextDecoder().decode(b)", "2hi" },
+	{ "response-used", "const r = new Response('x'); await r.text();"
+	  "try { await r.text() } catch (e) { return e.name }", "TypeError" },
+	{ "response-defaults", "const r = new Response(); return [r.status, r.statusText === '',"
+	  "r.ok, r.type, r.body === null, r.headers.has('content-type')].join()",
+	  "200,true,true,default,true,false" },
+	{ "response-error", "const r = Response.error(); return r.status + r.type", "0error" },
+	/* Encoding */
+	{ "textencoder", "return Array.from(new TextEncoder().encode('aé€😀')).join()",
+	  "97,195,169,226,130,172,240,159,152,128" },
+	{ "textencoder-into", "const u = new Uint8Array(4);"
+	  "const r = new TextEncoder().encodeInto('aé€', u); return r.read + ',' + r.written",
+	  "2,3" },
+	{ "textdecoder", "return new TextDecoder().decode(new Uint8Array([0xef, 0xbb, 0xbf, 0x61,"
+	  "0xff, 0x62]))", "a\xef\xbf\xbd" "b" },
+	{ "textdecoder-fatal", "try { new TextDecoder('utf-8', { fatal: true })"
+	  ".decode(new Uint8Array([0xc3])) } catch (e) { return e.name }", "TypeError" },
+	{ "textdecoder-label", "try { new TextDecoder('latin2') } catch (e) { return e.name }",
+	  "RangeError" },
+	{ "btoa", "return btoa('hello\\xff') + ' ' + atob(' aGVs bG8= ')", "aGVsbG//" " hello" },
+	{ "btoa-invalid", "try { btoa('€') } catch (e) { return e.name }",
+	  "InvalidCharacterError" },
+	{ "atob-invalid", "try { atob('a') } catch (e) { return e.name + e.code }",
+	  "InvalidCharacterError5" },
+	/* crypto, structuredClone */
+	{ "random-values", "const a = crypto.getRandomValues(new Uint32Array(8));"
+	  "return a.some((x) => x !== 0) && a.length === 8", "true" },
+	{ "random-float", "try { crypto.getRandomValues(new Float64Array(1)) } catch (e) {"
+	  "return e.name }", "TypeMismatchError" },
+	{ "random-quota", "try { crypto.getRandomValues(new Uint8Array(65537)) } catch (e) {"
+	  "return e.name }", "QuotaExceededError" },
+	{ "random-uuid", "const u = crypto.randomUUID(); return /^[0-9a-f]{8}-[0-9a-f]{4}-4"
+	  "[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/.test(u) && u !== crypto.randomUUID()",
+	  "true" },
+	{ "structured-clone", "const o = { d: new Date(0), m: new Map([[1, { x: 2 }]]),"
+	  "s: new Set([3]), u: new Uint8Array([4]) }; o.self = o; const c = structuredClone(o);"
+	  "return [c !== o, c.self === c, c.d.getTime(), c.m.get(1).x, c.s.has(3), c.u[0]].join()",
+	  "true,true,0,2,true,4" },
+	{ "structured-clone-fn", "try { structuredClone(() => 1) } catch (e) { return e.name }",
+	  "DataCloneError" },
+	/* Timers and microtasks */
+	{ "timers-order", "const out = []; setTimeout(() => out.push('t20'), 20);"
+	  "setTimeout(() => out.push('t0'), 0); queueMicrotask(() => out.push('micro'));"
+	  "Promise.resolve().then(() => out.push('promise')); out.push('sync');"
+	  "await new Promise((r) => setTimeout(r, 40)); return out.join()",
+	  "sync,micro,promise,t0,t20" },
+	{ "timers-clear", "let hit = 0; const id = setTimeout(() => hit++, 5); clearTimeout(id);"
+	  "await new Promise((r) => setTimeout(r, 20)); return hit", "0" },
+	{ "timers-args", "return await new Promise((r) => setTimeout((a, b) => r(a + b), 1, 2, 3))",
+	  "5" },
+	{ "timers-interval", "let n = 0; await new Promise((r) => { const i = setInterval(() => {"
+	  "if (++n === 3) { clearInterval(i); r(); } }, 1); }); return n", "3" },
+	{ "timers-elapsed", "const t = Date.now(); await new Promise((r) => setTimeout(r, 50));"
+	  "return Date.now() - t >= 49", "true" },
+	/* env, ctx, globals */
+	{ "env", "return env.GREETING + ' ' + Object.keys(env).join()", "hi GREETING" },
+	{ "ctx", "return typeof ctx.waitUntil + typeof ctx.passThroughOnException",
+	  "functionfunction" },
+	{ "globals", "return [typeof fetch, typeof Blob, typeof FormData, typeof AbortController,"
+	  "typeof DOMException, self === globalThis].join()",
+	  "function,function,function,function,function,true" },
+	{ "console-format", "console.log('fmt %s=%d', 'n', 42, { a: [1, 'x'] });"
+	  "console.error(new Error('to-stderr')); return 1", "1" },
+	{ "blob", "const b = new Blob(['ab', new Uint8Array([99])], { type: 'Text/Plain' });"
+	  "return b.size + b.type + await b.text()", "3text/plainabc" },
+	{ "formdata", "const r = new Request('http://a', { method: 'POST', body:"
+	  "new URLSearchParams('a=1&b=x+y') }); const f = await r.formData();"
+	  "return f.get('a') + f.get('b')", "1x y" },
+	{ "wasm-sync", "const b = new Uint8Array([0,97,115,109,1,0,0,0,1,7,1,96,2,127,127,1,127,3,2,"
+	  "1,0,7,7,1,3,97,100,100,0,0,10,9,1,7,0,32,0,32,1,106,11]);"
+	  "const { instance } = await WebAssembly.instantiate(b);"
+	  "return instance.exports.add(2, 3)", "5" },
+	{ "math-random", "return typeof Math.random()", "number" },
+};
+
+static void test_apis(void)
+{
+	size_t i;
+
+	for (i = 0; i < sizeof(api_cases) / sizeof(api_cases[0]); i++)
+		js_expect(api_cases[i][0], api_cases[i][1], api_cases[i][2]);
+	if (want("console-format")) {
+		CHECK(log_has("stdout: fmt n=42 { a: [ 1, 'x' ] }"), "console.log format");
+		CHECK(log_has("stderr: Error: to-stderr"), "console.error to stderr");
+	}
+}
+
 static void release_hook(struct fn *fn)
 {
 	T.ops->release(&T, fn);
@@ -447,6 +610,7 @@ int main(int argc, char **argv)
 	}
 	test_hello();
 	js_expect("smoke", "return 1 + 1", "2");
+	test_apis();
 	test_limits();
 	test_deploy_errors();
 	test_isolation();
