@@ -94,10 +94,23 @@ void jail_cleanup(struct jail_config *jc)
 		nftw(jc->stage, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
+static volatile pid_t jailed_child;
+
+static void on_term(int sig)
+{
+	(void)sig;
+	if (jailed_child > 0)
+		kill(jailed_child, SIGKILL);
+}
+
 /* The parent half after fork: wait for the VMM, pass its status on, clean up. */
 static void supervise(struct jail_config *jc, pid_t child, int go_fd)
 {
 	int status = 0, r;
+
+	/* SIGTERM from the daemon ends the VM but still runs the cleanup below. */
+	jailed_child = child;
+	signal(SIGTERM, on_term);
 
 	if (jc->cgroup && (r = cgroup_create(jc, child)) < 0)
 		fprintf(stderr, "stoke-vmm: cgroup: %s (continuing without)\n", strerror(-r));

@@ -263,14 +263,14 @@ static int channel_io(struct vm_proc *p, struct xfer *x, short revents)
 	return x->in_len > FRAME_MAX_PAYLOAD + FRAME_HDR_SIZE ? -E2BIG : 1;
 }
 
-/* Waits for the VM to exit, draining its output; SIGKILLs it first when asked. */
+/* Waits for the VM to exit, draining its output; stops it first when asked. */
 static void reap(struct vm_proc *p, struct inv *inv, int kill_it, int *status)
 {
 	struct pollfd pf[2] = { { p->out, POLLIN, 0 }, { p->err, POLLIN, 0 } };
 	int open = 2, i;
 
 	if (kill_it)
-		kill(p->pid, SIGKILL);
+		kill(p->pid, SIGTERM);
 	while (open && poll(pf, 2, 2000) > 0) {
 		for (i = 0; i < 2; i++)
 			if (pf[i].fd >= 0 && pf[i].revents &&
@@ -279,7 +279,7 @@ static void reap(struct vm_proc *p, struct inv *inv, int kill_it, int *status)
 				open--;
 			}
 	}
-	kill(p->pid, SIGKILL);
+	kill(p->pid, SIGTERM);
 	while (waitpid(p->pid, status, 0) < 0 && errno == EINTR)
 		;
 	p->pid = 0;

@@ -215,7 +215,8 @@ void vm_proc_kill(struct vm_proc *p)
 	int status;
 
 	if (p->pid > 0) {
-		kill(p->pid, SIGKILL);
+		/* SIGTERM: a jailed VMM's supervisor then kills it and removes its files. */
+		kill(p->pid, SIGTERM);
 		while (waitpid(p->pid, &status, 0) < 0 && errno == EINTR)
 			;
 		p->pid = 0;

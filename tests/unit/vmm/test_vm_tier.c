@@ -161,7 +161,7 @@ static void test_failures(struct tier *t, struct fn *fn)
 int main(void)
 {
 	const char *vmm = getenv("STOKE_VMM"), *home = getenv("HOME");
-	char dir[] = "/tmp/stoke-test-vmtier-XXXXXX", path[512], rootfs[512];
+	char dir[] = "/tmp/stoke-test-vmtier-XXXXXX", path[1024], rootfs[512];
 	struct strbuf m = STRBUF_INIT;
 	struct tier t = { 0 };
 	struct fn *fn;
