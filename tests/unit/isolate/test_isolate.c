@@ -71,7 +71,13 @@ static void write_file(const char *dir, const char *name, const char *data, size
 	char path[1024];
 	FILE *f;
 
+	char *slash;
+
 	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	slash = strrchr(path, '/');
+	*slash = '\0';
+	mkdir(path, 0755);
+	*slash = '/';
 	f = fopen(path, "wb");
 	if (!f) {
 		perror(path);
@@ -586,6 +592,134 @@ static void test_apis(void)
 	}
 }
 
+
+/* ---- modules, Wasm, TypeScript, waitUntil, eviction ---- */
+
+/* (module (func (export "add") (param i32 i32) (result i32) local.get 0 local.get 1 i32.add)) */
+static const unsigned char add_wasm[] = {
+	0, 97, 115, 109, 1, 0, 0, 0, 1, 7, 1, 96, 2, 127, 127, 1, 127, 3, 2, 1, 0, 7, 7, 1,
+	3, 97, 100, 100, 0, 0, 10, 9, 1, 7, 0, 32, 0, 32, 1, 106, 11,
+};
+
+static void expect_body(struct fn *fn, const char *target, const char *want_body)
+{
+	struct inv *inv = call(fn, "GET", target, NULL);
+
+	CHECK(inv->resp.status == 200 && !strcmp(body_of(inv), want_body),
+	      "%s: got %d '%s', want '%s'", fn->name, inv->resp.status, body_of(inv), want_body);
+	inv_free(inv);
+}
+
+static void test_modules(void)
+{
+	struct fn *fn;
+	char dir[600];
+
+	if (!want("modules"))
+		return;
+	snprintf(dir, sizeof(dir), "%s/wasmmod", tmp);
+	mkdir(dir, 0755);
+	write_file(dir, "add.wasm", (const char *)add_wasm, sizeof(add_wasm));
+	fn = deploy("wasmmod", "index.js",
+		    "import mod from './add.wasm';\n"
+		    "import { twice } from './lib/util.js';\n"
+		    "export default { async fetch() {\n"
+		    "  const i = await WebAssembly.instantiate(mod);\n"
+		    "  return new Response(`${mod instanceof WebAssembly.Module} `\n"
+		    "    + twice(i.exports.add(20, 1)));\n} };\n",
+		    "lib/util.js", "import { one } from '../one.js';\n"
+		    "export const twice = (x) => x * 2 * one;\n",
+		    "one.js", "export const one = 1;\n");
+	CHECK(fn, "modules deploy: %s", errbuf);
+	if (fn) {
+		expect_body(fn, "/", "true 42");
+		fn_unref(fn);
+	}
+	fn = deploy("ts", "index.ts",
+		    "import { greet } from './greet.ts';\n"
+		    "interface Env { NAME?: string }\n"
+		    "export default { async fetch(req: Request, env: Env): Promise<Response> {\n"
+		    "  const n: number = 2;\n  return new Response(greet('ts') + n);\n} };\n",
+		    "greet.ts", "export function greet(who: string): string { return `hi ${who}`; }\n");
+	CHECK(fn, "ts deploy: %s", errbuf);
+	if (fn) {
+		expect_body(fn, "/", "hi ts2");
+		fn_unref(fn);
+	}
+	fn = deploy("tla", "index.js",
+		    "const v = await new Promise((r) => setTimeout(() => r('late'), 5));\n"
+		    "export default { fetch() { return new Response(v); } };\n");
+	CHECK(fn, "tla deploy: %s", errbuf);
+	if (fn) {
+		expect_body(fn, "/", "late");
+		fn_unref(fn);
+	}
+}
+
+static void test_wait_until(void)
+{
+	struct fn *fn;
+	int i;
+
+	if (!want("waituntil"))
+		return;
+	fn = deploy("waituntil", "index.js",
+		    "let done = 0;\n"
+		    "export default { fetch(req, env, ctx) {\n"
+		    "  ctx.waitUntil(new Promise((r) => setTimeout(() => {\n"
+		    "    done++; console.log('waited ' + done); r(); }, 20)));\n"
+		    "  return new Response('done ' + done);\n} };\n");
+	CHECK(fn, "deploy: %s", errbuf);
+	if (!fn)
+		return;
+	expect_body(fn, "/", "done 0");
+	/* The response comes first; the work finishes on the worker afterwards. */
+	for (i = 0; i < 200 && !log_has("stdout: waited 1"); i++)
+		usleep(5000);
+	CHECK(log_has("stdout: waited 1"), "waitUntil work ran after the response");
+	expect_body(fn, "/", "done 1");
+	fn_unref(fn);
+}
+
+static void test_retire(void)
+{
+	struct fn *fn;
+	struct inv *inv;
+
+	if (!want("retire"))
+		return;
+	fn = deploy("retire", "index.js",
+		    "let n = 0; export default { fetch() { return new Response(String(++n)); } };\n");
+	CHECK(fn, "deploy: %s", errbuf);
+	if (!fn)
+		return;
+	expect_body(fn, "/", "1");
+	expect_body(fn, "/", "2");
+	T.ops->retire(&T, fn);
+	/* Retired versions still answer in-flight requests, from a fresh instance. */
+	inv = call(fn, "GET", "/", NULL);
+	CHECK(inv->resp.status == 200 && !strcmp(body_of(inv), "1") && inv->cold,
+	      "after retire: '%s'", body_of(inv));
+	inv_free(inv);
+	fn_unref(fn);
+}
+
+static void test_metrics(void)
+{
+	struct strbuf m = STRBUF_INIT;
+
+	if (!want("metrics"))
+		return;
+	T.ops->metrics(&T, &m);
+	CHECK(m.buf && strstr(m.buf, "stoke_isolate_live ") &&
+	      strstr(m.buf, "stoke_isolate_cold_starts_total ") &&
+	      strstr(m.buf, "stoke_isolate_pool_size ") &&
+	      strstr(m.buf, "stoke_isolate_memory_bytes ") &&
+	      strstr(m.buf, "stoke_isolate_limit_kills_total{limit=\"cpu\"} "),
+	      "metrics: %s", m.buf ? m.buf : "");
+	sb_free(&m);
+}
+
 static void release_hook(struct fn *fn)
 {
 	T.ops->release(&T, fn);
@@ -614,6 +748,10 @@ int main(int argc, char **argv)
 	test_limits();
 	test_deploy_errors();
 	test_isolation();
+	test_modules();
+	test_wait_until();
+	test_retire();
+	test_metrics();
 	T.ops->stop(&T);
 	printf("test_isolate: %d passed, %d failed\n", npass, nfail);
 	return nfail ? 1 : 0;
