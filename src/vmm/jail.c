@@ -40,11 +40,15 @@ static int write_file(const char *dir, const char *name, const char *val)
 /* cgroup v2 where its controllers are enabled, else the v1 memory and cpu hierarchies. */
 static int cgroup_create(struct jail_config *jc, pid_t pid)
 {
-	char val[64];
+	char val[64], name[80];
 	int r;
 
-	snprintf(val, sizeof(val), "%d", pid);
-	snprintf(jc->cg_paths[0], sizeof(jc->cg_paths[0]), CG_ROOT "/stoke-%s", jc->cgroup);
+	/* "auto": one cgroup per VM, named after the process that supervises it */
+	if (!strcmp(jc->cgroup, "auto"))
+		snprintf(name, sizeof(name), "vm-%d", (int)getpid());
+	else
+		snprintf(name, sizeof(name), "%s", jc->cgroup);
+	snprintf(jc->cg_paths[0], sizeof(jc->cg_paths[0]), CG_ROOT "/stoke-%s", name);
 	if (access(CG_ROOT "/cgroup.controllers", F_OK) == 0 &&
 	    mkdir(jc->cg_paths[0], 0755) == 0) {
 		snprintf(val, sizeof(val), "%llu", (unsigned long long)jc->mem_bytes);
@@ -54,9 +58,8 @@ static int cgroup_create(struct jail_config *jc, pid_t pid)
 		snprintf(val, sizeof(val), "%d", pid);
 		return r ? r : write_file(jc->cg_paths[0], "cgroup.procs", val);
 	}
-	snprintf(jc->cg_paths[0], sizeof(jc->cg_paths[0]), CG_ROOT "/memory/stoke-%s",
-		 jc->cgroup);
-	snprintf(jc->cg_paths[1], sizeof(jc->cg_paths[1]), CG_ROOT "/cpu/stoke-%s", jc->cgroup);
+	snprintf(jc->cg_paths[0], sizeof(jc->cg_paths[0]), CG_ROOT "/memory/stoke-%s", name);
+	snprintf(jc->cg_paths[1], sizeof(jc->cg_paths[1]), CG_ROOT "/cpu/stoke-%s", name);
 	if (mkdir(jc->cg_paths[0], 0755) < 0 || mkdir(jc->cg_paths[1], 0755) < 0)
 		return -errno;
 	snprintf(val, sizeof(val), "%llu", (unsigned long long)jc->mem_bytes);
@@ -71,11 +74,22 @@ static int cgroup_create(struct jail_config *jc, pid_t pid)
 
 static void cgroup_remove(struct jail_config *jc)
 {
-	int i;
+	int i, tries, r;
 
-	for (i = 0; i < 2; i++)
-		if (jc->cg_paths[i][0])
-			rmdir(jc->cg_paths[i]);
+	/* An exited task leaves its cgroup asynchronously: rmdir says EBUSY for a moment. */
+	for (i = 0; i < 2; i++) {
+		if (!jc->cg_paths[i][0])
+			continue;
+		for (tries = 0; tries < 50; tries++) {
+			r = rmdir(jc->cg_paths[i]);
+			if (r == 0 || errno != EBUSY)
+				break;
+			usleep(2000);
+		}
+		if (r)
+			fprintf(stderr, "stoke-vmm: removing %s: %s\n", jc->cg_paths[i],
+				strerror(errno));
+	}
 }
 
 static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
@@ -120,9 +134,7 @@ static void supervise(struct jail_config *jc, pid_t child, int go_fd)
 	while (waitpid(child, &status, 0) < 0 && errno == EINTR)
 		;
 	cgroup_remove(jc);
-	/* The jail's tmpfs is mounted in the namespace we share with it. */
-	umount2(jc->stage, MNT_DETACH);
-	rmdir(jc->stage);
+	rmdir(jc->stage);	/* its tmpfs lived in the child's mount namespace only */
 	if (WIFSIGNALED(status))
 		_exit(128 + WTERMSIG(status));
 	_exit(WEXITSTATUS(status));
@@ -164,8 +176,8 @@ int jail_prepare(struct jail_config *jc, struct vm_config *cfg)
 		return r;
 	jc->mem_bytes = cfg->mem_bytes + (64ULL << 20);	/* guest memory + VMM overhead */
 	if (jc->jail) {
-		if (unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC |
-			    CLONE_NEWUTS) < 0)
+		/* The mount namespace is the child's alone: its pivot_root would move ours. */
+		if (unshare(CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS) < 0)
 			return -errno;
 		if (pipe2(go, O_CLOEXEC) < 0)
 			return -errno;
@@ -183,6 +195,8 @@ int jail_prepare(struct jail_config *jc, struct vm_config *cfg)
 		if (read(go[0], &c, 1) != 1)
 			_exit(125);
 		close(go[0]);
+		if (unshare(CLONE_NEWNS) < 0)
+			return -errno;
 		r = mount_stage(jc);
 		if (r)
 			return r;

@@ -32,7 +32,8 @@ static const char usage[] =
 	"  --channel-fd N   host descriptor relayed as guest descriptor 3\n"
 	"  --env NAME=VAL   environment variable (repeatable)\n"
 	"  --no-jail        skip namespaces, seccomp, cgroup and privilege drop\n"
-	"  --cgroup DIR     cgroup v2 directory to join (the caller sets its limits)\n"
+	"  --cgroup NAME    create cgroup stoke-NAME (\"auto\": one per VM) capping memory\n"
+	"                   (guest memory + 64 MiB) and CPU (one core); needs the jail\n"
 	"  --stats          print system-call counts to stderr at exit\n";
 
 enum { OPT_ROOTFS = 256, OPT_TASK, OPT_RUNTIME, OPT_MEM, OPT_TMP, OPT_WALL, OPT_CHAN, OPT_ENV,

@@ -127,7 +127,10 @@ int vm_launch_build(struct vm_launch *l, const struct fn *fn, const char *rootfs
 
 	memset(l, 0, sizeof(*l));
 	l->wall_ms = fn->limits.wall_ms ? fn->limits.wall_ms : 30000;
-	l->mem_mb = fn->limits.memory_mb >= 64 ? fn->limits.memory_mb : 256;
+	/* Below 64 MiB the guest has too little room for a runtime's stack and mappings. */
+	l->mem_mb = fn->limits.memory_mb ? fn->limits.memory_mb : 256;
+	if (l->mem_mb < 64)
+		l->mem_mb = 64;
 	snprintf(path, sizeof(path), "%s/%s", fn->dir, fn->entry);
 	if (strstr(fn->entry, "..") || check_file(path, err, errlen, "entry"))
 		return -ENOENT;
@@ -139,8 +142,8 @@ int vm_launch_build(struct vm_launch *l, const struct fn *fn, const char *rootfs
 	r = r ? r : add_arg(l, "--channel-fd=%d", CHILD_CHANNEL_FD);
 	r = r ? r : add_arg(l, "--env=STOKE_CHANNEL_FD=%d", CHILD_CHANNEL_FD);
 	r = r ? r : add_arg(l, "--env=STOKE_FUNCTION=%s", fn->name);
-	if (!r && !jail)
-		r = add_arg(l, "--no-jail");
+	if (!r)
+		r = add_arg(l, jail ? "--cgroup=auto" : "--no-jail");
 	for (i = 0; i < fn->nenv && !r; i++)
 		r = add_arg(l, "--env=%s=%s", fn->env[i].name, fn->env[i].value);
 	if (r)
