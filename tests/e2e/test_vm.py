@@ -1,0 +1,164 @@
+"""The micro-VM tier end to end: real daemon, real HTTP, real KVM process VMs."""
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+
+from harness import EXAMPLES, Skip, kvm_usable
+
+ROOTFS = os.path.join(os.environ.get("STOKE_CACHE", os.path.expanduser("~/.cache/stoke")),
+                      "rootfs", "python3")
+
+STATEFUL = """
+import os, sys
+count = 0
+def handler(event, context):
+    global count
+    count += 1
+    p = event["path"]
+    if p == "/crash":
+        import ctypes; ctypes.string_at(0)
+    if p == "/exit":
+        print("going away", file=sys.stderr); sys.stderr.flush(); os._exit(7)
+    if p == "/loop":
+        while True: pass
+    if p == "/log":
+        print("hello from the guest")
+    if p == "/pipe":
+        try:
+            os.pipe()
+        except OSError as e:
+            return {"statusCode": 200, "body": e.strerror}
+    if p == "/shadow":
+        for path in ("/etc/shadow", "/../../etc/shadow", "/proc/1/root/etc/hostname"):
+            try:
+                open(path).read()
+            except OSError:
+                continue
+            if path != "/etc/shadow":
+                return {"statusCode": 500, "body": "escaped via " + path}
+        return {"statusCode": 200, "body": "contained"}
+    if p == "/tmp":
+        with open("/tmp/x", "w") as f:
+            f.write("y" * 1000)
+        return open("/tmp/x").read()[:3]
+    return {"statusCode": 200, "headers": {"content-type": "application/json"},
+            "body": json.dumps({"count": count, "method": event["method"],
+                                "query": event["query"], "body": event["body"],
+                                "b64": event["isBase64Encoded"],
+                                "remaining": context.get_remaining_time_in_millis() > 0})}
+import json
+"""
+
+
+def need_vm():
+    if not kvm_usable():
+        raise Skip("no usable /dev/kvm")
+    if not os.path.exists(os.path.join(ROOTFS, "usr/bin/python3")):
+        raise Skip("no python3 root file system (run scripts/setup)")
+
+
+def deploy_stateful(d, name="vmstate", **limits):
+    manifest = {"name": name, "tier": "vm", "runtime": "python3", "entry": "handler.py"}
+    if limits:
+        manifest["limits"] = limits
+    d.deploy_files(name, {"handler.py": STATEFUL}, manifest)
+
+
+def test_hello_py(d):
+    need_vm()
+    d.deploy_dir(os.path.join(EXAMPLES, "hello-py"))
+    r = d.invoke("hello-py", "/greet?name=vm")
+    assert r.status == 200, r
+    assert r.json()["hello"] == "vm" and r.json()["path"] == "/greet"
+
+
+def test_warm_reuse_keeps_state(d):
+    need_vm()
+    deploy_stateful(d)
+    first = d.invoke("vmstate", "/?a=1&a=2", method="POST", body="hi")
+    second = d.invoke("vmstate", "/")
+    assert first.status == 200 and second.status == 200, (first, second)
+    assert first.json()["query"] == {"a": ["1", "2"]} and first.json()["body"] == "hi"
+    assert first.json()["remaining"]
+    assert second.json()["count"] == first.json()["count"] + 1
+
+
+def test_binary_body_is_base64(d):
+    need_vm()
+    deploy_stateful(d)
+    r = d.invoke("vmstate", "/", method="POST", body=bytes([0xff, 0xfe, 0x00]))
+    assert r.status == 200 and r.json()["b64"] is True
+
+
+def test_crash_gives_502_and_fresh_vm(d):
+    need_vm()
+    deploy_stateful(d)
+    d.invoke("vmstate", "/")
+    r = d.invoke("vmstate", "/crash")
+    assert r.status == 502 and r.json()["error"] == "crash", r
+    r = d.invoke("vmstate", "/")
+    assert r.status == 200 and r.json()["count"] == 1
+
+
+def test_exit_logs_stderr(d):
+    need_vm()
+    deploy_stateful(d)
+    r = d.invoke("vmstate", "/exit")
+    assert r.status == 502 and "status 7" in r.json()["message"], r
+    d.invoke("vmstate", "/log")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        logs = d.admin("GET", "/functions/vmstate/logs").text
+        if "going away" in logs and "hello from the guest" in logs:
+            return
+        time.sleep(0.2)
+    raise AssertionError("guest output missing from the function log: " + logs[-2000:])
+
+
+def test_timeout_gives_504(d):
+    need_vm()
+    deploy_stateful(d, "vmslow", wall_s=1)
+    t0 = time.monotonic()
+    r = d.invoke("vmslow", "/loop")
+    assert r.status == 504 and r.json()["error"] == "timeout", r
+    assert time.monotonic() - t0 < 10
+    assert d.invoke("vmslow", "/").status == 200
+
+
+def test_enosys_is_counted(d):
+    need_vm()
+    deploy_stateful(d)
+    r = d.invoke("vmstate", "/pipe")
+    assert r.status == 200 and "not implemented" in r.text.lower(), r
+    m = d.admin("GET", "/metrics").text
+    assert 'stoke_vm_enosys_total{function="vmstate",syscall="pipe2"}' in m, m[-2000:]
+    assert "stoke_vm_boots_total" in m
+
+
+def test_function_is_contained(d):
+    need_vm()
+    deploy_stateful(d)
+    r = d.invoke("vmstate", "/shadow")
+    assert r.status == 200 and r.text == "contained", r
+    assert d.invoke("vmstate", "/tmp").text == "yyy"
+
+
+def test_native_hello_c(d):
+    need_vm()
+    cc = shutil.which("cc")
+    if not cc:
+        raise Skip("no C compiler")
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = os.path.join(tmp, "hello")
+        subprocess.run([cc, "-O2", "-static", "-o", exe,
+                        os.path.join(EXAMPLES, "hello-c", "hello.c")], check=True)
+        with open(exe, "rb") as f:
+            binary = f.read()
+    d.deploy_files("hello-c", {"hello": binary},
+                   {"name": "hello-c", "tier": "vm", "runtime": "native", "entry": "hello"})
+    r1, r2 = d.invoke("hello-c", "/"), d.invoke("hello-c", "/")
+    assert r1.status == 200 and r1.text == "hello from C, request 1\n", r1
+    assert r2.text == "hello from C, request 2\n"
