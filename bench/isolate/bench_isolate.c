@@ -1,1 +1,400 @@
-int main(void) { return 0; }
+/*
+ * Isolate tier benchmark, through iso_tier_ops exactly as the gateway drives it:
+ *
+ *   cold start   request in -> response out for a deployed function's first request
+ *                (pooled isolate, context from the snapshot, modules from the code cache)
+ *   warm         the next requests to the same tenant
+ *   bundle       cold start of a ~70 KB bundle
+ *   density      RSS per live idle tenant with 1,000 and 10,000 tenants
+ *   churn        10,000 tenants created and retired; RSS every 1,000 must plateau
+ *
+ * Usage: bench_isolate [-n samples] [-t tenants] [-o results.json]
+ * Prints a table and writes the same figures as JSON.
+ */
+#include "common/fnlog.h"
+#include "common/invoke.h"
+#include "common/strbuf.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+static struct tier T = { .ops = &iso_tier_ops, .nworkers = 1 };
+static char tmp[256];
+static int nfn;
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + ts.tv_nsec;
+}
+
+static double rss_mib(void)
+{
+	long pages = 0, rss = 0;
+	FILE *f = fopen("/proc/self/statm", "r");
+
+	if (f) {
+		if (fscanf(f, "%ld %ld", &pages, &rss) != 2)
+			rss = 0;
+		fclose(f);
+	}
+	return (double)rss * sysconf(_SC_PAGESIZE) / (1 << 20);
+}
+
+static void quiet_sink(const char *fn, const char *rid, const char *stream, const char *msg,
+		       size_t len)
+{
+}
+
+static void release_hook(struct fn *fn)
+{
+	T.ops->release(&T, fn);
+}
+
+static struct fn *deploy(const char *src)
+{
+	struct fn *fn = calloc(1, sizeof(*fn));
+	char dir[512], path[600], err[512];
+	FILE *f;
+
+	snprintf(fn->name, sizeof(fn->name), "b%d", nfn++);
+	snprintf(dir, sizeof(dir), "%s/%s", tmp, fn->name);
+	mkdir(dir, 0755);
+	snprintf(path, sizeof(path), "%s/index.js", dir);
+	f = fopen(path, "w");
+	if (!f)
+		exit(2);
+	fputs(src, f);
+	fclose(f);
+	atomic_init(&fn->refs, 1);
+	strcpy(fn->entry, "index.js");
+	fn->dir = strdup(dir);
+	if (T.ops->prepare(&T, fn, err, sizeof(err))) {
+		fprintf(stderr, "deploy failed: %s\n", err);
+		exit(2);
+	}
+	return fn;
+}
+
+struct waiter {
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	int done;
+	uint64_t t_done;
+};
+
+static void on_done(struct inv *inv)
+{
+	struct waiter *w = inv->gw;
+	uint64_t t = now_ns();
+
+	pthread_mutex_lock(&w->lock);
+	w->t_done = t;
+	w->done = 1;
+	pthread_cond_signal(&w->cond);
+	pthread_mutex_unlock(&w->lock);
+}
+
+/* One request; returns its latency in microseconds (or -1 for a non-200 answer). */
+static double request(struct fn *fn, int *cold)
+{
+	struct waiter w = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0 };
+	struct inv *inv = calloc(1, sizeof(*inv));
+	uint64_t t0;
+	double us;
+
+	inv->fn = fn_ref(fn);
+	strcpy(inv->request_id, "bench");
+	inv->req.method = strdup("GET");
+	inv->req.path = strdup("/hello");
+	inv->req.query = strdup("");
+	inv->req.url = strdup("http://bench.test/hello");
+	inv->on_done = on_done;
+	inv->gw = &w;
+	t0 = now_ns();
+	T.ops->invoke(&T, inv);
+	pthread_mutex_lock(&w.lock);
+	while (!w.done)
+		pthread_cond_wait(&w.cond, &w.lock);
+	pthread_mutex_unlock(&w.lock);
+	us = (w.t_done - t0) / 1e3;
+	if (inv->resp.status != 200) {
+		fprintf(stderr, "request failed: %d %.*s\n", inv->resp.status,
+			(int)inv->resp.body_len, inv->resp.body ? inv->resp.body : "");
+		us = -1;
+	}
+	if (cold)
+		*cold = inv->cold;
+	inv_free(inv);
+	return us;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+struct dist {
+	double p50, p99, min, max;
+	int n;
+};
+
+static struct dist summarize(double *v, int n)
+{
+	struct dist d = { 0 };
+
+	qsort(v, n, sizeof(*v), cmp_double);
+	d.n = n;
+	d.min = v[0];
+	d.max = v[n - 1];
+	d.p50 = v[n / 2];
+	d.p99 = v[(int)(n * 0.99) < n ? (int)(n * 0.99) : n - 1];
+	return d;
+}
+
+/* The pool is refilled between requests; give the worker time to do it, as a real
+ * host gets between cold starts, and count the misses anyway. */
+static void let_pool_refill(void)
+{
+	usleep(3000);
+}
+
+static const char small_src[] =
+	"export default { async fetch(request, env, ctx) {\n"
+	"  const url = new URL(request.url);\n"
+	"  return new Response(`Hello from ${request.method} ${url.pathname}`);\n} };\n";
+
+static struct dist bench_cold(const char *src, int n)
+{
+	double *v = calloc(n, sizeof(*v));
+	struct fn *fn;
+	struct dist d;
+	int i, cold;
+
+	for (i = 0; i < n; i++) {
+		fn = deploy(src);
+		let_pool_refill();
+		v[i] = request(fn, &cold);
+		if (!cold || v[i] < 0)
+			fprintf(stderr, "sample %d was not a good cold start\n", i);
+		T.ops->retire(&T, fn);
+		fn_unref(fn);
+	}
+	d = summarize(v, n);
+	free(v);
+	return d;
+}
+
+static struct dist bench_warm(int n)
+{
+	double *v = calloc(n, sizeof(*v));
+	struct fn *fn = deploy(small_src);
+	struct dist d;
+	int i;
+
+	request(fn, NULL);
+	for (i = 0; i < n; i++)
+		v[i] = request(fn, NULL);
+	T.ops->retire(&T, fn);
+	fn_unref(fn);
+	d = summarize(v, n);
+	free(v);
+	return d;
+}
+
+/* About 70 KB of router-shaped code: many handlers, tables and helpers. */
+static char *bundle_src(void)
+{
+	struct strbuf sb = STRBUF_INIT;
+	int i;
+
+	sb_adds(&sb, "const routes = new Map();\n");
+	for (i = 0; sb.len < 70 * 1024; i++)
+		sb_printf(&sb,
+			  "function handler%d(req, params) {\n"
+			  "  const parts = params.path.split('/').filter(Boolean);\n"
+			  "  const out = { id: %d, name: 'handler%d', parts, n: parts.length * %d };\n"
+			  "  if (out.n > 1000000) throw new Error('unreachable %d');\n"
+			  "  return new Response(JSON.stringify(out), { headers: "
+			  "{ 'content-type': 'application/json' } });\n}\n"
+			  "routes.set('/r%d', handler%d);\n", i, i, i, i, i, i, i);
+	sb_adds(&sb,
+		"export default { async fetch(request) {\n"
+		"  const url = new URL(request.url);\n"
+		"  const h = routes.get(url.pathname) || (() => new Response('Hello'));\n"
+		"  return h(request, { path: url.pathname });\n} };\n");
+	return sb_detach(&sb, NULL);
+}
+
+struct density {
+	int tenants;
+	double rss_mib, per_tenant_kib;
+};
+
+static struct fn **live;
+static int nlive;
+
+static struct density grow_to(int target, double rss0)
+{
+	struct density d;
+
+	for (; nlive < target; nlive++) {
+		live[nlive] = deploy(small_src);
+		request(live[nlive], NULL);
+	}
+	d.tenants = target;
+	d.rss_mib = rss_mib();
+	d.per_tenant_kib = (d.rss_mib - rss0) * 1024 / target;
+	return d;
+}
+
+static void drop_live(void)
+{
+	int i;
+
+	for (i = 0; i < nlive; i++) {
+		T.ops->retire(&T, live[i]);
+		fn_unref(live[i]);
+	}
+	nlive = 0;
+}
+
+#define CHURN_STEPS 10
+
+static void churn(int n, double *rss)
+{
+	struct fn *fn;
+	int i;
+
+	for (i = 0; i < n; i++) {
+		fn = deploy(small_src);
+		request(fn, NULL);
+		T.ops->retire(&T, fn);
+		fn_unref(fn);
+		if ((i + 1) % (n / CHURN_STEPS) == 0)
+			rss[(i + 1) / (n / CHURN_STEPS) - 1] = rss_mib();
+	}
+}
+
+static void print_dist(const char *name, struct dist d, const char *target)
+{
+	printf("%-34s %6d %9.3f %9.3f %9.3f  %s\n", name, d.n, d.p50 / 1e3, d.p99 / 1e3,
+	       d.max / 1e3, target);
+}
+
+static void json_dist(FILE *f, const char *name, struct dist d, int last)
+{
+	fprintf(f, "    \"%s\": {\"samples\": %d, \"p50_ms\": %.4f, \"p99_ms\": %.4f, "
+		"\"min_ms\": %.4f, \"max_ms\": %.4f}%s\n", name, d.n, d.p50 / 1e3, d.p99 / 1e3,
+		d.min / 1e3, d.max / 1e3, last ? "" : ",");
+}
+
+static unsigned long metric(const char *name)
+{
+	struct strbuf m = STRBUF_INIT;
+	const char *p;
+	unsigned long v = 0;
+
+	T.ops->metrics(&T, &m);
+	p = m.buf ? strstr(m.buf, name) : NULL;
+	if (p)
+		v = strtoul(p + strlen(name) + 1, NULL, 10);
+	sb_free(&m);
+	return v;
+}
+
+int main(int argc, char **argv)
+{
+	const char *out = "bench/results/isolate.json";
+	int n = 1000, tenants = 10000, i, opt;
+	struct dist cold, warm, bundle;
+	struct density d1, d2;
+	double rss0, churn_rss[CHURN_STEPS];
+	unsigned long misses;
+	char *big;
+	FILE *f;
+
+	while ((opt = getopt(argc, argv, "n:t:o:")) != -1) {
+		if (opt == 'n')
+			n = atoi(optarg);
+		else if (opt == 't')
+			tenants = atoi(optarg);
+		else if (opt == 'o')
+			out = optarg;
+	}
+	snprintf(tmp, sizeof(tmp), "/tmp/stoke-iso-bench-XXXXXX");
+	if (!mkdtemp(tmp))
+		return 2;
+	T.data_dir = tmp;
+	T.memory_budget = 64ull << 30;
+	fnlog_set_sink(quiet_sink);
+	fn_set_release_hook(release_hook);
+	if (T.ops->start(&T))
+		return 2;
+	usleep(50000);
+	bench_cold(small_src, 20);
+	cold = bench_cold(small_src, n);
+	misses = metric("stoke_isolate_pool_misses_total");
+	warm = bench_warm(n);
+	big = bundle_src();
+	bundle = bench_cold(big, n / 4 > 100 ? n / 4 : 100);
+
+	rss0 = rss_mib();
+	live = calloc(tenants, sizeof(*live));
+	d1 = grow_to(tenants / 10, rss0);
+	d2 = grow_to(tenants, rss0);
+	drop_live();
+	churn(tenants, churn_rss);
+
+	printf("\nstoke isolate tier (V8 10.2, 1 worker thread, pooled isolates, runtime "
+	       "snapshot, code cache)\n\n");
+	printf("%-34s %6s %9s %9s %9s  %s\n", "latency, request in -> response out", "n",
+	       "p50 ms", "p99 ms", "max ms", "target");
+	print_dist("cold start, small function", cold, "p50 <= 0.4, p99 <= 1.1");
+	print_dist("cold start, 70 KB bundle", bundle, "");
+	print_dist("warm request", warm, "");
+	printf("pool misses during cold starts: %lu of %d\n\n", misses, n + 20);
+	printf("%-34s %9s %12s\n", "live idle tenants", "RSS MiB", "KiB/tenant");
+	printf("%-34d %9.1f %12.1f  target <= 1024\n", d1.tenants, d1.rss_mib, d1.per_tenant_kib);
+	printf("%-34d %9.1f %12.1f  target <= 1024\n", d2.tenants, d2.rss_mib, d2.per_tenant_kib);
+	printf("\ncreate + retire %d tenants, RSS MiB every %d:", tenants, tenants / CHURN_STEPS);
+	for (i = 0; i < CHURN_STEPS; i++)
+		printf(" %.0f", churn_rss[i]);
+	printf("\n");
+
+	f = fopen(out, "w");
+	if (!f) {
+		perror(out);
+		return 1;
+	}
+	fprintf(f, "{\n  \"tier\": \"isolate\",\n  \"workers\": 1,\n  \"latency\": {\n");
+	json_dist(f, "cold_start_small", cold, 0);
+	json_dist(f, "cold_start_bundle_70k", bundle, 0);
+	json_dist(f, "warm", warm, 1);
+	fprintf(f, "  },\n  \"pool_misses\": %lu,\n  \"bundle_bytes\": %zu,\n", misses,
+		strlen(big));
+	fprintf(f, "  \"density\": [\n");
+	fprintf(f, "    {\"tenants\": %d, \"rss_mib\": %.1f, \"kib_per_tenant\": %.1f},\n",
+		d1.tenants, d1.rss_mib, d1.per_tenant_kib);
+	fprintf(f, "    {\"tenants\": %d, \"rss_mib\": %.1f, \"kib_per_tenant\": %.1f}\n  ],\n",
+		d2.tenants, d2.rss_mib, d2.per_tenant_kib);
+	fprintf(f, "  \"baseline_rss_mib\": %.1f,\n  \"churn\": {\"tenants\": %d, "
+		"\"rss_mib_every_%d\": [", rss0, tenants, tenants / CHURN_STEPS);
+	for (i = 0; i < CHURN_STEPS; i++)
+		fprintf(f, "%.1f%s", churn_rss[i], i + 1 < CHURN_STEPS ? ", " : "");
+	fprintf(f, "]}\n}\n");
+	fclose(f);
+	free(big);
+	T.ops->stop(&T);
+	return 0;
+}

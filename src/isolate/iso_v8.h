@@ -78,15 +78,16 @@ size_t iso_code_size(const struct iso_code *code);
 /* How many modules were compiled (entry included) and how big their caches are. */
 size_t iso_code_nmodules(const struct iso_code *code);
 
-/* A blank isolate deserialized from the runtime snapshot (no context yet). */
+/* A blank isolate with a fresh runtime context, both from the snapshot; no tenant
+ * code yet. */
 struct iso_vm *iso_vm_new(void);
 void iso_vm_free(struct iso_vm *vm);
 /* Heap limit and ArrayBuffer cap, bytes. Call before iso_vm_load(). */
 void iso_vm_set_limits(struct iso_vm *vm, size_t heap_bytes, size_t buffer_bytes);
 void iso_vm_set_io(struct iso_vm *vm, const struct iso_io *io);
 /*
- * Creates the tenant's context from the snapshot, installs env and evaluates the modules
- * (from the code cache). Returns an iso_status; err says what went wrong.
+ * Installs env in the vm's context and evaluates the tenant's modules (from the code
+ * cache). Returns an iso_status; err says what went wrong.
  */
 int iso_vm_load(struct iso_vm *vm, const struct iso_code *code, const struct iso_kv *env,
 		size_t nenv, char *err, size_t errlen);

@@ -352,7 +352,9 @@ static int run_runtime(Isolate *iso, Local<Context> ctx, Local<Array> *hooks,
 	Local<Value> fn, out;
 	Local<Value> arg = natives(iso, ctx);
 
-	if (!ScriptCompiler::Compile(ctx, &src).ToLocal(&script) ||
+	/* Eager compilation puts every runtime function's bytecode in the snapshot, so a
+	 * tenant's first request does not compile the runtime lazily. */
+	if (!ScriptCompiler::Compile(ctx, &src, ScriptCompiler::kEagerCompile).ToLocal(&script) ||
 	    !script->Run(ctx).ToLocal(&fn) || !fn->IsFunction() ||
 	    !fn.As<Function>()->Call(ctx, Undefined(iso), 1, &arg).ToLocal(&out) ||
 	    !out->IsArray()) {
@@ -614,6 +616,8 @@ static bool allow_wasm(Local<Context> ctx, Local<String> src)
 	return true;
 }
 
+static bool make_context(iso_vm *vm);
+
 struct iso_vm *iso_vm_new(void)
 {
 	iso_vm *vm = new iso_vm();
@@ -632,6 +636,10 @@ struct iso_vm *iso_vm_new(void)
 	vm->isolate->SetMicrotasksPolicy(MicrotasksPolicy::kExplicit);
 	vm->isolate->SetAllowWasmCodeGenerationCallback(allow_wasm);
 	vm->isolate->AddNearHeapLimitCallback(on_near_heap_limit, vm);
+	if (!make_context(vm)) {
+		iso_vm_free(vm);
+		return nullptr;
+	}
 	return vm;
 }
 
@@ -883,8 +891,9 @@ fail:
 	return ISO_EXCEPTION;
 }
 
-int iso_vm_load(struct iso_vm *vm, const struct iso_code *code, const struct iso_kv *env,
-		size_t nenv, char *err, size_t errlen)
+/* The tenant-independent part of a cold start, done while the isolate waits in the
+ * pool: deserialize the runtime context from the snapshot and find its hooks. */
+static bool make_context(iso_vm *vm)
 {
 	Isolate *iso = vm->isolate;
 	Isolate::Scope is(iso);
@@ -894,15 +903,25 @@ int iso_vm_load(struct iso_vm *vm, const struct iso_code *code, const struct iso
 	Local<Array> hooks;
 	uint32_t i;
 
-	vm->reason.store(0);
 	ctx->AllowCodeGenerationFromStrings(false);
-	if (!ctx->GetDataFromSnapshotOnce<Array>(0).ToLocal(&hooks)) {
-		errf(err, errlen, "runtime hooks missing from the snapshot");
-		return ISO_EXCEPTION;
-	}
+	if (!ctx->GetDataFromSnapshotOnce<Array>(0).ToLocal(&hooks))
+		return false;
 	for (i = 0; i < HOOK_COUNT; i++)
 		vm->hooks[i].Reset(iso, hooks->Get(ctx, i).ToLocalChecked().As<Function>());
 	vm->ctx.Reset(iso, ctx);
+	return true;
+}
+
+int iso_vm_load(struct iso_vm *vm, const struct iso_code *code, const struct iso_kv *env,
+		size_t nenv, char *err, size_t errlen)
+{
+	Isolate *iso = vm->isolate;
+	Isolate::Scope is(iso);
+	HandleScope hs(iso);
+	Local<Context> ctx = vm->ctx.Get(iso);
+	Context::Scope cs(ctx);
+
+	vm->reason.store(0);
 	vm->env.Reset(iso, make_env(iso, ctx, env, nenv));
 	vm->code = code;
 	return load_modules(vm, ctx, iso_v8_now_ns() + 30000000000ull, err, errlen);

@@ -19,7 +19,15 @@ const FORM_SET = (c) => !((c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5a) |
 
 const HEX = '0123456789ABCDEF';
 
+/* Hot paths below scan char codes instead of using regular expressions: a regexp is
+ * compiled per isolate on first use, which would land on every cold start. */
 function pctEncode(s, set, spaceAsPlus = false) {
+	let i = 0;
+	for (; i < s.length; i++) {
+		const c = s.charCodeAt(i);
+		if (set(c) || (spaceAsPlus && c === 0x20)) break;
+	}
+	if (i === s.length) return s;
 	let out = '';
 	for (const ch of s) {
 		const c = ch.codePointAt(0);
@@ -56,11 +64,19 @@ function parseIPv4Part(p) {
 	return re.test(p) ? parseInt(p, radix) : NaN;
 }
 
+const isDigit = (c) => c >= 0x30 && c <= 0x39;
+const isAlpha = (c) => (c | 0x20) >= 0x61 && (c | 0x20) <= 0x7a;
+const isHexDigit = (c) => isDigit(c) || ((c | 0x20) >= 0x61 && (c | 0x20) <= 0x66);
+const allDigits = (s) => { for (let i = 0; i < s.length; i++) if (!isDigit(s.charCodeAt(i))) return false; return s.length > 0; };
+
 function endsInNumber(host) {
-	const parts = host.split('.');
-	if (parts[parts.length - 1] === '' && parts.length > 1) parts.pop();
-	const last = parts[parts.length - 1];
-	return /^[0-9]+$/.test(last) || /^0[xX][0-9a-fA-F]*$/.test(last);
+	let end = host.length;
+	if (host.charCodeAt(end - 1) === 0x2e && end > 1) end--;
+	const last = host.slice(host.lastIndexOf('.', end - 1) + 1, end);
+	if (allDigits(last)) return true;
+	if (last.length < 2 || last[0] !== '0' || (last[1] !== 'x' && last[1] !== 'X')) return false;
+	for (let i = 2; i < last.length; i++) if (!isHexDigit(last.charCodeAt(i))) return false;
+	return true;
 }
 
 function parseIPv4(host) {
@@ -125,7 +141,14 @@ function parseIPv6(s) {
 }
 
 const FORBIDDEN_HOST = /[\0\t\n\r #/:<>?@[\\\]^|]/;
-const FORBIDDEN_DOMAIN = /[\0-\x1f #%/:<>?@[\\\]^|\x7f]/;
+const FORBIDDEN_DOMAIN_CHARS = ' #%/:<>?@[\\]^|';
+const forbiddenDomain = (s) => {
+	for (let i = 0; i < s.length; i++) {
+		const c = s.charCodeAt(i);
+		if (c <= 0x1f || c === 0x7f || FORBIDDEN_DOMAIN_CHARS.includes(s[i])) return true;
+	}
+	return false;
+};
 
 function parseHost(s, special) {
 	if (s.startsWith('[')) {
@@ -136,8 +159,8 @@ function parseHost(s, special) {
 		if (FORBIDDEN_HOST.test(s)) throw new TypeError('Invalid URL: forbidden host code point');
 		return pctEncode(s, C0_SET);
 	}
-	const domain = pctDecode(s).toLowerCase();
-	if (domain === '' || FORBIDDEN_DOMAIN.test(domain))
+	const domain = (s.includes('%') ? pctDecode(s) : s).toLowerCase();
+	if (domain === '' || forbiddenDomain(domain))
 		throw new TypeError('Invalid URL: bad host');
 	return endsInNumber(domain) ? parseIPv4(domain) : domain;
 }
@@ -147,12 +170,13 @@ function shortenPath(url) {
 	url.path.pop();
 }
 
-const isDot = (s) => s === '.' || s.toLowerCase() === '%2e';
-const isDotDot = (s) => ['..', '.%2e', '%2e.', '%2e%2e'].includes(s.toLowerCase());
+const isDot = (s) => s === '.' || (s.length === 3 && s.toLowerCase() === '%2e');
+const isDotDot = (s) => s === '..' || (s.length >= 4 && s.length <= 6 &&
+	['.%2e', '%2e.', '%2e%2e'].includes(s.toLowerCase()));
 
 function parsePath(url, s) {
 	const special = isSpecial(url.scheme);
-	const segs = special ? s.split(/[/\\]/) : s.split('/');
+	const segs = (special && s.includes('\\') ? s.split('\\').join('/') : s).split('/');
 	segs.forEach((seg, i) => {
 		const last = i === segs.length - 1;
 		if (isDotDot(seg)) {
@@ -183,7 +207,12 @@ function setTail(url, query, fragment) {
 
 function parseAuthority(url, s) {
 	const special = isSpecial(url.scheme);
-	const end = s.search(special ? /[/\\?#]/ : /[/?#]/);
+	let end = 0;
+	for (; end < s.length; end++) {
+		const c = s.charCodeAt(end);
+		if (c === 0x2f || c === 0x3f || c === 0x23 || (special && c === 0x5c)) break;
+	}
+	if (end === s.length) end = -1;
 	const auth = end < 0 ? s : s.slice(0, end);
 	const rest = end < 0 ? '' : s.slice(end);
 	let hostport = auth;
@@ -208,7 +237,7 @@ function parseAuthority(url, s) {
 	}
 	if (url.scheme === 'file' && url.host === 'localhost') url.host = '';
 	if (port !== null && port !== '') {
-		if (!/^[0-9]+$/.test(port) || Number(port) > 65535)
+		if (!allDigits(port) || Number(port) > 65535)
 			throw new TypeError('Invalid URL: bad port');
 		const p = String(Number(port));
 		url.port = p === SPECIAL_PORTS[url.scheme] ? null : p;
@@ -218,8 +247,8 @@ function parseAuthority(url, s) {
 
 function parseRest(url, s) {
 	const [p, query, fragment] = splitTail(s);
-	if (p !== '' || isSpecial(url.scheme)) parsePath(url, p.replace(/^[/\\]/, (m) =>
-		isSpecial(url.scheme) || m === '/' ? '' : m));
+	const lead = p.charCodeAt(0) === 0x2f || (p.charCodeAt(0) === 0x5c && isSpecial(url.scheme));
+	if (p !== '' || isSpecial(url.scheme)) parsePath(url, lead ? p.slice(1) : p);
 	setTail(url, query, fragment);
 }
 
@@ -232,11 +261,11 @@ function copyAuthority(url, base) {
 
 function parseRelative(url, s, base) {
 	const special = isSpecial(url.scheme);
-	const slash = special ? /^[/\\]/ : /^\//;
-	if (slash.test(s) && slash.test(s.slice(1)))
+	const slash = (i) => s.charCodeAt(i) === 0x2f || (special && s.charCodeAt(i) === 0x5c);
+	if (slash(0) && slash(1))
 		return parseAuthority(url, s.slice(2));
 	copyAuthority(url, base);
-	if (slash.test(s)) return parseRest(url, s);
+	if (slash(0)) return parseRest(url, s);
 	const [p, query, fragment] = splitTail(s);
 	url.path = base.path.slice();
 	if (p === '') {
@@ -252,12 +281,36 @@ function parseRelative(url, s, base) {
 	setTail(url, query, fragment);
 }
 
+/* Strips leading/trailing C0 controls and spaces, and all tabs and newlines. */
+function cleanInput(s) {
+	let a = 0, b = s.length;
+	while (a < b && s.charCodeAt(a) <= 0x20) a++;
+	while (b > a && s.charCodeAt(b - 1) <= 0x20) b--;
+	if (a || b < s.length) s = s.slice(a, b);
+	for (let i = 0; i < s.length; i++) {
+		const c = s.charCodeAt(i);
+		if (c === 9 || c === 10 || c === 13) return s.replace(/[\t\n\r]/g, '');
+	}
+	return s;
+}
+
+/* Index of the ':' ending a valid scheme, or -1. */
+function schemeEnd(s) {
+	if (!isAlpha(s.charCodeAt(0))) return -1;
+	for (let i = 1; i < s.length; i++) {
+		const c = s.charCodeAt(i);
+		if (c === 0x3a) return i;
+		if (!(isAlpha(c) || isDigit(c) || c === 0x2b || c === 0x2d || c === 0x2e)) return -1;
+	}
+	return -1;
+}
+
 function parseURL(input, base) {
-	input = String(input).replace(/^[\0-\x20]+|[\0-\x20]+$/g, '').replace(/[\t\n\r]/g, '');
+	input = cleanInput(String(input));
 	const url = { scheme: '', username: '', password: '', host: null, port: null, path: [],
 		opaque: null, query: null, fragment: null };
-	const m = /^([A-Za-z][A-Za-z0-9+\-.]*):/.exec(input);
-	if (!m) {
+	const colon = schemeEnd(input);
+	if (colon < 0) {
 		if (!base) throw new TypeError(`Invalid URL: "${input}"`);
 		if (base.opaque !== null) {
 			if (!input.startsWith('#')) throw new TypeError(`Invalid URL: "${input}"`);
@@ -269,14 +322,16 @@ function parseURL(input, base) {
 		parseRelative(url, input, base);
 		return url;
 	}
-	url.scheme = m[1].toLowerCase();
-	const rest = input.slice(m[0].length);
+	url.scheme = input.slice(0, colon).toLowerCase();
+	const rest = input.slice(colon + 1);
 	if (isSpecial(url.scheme)) {
-		if (base && base.scheme === url.scheme && !/^[/\\]/.test(rest) && url.scheme !== 'file') {
+		let i = 0;
+		while (rest.charCodeAt(i) === 0x2f || rest.charCodeAt(i) === 0x5c) i++;
+		if (base && base.scheme === url.scheme && i === 0 && url.scheme !== 'file') {
 			parseRelative(url, rest, base);
 			return url;
 		}
-		parseAuthority(url, rest.replace(/^[/\\]*/, ''));
+		parseAuthority(url, rest.slice(i));
 		return url;
 	}
 	if (rest.startsWith('//')) {

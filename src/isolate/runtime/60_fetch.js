@@ -1,7 +1,18 @@
 /* Headers, Request and Response from the Fetch Standard (bodies are held in memory:
  * a string, a Uint8Array or null). */
 
-const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+/* RFC 9110 token characters, as a table: no regexp to compile on a cold start. */
+const TOKEN_CHARS = new Uint8Array(128);
+for (const c of "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+	TOKEN_CHARS[c.charCodeAt(0)] = 1;
+const TOKEN = { test(s) {
+	if (!s.length) return false;
+	for (let i = 0; i < s.length; i++) {
+		const c = s.charCodeAt(i);
+		if (c >= 128 || !TOKEN_CHARS[c]) return false;
+	}
+	return true;
+} };
 
 function headerName(n) {
 	n = String(n);
@@ -9,9 +20,19 @@ function headerName(n) {
 	return n.toLowerCase();
 }
 
+const httpSpace = (c) => c === 0x20 || c === 0x09 || c === 0x0a || c === 0x0d;
+
 function headerValue(v) {
-	v = String(v).replace(/^[\t\n\r ]+|[\t\n\r ]+$/g, '');
-	if (/[\0\r\n]/.test(v)) throw new TypeError(`Invalid header value: "${v}"`);
+	v = String(v);
+	let a = 0, b = v.length;
+	while (a < b && httpSpace(v.charCodeAt(a))) a++;
+	while (b > a && httpSpace(v.charCodeAt(b - 1))) b--;
+	if (a || b < v.length) v = v.slice(a, b);
+	for (let i = 0; i < v.length; i++) {
+		const c = v.charCodeAt(i);
+		if (c === 0 || c === 0x0a || c === 0x0d)
+			throw new TypeError(`Invalid header value: "${v}"`);
+	}
 	return v;
 }
 
