@@ -19,6 +19,8 @@
 /* Module evaluation at a cold start gets its own, larger CPU budget. */
 #define ISO_STARTUP_CPU_MS 1000
 #define ISO_DEFAULT_POOL 4
+/* A tenant idle this long gets a garbage collection that gives memory back. */
+#define ISO_TRIM_IDLE_NS (1000ull * 1000000u)
 
 /* fn->tier_data: what a deploy produced, shared by every worker. */
 struct iso_fn {
@@ -33,6 +35,8 @@ struct iso_tenant {
 	struct fn *fn;			/* referenced while the tenant lives */
 	struct iso_vm *vm;
 	size_t mem;			/* bytes at the end of its last request */
+	uint64_t last_used_ns;
+	int trimmed;			/* collected since its last request */
 	struct iso_tenant *prev, *next;	/* worker's LRU list, most recent first */
 };
 
@@ -65,6 +69,7 @@ struct iso_worker {
 	int npool;
 	struct iso_tenant *lru_head, *lru_tail;
 	size_t mem;
+	int untrimmed;			/* tenants used since their last trim */
 };
 
 struct iso_tier {
@@ -82,7 +87,8 @@ struct iso_tier {
 	atomic_int nbusy;
 
 	atomic_long live, pool_size, mem_bytes;
-	atomic_ulong cold_starts, invocations, evictions, pool_misses;
+	atomic_ulong cold_starts, invocations, evictions, pool_misses, trims;
+	atomic_long trim_pending;
 	atomic_ulong kills_cpu, kills_wall, kills_memory, kills_stack, exceptions;
 };
 

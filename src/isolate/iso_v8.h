@@ -101,7 +101,7 @@ int iso_vm_drain(struct iso_vm *vm, uint64_t deadline, char *err, size_t errlen)
 void iso_vm_terminate(struct iso_vm *vm, enum iso_status why);
 /* Heap bytes in use (V8's used_heap_size plus external ArrayBuffer memory). */
 size_t iso_vm_memory(struct iso_vm *vm);
-/* Lets the garbage collector trim an idle isolate. */
+/* A full garbage collection that shrinks an idle isolate's heap (about a millisecond). */
 void iso_vm_idle(struct iso_vm *vm);
 
 #ifdef __cplusplus

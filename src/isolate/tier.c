@@ -147,10 +147,20 @@ static void lru_push_front(struct iso_worker *w, struct iso_tenant *tn)
 		w->lru_tail = tn;
 }
 
+static void set_trimmed(struct iso_worker *w, struct iso_tenant *tn, int trimmed)
+{
+	if (tn->trimmed == trimmed)
+		return;
+	tn->trimmed = trimmed;
+	w->untrimmed += trimmed ? -1 : 1;
+	atomic_fetch_add(&w->tier->trim_pending, trimmed ? -1 : 1);
+}
+
 static void tenant_drop(struct iso_worker *w, struct iso_tenant *tn)
 {
 	struct iso_tier *it = w->tier;
 
+	set_trimmed(w, tn, 1);
 	lru_unlink(w, tn);
 	((struct iso_fn *)tn->fn->tier_data)->tenant = NULL;
 	w->mem -= tn->mem;
@@ -168,6 +178,25 @@ static void tenant_account(struct iso_worker *w, struct iso_tenant *tn)
 	w->mem += mem - tn->mem;
 	atomic_fetch_add(&w->tier->mem_bytes, (long)mem - (long)tn->mem);
 	tn->mem = mem;
+}
+
+/* Collects one tenant that has been idle long enough; returns whether it did. Idle
+ * tenants sit behind the recently used ones in the LRU list, so the walk is short. */
+static int tenants_trim_one(struct iso_worker *w)
+{
+	uint64_t now = clock_ns(CLOCK_MONOTONIC);
+	struct iso_tenant *tn;
+
+	for (tn = w->lru_head; tn && w->untrimmed; tn = tn->next) {
+		if (tn->trimmed || now - tn->last_used_ns < ISO_TRIM_IDLE_NS)
+			continue;
+		iso_vm_idle(tn->vm);
+		set_trimmed(w, tn, 1);
+		tenant_account(w, tn);
+		atomic_fetch_add(&w->tier->trims, 1);
+		return 1;
+	}
+	return 0;
 }
 
 /* Evicts least recently used tenants until the worker is within its share of the
@@ -328,6 +357,7 @@ static int tenant_create(struct iso_worker *w, struct iso_call *c, struct fn *fn
 		return rc;
 	}
 	tn->fn = fn_ref(fn);
+	tn->trimmed = 1;
 	f->tenant = tn;
 	lru_push_front(w, tn);
 	atomic_fetch_add(&w->tier->live, 1);
@@ -421,6 +451,8 @@ static void handle_invoke(struct iso_worker *w, struct inv *inv)
 	if (!run_drain(w, &c, tn, cpu_ms, deadline))
 		return;
 	iso_vm_set_io(tn->vm, NULL);
+	tn->last_used_ns = clock_ns(CLOCK_MONOTONIC);
+	set_trimmed(w, tn, 0);
 	tenant_account(w, tn);
 	tenants_evict(w, tn);
 }
@@ -453,19 +485,45 @@ static int queue_push(struct iso_worker *w, struct iso_msg m)
 	return 0;
 }
 
-/* Waits for the next message, refilling the pool while the queue is empty (the refill
- * is off the request path: it only runs when nothing is waiting). 0 means stop. */
+/* Idle work, one step at a time so a request never waits for more than one step:
+ * refill the pool, then collect idle tenants. Returns whether it did something. */
+static int idle_step(struct iso_worker *w)
+{
+	if (w->npool < w->tier->pool_target) {
+		pool_refill_one(w);
+		return 1;
+	}
+	return w->untrimmed && tenants_trim_one(w);
+}
+
+/* Waits for the next message, doing idle work while the queue is empty (off the
+ * request path: it only runs when nothing is waiting). 0 means stop. */
 static int queue_pop(struct iso_worker *w, struct iso_msg *m)
 {
+	struct timespec until;
+
 	pthread_mutex_lock(&w->lock);
 	while (!w->qlen && !w->stop) {
-		if (w->npool < w->tier->pool_target) {
-			pthread_mutex_unlock(&w->lock);
-			pool_refill_one(w);
+		pthread_mutex_unlock(&w->lock);
+		if (idle_step(w)) {
 			pthread_mutex_lock(&w->lock);
 			continue;
 		}
-		pthread_cond_wait(&w->cond, &w->lock);
+		pthread_mutex_lock(&w->lock);
+		if (w->qlen || w->stop)
+			break;
+		if (!w->untrimmed) {
+			pthread_cond_wait(&w->cond, &w->lock);
+			continue;
+		}
+		/* Tenants are waiting to become idle enough to trim. */
+		clock_gettime(CLOCK_REALTIME, &until);
+		until.tv_nsec += 100 * 1000000;
+		if (until.tv_nsec >= 1000000000) {
+			until.tv_sec++;
+			until.tv_nsec -= 1000000000;
+		}
+		pthread_cond_timedwait(&w->cond, &w->lock, &until);
 	}
 	if (w->stop) {
 		pthread_mutex_unlock(&w->lock);
@@ -641,6 +699,8 @@ static void iso_metrics(struct tier *t, struct strbuf *out)
 	sb_printf(out, "stoke_isolate_pool_misses_total %lu\n", atomic_load(&it->pool_misses));
 	sb_printf(out, "stoke_isolate_invocations_total %lu\n", atomic_load(&it->invocations));
 	sb_printf(out, "stoke_isolate_evictions_total %lu\n", atomic_load(&it->evictions));
+	sb_printf(out, "stoke_isolate_idle_trims_total %lu\n", atomic_load(&it->trims));
+	sb_printf(out, "stoke_isolate_trim_pending %ld\n", atomic_load(&it->trim_pending));
 	sb_printf(out, "stoke_isolate_exceptions_total %lu\n", atomic_load(&it->exceptions));
 	sb_printf(out, "stoke_isolate_limit_kills_total{limit=\"cpu\"} %lu\n",
 		  atomic_load(&it->kills_cpu));
