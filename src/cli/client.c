@@ -145,9 +145,6 @@ static void cli_client_report(const struct cli_http_resp *resp)
 	if (cJSON_IsString(field))
 		fprintf(stderr, " (field: %s)", field->valuestring);
 	fputc('\n', stderr);
-	if (resp->status == 401)
-		fprintf(stderr, "stoke: pass --token, set STOKE_TOKEN or --data-dir "
-			"(the token is in DATA_DIR/token)\n");
 	cJSON_Delete(doc);
 }
 

@@ -34,7 +34,7 @@ struct cli_client {
 	const char *url_flag, *token_flag, *data_dir_flag;
 	int json;
 	int timeout_ms;
-	int anonymous;		/* never send the token (function calls: user code sees it) */
+	int anonymous;		/* never send the token: functions are user code */
 	const char *url_text;	/* the daemon URL as configured, for messages */
 	struct cli_url url;
 	char *token;

@@ -43,6 +43,7 @@ static int cli_deploy_args(struct cli_client *c, int argc, char **argv,
 
 static void cli_deploy_print(const struct cli_client *c, const cJSON *doc, const char *name)
 {
+	const cJSON *reason;
 	char version[64];
 
 	if (c->json) {
@@ -57,6 +58,10 @@ static void cli_deploy_print(const struct cli_client *c, const cJSON *doc, const
 		printf("%s\n", cli_out_str(doc, "url", NULL));
 	else
 		printf("%s/fn/%s/\n", c->url_text, cli_out_str(doc, "name", name));
+	/* Why auto picked this tier: worth seeing before the first slow cold start. */
+	cJSON_ArrayForEach(reason, cJSON_GetObjectItemCaseSensitive(doc, "reasons"))
+		if (cJSON_IsString(reason))
+			printf("  %s\n", reason->valuestring);
 }
 
 /* Builds the request (reporting local problems as usage errors) and sends it. */

@@ -19,7 +19,7 @@ struct cli_http_req {
 	const void *body;		/* sent with Content-Length when non-NULL */
 	size_t body_len;
 	int connect_timeout_ms;		/* <= 0 means 5 s */
-	int io_timeout_ms;		/* longest silence while sending or reading; <= 0: 120 s */
+	int io_timeout_ms;		/* longest silence in send or receive; <= 0: 120 s */
 };
 
 struct cli_http_field {
@@ -28,7 +28,7 @@ struct cli_http_field {
 };
 
 struct cli_http_resp {
-	int connected;			/* a connection was made (tells refusal from failure) */
+	int connected;			/* a connection was made (refusal vs failure) */
 	int status;
 	struct strbuf head;		/* status line and fields as received, CRLFs included */
 	struct cli_http_field *fields;	/* parsed copy of head, for lookups */

@@ -13,7 +13,7 @@
 struct cli_logs {
 	const char *name;
 	int follow;
-	long limit;		/* 0: the daemon's page size */
+	long limit;		/* 0: the daemon's page size (100) */
 	double since;		/* the daemon's "next" cursor */
 };
 
@@ -169,7 +169,7 @@ const struct cli_verb cli_verb_logs = {
 	.summary = "Print a function's log lines: time, request id, stream, message.",
 	.options =
 		"  -f, --follow      keep polling for new lines (every 500 ms) until Ctrl-C\n"
-		"  -n, --lines N     ask for at most N lines (the daemon's limit=N)\n"
+		"  -n, --lines N     start with the last N lines (default: the daemon's, 100)\n"
 		"                    With --json, one JSON object per line.\n",
 	.client = 1,
 	.run = cli_logs_run,

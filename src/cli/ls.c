@@ -20,9 +20,10 @@ static void cli_ls_row(const cJSON *fn, int *widths, const int *print_widths)
 	int i, len;
 
 	for (i = 0; i < CLI_LS_COLS; i++) {
-		const char *cell = fn ? cli_out_scalar(cJSON_GetObjectItemCaseSensitive(fn,
-							cli_ls_keys[i]), buf, sizeof(buf))
-				      : cli_ls_titles[i];
+		const cJSON *item = cJSON_GetObjectItemCaseSensitive(fn, cli_ls_keys[i]);
+		const char *cell = !fn ? cli_ls_titles[i] :
+				   i == CLI_LS_COLS - 1 ? cli_out_time(item, buf, sizeof(buf)) :
+				   cli_out_scalar(item, buf, sizeof(buf));
 
 		len = strlen(cell);
 		if (widths && len > widths[i])

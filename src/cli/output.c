@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 void cli_out_json(const cJSON *item)
 {
@@ -42,12 +43,35 @@ const char *cli_out_str(const cJSON *obj, const char *key, const char *def)
 	return cJSON_IsString(item) ? item->valuestring : def;
 }
 
+const char *cli_out_time(const cJSON *item, char *buf, size_t size)
+{
+	struct tm tm;
+	time_t t;
+
+	if (!cJSON_IsNumber(item))
+		return cli_out_scalar(item, buf, size);
+	t = (time_t)item->valuedouble;
+	if (!gmtime_r(&t, &tm) || !strftime(buf, size, "%Y-%m-%dT%H:%M:%SZ", &tm))
+		return cli_out_scalar(item, buf, size);
+	return buf;
+}
+
+/* The daemon's "*_at" fields are Unix times. */
+static int cli_out_is_time(const cJSON *item)
+{
+	size_t len = item->string ? strlen(item->string) : 0;
+
+	return cJSON_IsNumber(item) && len > 3 && !strcmp(item->string + len - 3, "_at");
+}
+
 static void cli_out_array(const cJSON *arr)
 {
 	const cJSON *item;
 	char buf[256];
 	int first = 1;
 
+	if (!cJSON_GetArraySize(arr))
+		printf("-");
 	cJSON_ArrayForEach(item, arr) {
 		if (cJSON_IsObject(item) || cJSON_IsArray(item)) {
 			char *text = cJSON_PrintUnformatted(item);
@@ -76,6 +100,8 @@ void cli_out_fields(const cJSON *obj, int indent)
 		} else if (cJSON_IsArray(item)) {
 			putchar(' ');
 			cli_out_array(item);
+		} else if (cli_out_is_time(item)) {
+			printf(" %s\n", cli_out_time(item, buf, sizeof(buf)));
 		} else {
 			printf(" %s\n", cli_out_scalar(item, buf, sizeof(buf)));
 		}

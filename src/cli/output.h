@@ -13,8 +13,11 @@ void cli_out_json(const cJSON *item);
  * null or a missing item as "-". Returns buf. */
 const char *cli_out_scalar(const cJSON *item, char *buf, size_t size);
 
+/* Formats a Unix time (seconds) as ISO 8601 UTC into buf; other items as a scalar. */
+const char *cli_out_time(const cJSON *item, char *buf, size_t size);
+
 /* Prints the fields of obj as "key: value" lines, nested objects indented below their
- * key and arrays of scalars comma-separated. */
+ * key, arrays comma-separated, "*_at" numbers as times. */
 void cli_out_fields(const cJSON *obj, int indent);
 
 /* The string field key of obj, or def. */

@@ -73,7 +73,7 @@ static int cli_url_prefix(const char *s, struct cli_url *url, struct cli_err *er
 	size_t len = strlen(s);
 
 	if (strpbrk(s, "?#"))
-		return cli_err_set(err, -EINVAL, "the daemon URL cannot carry a query or fragment");
+		return cli_err_set(err, -EINVAL, "the daemon URL cannot carry a query");
 	while (len && s[len - 1] == '/')
 		len--;
 	if (len >= sizeof(url->prefix))

@@ -70,7 +70,8 @@ static int asked(const char *path)
 static void respond(int fd)
 {
 	if (asked("/length"))
-		say(fd, "HTTP/1.1 201 Created\r\nContent-Length: 5\r\nX-Thing:  a b \r\n\r\nhello");
+		say(fd, "HTTP/1.1 201 Created\r\nContent-Length: 5\r\n"
+		    "X-Thing:  a b \r\n\r\nhello");
 	else if (asked("/chunked")) {
 		say(fd, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nwi");
 		pause_ms(20);
