@@ -1,0 +1,191 @@
+/*
+ * The stoke binary (path in argv[1]) against a fake daemon on loopback: what each verb
+ * sends, what it prints, and the exit-code contract (0 ok, 1 the daemon or function
+ * answered an error, 2 usage, 3 unreachable).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/wait.h>
+
+#include "check.h"
+#include "loopback.h"
+
+extern char **environ;
+
+static const char *stoke;
+static char url[64], tmpdir[256];
+static char out[1 << 16], err[1 << 16];	/* the last run's stdout and stderr */
+
+static void reply(int fd, int status, const char *type, const char *body)
+{
+	char head[256];
+
+	snprintf(head, sizeof(head), "HTTP/1.1 %d X\r\nContent-Type: %s\r\n"
+		 "Content-Length: %zu\r\n\r\n", status, type, strlen(body));
+	loop_say(fd, head);
+	loop_say(fd, body);
+}
+
+static int starts(const char *req, const char *line)
+{
+	return !strncmp(req, line, strlen(line));
+}
+
+static void fake_daemon(int fd, const char *req)
+{
+	const char *j = "application/json";
+
+	if (starts(req, "GET /fn/") || starts(req, "POST /fn/"))
+		reply(fd, strstr(req, "/fn/f/boom ") ? 502 : 200, "text/plain",
+		      strstr(req, "Authorization") ? "token leaked" : "fn body");
+	else if (!strstr(req, "\r\nAuthorization: Bearer sekrit\r\n"))
+		reply(fd, 401, j, "{\"error\":\"unauthorized\",\"message\":\"bad token\"}");
+	else if (starts(req, "GET /_stoke/functions HTTP"))
+		reply(fd, 200, j, "{\"functions\":[{\"name\":\"alpha\",\"version\":7,\"tier\":"
+		      "\"isolate\",\"runtime\":\"js\",\"entry\":\"index.js\",\"deployed_at\":0}]}");
+	else if (starts(req, "PUT /_stoke/functions/hello "))
+		reply(fd, 201, j, "{\"name\":\"hello\",\"version\":3,\"tier\":\"isolate\","
+		      "\"runtime\":\"js\",\"entry\":\"index.js\",\"url\":\"http://h/fn/hello/\"}");
+	else if (starts(req, "PUT /_stoke/functions/"))
+		reply(fd, 400, j, "{\"error\":\"invalid_manifest\",\"message\":\"unknown field "
+		      "nmae\",\"field\":\"nmae\"}");
+	else if (starts(req, "DELETE /_stoke/functions/alpha "))
+		reply(fd, 200, j, "{\"deleted\":\"alpha\"}");
+	else if (starts(req, "GET /_stoke/functions/alpha/logs?since=0&limit=2 "))
+		reply(fd, 200, j, "{\"lines\":[{\"seq\":4,\"ts\":\"T\",\"request_id\":\"r1\","
+		      "\"stream\":\"stdout\",\"msg\":\"hi\"}],\"next\":5}");
+	else
+		reply(fd, 404, j, "{\"error\":\"not_found\",\"message\":\"no such thing\"}");
+}
+
+static void slurp(const char *path, char *buf, size_t size)
+{
+	FILE *f = fopen(path, "r");
+	size_t n = f ? fread(buf, 1, size - 1, f) : 0;
+
+	buf[n] = '\0';
+	if (f)
+		fclose(f);
+}
+
+/* Runs stoke with args (NULL-terminated) against the fake daemon; returns its status. */
+static int run(const char *const *args)
+{
+	char *argv[32], o[300], e[300];
+	posix_spawn_file_actions_t fa;
+	int i, status = -1;
+	pid_t pid;
+
+	argv[0] = (char *)stoke;
+	for (i = 0; args[i] && i < 30; i++)
+		argv[i + 1] = (char *)args[i];
+	argv[i + 1] = NULL;
+	snprintf(o, sizeof(o), "%s/out", tmpdir);
+	snprintf(e, sizeof(e), "%s/err", tmpdir);
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_addopen(&fa, 1, o, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	posix_spawn_file_actions_addopen(&fa, 2, e, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	if (posix_spawn(&pid, stoke, &fa, NULL, argv, environ) == 0)
+		waitpid(pid, &status, 0);
+	posix_spawn_file_actions_destroy(&fa);
+	slurp(o, out, sizeof(out));
+	slurp(e, err, sizeof(err));
+	return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+#define RUN(...) run((const char *const[]){ __VA_ARGS__, NULL })
+
+static void test_admin_verbs(void)
+{
+	CHECK_INT(RUN("ls"), 0);
+	CHECK(strstr(out, "NAME") && strstr(out, "alpha") && strstr(out, "1970-01-01"));
+	CHECK_INT(RUN("ls", "--json"), 0);
+	CHECK(strstr(out, "\"functions\"") != NULL);
+	CHECK_INT(RUN("ls", "--token", "wrong"), 1);
+	CHECK_STR(err, "stoke: bad token\n");
+	CHECK_INT(RUN("rm", "alpha"), 0);
+	CHECK_STR(out, "deleted alpha\n");
+	CHECK_INT(RUN("rm", "nope"), 1);
+	CHECK_STR(err, "stoke: no such thing\n");
+	CHECK_INT(RUN("logs", "alpha", "-n", "2"), 0);
+	CHECK_STR(out, "T r1 stdout hi\n");
+}
+
+static void test_deploy(void)
+{
+	char path[300];
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/Hello.js", tmpdir);
+	f = fopen(path, "w");
+	fputs("export default {}\n", f);
+	fclose(f);
+	CHECK_INT(RUN("deploy", path), 0);
+	CHECK_STR(out, "deployed hello v3 (isolate, js) -> http://h/fn/hello/\n");
+	CHECK(strstr(loop_seen, "\"manifest\":{\"name\":\"hello\",\"entry\":\"Hello.js\"}"));
+	CHECK(strstr(loop_seen, "\"files\":{\"Hello.js\":\"ZXhwb3J0IGRlZmF1bHQge30K\"}"));
+	CHECK(strstr(loop_seen, "\r\nContent-Type: application/json\r\n") != NULL);
+
+	CHECK_INT(RUN("deploy", path, "--name", "other"), 1);
+	CHECK_STR(err, "stoke: unknown field nmae (field: nmae)\n");
+	CHECK_INT(RUN("deploy", path, "--tier", "fast"), 2);
+	CHECK_INT(RUN("deploy", "/nonexistent/dir"), 2);
+}
+
+static void test_invoke(void)
+{
+	CHECK_INT(RUN("invoke", "f", "/x"), 0);
+	CHECK_STR(out, "fn body");
+	CHECK(starts(loop_seen, "GET /fn/f/x HTTP/1.1\r\n"));
+	CHECK_INT(RUN("invoke", "f", "-d", "abc", "-H", "X-A: 1"), 0);
+	CHECK(starts(loop_seen, "POST /fn/f/ HTTP/1.1\r\n"));
+	CHECK(strstr(loop_seen, "\r\nX-A: 1\r\n") && strstr(loop_seen, "\r\n\r\nabc"));
+	CHECK_INT(RUN("invoke", "f", "/boom", "-i"), 1);
+	CHECK(starts(out, "HTTP/1.1 502 X\r\n") && strstr(out, "\r\n\r\nfn body"));
+	CHECK_INT(RUN("invoke", "f", "-H", "no colon"), 2);
+}
+
+static void test_usage_and_reach(void)
+{
+	char dead[64];
+
+	CHECK_INT(RUN("--version"), 0);
+	CHECK(starts(out, "stoke "));
+	CHECK_INT(RUN("help", "deploy"), 0);
+	CHECK(strstr(out, "--tier") != NULL);
+	CHECK_INT(RUN("ls", "--help"), 0);
+	CHECK_INT(RUN("frobnicate"), 2);
+	CHECK_INT(RUN("ls", "--bogus"), 2);
+	CHECK_INT(RUN("show"), 2);
+	CHECK_INT(RUN("logs", "x", "-n", "zero"), 2);
+	CHECK_INT(RUN("status", "--url", "https://127.0.0.1"), 2);
+	snprintf(dead, sizeof(dead), "http://127.0.0.1:%d", loop_dead_port());
+	CHECK_INT(RUN("status", "--url", dead), 3);
+	CHECK(strstr(err, "cannot reach the daemon at") && strstr(err, "stoke serve"));
+	CHECK_INT(RUN("invoke", "f", "--url", dead), 3);
+}
+
+int main(int argc, char **argv)
+{
+	const char *tmp = getenv("TMPDIR");
+	char cmd[300];
+
+	if (argc < 2)
+		return 2;
+	stoke = argv[1];
+	snprintf(tmpdir, sizeof(tmpdir), "%s/stoke-cli-verbs-XXXXXX", tmp ? tmp : "/tmp");
+	if (!mkdtemp(tmpdir))
+		return 2;
+	snprintf(url, sizeof(url), "http://127.0.0.1:%d", loop_start(fake_daemon));
+	setenv("STOKE_URL", url, 1);
+	setenv("STOKE_TOKEN", "sekrit", 1);
+	test_admin_verbs();
+	test_deploy();
+	test_invoke();
+	test_usage_and_reach();
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
+	if (system(cmd))
+		fprintf(stderr, "could not remove %s\n", tmpdir);
+	return check_done("test_verbs");
+}
