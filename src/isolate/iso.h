@@ -85,6 +85,7 @@ struct iso_tier {
 	pthread_cond_t wd_cond;
 	int wd_stop;
 	atomic_int nbusy;
+	atomic_int wd_sleeping;		/* the watchdog waits for a wake-up */
 
 	atomic_long live, pool_size, mem_bytes;
 	atomic_ulong cold_starts, invocations, evictions, pool_misses, trims;

@@ -18,6 +18,9 @@
 
 /* How often the watchdog samples busy workers' CPU clocks. */
 #define ISO_WATCH_NS 1000000u
+/* The watchdog keeps ticking this long after the last request before it sleeps, so
+ * a busy host never pays a wake-up system call per request. */
+#define ISO_WATCH_LINGER 1000
 
 static uint64_t clock_ns(clockid_t clk)
 {
@@ -45,7 +48,7 @@ static void watch_begin(struct iso_worker *w, struct iso_vm *vm, uint32_t cpu_ms
 	w->cpu_limit_ns = (uint64_t)cpu_ms * 1000000u;
 	w->wall_deadline_ns = wall_deadline;
 	pthread_mutex_unlock(&w->lock);
-	if (atomic_fetch_add(&it->nbusy, 1) == 0) {
+	if (atomic_fetch_add(&it->nbusy, 1) == 0 && atomic_load(&it->wd_sleeping)) {
 		pthread_mutex_lock(&it->wd_lock);
 		pthread_cond_signal(&it->wd_cond);
 		pthread_mutex_unlock(&it->wd_lock);
@@ -79,12 +82,19 @@ static void *watchdog_main(void *arg)
 {
 	struct iso_tier *it = arg;
 	struct timespec nap = { 0, ISO_WATCH_NS };
-	int i;
+	int i, idle_ticks = 0;
 
 	pthread_mutex_lock(&it->wd_lock);
 	while (!it->wd_stop) {
-		if (!atomic_load(&it->nbusy)) {
-			pthread_cond_wait(&it->wd_cond, &it->wd_lock);
+		idle_ticks = atomic_load(&it->nbusy) ? 0 : idle_ticks + 1;
+		if (idle_ticks > ISO_WATCH_LINGER) {
+			/* Set before the last look at nbusy: a worker that raises nbusy
+			 * after it sees the flag and signals under wd_lock. */
+			atomic_store(&it->wd_sleeping, 1);
+			if (!atomic_load(&it->nbusy))
+				pthread_cond_wait(&it->wd_cond, &it->wd_lock);
+			atomic_store(&it->wd_sleeping, 0);
+			idle_ticks = 0;
 			continue;
 		}
 		pthread_mutex_unlock(&it->wd_lock);
