@@ -168,7 +168,9 @@ int cli_client_api(struct cli_client *c, const char *method, const char *target,
 	int n = 1, ret;
 
 	*out = NULL;
-	if (c->token && asprintf(&auth, "Authorization: Bearer %s", c->token) > 0)
+	if (c->token && asprintf(&auth, "Authorization: Bearer %s", c->token) < 0)
+		auth = NULL;
+	if (auth)
 		headers[n++] = auth;
 	if (body) {
 		headers[n++] = "Content-Type: application/json";

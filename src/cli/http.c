@@ -441,13 +441,18 @@ int cli_http_do(const struct cli_url *url, const struct cli_http_req *req,
 	conn->fd = fd;
 	conn->where = where;
 	ret = cli_http_set_timeouts(fd, io_timeout);
-	sent = ret ? ret : cli_http_send(fd, url, req);
+	if (ret) {
+		cli_err_set(err, ret, "%s: cannot set timeouts: %s", where, strerror(-ret));
+		goto out;
+	}
+	sent = cli_http_send(fd, url, req);
 	/* A server may answer early and close (413 for an oversized deploy): when sending
 	 * failed, the response it left behind is worth more than the send error. */
 	ret = cli_http_read(conn, resp, req->method, err);
 	if (ret && sent)
 		ret = cli_err_set(err, sent, "sending the request to %s: %s", where,
 				  strerror(-sent));
+out:
 	close(fd);
 	free(conn);
 	return ret;

@@ -47,14 +47,15 @@ static int cli_invoke_data(const char *data, struct strbuf *sb)
 	return n < 0 ? (int)n : sb_failed(sb) ? -ENOMEM : 0;
 }
 
-/* Appends PATH to the target, encoding only what cannot appear in a request line. */
+/* Appends PATH to the target, encoding only what cannot appear in a request line; a
+ * fragment stays on the client, as in a browser. */
 static void cli_invoke_path(struct strbuf *sb, const char *path)
 {
 	static const char hex[] = "0123456789ABCDEF";
 
 	if (path[0] != '/')
 		sb_adds(sb, "/");
-	for (; *path; path++) {
+	for (; *path && *path != '#'; path++) {
 		unsigned char ch = *path;
 		char esc[3] = { '%', hex[ch >> 4], hex[ch & 15] };
 
@@ -212,7 +213,7 @@ static int cli_invoke_send(struct cli_client *c, struct cli_invoke *iv)
 {
 	struct strbuf target = STRBUF_INIT, body = STRBUF_INIT;
 	struct cli_http_req req = { .method = iv->method, .headers = iv->headers };
-	struct cli_http_resp resp;
+	struct cli_http_resp resp = { 0 };
 	int ret, code;
 
 	if (iv->data && (ret = cli_invoke_data(iv->data, &body))) {
@@ -232,8 +233,8 @@ static int cli_invoke_send(struct cli_client *c, struct cli_invoke *iv)
 		cli_invoke_print(c, iv, &resp);
 		/* Like curl -f: redirects are answers, 4xx/5xx are failures. */
 		code = resp.status < 400 ? CLI_EXIT_OK : CLI_EXIT_REMOTE;
-		cli_http_resp_free(&resp);
 	}
+	cli_http_resp_free(&resp);
 	sb_free(&target);
 	sb_free(&body);
 	return code;

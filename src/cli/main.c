@@ -28,7 +28,8 @@ static const char cli_client_help[] =
 
 static const char cli_exit_help[] =
 	"\nExit status: 0 success, 1 the daemon or function answered an error,\n"
-	"2 usage error, 3 the daemon could not be reached.\n";
+	"2 usage error or unusable local input (a missing PATH, a bad stoke.json),\n"
+	"3 the daemon could not be reached or did not answer.\n";
 
 void cli_help(const struct cli_verb *verb, FILE *out)
 {
