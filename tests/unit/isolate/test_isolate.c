@@ -656,6 +656,41 @@ static void test_modules(void)
 	}
 }
 
+/* Hono from npm, bundled by examples/router-js/build.sh; skipped when not built. */
+static void test_router_bundle(void)
+{
+	char err[1024], dir[512];
+	struct fn *fn;
+	struct inv *inv;
+
+	if (!want("router"))
+		return;
+	snprintf(dir, sizeof(dir), "%s/examples/router-js", STOKE_SOURCE_ROOT);
+	if (access(STOKE_SOURCE_ROOT "/examples/router-js/dist/index.js", R_OK)) {
+		printf("skip router: run examples/router-js/build.sh to bundle Hono\n");
+		return;
+	}
+	fn = calloc(1, sizeof(*fn));
+	atomic_init(&fn->refs, 1);
+	strcpy(fn->name, "router-js");
+	strcpy(fn->entry, "dist/index.js");
+	fn->dir = strdup(dir);
+	if (T.ops->prepare(&T, fn, err, sizeof(err))) {
+		CHECK(0, "router deploy: %s", err);
+		fn_unref(fn);
+		return;
+	}
+	expect_body(fn, "/hello/unit", "Hello, unit!");
+	inv = call_h(fn, "POST", "/echo", "{\"a\":1}", "content-type", "application/json");
+	CHECK(inv->resp.status == 201 && !strcmp(body_of(inv), "{\"received\":{\"a\":1}}"),
+	      "router echo: %d %s", inv->resp.status, body_of(inv));
+	inv_free(inv);
+	inv = call(fn, "GET", "/missing", NULL);
+	CHECK(inv->resp.status == 404, "router 404: %d", inv->resp.status);
+	inv_free(inv);
+	fn_unref(fn);
+}
+
 static void test_wait_until(void)
 {
 	struct fn *fn;
@@ -749,6 +784,7 @@ int main(int argc, char **argv)
 	test_deploy_errors();
 	test_isolation();
 	test_modules();
+	test_router_bundle();
 	test_wait_until();
 	test_retire();
 	test_metrics();
