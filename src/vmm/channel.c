@@ -2,7 +2,7 @@
  * The invocation channel: guest descriptor 3 is relayed byte for byte to the host
  * socket the daemon gave us. The VMM follows the frame boundaries of what the guest
  * writes so that it can stop the wall clock when a response is complete and slip its
- * own statistics frame in between two guest frames.
+ * own statistics frame in before each response frame.
  */
 #include "vm.h"
 #include "frame.h"
@@ -120,50 +120,67 @@ long chan_read(struct vm *vm, void *buf, size_t len)
 	return n;
 }
 
-/* Consumes up to len written bytes; returns how many belong to the current frame. */
-static size_t track(struct chan_track *t, const uint8_t *p, size_t len, int *frame_done)
+/*
+ * Header bytes are held back until the header is complete, so that the statistics
+ * frame can go out before a response frame: the daemon then has both when the
+ * response ends.
+ */
+static int header_byte(struct vm *vm, uint8_t b)
 {
+	struct chan_track *t = &vm->out;
 	struct frame_hdr h;
-	size_t used = 0, take;
+	int r;
 
-	*frame_done = 0;
-	while (used < len && t->hdr_len < FRAME_HDR_SIZE) {
-		t->hdr[t->hdr_len++] = p[used++];
-		if (t->hdr_len == FRAME_HDR_SIZE) {
-			frame_hdr_unpack(t->hdr, &h);
-			t->left = h.len;
-			t->type = h.type;
-		}
-	}
+	t->hdr[t->hdr_len++] = b;
 	if (t->hdr_len < FRAME_HDR_SIZE)
-		return used;
-	take = len - used < t->left ? len - used : (size_t)t->left;
-	t->left -= take;
-	used += take;
-	if (!t->left) {
-		*frame_done = 1;
-		t->hdr_len = 0;
+		return 0;
+	frame_hdr_unpack(t->hdr, &h);
+	t->left = h.len;
+	t->type = h.type;
+	if (h.type == FRAME_RESPONSE) {
+		r = send_stats(vm);
+		if (r)
+			return r;
 	}
-	return used;
+	r = write_all(vm->cfg->channel_fd, t->hdr, FRAME_HDR_SIZE);
+	if (!r && !t->left)
+		t->hdr_len = 0;
+	return r;
+}
+
+static void frame_done(struct vm *vm)
+{
+	vm->out.hdr_len = 0;
+	if (vm->out.type == FRAME_RESPONSE) {
+		wall_clock(vm, 0);
+		vm->in_request = 0;
+	}
 }
 
 long chan_write(struct vm *vm, const void *buf, size_t len)
 {
+	struct chan_track *t = &vm->out;
 	const uint8_t *p = buf;
 	size_t off = 0, n;
-	int done, r;
+	int r;
 
 	while (off < len) {
-		n = track(&vm->out, p + off, len - off, &done);
+		if (t->hdr_len < FRAME_HDR_SIZE) {
+			r = header_byte(vm, p[off++]);
+			if (r)
+				return r;
+			if (t->hdr_len == 0)
+				frame_done(vm);	/* empty payload */
+			continue;
+		}
+		n = len - off < t->left ? len - off : (size_t)t->left;
 		r = write_all(vm->cfg->channel_fd, p + off, n);
 		if (r)
 			return off ? (long)off : r;
 		off += n;
-		if (done && vm->out.type == FRAME_RESPONSE) {
-			wall_clock(vm, 0);
-			vm->in_request = 0;
-			send_stats(vm);
-		}
+		t->left -= n;
+		if (!t->left)
+			frame_done(vm);
 	}
 	return (long)len;
 }

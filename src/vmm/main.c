@@ -150,12 +150,17 @@ int main(int argc, char **argv)
 	static struct vm vm;
 	struct vm_config cfg = { 0 };
 	struct jail_config jc = { 0 };
+	sigset_t none;
 	int r;
 
 	if (parse_args(argc, argv, &cfg, &jc)) {
 		fputs(usage, stderr);
 		return 2;
 	}
+
+	/* Whatever mask we inherited, the wall clock (SIGALRM) and SIGTERM must arrive. */
+	sigemptyset(&none);
+	sigprocmask(SIG_SETMASK, &none, NULL);
 	/* A daemon that went away must not kill us mid-write: writes report EPIPE. */
 	signal(SIGPIPE, SIG_IGN);
 	jc.tmp_bytes = cfg.tmp_bytes;

@@ -279,9 +279,7 @@ static void reap(struct vm_proc *p, struct inv *inv, int kill_it, int *status)
 				open--;
 			}
 	}
-	kill(p->pid, SIGTERM);
-	while (waitpid(p->pid, status, 0) < 0 && errno == EINTR)
-		;
+	vm_proc_stop(p->pid, status);
 	p->pid = 0;
 	vm_proc_kill(p);
 }

@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdarg.h>
@@ -169,11 +170,31 @@ static int spawn_actions(posix_spawn_file_actions_t *fa, int chan, int out, int 
 	return r;
 }
 
+static posix_spawnattr_t clean_signals;
+static pthread_once_t clean_signals_once = PTHREAD_ONCE_INIT;
+
+/*
+ * The daemon blocks or catches signals its own way; the VMM needs SIGTERM (cleanup) and
+ * SIGALRM (the wall clock) as a fresh process has them.
+ */
+static void init_clean_signals(void)
+{
+	sigset_t none, all;
+
+	sigemptyset(&none);
+	sigfillset(&all);
+	posix_spawnattr_init(&clean_signals);
+	posix_spawnattr_setsigmask(&clean_signals, &none);
+	posix_spawnattr_setsigdefault(&clean_signals, &all);
+	posix_spawnattr_setflags(&clean_signals, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+}
+
 int vm_proc_spawn(struct vm_proc *p, const struct vm_launch *l, const char *vmm_path)
 {
 	int sv[2] = { -1, -1 }, po[2] = { -1, -1 }, pe[2] = { -1, -1 }, r, i;
 	posix_spawn_file_actions_t fa;
 
+	pthread_once(&clean_signals_once, init_clean_signals);
 	memset(p, 0, sizeof(*p));
 	p->chan = p->out = p->err = -1;
 	p->mem_mb = l->mem_mb;
@@ -191,7 +212,7 @@ int vm_proc_spawn(struct vm_proc *p, const struct vm_launch *l, const char *vmm_
 	}
 	r = -spawn_actions(&fa, sv[1], po[1], pe[1]);
 	if (!r)
-		r = -posix_spawn(&p->pid, vmm_path, &fa, NULL, l->argv, environ);
+		r = -posix_spawn(&p->pid, vmm_path, &fa, &clean_signals, l->argv, environ);
 	posix_spawn_file_actions_destroy(&fa);
 	if (r)
 		goto fail;
@@ -213,15 +234,31 @@ fail:
 	return r < 0 ? r : -EAGAIN;
 }
 
+/* SIGTERM first (a jailed VMM's supervisor then cleans up); SIGKILL after 500 ms. */
+void vm_proc_stop(pid_t pid, int *status)
+{
+	struct timespec ms = { 0, 1000000 };
+	int i;
+
+	kill(pid, SIGTERM);
+	for (i = 0; i < 500; i++) {
+		if (waitpid(pid, status, WNOHANG) == pid)
+			return;
+		nanosleep(&ms, NULL);
+	}
+	kill(pid, SIGKILL);
+	while (waitpid(pid, status, 0) < 0 && errno == EINTR)
+		;
+}
+
 void vm_proc_kill(struct vm_proc *p)
 {
 	int status;
 
+	if (p->chan >= 0)
+		shutdown(p->chan, SHUT_RDWR);	/* an idle guest sees EOF and exits */
 	if (p->pid > 0) {
-		/* SIGTERM: a jailed VMM's supervisor then kills it and removes its files. */
-		kill(p->pid, SIGTERM);
-		while (waitpid(p->pid, &status, 0) < 0 && errno == EINTR)
-			;
+		vm_proc_stop(p->pid, &status);
 		p->pid = 0;
 	}
 	if (p->chan >= 0) close(p->chan);

@@ -56,5 +56,7 @@ enum vm_outcome vm_proc_invoke(struct vm_proc *p, struct inv *inv, uint32_t budg
 			       vm_stats_fn on_stats, void *arg, int *status);
 /* Kills (if still running) and reaps the process, closes its descriptors. */
 void vm_proc_kill(struct vm_proc *p);
+/* Stops and reaps a stoke-vmm process: SIGTERM, then SIGKILL after 500 ms. */
+void vm_proc_stop(pid_t pid, int *status);
 
 #endif
