@@ -406,6 +406,29 @@ static void test_deploy_errors(void)
 	CHECK(!fn && strstr(errbuf, "index.ts: line 1, column 19"), "ts error: '%s'", errbuf);
 }
 
+/* Every context comes from one snapshot: its Math.random state must not. */
+static void test_random_differs(void)
+{
+	static const char src[] = "export default { fetch() {\n"
+		"  return new Response(String(Math.random())); } };\n";
+	struct fn *a = deploy("rand-a", "index.js", src), *b = deploy("rand-b", "index.js", src);
+	struct inv *ia, *ib;
+	char first[64];
+
+	CHECK(a && b, "deploy: %s", errbuf);
+	if (!a || !b)
+		return;
+	ia = call(a, "GET", "/", NULL);
+	ib = call(b, "GET", "/", NULL);
+	snprintf(first, sizeof(first), "%s", body_of(ia));
+	CHECK(first[0] && strcmp(first, body_of(ib)),
+	      "Math.random repeats across tenants: %s", first);
+	inv_free(ia);
+	inv_free(ib);
+	fn_unref(a);
+	fn_unref(b);
+}
+
 static void test_isolation(void)
 {
 	struct fn *a, *b;
@@ -430,6 +453,7 @@ static void test_isolation(void)
 	inv_free(inv);
 	fn_unref(a);
 	fn_unref(b);
+	test_random_differs();
 }
 
 
