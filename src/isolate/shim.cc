@@ -381,7 +381,9 @@ static const char iso_warmup_js[] =
 
 static void warm_up(Isolate *iso, Local<Context> ctx, Local<Array> hooks)
 {
-	static const char *const urls[] = { "http://warm.up/a/b?q=1", "https://warm.up:8443/json" };
+	static const char *const urls[] = {
+		"http://warm.up/a/b?q=1", "https://warm.up:8443/json",
+	};
 	ScriptOrigin origin(iso, str(iso, "stoke:warmup", 12));
 	ScriptCompiler::Source src(str(iso, iso_warmup_js, sizeof(iso_warmup_js) - 1), origin);
 	Local<Script> script;
@@ -488,8 +490,10 @@ static std::string resolve_path(const std::string &from, const std::string &spec
 
 	if (spec.compare(0, 2, "./") && spec.compare(0, 3, "../") && spec[0] != '/')
 		return "";
-	base = spec[0] == '/' ? spec : (slash == std::string::npos ? "" : from.substr(0, slash + 1))
-		+ spec;
+	if (spec[0] == '/')
+		base = spec;
+	else
+		base = (slash == std::string::npos ? "" : from.substr(0, slash + 1)) + spec;
 	for (i = 0; i <= base.size(); i++) {
 		if (i < base.size() && base[i] != '/') {
 			seg += base[i];
@@ -606,7 +610,8 @@ int iso_code_compile(const char *dir, const char *entry, struct iso_code **out,
 		     char *err, size_t errlen)
 {
 	Isolate::CreateParams params;
-	std::unique_ptr<ArrayBuffer::Allocator> alloc(ArrayBuffer::Allocator::NewDefaultAllocator());
+	std::unique_ptr<ArrayBuffer::Allocator> alloc(
+		ArrayBuffer::Allocator::NewDefaultAllocator());
 	iso_code *code = new iso_code();
 	Isolate *iso;
 	int rc;

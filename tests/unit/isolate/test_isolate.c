@@ -351,7 +351,8 @@ static void expect_limit(const char *name, const char *bad, const struct fn_limi
 
 static void test_limits(void)
 {
-	struct fn_limits small = { .memory_mb = 32, .cpu_ms = 5000 }, wall = { .wall_ms = 300, .cpu_ms = 50 };
+	struct fn_limits small = { .memory_mb = 32, .cpu_ms = 5000 };
+	struct fn_limits wall = { .wall_ms = 300, .cpu_ms = 50 };
 
 	expect_limit("cpu", "while (true) {}", NULL, 503, "cpu_limit",
 		     "exceeded its CPU time limit (50 ms)");
@@ -382,7 +383,8 @@ static void test_deploy_errors(void)
 
 	if (!want("deploy"))
 		return;
-	fn = deploy("syntax", "index.js", "export default {\n  fetch() {\n    return 1 +;\n  }\n};\n");
+	fn = deploy("syntax", "index.js",
+		    "export default {\n  fetch() {\n    return 1 +;\n  }\n};\n");
 	CHECK(!fn && strstr(errbuf, "index.js: line 3, column") && strstr(errbuf, "SyntaxError"),
 	      "syntax error: '%s'", errbuf);
 	fn = deploy("syntax2", "index.js", "import { x } from './lib.js';\nexport default x;\n",
