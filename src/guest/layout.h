@@ -24,8 +24,11 @@
 #define GL_PT_LOW		0xc000	/* 4 KiB page table for the first 2 MiB */
 #define GL_TEXT			0x10000	/* guest kernel code, user-readable (stub runs at CPL 3) */
 #define GL_TEXT_SIZE		0x4000
+#define GL_VVAR			0x18000	/* user read-only: clock data for the vDSO */
 #define GL_STACK_LO		0x20000	/* kernel stack for exceptions */
 #define GL_STACK_TOP		0x30000
+#define GL_VDSO			0x40000	/* user read-execute: the vDSO image */
+#define GL_VDSO_SIZE		0x10000
 #define GL_KERNEL_END		0x200000	/* user memory starts here */
 
 /* Unbacked guest-physical pages behind the doorbells (below the 4 GiB PCI hole). */

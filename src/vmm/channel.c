@@ -6,6 +6,7 @@
  */
 #include "vm.h"
 #include "frame.h"
+#include "clock.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -115,6 +116,7 @@ long chan_read(struct vm *vm, void *buf, size_t len)
 		return -errno;
 	if (n > 0 && !vm->in_request) {
 		vm->in_request = 1;
+		clock_rebase(vm);	/* an idle VM may have slept for minutes */
 		wall_clock(vm, 1);
 	}
 	return n;

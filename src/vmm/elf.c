@@ -207,6 +207,8 @@ static int build_stack(struct vm *vm, struct elf_image *prog, uint64_t interp_ba
 	AUX(AT_RANDOM, random);
 	AUX(AT_EXECFN, execfn);
 	AUX(AT_PLATFORM, platform);
+	if (vm->has_vdso)
+		AUX(AT_SYSINFO_EHDR, GL_VDSO);
 	AUX(AT_NULL, 0);
 #undef AUX
 	nwords = 1 + (uint64_t)argc + 1 + (uint64_t)envc + 1 + 2 * (uint64_t)na;

@@ -98,6 +98,9 @@ static void setup_page_tables(struct vm *vm)
 	pt[GL_FAULT_DOORBELL / VM_PAGE] = (GL_DOORBELL_GPA + VM_PAGE) | PTE_P | PTE_W;
 	for (a = GL_TEXT; a < GL_TEXT + GL_TEXT_SIZE; a += VM_PAGE)
 		pt[a / VM_PAGE] = a | PTE_P | PTE_U;
+	pt[GL_VVAR / VM_PAGE] = GL_VVAR | PTE_P | PTE_U;
+	for (a = GL_VDSO; a < GL_VDSO + GL_VDSO_SIZE; a += VM_PAGE)
+		pt[a / VM_PAGE] = a | PTE_P | PTE_U;
 	for (a = GL_STACK_LO; a < GL_STACK_TOP; a += VM_PAGE)
 		pt[a / VM_PAGE] = a | PTE_P | PTE_W;
 	/* User memory: 2 MiB pages, mapped once for the VM's life. */

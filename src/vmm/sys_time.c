@@ -1,5 +1,6 @@
 /* Clocks and sleeps, answered from the host's clocks. */
 #include "sys.h"
+#include "clock.h"
 
 #include <errno.h>
 #include <sys/time.h>
@@ -26,6 +27,8 @@ SYS_HANDLER(clock_gettime)
 		return -EINVAL;
 	if (!ts)
 		return -EFAULT;
+	if (clock_now(vm, (clockid_t)a[0], ts) == 0)
+		return 0;
 	return sys_ret(clock_gettime((clockid_t)a[0], ts));
 }
 
@@ -40,18 +43,34 @@ SYS_HANDLER(clock_getres)
 	return ts ? sys_ret(clock_getres((clockid_t)a[0], ts)) : 0;
 }
 
+/* CLOCK_REALTIME as the vDSO sees it, so that no two clocks of the guest disagree. */
+static struct timespec realtime(struct vm *vm)
+{
+	struct timespec ts;
+
+	if (clock_now(vm, CLOCK_REALTIME, &ts))
+		clock_gettime(CLOCK_REALTIME, &ts);
+	return ts;
+}
+
 SYS_HANDLER(gettimeofday)
 {
 	struct timeval *tv = NULL;
+	struct timespec ts;
 
 	if (a[0] && !(tv = gmem_ptr(vm, a[0], sizeof(*tv))))
 		return -EFAULT;
-	return tv ? sys_ret(gettimeofday(tv, NULL)) : 0;
+	if (tv) {
+		ts = realtime(vm);
+		tv->tv_sec = ts.tv_sec;
+		tv->tv_usec = ts.tv_nsec / 1000;
+	}
+	return 0;
 }
 
 SYS_HANDLER(time)
 {
-	time_t now = time(NULL), *t = NULL;
+	time_t now = realtime(vm).tv_sec, *t = NULL;
 
 	if (a[0] && !(t = gmem_ptr(vm, a[0], sizeof(*t))))
 		return -EFAULT;

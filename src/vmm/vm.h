@@ -93,6 +93,10 @@ struct vm {
 	uint64_t sigmask;
 	uint8_t altstack[24];		/* stack_t */
 
+	/* Guest time (clock.c) */
+	int has_vdso;
+	int64_t tsc_offset;	/* guest TSC - host TSC */
+
 	/* Channel and per-request wall clock */
 	struct chan_track out;
 	int in_request;
