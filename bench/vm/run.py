@@ -5,7 +5,8 @@ Measures, driving build/src/vmm/stoke-vmm directly over the channel (docs/channe
   boot       spawn stoke-vmm -> python3 boots -> first response (p50/p99 over --runs)
   warm       a request on an already warm VM (p50/p99)
   syscall    system-call round trip: a static program doing getppid in a loop
-  memory     host memory per idle warm Python VM (RSS of the stoke-vmm process tree)
+  memory     host memory per idle warm Python VM (RSS of the stoke-vmm process tree),
+             and the VMM's own overhead (RSS of a VM whose guest is a tiny static program)
 Prints a table and writes bench/results/vm.json.
 
 usage: bench/vm/run.py [--runs N] [--build DIR] [--no-jail]
@@ -60,23 +61,30 @@ def recv_exact(sock, n):
 
 
 def request(sock):
+    """Sends one request; returns the guest's system-call count from the VMM's stats."""
     sock.sendall(frame(json.dumps({"method": "GET", "path": "/", "query": "",
                                    "headers": [], "body": "", "request_id": "b"}).encode()))
+    syscalls = None
     while True:
         hdr = recv_exact(sock, 8)
         payload = recv_exact(sock, int.from_bytes(hdr[:4], "little"))
+        if hdr[4] == 3:
+            syscalls = json.loads(payload)["syscalls"]
         if hdr[4] == 2:
-            return payload
+            return syscalls
 
 
-def start_vm(vmm, task, jail):
+def start_vm(vmm, task, jail, native=None):
     ours, theirs = socket.socketpair()
-    args = [vmm, "--channel-fd", str(theirs.fileno()), "--rootfs", ROOTFS, "--task", task,
-            "--runtime", os.path.join(ROOT, "runtimes/python3"), "--mem-mb", "256",
-            "--env", "STOKE_ENTRY=handler.py"]
+    args = [vmm, "--channel-fd", str(theirs.fileno()), "--task", task, "--mem-mb", "256"]
     if not jail:
         args.append("--no-jail")
-    args += ["--", "/usr/bin/python3", "-S", "-u", "/var/runtime/bootstrap.py"]
+    if native:
+        args += ["--rootfs", task, "--", "/var/task/" + native]
+    else:
+        args += ["--rootfs", ROOTFS, "--runtime", os.path.join(ROOT, "runtimes/python3"),
+                 "--env", "STOKE_ENTRY=handler.py",
+                 "--", "/usr/bin/python3", "-S", "-u", "/var/runtime/bootstrap.py"]
     proc = subprocess.Popen(args, pass_fds=[theirs.fileno()])
     theirs.close()
     return proc, ours
@@ -101,10 +109,11 @@ def rss_kb(pid):
 
 def bench_boot(vmm, task, runs, jail):
     boots, warms, rss = [], [], []
+    syscalls = 0
     for _ in range(runs):
         t0 = time.perf_counter()
         proc, sock = start_vm(vmm, task, jail)
-        request(sock)
+        syscalls = request(sock)
         boots.append((time.perf_counter() - t0) * 1e3)
         for _ in range(5):
             t1 = time.perf_counter()
@@ -113,7 +122,24 @@ def bench_boot(vmm, task, runs, jail):
         rss.append(rss_kb(proc.pid))
         sock.close()
         proc.wait(timeout=30)
-    return boots, warms, rss
+    return boots, warms, rss, syscalls
+
+
+def bench_overhead(vmm, jail):
+    """RSS of a VM whose guest is hello-c, idle on the channel: the VMM's own cost."""
+    d = tempfile.mkdtemp(prefix="stoke-bench-")
+    os.chmod(d, 0o755)
+    try:
+        subprocess.run(["cc", "-O2", "-static", "-o", os.path.join(d, "hello"),
+                        os.path.join(ROOT, "examples/hello-c/hello.c")], check=True)
+        proc, sock = start_vm(vmm, d, jail, native="hello")
+        request(sock)
+        kb = rss_kb(proc.pid)
+        sock.close()
+        proc.wait(timeout=30)
+        return kb / 1024
+    finally:
+        shutil.rmtree(d)
 
 
 def bench_syscall(vmm, build):
@@ -145,10 +171,11 @@ def main():
         f.write(HANDLER)
     jail = not a.no_jail and os.geteuid() == 0
     try:
-        boots, warms, rss = bench_boot(vmm, task, a.runs, jail)
+        boots, warms, rss, boot_syscalls = bench_boot(vmm, task, a.runs, jail)
     finally:
         shutil.rmtree(task)
     sys_vm, sys_native = bench_syscall(vmm, a.build)
+    overhead = bench_overhead(vmm, jail)
     res = {
         "runs": a.runs, "jail": jail,
         "boot_to_first_response_ms": {"p50": pct(boots, 50), "p99": pct(boots, 99),
@@ -156,13 +183,18 @@ def main():
         "warm_request_ms": {"p50": pct(warms, 50), "p99": pct(warms, 99)},
         "syscall_round_trip_us": {"vm": sys_vm, "native": sys_native},
         "rss_per_warm_python_vm_mb": {"p50": pct(rss, 50) / 1024, "max": max(rss) / 1024},
+        "vmm_overhead_rss_mb": overhead,
+        "guest_syscalls_to_first_response": boot_syscalls,
     }
     print(f"{'metric':40} {'p50':>10} {'p99':>10}")
     print(f"{'boot to first response (ms)':40} {pct(boots, 50):10.1f} {pct(boots, 99):10.1f}")
     print(f"{'warm request (ms)':40} {pct(warms, 50):10.2f} {pct(warms, 99):10.2f}")
+    print(f"{'guest system calls to first response':40} {boot_syscalls:10d}")
     print(f"{'syscall round trip, VM (us)':40} {sys_vm:10.1f}")
     print(f"{'syscall round trip, native (us)':40} {sys_native:10.2f}")
-    print(f"{'RSS per warm Python VM (MiB)':40} {pct(rss, 50) / 1024:10.1f} {max(rss) / 1024:10.1f}")
+    print(f"{'RSS per warm Python VM (MiB)':40} {pct(rss, 50) / 1024:10.1f} "
+          f"{max(rss) / 1024:10.1f}")
+    print(f"{'VMM overhead RSS, idle native VM (MiB)':40} {overhead:10.1f}")
     out = os.path.join(ROOT, "bench/results/vm.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:

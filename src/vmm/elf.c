@@ -162,17 +162,73 @@ static uint64_t hwcap(void)
 	return d;
 }
 
-#define NAUX 20
+#define NAUX 24
+
+struct auxv {
+	uint64_t v[NAUX][2];
+	int n;
+};
+
+static void aux(struct auxv *a, uint64_t type, uint64_t val)
+{
+	a->v[a->n][0] = type;
+	a->v[a->n][1] = val;
+	a->n++;
+}
+
+static void fill_auxv(struct vm *vm, struct auxv *a, struct elf_image *prog,
+		      uint64_t interp_base, uint64_t execfn, uint64_t platform, uint64_t random)
+{
+	aux(a, AT_PHDR, prog->phdr);
+	aux(a, AT_PHENT, sizeof(Elf64_Phdr));
+	aux(a, AT_PHNUM, prog->eh.e_phnum);
+	aux(a, AT_PAGESZ, VM_PAGE);
+	aux(a, AT_BASE, interp_base);
+	aux(a, AT_FLAGS, 0);
+	aux(a, AT_ENTRY, prog->eh.e_entry + prog->bias);
+	aux(a, AT_UID, 0);
+	aux(a, AT_EUID, 0);
+	aux(a, AT_GID, 0);
+	aux(a, AT_EGID, 0);
+	aux(a, AT_SECURE, 0);
+	aux(a, AT_HWCAP, hwcap());
+	aux(a, AT_HWCAP2, 0);
+	aux(a, AT_CLKTCK, 100);
+	aux(a, AT_RANDOM, random);
+	aux(a, AT_EXECFN, execfn);
+	aux(a, AT_PLATFORM, platform);
+	if (vm->has_vdso)
+		aux(a, AT_SYSINFO_EHDR, GL_VDSO);
+	aux(a, AT_NULL, 0);
+}
+
+/* Writes argc, argv, envp and auxv below sp, 16-byte aligned as the ABI wants. */
+static uint64_t push_vectors(struct vm *vm, uint64_t sp, uint64_t *argv, int argc,
+			     uint64_t *envv, int envc, const struct auxv *a)
+{
+	uint64_t nwords = 1 + (uint64_t)argc + 1 + (uint64_t)envc + 1 + 2 * (uint64_t)a->n;
+	uint64_t *w;
+	int i, k = 0;
+
+	sp = (sp - nwords * 8) & ~15ULL;
+	w = (uint64_t *)(vm->mem + sp);
+	w[k++] = (uint64_t)argc;
+	for (i = 0; i <= argc; i++)
+		w[k++] = i < argc ? argv[i] : 0;
+	for (i = 0; i <= envc; i++)
+		w[k++] = i < envc ? envv[i] : 0;
+	memcpy(w + k, a->v, (size_t)a->n * 16);
+	return sp;
+}
 
 static int build_stack(struct vm *vm, struct elf_image *prog, uint64_t interp_base,
 		       uint64_t *sp_out)
 {
 	const struct vm_config *cfg = vm->cfg;
-	int argc = count(cfg->argv), envc = count(cfg->envp), i, k = 0;
-	uint64_t sp = vm->mem_size, execfn, platform, random, *w;
+	int argc = count(cfg->argv), envc = count(cfg->envp), i;
+	uint64_t sp = vm->mem_size, execfn, platform, random;
 	uint64_t *argv = calloc((size_t)(argc + envc + 2), sizeof(*argv)), *envv;
-	uint64_t aux[NAUX][2], nwords;
-	int na = 0;
+	struct auxv a = { .n = 0 };
 
 	if (!argv)
 		return -ENOMEM;
@@ -187,42 +243,9 @@ static int build_stack(struct vm *vm, struct elf_image *prog, uint64_t interp_ba
 	random = sp;
 	if (getrandom(vm->mem + random, 16, 0) != 16)
 		memset(vm->mem + random, 0x5a, 16);
-	sp &= ~15ULL;
-#define AUX(t, v) do { aux[na][0] = (t); aux[na][1] = (v); na++; } while (0)
-	AUX(AT_PHDR, prog->phdr);
-	AUX(AT_PHENT, sizeof(Elf64_Phdr));
-	AUX(AT_PHNUM, prog->eh.e_phnum);
-	AUX(AT_PAGESZ, VM_PAGE);
-	AUX(AT_BASE, interp_base);
-	AUX(AT_FLAGS, 0);
-	AUX(AT_ENTRY, prog->eh.e_entry + prog->bias);
-	AUX(AT_UID, 0);
-	AUX(AT_EUID, 0);
-	AUX(AT_GID, 0);
-	AUX(AT_EGID, 0);
-	AUX(AT_SECURE, 0);
-	AUX(AT_HWCAP, hwcap());
-	AUX(AT_HWCAP2, 0);
-	AUX(AT_CLKTCK, 100);
-	AUX(AT_RANDOM, random);
-	AUX(AT_EXECFN, execfn);
-	AUX(AT_PLATFORM, platform);
-	if (vm->has_vdso)
-		AUX(AT_SYSINFO_EHDR, GL_VDSO);
-	AUX(AT_NULL, 0);
-#undef AUX
-	nwords = 1 + (uint64_t)argc + 1 + (uint64_t)envc + 1 + 2 * (uint64_t)na;
-	sp -= nwords * 8;
-	sp &= ~15ULL;	/* the ABI wants RSP 16-byte aligned at entry */
-	w = (uint64_t *)(vm->mem + sp);
-	w[k++] = (uint64_t)argc;
-	for (i = 0; i <= argc; i++)
-		w[k++] = i < argc ? argv[i] : 0;
-	for (i = 0; i <= envc; i++)
-		w[k++] = i < envc ? envv[i] : 0;
-	memcpy(w + k, aux, (size_t)na * 16);
+	fill_auxv(vm, &a, prog, interp_base, execfn, platform, random);
+	*sp_out = push_vectors(vm, sp & ~15ULL, argv, argc, envv, envc, &a);
 	free(argv);
-	*sp_out = sp;
 	return 0;
 }
 

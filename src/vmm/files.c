@@ -1,9 +1,10 @@
 /*
- * The guest's file namespace and descriptor table. Three host directories are layered:
- * the runtime root file system at /, the function's files at /var/task, the language
- * runtime's bootstrap at /var/runtime and a private writable directory at /tmp. Every lookup goes through openat2(RESOLVE_IN_ROOT) on one
- * of them, so neither ".." nor a symlink (absolute or relative) can leave it, whatever
- * the guest asks for. Only /tmp is writable.
+ * The guest's file namespace and descriptor table. Host directories are layered: the
+ * runtime root file system at /, the function's files at /var/task, the language
+ * runtime's bootstrap at /var/runtime and a private writable directory at /tmp. Every
+ * lookup goes through openat2(RESOLVE_IN_ROOT) on one of them, so neither ".." nor a
+ * symlink (absolute or relative) can leave it, whatever the guest asks for. Only /tmp
+ * is writable.
  */
 #include "vm.h"
 
