@@ -23,26 +23,31 @@ FRAME_REQUEST = 1
 FRAME_RESPONSE = 2
 
 
-def read_exact(n):
-    chunks = []
-    while n:
-        b = os.read(CHANNEL_FD, n)
+# Bytes read from the channel but not yet consumed. Reading in large chunks makes a
+# request one system call (each costs about 0.1 ms in the VM) instead of two.
+_inbuf = bytearray()
+
+
+def fill(n):
+    """Makes _inbuf hold at least n bytes; False at end of file."""
+    while len(_inbuf) < n:
+        b = os.read(CHANNEL_FD, max(65536, n - len(_inbuf)))
         if not b:
-            return None
-        chunks.append(b)
-        n -= len(b)
-    return b"".join(chunks)
+            return False
+        _inbuf.extend(b)
+    return True
 
 
 def read_frame():
-    hdr = read_exact(HDR_SIZE)
-    if hdr is None:
+    if not fill(HDR_SIZE):
         return None, None
-    length = int.from_bytes(hdr[0:4], "little")
-    payload = read_exact(length) if length else b""
-    if payload is None:
+    length = int.from_bytes(_inbuf[0:4], "little")
+    if not fill(HDR_SIZE + length):
         return None, None
-    return hdr[4], payload
+    ftype = _inbuf[4]
+    payload = bytes(_inbuf[HDR_SIZE:HDR_SIZE + length])
+    del _inbuf[:HDR_SIZE + length]
+    return ftype, payload
 
 
 def write_frame(ftype, payload):
