@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #define MAX_WORKERS 64
@@ -25,6 +26,8 @@
 #define BOOT_ALLOWANCE_MS 10000
 /* Backstop past wall_ms for the VMM to report its own timeout first. */
 #define WALL_GRACE_MS 1000
+/* Idle VMs older than this are stopped (scale to zero); $STOKE_VM_IDLE_TTL_S overrides. */
+#define IDLE_TTL_S 300
 
 struct enosys_count {
 	char name[24];
@@ -51,6 +54,10 @@ struct job {
 struct vm_tier {
 	pthread_t workers[MAX_WORKERS];
 	int nworkers;
+	pthread_t reaper;
+	pthread_cond_t reaper_cond;	/* apart from cond: a job must wake a worker */
+	int has_reaper;
+	uint64_t idle_ttl_ns;
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
 	struct job *head, *tail;
@@ -122,6 +129,7 @@ static void put_idle(struct tier *t, struct vm_fn *vf, struct vm_proc *p)
 	keep = !vf->retired && !vt->stopping && vf->nidle < MAX_IDLE_PER_FN &&
 	       atomic_load(&vt->idle_bytes) + bytes <= t->memory_budget;
 	if (keep) {
+		p->idle_since_ns = vm_now_ns();
 		p->next = vf->idle;
 		vf->idle = p;
 		vf->nidle++;
@@ -215,6 +223,71 @@ static void run_invocation(struct tier *t, struct inv *inv)
 	drop(vt, p);
 }
 
+/* Unlinks the idle VMs of vf that have been idle since before cutoff. */
+static struct vm_proc *take_expired(struct vm_fn *vf, uint64_t cutoff)
+{
+	struct vm_proc **pp, *p, *expired = NULL;
+
+	pthread_mutex_lock(&vf->lock);
+	for (pp = &vf->idle; (p = *pp);) {
+		if (p->idle_since_ns >= cutoff) {
+			pp = &p->next;
+			continue;
+		}
+		*pp = p->next;
+		vf->nidle--;
+		p->next = expired;
+		expired = p;
+	}
+	pthread_mutex_unlock(&vf->lock);
+	return expired;
+}
+
+static void reap_idle(struct vm_tier *vt)
+{
+	struct vm_proc *expired = NULL, *p, *last;
+	uint64_t cutoff = vm_now_ns() - vt->idle_ttl_ns;
+	struct vm_fn *vf;
+
+	pthread_mutex_lock(&vt->lock);
+	for (vf = vt->fns; vf; vf = vf->next) {
+		p = take_expired(vf, cutoff);
+		for (last = p; last && last->next; last = last->next)
+			;
+		if (last) {
+			last->next = expired;
+			expired = p;
+		}
+	}
+	pthread_mutex_unlock(&vt->lock);
+	/* Stopping waits for the processes: do it outside every lock. */
+	while ((p = expired)) {
+		expired = p->next;
+		atomic_fetch_sub(&vt->idle_bytes, (uint64_t)p->mem_mb << 20);
+		drop(vt, p);
+	}
+}
+
+static void *reaper(void *arg)
+{
+	struct vm_tier *vt = arg;
+	struct timespec until;
+	int stop = 0;
+
+	while (!stop) {
+		clock_gettime(CLOCK_REALTIME, &until);
+		until.tv_sec += 1;
+		pthread_mutex_lock(&vt->lock);
+		if (!vt->stopping)
+			pthread_cond_timedwait(&vt->reaper_cond, &vt->lock, &until);
+		stop = vt->stopping;
+		pthread_mutex_unlock(&vt->lock);
+		if (!stop)
+			reap_idle(vt);
+	}
+	return NULL;
+}
+
 static void *worker(void *arg)
 {
 	struct tier *t = arg;
@@ -250,13 +323,21 @@ static int vm_start(struct tier *t)
 		return -ENOMEM;
 	pthread_mutex_init(&vt->lock, NULL);
 	pthread_cond_init(&vt->cond, NULL);
+	pthread_cond_init(&vt->reaper_cond, NULL);
 	/* VMs mostly wait on their guest: more workers than cores keeps cores busy. */
 	vt->nworkers = t->nworkers > 0 ? t->nworkers : (int)(ncpu > 0 ? ncpu * 4 : 8);
 	if (vt->nworkers > MAX_WORKERS)
 		vt->nworkers = MAX_WORKERS;
 	/* Namespaces, cgroups and the privilege drop need root; without it run unjailed. */
 	vt->jail = geteuid() == 0 && !getenv("STOKE_VM_NO_JAIL");
+	vt->idle_ttl_ns = (getenv("STOKE_VM_IDLE_TTL_S") ?
+			   strtoull(getenv("STOKE_VM_IDLE_TTL_S"), NULL, 10) : IDLE_TTL_S) *
+			  1000000000ULL;
 	t->priv = vt;
+	r = pthread_create(&vt->reaper, NULL, reaper, vt);
+	if (r)
+		return -r;
+	vt->has_reaper = 1;
 	for (i = 0; i < vt->nworkers; i++) {
 		r = pthread_create(&vt->workers[i], NULL, worker, t);
 		if (r) {
@@ -411,9 +492,12 @@ static void vm_stop(struct tier *t)
 	}
 	vt->tail = NULL;
 	pthread_cond_broadcast(&vt->cond);
+	pthread_cond_broadcast(&vt->reaper_cond);
 	pthread_mutex_unlock(&vt->lock);
 	for (i = 0; i < vt->nworkers; i++)
 		pthread_join(vt->workers[i], NULL);
+	if (vt->has_reaper)
+		pthread_join(vt->reaper, NULL);
 	for (vf = vt->fns; vf; vf = vf->next)
 		drain_idle(vt, vf);
 	t->priv = NULL;

@@ -158,6 +158,22 @@ static void test_failures(struct tier *t, struct fn *fn)
 	inv_free(inv);
 }
 
+/* With STOKE_VM_IDLE_TTL_S=1 (set by main), an idle VM is stopped within seconds. */
+static void test_idle_reaping(struct tier *t, struct fn *fn)
+{
+	struct strbuf m = STRBUF_INIT;
+	int i, gone = 0;
+
+	inv_free(run(t, fn, "/a", ""));
+	for (i = 0; i < 50 && !gone; i++) {
+		usleep(100000);
+		t->ops->metrics(t, &m);
+		gone = m.buf && strstr(m.buf, "stoke_vm_live 0\n") != NULL;
+		sb_free(&m);
+	}
+	CHECK(gone);
+}
+
 int main(void)
 {
 	const char *vmm = getenv("STOKE_VMM"), *home = getenv("HOME");
@@ -175,6 +191,7 @@ int main(void)
 		return SKIP;
 	}
 	sem_init(&done_sem, 0, 0);
+	setenv("STOKE_VM_IDLE_TTL_S", "1", 1);
 	mkdtemp(dir);
 	chmod(dir, 0755);	/* the jailed VMM reads it as an unprivileged user */
 	snprintf(path, sizeof(path), "%s/handler.py", dir);
@@ -195,6 +212,7 @@ int main(void)
 	CHECK(m.buf && strstr(m.buf, "stoke_vm_boots_total 3"));
 	CHECK(m.buf && strstr(m.buf, "stoke_vm_timeouts_total 1"));
 	sb_free(&m);
+	test_idle_reaping(&t, fn);
 
 	strcpy(fn->entry, "missing.py");
 	{
