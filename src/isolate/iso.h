@@ -37,7 +37,28 @@ struct iso_tenant {
 	size_t mem;			/* bytes at the end of its last request */
 	uint64_t last_used_ns;
 	int trimmed;			/* collected since its last request */
+	int retired;			/* drop once its call is done */
+	struct iso_call *call;		/* the request running in it, if any */
+	struct inv **waiting;		/* requests queued behind that one (FIFO) */
+	size_t nwaiting, waitcap;
 	struct iso_tenant *prev, *next;	/* worker's LRU list, most recent first */
+};
+
+/*
+ * One invocation in flight on a worker: its fetch() and then its ctx.waitUntil() work.
+ * Calls of different tenants interleave on the worker whenever one waits for a timer.
+ */
+struct iso_call {
+	struct iso_call *next;		/* worker's list of calls */
+	struct iso_worker *w;
+	struct iso_tenant *tn;
+	struct inv *inv;		/* NULL once answered (waitUntil work) */
+	const char *fn_name;		/* the tenant holds the fn */
+	char request_id[24];
+	struct iso_io io;
+	int draining;
+	unsigned round;			/* last round of iso__calls_run() it ran in */
+	uint64_t deadline_ns, wake_ns, cpu_limit_ns, cpu_used_ns;
 };
 
 enum iso_msg_kind { ISO_MSG_INVOKE, ISO_MSG_RETIRE };
@@ -67,6 +88,8 @@ struct iso_worker {
 	/* Worker thread only. */
 	struct iso_vm **pool;
 	int npool;
+	struct iso_call *calls;		/* in flight, any order */
+	unsigned round;
 	struct iso_tenant *lru_head, *lru_tail;
 	size_t mem;
 	int untrimmed;			/* tenants used since their last trim */
@@ -92,6 +115,32 @@ struct iso_tier {
 	atomic_long trim_pending;
 	atomic_ulong kills_cpu, kills_wall, kills_memory, kills_stack, exceptions;
 };
+
+/* tier.c */
+void iso__watch_begin(struct iso_worker *w, struct iso_vm *vm, uint64_t cpu_limit_ns,
+		      uint64_t wall_deadline);
+void iso__watch_end(struct iso_worker *w);
+
+/* tenant.c: worker thread only */
+struct iso_vm *iso__pool_take(struct iso_worker *w);
+void iso__pool_refill_one(struct iso_worker *w);
+void iso__tenant_add(struct iso_worker *w, struct iso_tenant *tn);
+void iso__tenant_touch(struct iso_worker *w, struct iso_tenant *tn);
+void iso__tenant_idle(struct iso_worker *w, struct iso_tenant *tn);
+void iso__tenant_drop(struct iso_worker *w, struct iso_tenant *tn);
+void iso__tenant_account(struct iso_worker *w, struct iso_tenant *tn);
+int iso__tenants_trim_one(struct iso_worker *w);
+void iso__tenants_evict(struct iso_worker *w, struct iso_tenant *keep);
+
+/* call.c: worker thread only */
+void iso__invoke(struct iso_worker *w, struct inv *inv);
+/* Steps every call that is due; returns the earliest wake-up time of the rest
+ * (UINT64_MAX if none). */
+uint64_t iso__calls_run(struct iso_worker *w);
+/* Drops a tenant, or marks it to be dropped once its call ends (retire). */
+void iso__tenant_retire(struct iso_worker *w, struct iso_tenant *tn);
+/* At stop: answers every call and queued request with 503 shutting_down. */
+void iso__calls_abort(struct iso_worker *w);
 
 /* prepare.c */
 int iso__prepare(struct tier *t, struct fn *fn, char *err, size_t errlen);

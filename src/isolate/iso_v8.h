@@ -27,6 +27,7 @@ enum iso_status {
 	ISO_NO_RESPONSE,	/* the promise can never settle (nothing left to run) */
 	ISO_BAD_RESPONSE,	/* fetch() resolved to something that is not a Response */
 	ISO_NO_HANDLER,		/* no default export with a fetch method */
+	ISO_PENDING,		/* not finished: call iso_vm_step() again */
 };
 
 /* Same layout as struct kv in common/invoke.h so callers can pass those arrays. */
@@ -91,12 +92,23 @@ void iso_vm_set_io(struct iso_vm *vm, const struct iso_io *io);
  */
 int iso_vm_load(struct iso_vm *vm, const struct iso_code *code, const struct iso_kv *env,
 		size_t nenv, char *err, size_t errlen);
-/* Calls the default export's fetch(request, env, ctx) and runs timers, microtasks and
- * ctx.waitUntil() work until they are done or the deadline passes. Fills *status. */
-int iso_vm_call(struct iso_vm *vm, const struct iso_req *req, int *status,
-		char *err, size_t errlen);
-/* Runs ctx.waitUntil() work after the response went out; drops leftover timers. */
-int iso_vm_drain(struct iso_vm *vm, uint64_t deadline, char *err, size_t errlen);
+/*
+ * Calls the default export's fetch(request, env, ctx). Returns ISO_PENDING (then drive
+ * it with iso_vm_step()) or why it failed at once. req is not used after it returns.
+ */
+int iso_vm_call_start(struct iso_vm *vm, const struct iso_req *req, char *err,
+		      size_t errlen);
+/* Starts waiting for ctx.waitUntil() work after the response; leftover timers are
+ * dropped when it is done. Returns ISO_PENDING or a failure. */
+int iso_vm_drain_start(struct iso_vm *vm, uint64_t deadline, char *err, size_t errlen);
+/*
+ * Runs the pending call or drain for a while: microtasks, due timers, background tasks.
+ * Returns ISO_PENDING with *wake_ns (CLOCK_MONOTONIC) when it is waiting for a timer or
+ * background work, ISO_OK when done (a call has emitted the response through the io
+ * callbacks and set *status), or a failure.
+ */
+int iso_vm_step(struct iso_vm *vm, int *status, uint64_t *wake_ns, char *err,
+		size_t errlen);
 /* Any thread: stops running JavaScript; the call returns `why`. */
 void iso_vm_terminate(struct iso_vm *vm, enum iso_status why);
 /* Heap bytes in use (V8's used_heap_size plus external ArrayBuffer memory). */

@@ -71,8 +71,11 @@ struct iso_vm {
 	Global<Object> handler;
 	Global<Object> env;
 	const struct iso_io *io;
-	const struct iso_req *req;		/* during iso_vm_call */
+	const struct iso_req *req;		/* during iso_vm_call_start */
 	const struct iso_code *code;		/* during iso_vm_load */
+	Global<Promise> pending;		/* fetch() or waitUntil work in progress */
+	bool pending_is_call;
+	uint64_t deadline, stall;
 	std::vector<Local<Module>> *mods;	/* during iso_vm_load */
 };
 
@@ -710,6 +713,7 @@ void iso_vm_free(struct iso_vm *vm)
 		vm->hooks[i].Reset();
 	vm->handler.Reset();
 	vm->env.Reset();
+	vm->pending.Reset();
 	vm->isolate->Dispose();
 	delete vm;
 }
@@ -775,15 +779,24 @@ static void nap_ns(uint64_t ns)
 	nanosleep(&ts, nullptr);
 }
 
-/* Runs until p settles. Returns ISO_OK or why it stopped. */
-static int run_until(iso_vm *vm, Local<Context> ctx, Local<Promise> p, uint64_t deadline)
+/* Due timers run per step before the worker looks at its other requests again. */
+#define ISO_STEP_TIMERS 64
+
+/*
+ * One pass of the event loop for promise p: microtasks, platform tasks (async Wasm
+ * compilation), due timers. Returns ISO_OK once p settled, ISO_PENDING with the time
+ * to come back in *wake_ns, or why it stopped.
+ */
+static int loop_step(iso_vm *vm, Local<Context> ctx, Local<Promise> p, uint64_t deadline,
+		     uint64_t *wake_ns)
 {
 	Isolate *iso = vm->isolate;
-	uint64_t now, stall = 0;
+	uint64_t now;
 	double next;
 	bool busy;
+	int i;
 
-	for (;;) {
+	for (i = 0; i < ISO_STEP_TIMERS; i++) {
 		iso->PerformMicrotaskCheckpoint();
 		busy = false;
 		while (platform::PumpMessageLoop(iso_platform.get(), iso)) {
@@ -802,25 +815,42 @@ static int run_until(iso_vm *vm, Local<Context> ctx, Local<Promise> p, uint64_t 
 			return vm->reason.load() ? vm->reason.load() : ISO_CPU_LIMIT;
 		if (next == 0) {
 			/* Callback errors are reported by the runtime itself. */
-			if (vm->hooks[HOOK_TIMERS_RUN].Get(iso)->Call(ctx, Undefined(iso), 0,
-								      nullptr).IsEmpty())
-				stall = 0;
-			stall = 0;
+			(void)vm->hooks[HOOK_TIMERS_RUN].Get(iso)->Call(ctx, Undefined(iso), 0,
+									 nullptr).IsEmpty();
+			vm->stall = 0;
 			continue;
 		}
 		if (next > 0) {
-			stall = 0;
-			nap_ns(std::min((uint64_t)(next * 1e6), deadline - now));
-			continue;
+			vm->stall = 0;
+			*wake_ns = now + std::min((uint64_t)(next * 1e6), deadline - now);
+			return ISO_PENDING;
 		}
 		/* No timer: only background work (async Wasm compilation) can still
 		 * settle the promise. */
-		if (busy || !stall)
-			stall = now;
-		else if (now - stall > ISO_STALL_NS)
+		if (busy || !vm->stall)
+			vm->stall = now;
+		else if (now - vm->stall > ISO_STALL_NS)
 			return ISO_NO_RESPONSE;
-		nap_ns(100000);
+		*wake_ns = now + 100000;
+		return ISO_PENDING;
 	}
+	*wake_ns = iso_v8_now_ns();
+	return ISO_PENDING;
+}
+
+/* Runs until p settles, sleeping between steps (module evaluation at a cold start). */
+static int run_until(iso_vm *vm, Local<Context> ctx, Local<Promise> p, uint64_t deadline)
+{
+	uint64_t wake, now;
+	int rc;
+
+	vm->stall = 0;
+	while ((rc = loop_step(vm, ctx, p, deadline, &wake)) == ISO_PENDING) {
+		now = iso_v8_now_ns();
+		if (wake > now)
+			nap_ns(wake - now);
+	}
+	return rc;
 }
 
 /* ---- loading a tenant ---- */
@@ -1058,40 +1088,34 @@ static int emit_response(iso_vm *vm, Local<Context> ctx, Local<Value> v, int *st
 	return ISO_OK;
 }
 
-static int settle(iso_vm *vm, Local<Context> ctx, TryCatch &tc, MaybeLocal<Value> mv,
-		  uint64_t deadline, Local<Value> *out, char *err, size_t errlen)
-{
-	Local<Value> v;
-	Local<Promise> p;
-	int rc;
-
-	if (!mv.ToLocal(&v))
-		return classify(vm, ctx, tc.Exception(), tc.HasTerminated(), err, errlen);
-	if (!v->IsPromise()) {
-		*out = v;
-		return ISO_OK;
-	}
-	p = v.As<Promise>();
-	rc = run_until(vm, ctx, p, deadline);
-	if (rc == ISO_NO_RESPONSE)
-		errf(err, errlen, "the promise returned by fetch() can never settle");
-	if (rc != ISO_OK)
-		return rc;
-	if (p->State() == Promise::kRejected)
-		return classify(vm, ctx, p->Result(), false, err, errlen);
-	*out = p->Result();
-	return ISO_OK;
-}
-
 static void reset_request(iso_vm *vm)
 {
 	vm->reason.store(0);
 	vm->alloc.hit.store(false);
 	vm->isolate->CancelTerminateExecution();
+	vm->stall = 0;
 }
 
-int iso_vm_call(struct iso_vm *vm, const struct iso_req *req, int *status,
-		char *err, size_t errlen)
+/* Keeps the promise a hook returned as the vm's pending work. */
+static int begin(iso_vm *vm, Local<Context> ctx, TryCatch &tc, MaybeLocal<Value> mv,
+		 bool is_call, uint64_t deadline, char *err, size_t errlen)
+{
+	Local<Value> v;
+
+	if (!mv.ToLocal(&v))
+		return classify(vm, ctx, tc.Exception(), tc.HasTerminated(), err, errlen);
+	if (!v->IsPromise()) {
+		errf(err, errlen, "runtime hook did not return a promise");
+		return ISO_EXCEPTION;
+	}
+	vm->pending.Reset(vm->isolate, v.As<Promise>());
+	vm->pending_is_call = is_call;
+	vm->deadline = deadline;
+	return ISO_PENDING;
+}
+
+int iso_vm_call_start(struct iso_vm *vm, const struct iso_req *req, char *err,
+		      size_t errlen)
 {
 	Isolate *iso = vm->isolate;
 	Isolate::Scope is(iso);
@@ -1099,7 +1123,7 @@ int iso_vm_call(struct iso_vm *vm, const struct iso_req *req, int *status,
 	Local<Context> ctx = vm->ctx.Get(iso);
 	Context::Scope cs(ctx);
 	TryCatch tc(iso);
-	Local<Value> out, args[6];
+	Local<Value> args[6];
 	int rc;
 
 	reset_request(vm);
@@ -1111,19 +1135,14 @@ int iso_vm_call(struct iso_vm *vm, const struct iso_req *req, int *status,
 	args[4] = req->body ? (Local<Value>)Number::New(iso, (double)req->body_len)
 			    : (Local<Value>)Null(iso);
 	args[5] = vm->env.Get(iso);
-	rc = settle(vm, ctx, tc, vm->hooks[HOOK_DISPATCH].Get(iso)->Call(ctx, Undefined(iso),
-									  6, args),
-		    req->wall_deadline_ns, &out, err, errlen);
-	if (rc == ISO_OK) {
-		rc = emit_response(vm, ctx, out, status);
-		if (rc)
-			errf(err, errlen, "fetch() did not resolve to a Response");
-	}
+	rc = begin(vm, ctx, tc, vm->hooks[HOOK_DISPATCH].Get(iso)->Call(ctx, Undefined(iso),
+									 6, args),
+		   true, req->wall_deadline_ns, err, errlen);
 	vm->req = nullptr;
 	return rc;
 }
 
-int iso_vm_drain(struct iso_vm *vm, uint64_t deadline, char *err, size_t errlen)
+int iso_vm_drain_start(struct iso_vm *vm, uint64_t deadline, char *err, size_t errlen)
 {
 	Isolate *iso = vm->isolate;
 	Isolate::Scope is(iso);
@@ -1131,9 +1150,47 @@ int iso_vm_drain(struct iso_vm *vm, uint64_t deadline, char *err, size_t errlen)
 	Local<Context> ctx = vm->ctx.Get(iso);
 	Context::Scope cs(ctx);
 	TryCatch tc(iso);
-	Local<Value> out;
 
-	return settle(vm, ctx, tc, vm->hooks[HOOK_DRAIN].Get(iso)->Call(ctx, Undefined(iso),
-									0, nullptr),
-		      deadline, &out, err, errlen);
+	reset_request(vm);
+	return begin(vm, ctx, tc, vm->hooks[HOOK_DRAIN].Get(iso)->Call(ctx, Undefined(iso), 0,
+								       nullptr),
+		     false, deadline, err, errlen);
+}
+
+/* The pending promise settled: the response of a call, or the end of waitUntil work. */
+static int finish(iso_vm *vm, Local<Context> ctx, Local<Promise> p, int *status,
+		  char *err, size_t errlen)
+{
+	int rc;
+
+	if (p->State() == Promise::kRejected)
+		return classify(vm, ctx, p->Result(), false, err, errlen);
+	if (!vm->pending_is_call)
+		return ISO_OK;
+	rc = emit_response(vm, ctx, p->Result(), status);
+	if (rc)
+		errf(err, errlen, "fetch() did not resolve to a Response");
+	return rc;
+}
+
+int iso_vm_step(struct iso_vm *vm, int *status, uint64_t *wake_ns, char *err, size_t errlen)
+{
+	Isolate *iso = vm->isolate;
+	Isolate::Scope is(iso);
+	HandleScope hs(iso);
+	Local<Context> ctx = vm->ctx.Get(iso);
+	Context::Scope cs(ctx);
+	TryCatch tc(iso);
+	Local<Promise> p = vm->pending.Get(iso);
+	int rc;
+
+	rc = loop_step(vm, ctx, p, vm->deadline, wake_ns);
+	if (rc == ISO_PENDING)
+		return rc;
+	vm->pending.Reset();
+	if (rc == ISO_NO_RESPONSE)
+		errf(err, errlen, "the promise returned by fetch() can never settle");
+	if (rc != ISO_OK)
+		return rc;
+	return finish(vm, ctx, p, status, err, errlen);
 }

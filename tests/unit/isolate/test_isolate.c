@@ -154,14 +154,32 @@ static void add_header(struct inv *inv, const char *name, const char *value)
 	h->value_len = strlen(value);
 }
 
-/* Sends one request and waits (at most 60 s) for inv_done. target is "/path?query". */
-static struct inv *call_h(struct fn *fn, const char *method, const char *target,
-			  const char *body, const char *hname, const char *hvalue)
+/* Waits (at most 60 s) for inv_done. */
+static void wait_done(struct inv *inv)
 {
-	struct waiter w = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0 };
+	struct waiter *w = inv->gw;
+	struct timespec until;
+
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += 60;
+	pthread_mutex_lock(&w->lock);
+	while (!w->done)
+		if (pthread_cond_timedwait(&w->cond, &w->lock, &until) == ETIMEDOUT)
+			break;
+	pthread_mutex_unlock(&w->lock);
+	if (!w->done) {
+		printf("FATAL: request to %s timed out\n", inv->fn->name);
+		exit(1);
+	}
+}
+
+/* Sends one request without waiting; wait_done() then inv_free(). */
+static struct inv *call_async(struct fn *fn, const char *method, const char *target,
+			      const char *body, const char *hname, const char *hvalue,
+			      struct waiter *w)
+{
 	struct inv *inv = calloc(1, sizeof(*inv));
 	const char *q = strchr(target, '?');
-	struct timespec until;
 	char url[1024];
 
 	inv->fn = fn_ref(fn);
@@ -179,19 +197,20 @@ static struct inv *call_h(struct fn *fn, const char *method, const char *target,
 		inv->req.body_len = strlen(body);
 	}
 	inv->on_done = on_done;
-	inv->gw = &w;
+	inv->gw = w;
 	T.ops->invoke(&T, inv);
-	clock_gettime(CLOCK_REALTIME, &until);
-	until.tv_sec += 60;
-	pthread_mutex_lock(&w.lock);
-	while (!w.done)
-		if (pthread_cond_timedwait(&w.cond, &w.lock, &until) == ETIMEDOUT)
-			break;
-	pthread_mutex_unlock(&w.lock);
-	if (!w.done) {
-		printf("FATAL: request to %s timed out\n", fn->name);
-		exit(1);
-	}
+	return inv;
+}
+
+/* Sends one request and waits for it. target is "/path?query". */
+static struct inv *call_h(struct fn *fn, const char *method, const char *target,
+			  const char *body, const char *hname, const char *hvalue)
+{
+	struct waiter w = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0 };
+	struct inv *inv = call_async(fn, method, target, body, hname, hvalue, &w);
+
+	wait_done(inv);
+	inv->gw = NULL;
 	return inv;
 }
 
@@ -717,6 +736,60 @@ static void test_router_bundle(void)
 	fn_unref(fn);
 }
 
+static uint64_t mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* A request waiting on a timer must not hold up other tenants on its worker, and
+ * requests to one tenant queue behind each other. */
+static void test_concurrency(void)
+{
+	static const char slow[] = "let n = 0;\nexport default { async fetch() {\n"
+		"  const me = ++n; await new Promise((r) => setTimeout(r, 400));\n"
+		"  return new Response('slow ' + me); } };\n";
+	struct waiter w1 = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0 };
+	struct waiter w2 = w1, w3 = w1;
+	struct fn *s1, *s2, *fast;
+	struct inv *a, *b, *c;
+	uint64_t t0;
+
+	if (!want("concurrency"))
+		return;
+	s1 = deploy("slow1", "index.js", slow);
+	s2 = deploy("slow2", "index.js", slow);
+	fast = deploy("fast", "index.js", "export default { fetch() { return new Response('f'); } };\n");
+	CHECK(s1 && s2 && fast, "deploy: %s", errbuf);
+	if (!s1 || !s2 || !fast)
+		return;
+	/* Two workers, assigned round-robin: fast shares a worker with slow1. */
+	t0 = mono_ms();
+	a = call_async(s1, "GET", "/", NULL, NULL, NULL, &w1);
+	b = call_async(s2, "GET", "/", NULL, NULL, NULL, &w2);
+	c = call_async(s1, "GET", "/", NULL, NULL, NULL, &w3);
+	usleep(50000);
+	expect_body(fast, "/", "f");
+	CHECK(mono_ms() - t0 < 300, "fast tenant waited %llu ms behind slow ones",
+	      (unsigned long long)(mono_ms() - t0));
+	wait_done(a);
+	wait_done(b);
+	wait_done(c);
+	CHECK(!strcmp(body_of(a), "slow 1"), "a: %s", body_of(a));
+	CHECK(!strcmp(body_of(c), "slow 2") && mono_ms() - t0 >= 800,
+	      "c queued behind a: %s after %llu ms", body_of(c),
+	      (unsigned long long)(mono_ms() - t0));
+	CHECK(!strcmp(body_of(b), "slow 1"), "b: %s", body_of(b));
+	inv_free(a);
+	inv_free(b);
+	inv_free(c);
+	fn_unref(s1);
+	fn_unref(s2);
+	fn_unref(fast);
+}
+
 static void test_wait_until(void)
 {
 	struct fn *fn;
@@ -811,6 +884,7 @@ int main(int argc, char **argv)
 	test_isolation();
 	test_modules();
 	test_router_bundle();
+	test_concurrency();
 	test_wait_until();
 	test_retire();
 	test_metrics();
