@@ -20,6 +20,7 @@ struct jail_config {
 	char stage[64];		/* host directory: the tmpfs root of the jail */
 	char tmp[80];
 	char cg_paths[2][256];	/* cgroup directories created (v2: one; v1: memory, cpu) */
+	int ioctl_fds[2];	/* the only descriptors ioctl(2) may touch: VM and vCPU */
 };
 
 /*

@@ -129,6 +129,8 @@ static int run(struct vm *vm, struct vm_config *cfg, struct jail_config *jc)
 	if (r)
 		return fprintf(stderr, "stoke-vmm: %s: %s\n", cfg->rootfs, strerror(-r)), r;
 	r = chan_arm_timer(vm);
+	jc->ioctl_fds[0] = vm->vm_fd;
+	jc->ioctl_fds[1] = vm->vcpu_fd;
 	if (!r && cfg->jail)
 		r = jail_enter(jc);
 	if (r)
