@@ -39,10 +39,12 @@ class Tally:
 
 
 def run_unit(tally, build, keyword):
-    cmd = ["meson", "test", "-C", build, "--print-errorlogs", "--num-processes", "2"]
+    logbase = "run-%d" % os.getpid()  # concurrent runs must not share one log
+    cmd = ["meson", "test", "-C", build, "--print-errorlogs", "--num-processes", "2",
+           "--logbase", logbase]
     t0 = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True)
-    log = os.path.join(build, "meson-logs", "testlog.json")
+    log = os.path.join(build, "meson-logs", logbase + ".json")
     if not os.path.exists(log):
         tally.record("unit: meson test", "failed", time.monotonic() - t0,
                      proc.stdout[-4000:] + proc.stderr[-4000:])
@@ -57,6 +59,7 @@ def run_unit(tally, build, keyword):
                 r["result"], "failed")
             tally.record(name, outcome, r.get("duration", 0),
                          (r.get("stdout") or "")[-6000:] if outcome == "failed" else "")
+    os.unlink(log)
 
 
 class Timeout(Exception):
