@@ -59,6 +59,15 @@ static void wall_clock(struct vm *vm, int start)
 	timer_settime(vm->wall_timer, 0, &its, NULL);
 }
 
+/* Guest time counts as this thread's CPU time (KVM accounts it to the vCPU thread). */
+static uint64_t cpu_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
 static int write_all(int fd, const void *buf, size_t len)
 {
 	const uint8_t *p = buf;
@@ -76,7 +85,10 @@ static int write_all(int fd, const void *buf, size_t len)
 	return 0;
 }
 
-/* {"enosys":{"name":count,...}} with the counts new since the last report. */
+/*
+ * {"syscalls":N,"cpu_ns":N,"enosys":{"name":count,...}}: system calls so far, CPU time
+ * of this request, and unimplemented calls new since the last report.
+ */
 static int send_stats(struct vm *vm)
 {
 	char buf[8192], nbuf[32];
@@ -84,8 +96,9 @@ static int send_stats(struct vm *vm)
 	int i, first = 1;
 
 	off += (size_t)snprintf(buf + off, sizeof(buf) - off,
-				"{\"syscalls\":%llu,\"enosys\":{",
-				(unsigned long long)vm->nr_syscalls);
+				"{\"syscalls\":%llu,\"cpu_ns\":%llu,\"enosys\":{",
+				(unsigned long long)vm->nr_syscalls,
+				(unsigned long long)(cpu_ns() - vm->request_cpu_ns));
 	for (i = 0; i < VM_NR_SYSCALLS && off < sizeof(buf) - 64; i++) {
 		uint64_t d = vm->enosys[i] - vm->enosys_reported[i];
 
@@ -116,6 +129,7 @@ long chan_read(struct vm *vm, void *buf, size_t len)
 		return -errno;
 	if (n > 0 && !vm->in_request) {
 		vm->in_request = 1;
+		vm->request_cpu_ns = cpu_ns();
 		clock_rebase(vm);	/* an idle VM may have slept for minutes */
 		wall_clock(vm, 1);
 	}

@@ -100,6 +100,7 @@ struct vm {
 	/* Channel and per-request wall clock */
 	struct chan_track out;
 	int in_request;
+	uint64_t request_cpu_ns;	/* process CPU time when the request came in */
 	timer_t wall_timer;
 	int has_wall_timer;
 

@@ -74,12 +74,21 @@ static struct vm_tier *tier_of(struct tier *t)
 	return t->priv;
 }
 
+struct stats_ctx {
+	struct vm_fn *vf;
+	struct inv *inv;
+};
+
 static void on_stats(void *arg, const char *json, size_t len)
 {
-	struct vm_fn *vf = arg;
+	struct stats_ctx *ctx = arg;
+	struct vm_fn *vf = ctx->vf;
 	cJSON *j = cJSON_ParseWithLength(json, len), *e;
 	int i;
 
+	e = cJSON_GetObjectItemCaseSensitive(j, "cpu_ns");
+	if (cJSON_IsNumber(e))
+		ctx->inv->cpu_ns = (uint64_t)e->valuedouble;
 	pthread_mutex_lock(&vf->lock);
 	cJSON_ArrayForEach(e, cJSON_GetObjectItemCaseSensitive(j, "enosys")) {
 		for (i = 0; i < MAX_ENOSYS_NAMES; i++) {
@@ -190,6 +199,7 @@ static void run_invocation(struct tier *t, struct inv *inv)
 {
 	struct vm_tier *vt = tier_of(t);
 	struct vm_fn *vf = inv->fn->tier_data;
+	struct stats_ctx ctx = { vf, inv };
 	struct vm_proc *p;
 	uint64_t t0 = vm_now_ns();
 	uint32_t budget;
@@ -202,7 +212,7 @@ static void run_invocation(struct tier *t, struct inv *inv)
 		return;
 	}
 	budget = vf->launch.wall_ms + WALL_GRACE_MS + (inv->cold ? BOOT_ALLOWANCE_MS : 0);
-	switch (vm_proc_invoke(p, inv, budget, on_stats, vf, &status)) {
+	switch (vm_proc_invoke(p, inv, budget, on_stats, &ctx, &status)) {
 	case VM_OK:
 		if (inv->cold)
 			atomic_fetch_add(&vt->boot_ns, vm_now_ns() - t0);

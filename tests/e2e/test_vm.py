@@ -44,6 +44,20 @@ def handler(event, context):
         with open("/tmp/x", "w") as f:
             f.write("y" * 1000)
         return open("/tmp/x").read()[:3]
+    if p == "/tmpfull":
+        try:
+            with open("/tmp/big", "wb") as f:
+                for _ in range(64):
+                    f.write(b"z" * (1 << 20))
+        except OSError as e:
+            return {"statusCode": 200, "body": "full: " + e.strerror}
+        return {"statusCode": 500, "body": "wrote 64 MiB into a 2 MiB /tmp"}
+    if p == "/hog":
+        try:
+            hog = [bytearray(1 << 20) for _ in range(1024)]
+        except MemoryError:
+            return {"statusCode": 200, "body": "memory error"}
+        return {"statusCode": 500, "body": "allocated %d MiB" % len(hog)}
     return {"statusCode": 200, "headers": {"content-type": "application/json"},
             "body": json.dumps({"count": count, "method": event["method"],
                                 "query": event["query"], "body": event["body"],
@@ -162,3 +176,13 @@ def test_native_hello_c(d):
     r1, r2 = d.invoke("hello-c", "/"), d.invoke("hello-c", "/")
     assert r1.status == 200 and r1.text == "hello from C, request 1\n", r1
     assert r2.text == "hello from C, request 2\n"
+
+
+def test_limits_tmp_and_memory(d):
+    need_vm()
+    deploy_stateful(d, "vmsmall", tmp_mb=2, memory_mb=128)
+    r = d.invoke("vmsmall", "/tmpfull")
+    assert r.status == 200 and r.text.startswith("full:"), r
+    r = d.invoke("vmsmall", "/hog")
+    assert r.status == 200 and r.text == "memory error", r
+    assert d.invoke("vmsmall", "/").status == 200

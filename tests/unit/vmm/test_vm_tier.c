@@ -119,6 +119,7 @@ static void test_requests(struct tier *t, struct fn *fn)
 	inv = run(t, fn, "/b", "");
 	CHECK(inv->resp.status == 201);
 	CHECK(inv->cold == 0);		/* warm reuse of the same VM */
+	CHECK(inv->cpu_ns > 0 && inv->cpu_ns < 1000000000ULL);
 	CHECK_STR(header(inv, "x-count"), "2");
 	inv_free(inv);
 
