@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -111,11 +112,12 @@ static int daemon_token(const char *data_dir, char token[65])
 	return n == 64 ? 0 : -EIO;
 }
 
+/* stoke-vmm sits beside stoke when installed, in ../vmm/ in the build tree. */
 static void daemon_find_vmm(struct gw *gw)
 {
 	static const char *const rel[] = { "stoke-vmm", "../vmm/stoke-vmm" };
 	const char *env = getenv("STOKE_VMM");
-	char exe[PATH_MAX];
+	char exe[PATH_MAX - 32];
 	ssize_t n;
 	size_t i;
 
@@ -125,11 +127,11 @@ static void daemon_find_vmm(struct gw *gw)
 	}
 	n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
 	exe[n > 0 ? n : 0] = '\0';
+	dirname(exe);
 	for (i = 0; i < sizeof(rel) / sizeof(rel[0]); i++) {
-		snprintf(gw->vmm_path, sizeof(gw->vmm_path), "%s/%s", dirname(exe), rel[i]);
+		snprintf(gw->vmm_path, sizeof(gw->vmm_path), "%s/%s", exe, rel[i]);
 		if (!access(gw->vmm_path, X_OK))
 			return;
-		exe[n > 0 ? n : 0] = '\0';
 	}
 }
 
@@ -169,6 +171,26 @@ static void daemon_stop_tiers(struct gw *gw)
 			gw->tiers[i].ops->stop(&gw->tiers[i]);
 }
 
+/* One daemon per data directory: two would race on the registry and the files. */
+static int daemon_lock(const char *data_dir)
+{
+	char path[PATH_MAX];
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/lock", data_dir);
+	fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		log_error("cannot open %s: %s", path, strerror(errno));
+		return -errno;
+	}
+	if (flock(fd, LOCK_EX | LOCK_NB)) {
+		log_error("another stoke serve is using the data directory %s", data_dir);
+		close(fd);
+		return -EBUSY;
+	}
+	return 0;	/* held (fd left open) until the process exits */
+}
+
 static int daemon_open(struct gw *gw)
 {
 	const struct daemon_config *cfg = gw->cfg;
@@ -180,6 +202,9 @@ static int daemon_open(struct gw *gw)
 		log_error("cannot create data directory %s: %s", cfg->data_dir, strerror(-ret));
 		return ret;
 	}
+	ret = daemon_lock(cfg->data_dir);
+	if (ret)
+		return ret;
 	ret = daemon_token(cfg->data_dir, gw->token);
 	if (ret) {
 		log_error("cannot read or create %s/token: %s", cfg->data_dir, strerror(-ret));

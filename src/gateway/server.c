@@ -1,6 +1,6 @@
 /*
- * The HTTP front door: h2o event loops, one per thread, each accepting on its own
- * SO_REUSEPORT socket so the kernel spreads connections. Shutdown: stop accepting,
+ * The HTTP front door: h2o event loops, one per thread, all accepting on one listening
+ * socket (whichever loop wakes first takes the connection). Shutdown: stop accepting,
  * let in-flight requests finish within the grace period, then close.
  */
 #include "server.h"
@@ -8,6 +8,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -57,6 +58,8 @@ void gw_access_log(struct gw_thread *t, const struct inv *inv, const char *fn,
 	int status = gone ? 499 : inv->resp.status;
 	char ts[32];
 
+	if (!log_enabled(LOG_INFO))
+		return;
 	gw_timestamp(ts, sizeof(ts));
 	if (t->gw->cfg->log_json) {
 		sb_printf(&t->access, "{\"ts\":\"%s\",\"level\":\"info\",\"msg\":\"access\","
@@ -124,8 +127,9 @@ static int gw_listen_fd(const char *addr)
 	fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return -errno;
+	/* No SO_REUSEPORT: a second daemon on the same port must fail to start, not
+	 * share the port. The loop threads share this one socket instead. */
 	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-	setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	if (bind(fd, (struct sockaddr *)&ss, len) || listen(fd, SOMAXCONN)) {
 		ret = -errno;
@@ -258,14 +262,16 @@ static int gw_wait_signal(void)
 
 static int gw_start_threads(struct gw *gw, h2o_hostconf_t *host)
 {
-	int i, fd;
+	int i, fd, lfd = gw_listen_fd(gw->cfg->listen);
 
+	if (lfd < 0)
+		return lfd;
 	for (i = 0; i < gw->nthreads; i++) {
 		struct gw_thread *t = &gw->threads[i];
 
-		fd = gw_listen_fd(gw->cfg->listen);
+		fd = i ? fcntl(lfd, F_DUPFD_CLOEXEC, 0) : lfd;
 		if (fd < 0)
-			return fd;
+			return -errno;
 		t->index = i;
 		gw_thread_init(gw, t, host, fd);
 	}

@@ -6,7 +6,7 @@ import socket
 import threading
 import time
 
-from harness import Daemon
+from harness import Daemon, free_port
 
 HELLO = """export default {
   async fetch(request, env) {
@@ -298,3 +298,49 @@ def test_json_logs():
         d.stop()
         lines = [json.loads(l) for l in d.logs().splitlines() if l.startswith("{")]
         assert any(l.get("msg") == "access" and l.get("function") == "j" for l in lines)
+
+
+def test_second_daemon_refuses_busy_port_and_data_dir(d):
+    import subprocess
+    import tempfile
+    from harness import STOKE
+    with tempfile.TemporaryDirectory() as tmp:
+        busy_port = subprocess.run(
+            [STOKE, "serve", "--listen", "127.0.0.1:%d" % d.port, "--data-dir", tmp],
+            capture_output=True, text=True, timeout=20)
+    assert busy_port.returncode != 0 and "cannot listen" in busy_port.stderr
+    busy_dir = subprocess.run(
+        [STOKE, "serve", "--listen", "127.0.0.1:%d" % free_port(), "--data-dir", d.data_dir],
+        capture_output=True, text=True, timeout=20)
+    assert busy_dir.returncode != 0 and "another stoke serve" in busy_dir.stderr
+    assert d.request("GET", "/_stoke/health").status == 200
+
+
+def test_usage_totals_equal_invocations(d):
+    d.deploy_files("metered", {"index.js": HELLO}, {"limits": {"memory_mb": 256}})
+    for _ in range(7):
+        assert d.invoke("metered").status == 200
+    u = d.admin("GET", "/usage?function=metered").json()
+    rows = [r for r in u["usage"] if r["function"] == "metered"]
+    assert len(rows) == 1 and rows[0]["invocations"] == 7, u
+    assert rows[0]["tier"] == "isolate" and rows[0]["gb_s"] > 0
+    assert u["prices"]["lambda"]["per_million_requests"] == 0.20
+    assert u["cost_lambda_usd"] > 0 and u["cost_workers_usd"] > 0
+
+
+def test_queue_overflow_is_429_with_retry_after(d):
+    d.deploy_files("narrow", {"index.js": SLOW},
+                   {"limits": {"max_instances": 1, "concurrency": 1, "queue": 0}})
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(d.invoke("narrow")))
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    statuses = sorted(r.status for r in results)
+    assert statuses.count(200) >= 1 and 429 in statuses, statuses
+    busy = [r for r in results if r.status == 429][0]
+    assert busy.headers["retry-after"] == "1"
+    assert busy.json()["error"] == "too_many_requests"
+    assert d.invoke("narrow").status == 200  # and it recovers
