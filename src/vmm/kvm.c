@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 #define PTE_P	0x1ULL
@@ -356,6 +357,25 @@ static int on_other_exit(struct vm *vm)
 	return -EIO;
 }
 
+static uint64_t mono_ns(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (uint64_t)t.tv_sec * 1000000000ULL + (uint64_t)t.tv_nsec;
+}
+
+static int timed_run(struct vm *vm)
+{
+	uint64_t t0 = vm->cfg->stats ? mono_ns() : 0;
+	int r = ioctl(vm->vcpu_fd, KVM_RUN, 0);
+
+	vm->nr_runs++;
+	if (vm->cfg->stats)
+		vm->run_ns += mono_ns() - t0;
+	return r;
+}
+
 int vm_run(struct vm *vm, uint64_t entry, uint64_t sp)
 {
 	struct kvm_run *run = vm->run;
@@ -365,7 +385,8 @@ int vm_run(struct vm *vm, uint64_t entry, uint64_t sp)
 		return r;
 	while (!vm->exited) {
 		run->kvm_valid_regs = KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS;
-		if (ioctl(vm->vcpu_fd, KVM_RUN, 0) < 0) {
+		r = timed_run(vm);
+		if (r < 0) {
 			if (errno != EINTR)
 				return -errno;
 			/* Only the wall-clock timer interrupts us (channel.c). */

@@ -98,8 +98,9 @@ static void print_stats(struct vm *vm, double ms)
 	char nb[32];
 	int i;
 
-	fprintf(stderr, "stoke-vmm: %llu system calls in %.1f ms\n",
-		(unsigned long long)vm->nr_syscalls, ms);
+	fprintf(stderr, "stoke-vmm: %llu system calls in %.1f ms; %llu KVM_RUN, %.1f ms in them\n",
+		(unsigned long long)vm->nr_syscalls, ms, (unsigned long long)vm->nr_runs,
+		(double)vm->run_ns / 1e6);
 	for (i = 0; i < VM_NR_SYSCALLS; i++)
 		if (vm->counts[i])
 			fprintf(stderr, "  %-18s %6llu%s\n", sys_name((uint64_t)i, nb, sizeof(nb)),

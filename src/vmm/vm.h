@@ -106,6 +106,8 @@ struct vm {
 
 	/* Accounting */
 	uint64_t nr_syscalls;
+	uint64_t nr_runs;		/* KVM_RUN calls */
+	uint64_t run_ns;		/* time inside KVM_RUN (guest + exits), with --stats */
 	uint64_t counts[VM_NR_SYSCALLS];
 	uint64_t enosys[VM_NR_SYSCALLS];
 	uint64_t enosys_reported[VM_NR_SYSCALLS];
