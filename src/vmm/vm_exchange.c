@@ -206,6 +206,16 @@ static int pump_output(struct vm_proc *p, int fd, struct inv *inv, const char *s
 	return 1;
 }
 
+/* At end of file the VMM is on its way out: stop polling (and spinning on) the pipe. */
+static void close_output(struct vm_proc *p, int fd)
+{
+	close(fd);
+	if (fd == p->out)
+		p->out = -1;
+	else
+		p->err = -1;
+}
+
 struct xfer {
 	char *out;		/* request frame */
 	size_t out_len, out_off;
@@ -267,7 +277,7 @@ static int channel_io(struct vm_proc *p, struct xfer *x, short revents)
 static void reap(struct vm_proc *p, struct inv *inv, int kill_it, int *status)
 {
 	struct pollfd pf[2] = { { p->out, POLLIN, 0 }, { p->err, POLLIN, 0 } };
-	int open = 2, i;
+	int open = (p->out >= 0) + (p->err >= 0), i;
 
 	if (kill_it)
 		kill(p->pid, SIGTERM);
@@ -275,6 +285,7 @@ static void reap(struct vm_proc *p, struct inv *inv, int kill_it, int *status)
 		for (i = 0; i < 2; i++)
 			if (pf[i].fd >= 0 && pf[i].revents &&
 			    !pump_output(p, pf[i].fd, inv, i ? "stderr" : "stdout")) {
+				close_output(p, pf[i].fd);
 				pf[i].fd = -1;
 				open--;
 			}
@@ -304,8 +315,9 @@ static int exchange_loop(struct vm_proc *p, struct xfer *x, struct inv *inv,
 		if (r < 0 && errno != EINTR)
 			return -errno;
 		for (i = 1; i < 3; i++)
-			if (pf[i].revents)
-				pump_output(p, pf[i].fd, inv, i == 1 ? "stdout" : "stderr");
+			if (pf[i].revents && pf[i].fd >= 0 &&
+			    !pump_output(p, pf[i].fd, inv, i == 1 ? "stdout" : "stderr"))
+				close_output(p, pf[i].fd);
 		if (!pf[0].revents)
 			continue;
 		r = channel_io(p, x, pf[0].revents);

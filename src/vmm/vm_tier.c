@@ -206,6 +206,10 @@ static void run_invocation(struct tier *t, struct inv *inv)
 	int err = 0, status;
 
 	atomic_fetch_add(&vt->invocations, 1);
+	if (!vf) {
+		inv_fail(inv, 500, "internal", "function version was not prepared for the vm tier");
+		return;
+	}
 	p = get_vm(t, vf, inv, &err);
 	if (!p) {
 		inv_fail(inv, 503, "vm_start", "cannot start a VM: %s", strerror(-err));
