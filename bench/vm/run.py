@@ -2,7 +2,8 @@
 """bench/vm: the micro-VM tier without snapshots.
 
 Measures, driving build/src/vmm/stoke-vmm directly over the channel (docs/channel-abi.md):
-  boot       spawn stoke-vmm -> python3 boots -> first response (p50/p99 over --runs)
+  boot       spawn stoke-vmm -> python3 boots -> first response (p50/p99 over --runs),
+             also without the vDSO (STOKE_VMM_NO_VDSO=1) over a third as many runs
   warm       a request on an already warm VM (p50/p99)
   syscall    system-call round trip: a static program doing getppid in a loop
   memory     host memory per idle warm Python VM (RSS of the stoke-vmm process tree),
@@ -74,7 +75,7 @@ def request(sock):
             return syscalls
 
 
-def start_vm(vmm, task, jail, native=None):
+def start_vm(vmm, task, jail, native=None, env=None):
     ours, theirs = socket.socketpair()
     args = [vmm, "--channel-fd", str(theirs.fileno()), "--task", task, "--mem-mb", "256"]
     if not jail:
@@ -85,7 +86,7 @@ def start_vm(vmm, task, jail, native=None):
         args += ["--rootfs", ROOTFS, "--runtime", os.path.join(ROOT, "runtimes/python3"),
                  "--env", "STOKE_ENTRY=handler.py",
                  "--", "/usr/bin/python3", "-S", "-u", "/var/runtime/bootstrap.py"]
-    proc = subprocess.Popen(args, pass_fds=[theirs.fileno()])
+    proc = subprocess.Popen(args, pass_fds=[theirs.fileno()], env=env)
     theirs.close()
     return proc, ours
 
@@ -107,12 +108,12 @@ def rss_kb(pid):
     return total
 
 
-def bench_boot(vmm, task, runs, jail):
+def bench_boot(vmm, task, runs, jail, env=None):
     boots, warms, rss = [], [], []
     syscalls = 0
     for _ in range(runs):
         t0 = time.perf_counter()
-        proc, sock = start_vm(vmm, task, jail)
+        proc, sock = start_vm(vmm, task, jail, env=env)
         syscalls = request(sock)
         boots.append((time.perf_counter() - t0) * 1e3)
         for _ in range(5):
@@ -172,6 +173,8 @@ def main():
     jail = not a.no_jail and os.geteuid() == 0
     try:
         boots, warms, rss, boot_syscalls = bench_boot(vmm, task, a.runs, jail)
+        plain, _, _, plain_syscalls = bench_boot(vmm, task, max(3, a.runs // 3), jail,
+                                                 dict(os.environ, STOKE_VMM_NO_VDSO="1"))
     finally:
         shutil.rmtree(task)
     sys_vm, sys_native = bench_syscall(vmm, a.build)
@@ -184,12 +187,16 @@ def main():
         "syscall_round_trip_us": {"vm": sys_vm, "native": sys_native},
         "rss_per_warm_python_vm_mb": {"p50": pct(rss, 50) / 1024, "max": max(rss) / 1024},
         "vmm_overhead_rss_mb": overhead,
+        "boot_without_vdso_ms": {"p50": pct(plain, 50), "p99": pct(plain, 99),
+                                 "syscalls": plain_syscalls},
         "guest_syscalls_to_first_response": boot_syscalls,
     }
     print(f"{'metric':40} {'p50':>10} {'p99':>10}")
     print(f"{'boot to first response (ms)':40} {pct(boots, 50):10.1f} {pct(boots, 99):10.1f}")
     print(f"{'warm request (ms)':40} {pct(warms, 50):10.2f} {pct(warms, 99):10.2f}")
+    print(f"{'  the same without the vDSO (ms)':40} {pct(plain, 50):10.1f} {pct(plain, 99):10.1f}")
     print(f"{'guest system calls to first response':40} {boot_syscalls:10d}")
+    print(f"{'  the same without the vDSO':40} {plain_syscalls:10d}")
     print(f"{'syscall round trip, VM (us)':40} {sys_vm:10.1f}")
     print(f"{'syscall round trip, native (us)':40} {sys_native:10.2f}")
     print(f"{'RSS per warm Python VM (MiB)':40} {pct(rss, 50) / 1024:10.1f} "
