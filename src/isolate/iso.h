@@ -19,6 +19,13 @@
 /* Module evaluation at a cold start gets its own, larger CPU budget. */
 #define ISO_STARTUP_CPU_MS 1000
 #define ISO_DEFAULT_POOL 4
+/*
+ * Each isolate costs about 10 memory mappings (measured: heap pages and their guards),
+ * and V8 aborts the process when mmap fails, so live isolates are capped to stay under
+ * vm.max_map_count with room left for the rest of the daemon.
+ */
+#define ISO_MAPS_PER_ISOLATE 11
+#define ISO_MAPS_RESERVED 16384
 /* A tenant idle this long gets a garbage collection that gives memory back. */
 #define ISO_TRIM_IDLE_NS (1000ull * 1000000u)
 
@@ -93,6 +100,7 @@ struct iso_worker {
 	struct iso_tenant *lru_head, *lru_tail;
 	size_t mem;
 	int untrimmed;			/* tenants used since their last trim */
+	int nlive;			/* tenants on this worker */
 };
 
 struct iso_tier {
@@ -100,6 +108,7 @@ struct iso_tier {
 	int nworkers;
 	int pool_target;
 	uint64_t budget_per_worker;
+	int max_live_per_worker;	/* tenants, from vm.max_map_count */
 	struct iso_worker *workers;
 	atomic_uint next_worker;
 

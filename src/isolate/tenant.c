@@ -84,6 +84,7 @@ void iso__tenant_drop(struct iso_worker *w, struct iso_tenant *tn)
 	w->mem -= tn->mem;
 	atomic_fetch_sub(&it->mem_bytes, (long)tn->mem);
 	atomic_fetch_sub(&it->live, 1);
+	w->nlive--;
 	iso_vm_free(tn->vm);
 	fn_unref(tn->fn);
 	free(tn->waiting);
@@ -119,13 +120,15 @@ int iso__tenants_trim_one(struct iso_worker *w)
 }
 
 /* Evicts least recently used idle tenants until the worker is within its share of
- * the budget; `keep` (the one just used) and tenants with requests stay. */
+ * the budget and of the live isolate cap; `keep` (the one just used) and tenants with
+ * requests stay. */
 void iso__tenants_evict(struct iso_worker *w, struct iso_tenant *keep)
 {
 	struct iso_tier *it = w->tier;
 	struct iso_tenant *tn = w->lru_tail, *prev;
 
-	for (; tn && w->mem > it->budget_per_worker; tn = prev) {
+	for (; tn && (w->mem > it->budget_per_worker || w->nlive > it->max_live_per_worker);
+	     tn = prev) {
 		prev = tn->prev;
 		if (tn == keep || tn->call || tn->nwaiting)
 			continue;
@@ -156,5 +159,7 @@ void iso__tenant_add(struct iso_worker *w, struct iso_tenant *tn)
 	tn->trimmed = 1;
 	((struct iso_fn *)tn->fn->tier_data)->tenant = tn;
 	lru_push_front(w, tn);
+	w->nlive++;
 	atomic_fetch_add(&w->tier->live, 1);
+	iso__tenants_evict(w, tn);
 }

@@ -280,6 +280,21 @@ static uint64_t default_budget(void)
 	return pages > 0 && psize > 0 ? (uint64_t)pages * (uint64_t)psize / 2 : 1ull << 30;
 }
 
+/* Live isolates per worker that keep the process under vm.max_map_count. */
+static int max_live(int nworkers, int pool)
+{
+	long maps = 65530, n;
+	FILE *f = fopen("/proc/sys/vm/max_map_count", "r");
+
+	if (f) {
+		if (fscanf(f, "%ld", &maps) != 1)
+			maps = 65530;
+		fclose(f);
+	}
+	n = (maps - ISO_MAPS_RESERVED) / ISO_MAPS_PER_ISOLATE / nworkers - pool;
+	return n > 16 ? (int)n : 16;
+}
+
 static void worker_init(struct iso_tier *it, int i)
 {
 	struct iso_worker *w = &it->workers[i];
@@ -311,6 +326,9 @@ static int iso_start(struct tier *t)
 	it->pool_target = env_int("STOKE_ISO_POOL", ISO_DEFAULT_POOL);
 	it->budget_per_worker = (t->memory_budget ? t->memory_budget : default_budget()) /
 				it->nworkers;
+	it->max_live_per_worker = env_int("STOKE_ISO_MAX_LIVE",
+					  max_live(it->nworkers, it->pool_target) *
+					  it->nworkers) / it->nworkers;
 	it->workers = calloc(it->nworkers, sizeof(*it->workers));
 	pthread_mutex_init(&it->wd_lock, NULL);
 	pthread_cond_init(&it->wd_cond, NULL);
@@ -359,6 +377,7 @@ static void iso_metrics(struct tier *t, struct strbuf *out)
 
 	sb_printf(out, "stoke_isolate_live %ld\n", atomic_load(&it->live));
 	sb_printf(out, "stoke_isolate_pool_size %ld\n", atomic_load(&it->pool_size));
+	sb_printf(out, "stoke_isolate_live_max %d\n", it->max_live_per_worker * it->nworkers);
 	sb_printf(out, "stoke_isolate_memory_bytes %ld\n", atomic_load(&it->mem_bytes));
 	sb_printf(out, "stoke_isolate_snapshot_bytes %zu\n", iso_v8_snapshot_size());
 	sb_printf(out, "stoke_isolate_cold_starts_total %lu\n", atomic_load(&it->cold_starts));

@@ -838,6 +838,56 @@ static void test_retire(void)
 	fn_unref(fn);
 }
 
+static long metric_value(const char *name)
+{
+	struct strbuf m = STRBUF_INIT;
+	const char *p;
+	long v = -1;
+
+	T.ops->metrics(&T, &m);
+	p = m.buf ? strstr(m.buf, name) : NULL;
+	if (p)
+		v = strtol(p + strlen(name) + 1, NULL, 10);
+	sb_free(&m);
+	return v;
+}
+
+/* main() caps live isolates at 40: more tenants evict the least recently used. */
+static void test_live_cap(void)
+{
+	struct fn *fns[60];
+	char name[32];
+	int i, n = 0;
+
+	if (!want("livecap"))
+		return;
+	for (i = 0; i < 60; i++) {
+		snprintf(name, sizeof(name), "cap%d", i);
+		fns[i] = deploy(name, "index.js",
+				"let n = 0; export default { fetch() {\n"
+				"  return new Response(String(++n)); } };\n");
+		if (!fns[i])
+			break;
+		n++;
+		expect_body(fns[i], "/", "1");
+	}
+	CHECK(n == 60, "deploy: %s", errbuf);
+	CHECK(metric_value("stoke_isolate_live") <= 40 &&
+	      metric_value("stoke_isolate_live_max") == 40,
+	      "live %ld of max %ld", metric_value("stoke_isolate_live"),
+	      metric_value("stoke_isolate_live_max"));
+	CHECK(metric_value("stoke_isolate_evictions_total") >= 20, "evictions %ld",
+	      metric_value("stoke_isolate_evictions_total"));
+	/* The first tenants were evicted: they answer again from a fresh isolate. */
+	if (n)
+		expect_body(fns[0], "/", "1");
+	expect_body(fns[n - 1], "/", "2");
+	for (i = 0; i < n; i++) {
+		T.ops->retire(&T, fns[i]);
+		fn_unref(fns[i]);
+	}
+}
+
 static void test_metrics(void)
 {
 	struct strbuf m = STRBUF_INIT;
@@ -871,6 +921,7 @@ int main(int argc, char **argv)
 	}
 	T.data_dir = tmp;
 	fnlog_set_sink(log_sink);
+	setenv("STOKE_ISO_MAX_LIVE", "40", 1);
 	fn_set_release_hook(release_hook);
 	if (T.ops->start(&T)) {
 		printf("FATAL: the isolate tier did not start\n");
@@ -887,6 +938,7 @@ int main(int argc, char **argv)
 	test_concurrency();
 	test_wait_until();
 	test_retire();
+	test_live_cap();
 	test_metrics();
 	T.ops->stop(&T);
 	printf("test_isolate: %d passed, %d failed\n", npass, nfail);
