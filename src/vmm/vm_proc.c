@@ -105,11 +105,13 @@ static int launch_python(struct vm_launch *l, const struct fn *fn, const char *r
 	return r;
 }
 
-static int add_program(struct vm_launch *l, const struct fn *fn)
+static int add_program(struct vm_launch *l, const struct fn *fn, const char *native_dir)
 {
 	int r;
 
 	r = add_arg(l, "--");
+	if (native_dir)
+		return r ? r : add_arg(l, "/var/runtime/main");
 	if (!strcmp(fn->runtime, "python3")) {
 		r = r ? r : add_arg(l, "/usr/bin/python3");
 		r = r ? r : add_arg(l, "-S");
@@ -120,7 +122,8 @@ static int add_program(struct vm_launch *l, const struct fn *fn)
 }
 
 int vm_launch_build(struct vm_launch *l, const struct fn *fn, const char *rootfs_dir,
-		    const char *vmm_path, int jail, char *err, size_t errlen)
+		    const char *vmm_path, const char *native_dir, int jail,
+		    char *err, size_t errlen)
 {
 	char path[4096];
 	size_t i;
@@ -156,7 +159,9 @@ int vm_launch_build(struct vm_launch *l, const struct fn *fn, const char *rootfs
 	else
 		snprintf(err, errlen, "runtime '%s' is not served by the vm tier "
 			 "(python3, native)", fn->runtime), r = -EINVAL;
-	return r ? r : add_program(l, fn);
+	if (!r && native_dir)
+		r = add_arg(l, "--runtime=%s", native_dir);
+	return r ? r : add_program(l, fn, native_dir);
 }
 
 static int spawn_actions(posix_spawn_file_actions_t *fa, int chan, int out, int err)

@@ -43,9 +43,21 @@ enum vm_outcome { VM_OK, VM_CRASHED, VM_TIMEOUT, VM_FAILED };
 typedef void (*vm_stats_fn)(void *arg, const char *json, size_t len);
 
 uint64_t vm_now_ns(void);
-/* Fills l for fn; rootfs_dir and vmm_path come from the tier. Returns 0 or -errno. */
+/*
+ * Fills l for fn; rootfs_dir and vmm_path come from the tier; native_dir holds the
+ * compiled program of a native function deployed as C source (else NULL).
+ * Returns 0 or -errno with a message for the user in err.
+ */
 int vm_launch_build(struct vm_launch *l, const struct fn *fn, const char *rootfs_dir,
-		    const char *vmm_path, int jail, char *err, size_t errlen);
+		    const char *vmm_path, const char *native_dir, int jail,
+		    char *err, size_t errlen);
+
+/* vm_native.c: native functions deployed as C source, compiled at deploy. */
+int vm_native_is_source(const struct fn *fn);
+/* Compiles the entry statically into out_dir/main (out_dir is chosen and returned). */
+int vm_native_build(const struct fn *fn, const char *data_dir, char *out_dir, size_t len,
+		    char *err, size_t errlen);
+void vm_native_remove(const char *out_dir);
 /* Starts a VM. Returns 0 or -errno. */
 int vm_proc_spawn(struct vm_proc *p, const struct vm_launch *l, const char *vmm_path);
 /*

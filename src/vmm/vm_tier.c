@@ -42,6 +42,7 @@ struct vm_fn {
 	int nidle;
 	int retired;
 	char name[64];
+	char native_dir[4096];	/* compiled program of a C-source native function, or "" */
 	struct enosys_count enosys[MAX_ENOSYS_NAMES];
 	struct vm_fn *next;	/* tier's list, for metrics and stop */
 };
@@ -370,8 +371,17 @@ static int vm_prepare(struct tier *t, struct fn *fn, char *err, size_t errlen)
 
 	if (!vf)
 		return -ENOMEM;
-	r = vm_launch_build(&vf->launch, fn, t->rootfs_dir, t->vmm_path, vt->jail, err, errlen);
+	r = 0;
+	if (vm_native_is_source(fn))
+		r = vm_native_build(fn, t->data_dir, vf->native_dir, sizeof(vf->native_dir),
+				    err, errlen);
+	if (!r)
+		r = vm_launch_build(&vf->launch, fn, t->rootfs_dir, t->vmm_path,
+				    vf->native_dir[0] ? vf->native_dir : NULL, vt->jail,
+				    err, errlen);
 	if (r) {
+		if (vf->native_dir[0])
+			vm_native_remove(vf->native_dir);
 		free(vf);
 		return r;
 	}
@@ -444,6 +454,8 @@ static void vm_release(struct tier *t, struct fn *fn)
 			break;
 		}
 	pthread_mutex_unlock(&vt->lock);
+	if (vf->native_dir[0])
+		vm_native_remove(vf->native_dir);
 	pthread_mutex_destroy(&vf->lock);
 	free(vf);
 	fn->tier_data = NULL;

@@ -186,3 +186,16 @@ def test_limits_tmp_and_memory(d):
     r = d.invoke("vmsmall", "/hog")
     assert r.status == 200 and r.text == "memory error", r
     assert d.invoke("vmsmall", "/").status == 200
+
+
+def test_native_c_source_compiled_at_deploy(d):
+    need_vm()
+    if not shutil.which("cc"):
+        raise Skip("no C compiler")
+    d.deploy_dir(os.path.join(EXAMPLES, "hello-c"))
+    r = d.invoke("hello-c", "/")
+    assert r.status == 200 and r.text == "hello from C, request 1\n", r
+    bad = d.deploy_files("broken-c", {"main.c": "int main(void) { return x; }\n"},
+                         {"name": "broken-c", "tier": "vm", "runtime": "native",
+                          "entry": "main.c"}, expect=None)
+    assert bad.status >= 400 and "main.c:1" in bad.text, bad
