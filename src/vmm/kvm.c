@@ -38,13 +38,6 @@
 #define EFER_LME	0x100ULL
 #define EFER_LMA	0x400ULL
 
-static char stop_reason[256];
-
-const char *vm_stop_reason(void)
-{
-	return stop_reason;
-}
-
 static uint64_t *gtab(struct vm *vm, uint64_t gpa)
 {
 	return (uint64_t *)(vm->mem + gpa);
@@ -333,7 +326,7 @@ static int on_fault(struct vm *vm)
 	uint64_t *box = (uint64_t *)(vm->mem + GL_FAULT_BOX);
 	int sig = fault_signal(box[0]);
 
-	snprintf(stop_reason, sizeof(stop_reason),
+	snprintf(vm->stop_reason, sizeof(vm->stop_reason),
 		 "%s: exception %llu error %#llx at rip %#llx (address %#llx, rsp %#llx)",
 		 strsignal(sig), (unsigned long long)box[0], (unsigned long long)box[1],
 		 (unsigned long long)box[2], (unsigned long long)box[6],
@@ -347,11 +340,11 @@ static int on_other_exit(struct vm *vm)
 	struct kvm_run *run = vm->run;
 
 	if (run->exit_reason == KVM_EXIT_INTERNAL_ERROR)
-		snprintf(stop_reason, sizeof(stop_reason),
+		snprintf(vm->stop_reason, sizeof(vm->stop_reason),
 			 "vCPU internal error %u at rip %#llx (instruction not emulated)",
 			 run->internal.suberror, (unsigned long long)run->s.regs.regs.rip);
 	else
-		snprintf(stop_reason, sizeof(stop_reason), "unexpected exit %u at rip %#llx",
+		snprintf(vm->stop_reason, sizeof(vm->stop_reason), "unexpected exit %u at rip %#llx",
 			 run->exit_reason, (unsigned long long)run->s.regs.regs.rip);
 	vm->exit_code = 128 + SIGILL;
 	return -EIO;
@@ -390,7 +383,7 @@ int vm_run(struct vm *vm, uint64_t entry, uint64_t sp)
 			if (errno != EINTR)
 				return -errno;
 			/* Only the wall-clock timer interrupts us (channel.c). */
-			snprintf(stop_reason, sizeof(stop_reason), "wall time limit exceeded");
+			snprintf(vm->stop_reason, sizeof(vm->stop_reason), "wall time limit exceeded");
 			vm->exit_code = 124;
 			return -EINTR;
 		}

@@ -145,7 +145,7 @@ static int run(struct vm *vm, struct vm_config *cfg, struct jail_config *jc)
 	if (cfg->stats)
 		print_stats(vm, now_ms() - t0);
 	if (r == -EFAULT || r == -EIO || r == -EINTR)
-		fprintf(stderr, "stoke-vmm: %s\n", vm_stop_reason());
+		fprintf(stderr, "stoke-vmm: %s\n", vm->stop_reason);
 	else if (r)
 		fprintf(stderr, "stoke-vmm: running the VM: %s\n", strerror(-r));
 	return r;

@@ -113,15 +113,18 @@ struct vm {
 	uint64_t enosys_reported[VM_NR_SYSCALLS];
 	int exit_code;
 	int exited;
+	char stop_reason[256];	/* why vm_run stopped early, for the operator */
 };
 
 /* kvm.c: VM, vCPU and the run loop. Return 0 or -errno. */
 int vm_create(struct vm *vm, const struct vm_config *cfg);
 void vm_destroy(struct vm *vm);
-/* Starts the program at entry with stack pointer sp; returns when it exits or dies. */
+/*
+ * Starts the program at entry with stack pointer sp; returns 0 when it exits, or
+ * -EFAULT (guest fault), -EIO (unexpected exit), -EINTR (wall time) with
+ * vm->stop_reason and vm->exit_code set.
+ */
 int vm_run(struct vm *vm, uint64_t entry, uint64_t sp);
-/* Why the last vm_run stopped, for the operator (set on -EFAULT/-EINTR/-EIO). */
-const char *vm_stop_reason(void);
 
 /* memory.c: guest address space. */
 int gmem_init(struct vm *vm);
