@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/openat2.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -233,25 +234,50 @@ int vfs_open(struct vm *vm, int dirfd, const char *path, int flags, int *mnt_out
 	return fd;
 }
 
-int vfs_parent(struct vm *vm, int dirfd, const char *path, const char **base)
+/* The last component of path, trailing slashes ignored ("" for the root). */
+static const char *last_component(const char *path, size_t *len)
 {
-	char abs[4096], *slash;
-	const char *rest;
-	int fd;
+	const char *end = path + strlen(path), *start;
 
-	fd = vfs_resolve(vm, dirfd, path, abs, sizeof(abs));
-	if (fd)
-		return fd;
-	slash = strrchr(abs, '/');
-	if (!slash[1])
-		return -EBUSY;	/* the root itself */
-	*base = path + strlen(path);
-	while (*base > path && (*base)[-1] != '/')
-		(*base)--;
-	if (!**base || !strcmp(*base, ".") || !strcmp(*base, ".."))
-		return -EINVAL;
-	*slash = '\0';
-	if (route(vm, abs[0] ? abs : "/", &rest) != VM_MNT_TMP)
+	while (end > path && end[-1] == '/')
+		end--;
+	start = end;
+	while (start > path && start[-1] != '/')
+		start--;
+	*len = (size_t)(end - start);
+	return start;
+}
+
+int vfs_parent(struct vm *vm, int dirfd, const char *path, char *base, size_t len)
+{
+	char abs[4096], *slash, dir[4096];
+	const char *rest, *last;
+	size_t n;
+	int r;
+
+	last = last_component(path, &n);
+	if (n == 0)
+		return -EBUSY;	/* the root */
+	if ((n == 1 && last[0] == '.') || (n == 2 && !strncmp(last, "..", 2))) {
+		/* The host answers "x/." and "x/.." as Linux does (EINVAL, ENOTEMPTY...). */
+		snprintf(dir, sizeof(dir), "%.*s", (int)(last - path), path);
+		snprintf(base, len, "%.*s", (int)n, last);
+		r = vfs_resolve(vm, dirfd, dir[0] ? dir : ".", abs, sizeof(abs));
+	} else {
+		r = vfs_resolve(vm, dirfd, path, abs, sizeof(abs));
+		if (r)
+			return r;
+		slash = strrchr(abs, '/');
+		if (strlen(slash + 1) >= len)
+			return -ENAMETOOLONG;
+		strcpy(base, slash + 1);
+		*slash = '\0';
+		if (!abs[0])
+			strcpy(abs, "/");
+	}
+	if (r)
+		return r;
+	if (route(vm, abs, &rest) != VM_MNT_TMP)
 		return -EROFS;
-	return vfs_open(vm, AT_FDCWD, abs[0] ? abs : "/", O_PATH | O_DIRECTORY, NULL);
+	return vfs_open(vm, AT_FDCWD, abs, O_PATH | O_DIRECTORY, NULL);
 }

@@ -246,15 +246,14 @@ SYS_HANDLER(chdir)
 /* Runs op on the parent directory of (dirfd, upath); only /tmp may change. */
 static long modify(struct vm *vm, int dirfd, uint64_t upath, int op, int arg)
 {
-	char path[4096];
-	const char *base;
+	char path[4096], base[256];
 	long r;
 	int pfd;
 
 	r = gmem_str(vm, upath, path, sizeof(path));
 	if (r)
 		return r;
-	pfd = vfs_parent(vm, dirfd, path, &base);
+	pfd = vfs_parent(vm, dirfd, path, base, sizeof(base));
 	if (pfd < 0)
 		return pfd;
 	if (op == 'm')
@@ -294,8 +293,7 @@ SYS_HANDLER(unlinkat)
 
 static long rename_common(struct vm *vm, int ofd, uint64_t opath, int nfd, uint64_t npath)
 {
-	char op[4096], np[4096];
-	const char *ob, *nb;
+	char op[4096], np[4096], ob[256], nb[256];
 	int pa, pb;
 	long r;
 
@@ -304,10 +302,10 @@ static long rename_common(struct vm *vm, int ofd, uint64_t opath, int nfd, uint6
 		r = gmem_str(vm, npath, np, sizeof(np));
 	if (r)
 		return r;
-	pa = vfs_parent(vm, ofd, op, &ob);
+	pa = vfs_parent(vm, ofd, op, ob, sizeof(ob));
 	if (pa < 0)
 		return pa;
-	pb = vfs_parent(vm, nfd, np, &nb);
+	pb = vfs_parent(vm, nfd, np, nb, sizeof(nb));
 	if (pb < 0) {
 		close(pa);
 		return pb;

@@ -150,9 +150,9 @@ int vfs_open(struct vm *vm, int dirfd, const char *path, int flags, int *mnt_out
 int vfs_resolve(struct vm *vm, int dirfd, const char *path, char *abs, size_t max);
 /*
  * Opens the parent directory of a path for creating or removing an entry; only /tmp
- * allows it (-EROFS elsewhere). *base points at the last component within path.
+ * allows it (-EROFS elsewhere). The entry's name goes to base (len bytes).
  */
-int vfs_parent(struct vm *vm, int dirfd, const char *path, const char **base);
+int vfs_parent(struct vm *vm, int dirfd, const char *path, char *base, size_t len);
 struct vfd *vfd_get(struct vm *vm, long fd);
 int vfd_install(struct vm *vm, int host, int min, int cloexec);
 

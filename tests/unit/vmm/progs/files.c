@@ -19,6 +19,11 @@ int main(void)
 	snprintf(dir, sizeof(dir), "/tmp/stoke-files-%d-%ld", getpid(), 0L);
 	SHOWOK("mkdir", mkdir(dir, 0755));
 	SHOW("mkdir again", mkdir(dir, 0755));
+	snprintf(path, sizeof(path), "%s/sub/", dir);
+	SHOWOK("mkdir trailing slash", mkdir(path, 0755));
+	SHOWOK("rmdir trailing slash", rmdir(path));
+	snprintf(path, sizeof(path), "%s/..", dir);
+	SHOW("rmdir dotdot", rmdir(path));
 	snprintf(path, sizeof(path), "%s/a.txt", dir);
 	fd = open(path, O_CREAT | O_RDWR | O_TRUNC, 0644);
 	TRUTH("open creates", fd >= 0);
