@@ -136,7 +136,11 @@ def as_response(result):
             body = ""
         elif not isinstance(body, str):
             body = json.dumps(body)
-        headers = {str(k): str(v) for k, v in (result.get("headers") or {}).items()}
+        # [name, value] pairs: API Gateway's multiValueHeaders and cookies repeat names.
+        headers = [[str(k), str(v)] for k, v in (result.get("headers") or {}).items()]
+        for k, values in (result.get("multiValueHeaders") or {}).items():
+            headers += [[str(k), str(v)] for v in values]
+        headers += [["set-cookie", str(c)] for c in result.get("cookies") or []]
         return {"statusCode": int(result.get("statusCode", 200)), "headers": headers,
                 "body": body, "isBase64Encoded": b64}
     if isinstance(result, (bytes, bytearray)):

@@ -1,4 +1,5 @@
 """The micro-VM tier end to end: real daemon, real HTTP, real KVM process VMs."""
+import http.client
 import json
 import os
 import shutil
@@ -26,6 +27,9 @@ def handler(event, context):
         while True: pass
     if p == "/log":
         print("hello from the guest")
+    if p == "/cookies":
+        return {"statusCode": 302, "headers": {"location": "/"},
+                "multiValueHeaders": {"x-multi": ["a", "b"]}, "cookies": ["a=1", "b=2"]}
     if p == "/pipe":
         try:
             os.pipe()
@@ -199,3 +203,16 @@ def test_native_c_source_compiled_at_deploy(d):
                          {"name": "broken-c", "tier": "vm", "runtime": "native",
                           "entry": "main.c"}, expect=None)
     assert bad.status >= 400 and "main.c:1" in bad.text, bad
+
+
+def test_multi_value_headers_and_cookies(d):
+    need_vm()
+    deploy_stateful(d)
+    conn = http.client.HTTPConnection("127.0.0.1", d.port, timeout=60)
+    conn.request("GET", "/fn/vmstate/cookies")
+    r = conn.getresponse()
+    r.read()
+    assert r.status == 302 and r.getheader("location") == "/"
+    assert sorted(v for k, v in r.getheaders() if k.lower() == "set-cookie") == ["a=1", "b=2"]
+    assert sorted(v for k, v in r.getheaders() if k.lower() == "x-multi") == ["a", "b"]
+    conn.close()
