@@ -65,6 +65,7 @@ struct vm_tier {
 	int stopping;
 	int jail;
 	struct vm_fn *fns;
+	struct vm_proc *dying;		/* retired VMs the reaper stops off the caller's thread */
 	atomic_ullong idle_bytes;
 	atomic_int live;
 	atomic_ullong boots, boot_ns, crashes, timeouts, invocations;
@@ -265,6 +266,8 @@ static void reap_idle(struct vm_tier *vt)
 	struct vm_fn *vf;
 
 	pthread_mutex_lock(&vt->lock);
+	expired = vt->dying;
+	vt->dying = NULL;
 	for (vf = vt->fns; vf; vf = vf->next) {
 		p = take_expired(vf, cutoff);
 		for (last = p; last && last->next; last = last->next)
@@ -427,16 +430,29 @@ static void drain_idle(struct vm_tier *vt, struct vm_fn *vf)
 	}
 }
 
+/*
+ * The gateway may call this on its event loop: the idle VMs go to the reaper thread,
+ * which stops them (stopping waits for each process to exit).
+ */
 static void vm_retire(struct tier *t, struct fn *fn)
 {
+	struct vm_tier *vt = tier_of(t);
 	struct vm_fn *vf = fn->tier_data;
+	struct vm_proc *p;
 
 	if (!vf)
 		return;
 	pthread_mutex_lock(&vf->lock);
 	vf->retired = 1;
 	pthread_mutex_unlock(&vf->lock);
-	drain_idle(tier_of(t), vf);
+	pthread_mutex_lock(&vt->lock);
+	while ((p = take_idle(vf))) {
+		p->idle_since_ns = 0;
+		p->next = vt->dying;
+		vt->dying = p;
+	}
+	pthread_cond_signal(&vt->reaper_cond);
+	pthread_mutex_unlock(&vt->lock);
 }
 
 static void vm_release(struct tier *t, struct fn *fn)
@@ -501,6 +517,7 @@ static void vm_metrics(struct tier *t, struct strbuf *out)
 static void vm_stop(struct tier *t)
 {
 	struct vm_tier *vt = tier_of(t);
+	struct vm_proc *p;
 	struct vm_fn *vf;
 	struct job *j;
 	int i;
@@ -526,6 +543,11 @@ static void vm_stop(struct tier *t)
 		pthread_join(vt->reaper, NULL);
 	for (vf = vt->fns; vf; vf = vf->next)
 		drain_idle(vt, vf);
+	while ((p = vt->dying)) {
+		vt->dying = p->next;
+		atomic_fetch_sub(&vt->idle_bytes, (uint64_t)p->mem_mb << 20);
+		drop(vt, p);
+	}
 	t->priv = NULL;
 	free(vt);
 }
