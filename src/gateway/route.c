@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define GW_MAX_HEADER_BYTES (64 * 1024)
 
@@ -172,15 +173,22 @@ static int gw_fill_request(struct inv_request *r, const h2o_req_t *req, const ch
 	return gw_copy_headers(r, req);
 }
 
-static void gw_new_request_id(char *buf, size_t len)
+/* 16 hex digits: a per-process random prefix and a counter, unique within a run and
+ * unlikely to repeat across restarts. Formatted by hand: this runs per request. */
+static void gw_new_request_id(char *buf)
 {
+	static const char hex[] = "0123456789abcdef";
 	static atomic_uint_fast64_t counter;
 	static uint32_t boot;
+	uint64_t id;
+	int i;
 
 	if (!boot)
 		boot = (uint32_t)(gw_now_ns() ^ (uint64_t)getpid() << 16) | 1;
-	snprintf(buf, len, "%08x%08llx", boot,
-		 (unsigned long long)atomic_fetch_add(&counter, 1) & 0xffffffffull);
+	id = (uint64_t)boot << 32 | (atomic_fetch_add(&counter, 1) & 0xffffffffu);
+	for (i = 15; i >= 0; i--, id >>= 4)
+		buf[i] = hex[id & 15];
+	buf[16] = '\0';
 }
 
 static struct gw_inv *gw_inv_new(struct gw_thread *t, h2o_req_t *req, const char *path,
@@ -194,7 +202,7 @@ static struct gw_inv *gw_inv_new(struct gw_thread *t, h2o_req_t *req, const char
 	gi->req = req;
 	gi->inv.on_done = gw_post_done;
 	gi->inv.start_ns = gw_now_ns();
-	gw_new_request_id(gi->inv.request_id, sizeof(gi->inv.request_id));
+	gw_new_request_id(gi->inv.request_id);
 	if (gw_fill_request(&gi->inv.req, req, path, plen)) {
 		inv_free(&gi->inv);
 		return NULL;

@@ -1,6 +1,6 @@
 /*
- * The HTTP front door: h2o event loops, one per thread, all accepting on one listening
- * socket (whichever loop wakes first takes the connection). Shutdown: stop accepting,
+ * The HTTP front door: h2o event loops, one per thread, each accepting on its own
+ * SO_REUSEPORT socket so the kernel spreads connections. Shutdown: stop accepting,
  * let in-flight requests finish within the grace period, then close.
  */
 #include "server.h"
@@ -8,7 +8,6 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -115,28 +114,52 @@ static int gw_parse_listen(const char *listen, struct sockaddr_storage *ss, sock
 	return 0;
 }
 
-static int gw_listen_fd(const char *addr)
+static int gw_listen_fd(const struct sockaddr_storage *ss, socklen_t len, int reuseport)
 {
-	struct sockaddr_storage ss;
-	socklen_t len;
 	int fd, one = 1, ret;
 
-	ret = gw_parse_listen(addr, &ss, &len);
-	if (ret)
-		return ret;
-	fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	fd = socket(ss->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return -errno;
-	/* No SO_REUSEPORT: a second daemon on the same port must fail to start, not
-	 * share the port. The loop threads share this one socket instead. */
 	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	if (reuseport)
+		setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	if (bind(fd, (struct sockaddr *)&ss, len) || listen(fd, SOMAXCONN)) {
+	if (bind(fd, (const struct sockaddr *)ss, len) || listen(fd, SOMAXCONN)) {
 		ret = -errno;
 		close(fd);
 		return ret;
 	}
 	return fd;
+}
+
+/*
+ * One SO_REUSEPORT socket per loop thread lets the kernel spread connections evenly.
+ * Because SO_REUSEPORT would also let a second daemon share the port, the address is
+ * first bound once without it: if that fails, the port is taken.
+ */
+static int gw_listen_all(struct gw *gw, int *fds)
+{
+	struct sockaddr_storage ss;
+	socklen_t len;
+	int i, probe, ret = gw_parse_listen(gw->cfg->listen, &ss, &len);
+
+	if (ret)
+		return ret;
+	probe = gw_listen_fd(&ss, len, 0);
+	if (probe < 0)
+		return probe;
+	close(probe);
+	for (i = 0; i < gw->nthreads; i++) {
+		fds[i] = gw_listen_fd(&ss, len, 1);
+		if (fds[i] < 0) {
+			ret = fds[i];
+			while (i--)
+				close(fds[i]);
+			return ret;
+		}
+	}
+	return 0;
 }
 
 static void gw_stop_accepting(struct gw_thread *t)
@@ -262,22 +285,19 @@ static int gw_wait_signal(void)
 
 static int gw_start_threads(struct gw *gw, h2o_hostconf_t *host)
 {
-	int i, fd, lfd = gw_listen_fd(gw->cfg->listen);
+	int i, ret, *fds = calloc((size_t)gw->nthreads, sizeof(*fds));
 
-	if (lfd < 0)
-		return lfd;
-	for (i = 0; i < gw->nthreads; i++) {
-		struct gw_thread *t = &gw->threads[i];
-
-		fd = i ? fcntl(lfd, F_DUPFD_CLOEXEC, 0) : lfd;
-		if (fd < 0)
-			return -errno;
-		t->index = i;
-		gw_thread_init(gw, t, host, fd);
+	if (!fds)
+		return -ENOMEM;
+	ret = gw_listen_all(gw, fds);
+	for (i = 0; !ret && i < gw->nthreads; i++) {
+		gw->threads[i].index = i;
+		gw_thread_init(gw, &gw->threads[i], host, fds[i]);
 	}
-	for (i = 0; i < gw->nthreads; i++)
+	free(fds);
+	for (i = 0; !ret && i < gw->nthreads; i++)
 		pthread_create(&gw->threads[i].tid, NULL, gw_thread_main, &gw->threads[i]);
-	return 0;
+	return ret;
 }
 
 int gw_run(struct gw *gw)

@@ -1,4 +1,4 @@
-/* Event-loop threads: one h2o loop per thread, sharing one listening socket. */
+/* Event-loop threads: one h2o loop per thread, each with its own SO_REUSEPORT listener. */
 #ifndef STOKE_SERVER_H
 #define STOKE_SERVER_H
 

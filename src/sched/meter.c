@@ -31,37 +31,77 @@ static const char meter_schema[] =
 	" wall_us INTEGER NOT NULL, cpu_us INTEGER NOT NULL, mb_us INTEGER NOT NULL,"
 	" PRIMARY KEY (function, minute, tier));";
 
-/* One upsert per record keeps the code simple; the batch shares one transaction. */
 static const char meter_upsert[] =
-	"INSERT INTO usage VALUES (?,?,?,1,?,?,?,?,?) ON CONFLICT DO UPDATE SET"
-	" invocations = invocations + 1, cold = cold + excluded.cold,"
+	"INSERT INTO usage VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT DO UPDATE SET"
+	" invocations = invocations + excluded.invocations, cold = cold + excluded.cold,"
 	" errors = errors + excluded.errors, wall_us = wall_us + excluded.wall_us,"
 	" cpu_us = cpu_us + excluded.cpu_us, mb_us = mb_us + excluded.mb_us";
 
-static int meter_write(struct meter *m, const struct meter_rec *recs, size_t n)
+/* A batch's records summed per function and tier: one upsert each. */
+struct meter_sum {
+	const struct meter_rec *rec;	/* the first of the run: its names */
+	int64_t invocations, cold, errors, wall_us, cpu_us, mb_us;
+};
+
+static int meter_cmp(const void *a, const void *b)
+{
+	const struct meter_rec *x = a, *y = b;
+	int c = strcmp(x->function, y->function);
+
+	return c ? c : strcmp(x->tier, y->tier);
+}
+
+static void meter_add(struct meter_sum *s, const struct meter_rec *r)
+{
+	s->invocations++;
+	s->cold += r->cold != 0;
+	s->errors += r->error != 0;
+	s->wall_us += (int64_t)r->wall_us;
+	s->cpu_us += (int64_t)r->cpu_us;
+	s->mb_us += (int64_t)(r->wall_us * r->memory_mb);
+}
+
+static int meter_upsert_sum(sqlite3_stmt *st, const struct meter_sum *s, int64_t minute)
+{
+	int ok;
+
+	sqlite3_bind_text(st, 1, s->rec->function, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 2, minute);
+	sqlite3_bind_text(st, 3, s->rec->tier, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 4, s->invocations);
+	sqlite3_bind_int64(st, 5, s->cold);
+	sqlite3_bind_int64(st, 6, s->errors);
+	sqlite3_bind_int64(st, 7, s->wall_us);
+	sqlite3_bind_int64(st, 8, s->cpu_us);
+	sqlite3_bind_int64(st, 9, s->mb_us);
+	ok = sqlite3_step(st) == SQLITE_DONE;
+	sqlite3_reset(st);
+	return ok;
+}
+
+static int meter_write(struct meter *m, struct meter_rec *recs, size_t n)
 {
 	int64_t minute = (int64_t)time(NULL) / 60 * 60;
+	struct meter_sum sum = { 0 };
 	sqlite3_stmt *st;
 	size_t i;
 	int ok = 1;
 
+	qsort(recs, n, sizeof(*recs), meter_cmp);
 	if (sqlite3_prepare_v2(m->db, meter_upsert, -1, &st, NULL) != SQLITE_OK)
 		return -EIO;
 	sqlite3_exec(m->db, "BEGIN", NULL, NULL, NULL);
 	for (i = 0; i < n && ok; i++) {
-		const struct meter_rec *r = &recs[i];
-
-		sqlite3_bind_text(st, 1, r->function, -1, SQLITE_STATIC);
-		sqlite3_bind_int64(st, 2, minute);
-		sqlite3_bind_text(st, 3, r->tier, -1, SQLITE_STATIC);
-		sqlite3_bind_int(st, 4, r->cold != 0);
-		sqlite3_bind_int(st, 5, r->error != 0);
-		sqlite3_bind_int64(st, 6, (sqlite3_int64)r->wall_us);
-		sqlite3_bind_int64(st, 7, (sqlite3_int64)r->cpu_us);
-		sqlite3_bind_int64(st, 8, (sqlite3_int64)(r->wall_us * r->memory_mb));
-		ok = sqlite3_step(st) == SQLITE_DONE;
-		sqlite3_reset(st);
+		if (sum.rec && meter_cmp(sum.rec, &recs[i])) {
+			ok = meter_upsert_sum(st, &sum, minute);
+			memset(&sum, 0, sizeof(sum));
+		}
+		if (!sum.rec)
+			sum.rec = &recs[i];
+		meter_add(&sum, &recs[i]);
 	}
+	if (ok && sum.rec)
+		ok = meter_upsert_sum(st, &sum, minute);
 	sqlite3_finalize(st);
 	sqlite3_exec(m->db, ok ? "COMMIT" : "ROLLBACK", NULL, NULL, NULL);
 	return ok ? 0 : -EIO;
