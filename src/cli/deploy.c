@@ -1,14 +1,13 @@
 /* `stoke deploy PATH`: uploads a directory or a single file as a new function version. */
 #include <string.h>
 
-#include "client.h"
-#include "manifest.h"
+#include "deploy.h"
 #include "output.h"
 
 enum { OPT_NAME = CLI_OPT_VERB_BASE, OPT_TIER, OPT_RUNTIME };
 
-static int cli_deploy_args(struct cli_client *c, int argc, char **argv,
-			   struct cli_manifest_opts *mo, int *code)
+int cli_deploy_args(struct cli_client *c, int argc, char **argv,
+		    struct cli_manifest_opts *mo, int *code)
 {
 	static const struct option opts[] = {
 		CLI_CLIENT_OPTIONS,
@@ -64,8 +63,9 @@ static void cli_deploy_print(const struct cli_client *c, const cJSON *doc, const
 			printf("  %s\n", reason->valuestring);
 }
 
-/* Builds the request (reporting local problems as usage errors) and sends it. */
-static int cli_deploy_send(struct cli_client *c, const struct cli_manifest_opts *mo)
+/* Local problems (a missing PATH, a bad stoke.json) are usage errors. */
+int cli_deploy_send(struct cli_client *c, const struct cli_manifest_opts *mo,
+		    const char *method, const char *suffix, cli_deploy_print_fn *print)
 {
 	struct strbuf target = STRBUF_INIT, body = STRBUF_INIT;
 	struct cli_err err = { 0 };
@@ -79,14 +79,15 @@ static int cli_deploy_send(struct cli_client *c, const struct cli_manifest_opts 
 	}
 	sb_adds(&target, "/_stoke/functions/");
 	cli_client_escape(&target, m.name);
+	sb_adds(&target, suffix);
 	if (cli_manifest_body(&m, &body) || sb_failed(&target)) {
 		fprintf(stderr, "stoke: out of memory building the request\n");
 		code = CLI_EXIT_USAGE;
 	} else {
-		code = cli_client_api(c, "PUT", target.buf, &body, &doc);
+		code = cli_client_api(c, method, target.buf, &body, &doc);
 	}
 	if (!code)
-		cli_deploy_print(c, doc, m.name);
+		print(c, doc, m.name);
 	cJSON_Delete(doc);
 	sb_free(&body);
 	sb_free(&target);
@@ -105,7 +106,7 @@ static int cli_deploy_run(int argc, char **argv)
 		return code;
 	code = cli_client_open(&c);
 	if (!code)
-		code = cli_deploy_send(&c, &mo);
+		code = cli_deploy_send(&c, &mo, "PUT", "", cli_deploy_print);
 	cli_client_close(&c);
 	return code;
 }
@@ -114,11 +115,7 @@ const struct cli_verb cli_verb_deploy = {
 	.name = "deploy",
 	.args = "PATH [OPTIONS]",
 	.summary = "Deploy a directory (with an optional stoke.json) or a single source file.",
-	.options =
-		"  --name N          function name (default: stoke.json's, else the directory's\n"
-		"                    or file's name, lower-cased, without extension)\n"
-		"  --tier T          auto, isolate or vm (overrides stoke.json)\n"
-		"  --runtime R       e.g. js or python3 (overrides stoke.json)\n",
+	.options = CLI_DEPLOY_OPTIONS,
 	.client = 1,
 	.run = cli_deploy_run,
 };

@@ -5,8 +5,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "base64.h"
 #include "client.h"
+#include "common/base64.h"
 #include "output.h"
 
 #define CLI_INVOKE_MAX_HEADERS 64
@@ -163,7 +163,7 @@ static int cli_invoke_text(const unsigned char *s, size_t len)
 /* --json: {"status":200,"headers":{...},"body":"..."}, or "body_base64" for binary. */
 static void cli_invoke_json(const struct cli_http_resp *resp)
 {
-	struct strbuf b64 = STRBUF_INIT;
+	char *b64 = NULL;
 	cJSON *doc = cJSON_CreateObject(), *headers, *old;
 	size_t i;
 
@@ -187,13 +187,14 @@ static void cli_invoke_json(const struct cli_http_resp *resp)
 	if (cli_invoke_text((const unsigned char *)resp->body.buf, resp->body.len)) {
 		cJSON_AddStringToObject(doc, "body", resp->body.buf);
 	} else {
-		cli_b64_encode(resp->body.buf, resp->body.len, &b64);
-		sb_add(&b64, "", 0);
-		cJSON_AddStringToObject(doc, "body_base64", b64.buf ? b64.buf : "");
+		b64 = malloc(b64_encoded_len(resp->body.len));
+		if (b64)
+			b64_encode(resp->body.buf, resp->body.len, b64);
+		cJSON_AddStringToObject(doc, "body_base64", b64 ? b64 : "");
 	}
 	cli_out_json(doc);
 	cJSON_Delete(doc);
-	sb_free(&b64);
+	free(b64);
 }
 
 static void cli_invoke_print(const struct cli_client *c, const struct cli_invoke *iv,

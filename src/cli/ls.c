@@ -1,7 +1,4 @@
 /* `stoke ls`: the deployed functions as a table. */
-#include <stdlib.h>
-#include <string.h>
-
 #include "client.h"
 #include "output.h"
 
@@ -13,43 +10,36 @@ static const char *const cli_ls_titles[] = {
 };
 #define CLI_LS_COLS 6
 
-/* One row; titles when fn is NULL. With widths NULL, prints; else only measures. */
-static void cli_ls_row(const cJSON *fn, int *widths, const int *print_widths)
+/* Returns 0, or an exit code after saying why nothing was printed. */
+static int cli_ls_table(const cJSON *fns)
 {
-	char buf[256];
-	int i, len;
-
-	for (i = 0; i < CLI_LS_COLS; i++) {
-		const cJSON *item = cJSON_GetObjectItemCaseSensitive(fn, cli_ls_keys[i]);
-		const char *cell = !fn ? cli_ls_titles[i] :
-				   i == CLI_LS_COLS - 1 ? cli_out_time(item, buf, sizeof(buf)) :
-				   cli_out_scalar(item, buf, sizeof(buf));
-
-		len = strlen(cell);
-		if (widths && len > widths[i])
-			widths[i] = len;
-		if (print_widths && i < CLI_LS_COLS - 1)
-			printf("%-*s  ", print_widths[i], cell);
-		else if (print_widths)
-			printf("%s\n", cell);
-	}
-}
-
-static void cli_ls_table(const cJSON *fns)
-{
-	int widths[CLI_LS_COLS] = { 0 };
+	struct cli_out_table t;
 	const cJSON *fn;
+	char buf[256];
+	int i, ret;
 
 	if (!cJSON_GetArraySize(fns)) {
 		printf("no functions deployed\n");
-		return;
+		return CLI_EXIT_OK;
 	}
-	cli_ls_row(NULL, widths, NULL);
-	cJSON_ArrayForEach(fn, fns)
-		cli_ls_row(fn, widths, NULL);
-	cli_ls_row(NULL, NULL, widths);
-	cJSON_ArrayForEach(fn, fns)
-		cli_ls_row(fn, NULL, widths);
+	cli_out_table_init(&t, CLI_LS_COLS, "llllll");
+	for (i = 0; i < CLI_LS_COLS; i++)
+		cli_out_table_add(&t, "%s", cli_ls_titles[i]);
+	cJSON_ArrayForEach(fn, fns) {
+		for (i = 0; i < CLI_LS_COLS; i++) {
+			const cJSON *item = cJSON_GetObjectItemCaseSensitive(fn, cli_ls_keys[i]);
+
+			cli_out_table_add(&t, "%s", i == CLI_LS_COLS - 1 ?
+					  cli_out_time(item, buf, sizeof(buf)) :
+					  cli_out_scalar(item, buf, sizeof(buf)));
+		}
+	}
+	ret = cli_out_table_print(&t);
+	cli_out_table_free(&t);
+	if (!ret)
+		return CLI_EXIT_OK;
+	fprintf(stderr, "stoke: out of memory printing the table\n");
+	return CLI_EXIT_USAGE;
 }
 
 static int cli_ls_run(int argc, char **argv)
@@ -70,7 +60,7 @@ static int cli_ls_run(int argc, char **argv)
 	if (!code && c.json)
 		cli_out_json(doc);
 	else if (!code)
-		cli_ls_table(cJSON_GetObjectItemCaseSensitive(doc, "functions"));
+		code = cli_ls_table(cJSON_GetObjectItemCaseSensitive(doc, "functions"));
 	cJSON_Delete(doc);
 	cli_client_close(&c);
 	return code;

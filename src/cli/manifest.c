@@ -11,7 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "base64.h"
+#include "common/base64.h"
 
 /* Deeper trees are almost certainly a mistake (a deploy of $HOME, a bind-mount loop). */
 #define CLI_MANIFEST_MAX_DEPTH 32
@@ -165,6 +165,22 @@ static int cli_manifest_fields(const struct cli_manifest_opts *opts, int is_dir,
 	return ret;
 }
 
+/* Appends the base64 of data to sb a batch at a time (a multiple of 3 bytes, so the
+ * pieces join into one encoding): a large file never needs a second full-size copy. */
+static void cli_manifest_b64(struct strbuf *sb, const char *data, size_t len)
+{
+	char chunk[4 * 256 + 1];
+	size_t n;
+
+	while (len) {
+		n = len < 3 * 256 ? len : 3 * 256;
+		b64_encode(data, n, chunk);
+		sb_add(sb, chunk, b64_encoded_len(n) - 1);
+		data += n;
+		len -= n;
+	}
+}
+
 /* Appends "rel":"<base64 of path's content>" to the files object. */
 static int cli_manifest_add_file(struct cli_manifest *m, const char *path, const char *rel,
 				 struct cli_err *err)
@@ -179,7 +195,7 @@ static int cli_manifest_add_file(struct cli_manifest *m, const char *path, const
 	sb_adds(&m->files, m->nfiles ? "," : "{");
 	sb_json_str(&m->files, rel, strlen(rel));
 	sb_adds(&m->files, ":\"");
-	cli_b64_encode(data, len, &m->files);
+	cli_manifest_b64(&m->files, data, len);
 	sb_adds(&m->files, "\"");
 	free(data);
 	m->nfiles++;

@@ -1,6 +1,8 @@
 #include "output.h"
 
+#include <errno.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -106,4 +108,71 @@ void cli_out_fields(const cJSON *obj, int indent)
 			printf(" %s\n", cli_out_scalar(item, buf, sizeof(buf)));
 		}
 	}
+}
+
+void cli_out_table_init(struct cli_out_table *t, int ncols, const char *right)
+{
+	memset(t, 0, sizeof(*t));
+	t->ncols = ncols;
+	t->right = right;
+}
+
+void cli_out_table_add(struct cli_out_table *t, const char *fmt, ...)
+{
+	char *cell, **grown;
+	va_list ap;
+	int ret;
+
+	if (t->ncells == t->cap) {
+		grown = realloc(t->cells, (t->cap ? t->cap * 2 : 32) * sizeof(*grown));
+		if (!grown) {
+			t->failed = 1;
+			return;
+		}
+		t->cells = grown;
+		t->cap = t->cap ? t->cap * 2 : 32;
+	}
+	va_start(ap, fmt);
+	ret = vasprintf(&cell, fmt, ap);
+	va_end(ap);
+	if (ret < 0)
+		t->failed = 1;
+	else
+		t->cells[t->ncells++] = cell;
+}
+
+int cli_out_table_print(const struct cli_out_table *t)
+{
+	int widths[CLI_OUT_TABLE_MAX_COLS] = { 0 }, col, len;
+	const char *cell;
+	size_t i;
+
+	if (t->failed || t->ncols < 1 || t->ncols > CLI_OUT_TABLE_MAX_COLS)
+		return -ENOMEM;
+	for (i = 0; i < t->ncells; i++) {
+		len = strlen(t->cells[i]);
+		if (len > widths[i % t->ncols])
+			widths[i % t->ncols] = len;
+	}
+	for (i = 0; i < t->ncells; i++) {
+		col = i % t->ncols;
+		cell = t->cells[i];
+		if (col == t->ncols - 1 && t->right[col] != 'r')
+			printf("%s\n", cell);
+		else if (t->right[col] == 'r')
+			printf("%*s%s", widths[col], cell, col == t->ncols - 1 ? "\n" : "  ");
+		else
+			printf("%-*s  ", widths[col], cell);
+	}
+	return 0;
+}
+
+void cli_out_table_free(struct cli_out_table *t)
+{
+	size_t i;
+
+	for (i = 0; i < t->ncells; i++)
+		free(t->cells[i]);
+	free(t->cells);
+	memset(t, 0, sizeof(*t));
 }

@@ -23,4 +23,29 @@ void cli_out_fields(const cJSON *obj, int indent);
 /* The string field key of obj, or def. */
 const char *cli_out_str(const cJSON *obj, const char *key, const char *def);
 
+/* A table printed with its columns aligned: cells are added left to right, row after
+ * row, then the whole table printed once its widths are known. */
+#define CLI_OUT_TABLE_MAX_COLS 16
+
+struct cli_out_table {
+	int ncols;
+	const char *right;	/* one char per column: 'r' aligns it right (numbers) */
+	char **cells;
+	size_t ncells, cap;
+	int failed;		/* a cell could not be stored: the rows would shift */
+};
+
+/* ncols is at most CLI_OUT_TABLE_MAX_COLS. */
+void cli_out_table_init(struct cli_out_table *t, int ncols, const char *right);
+
+/* Adds the next cell. */
+void cli_out_table_add(struct cli_out_table *t, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+/* Prints every row, columns two spaces apart, no trailing blanks. Returns 0, or
+ * -ENOMEM (printing nothing) when a cell was lost. */
+int cli_out_table_print(const struct cli_out_table *t);
+
+void cli_out_table_free(struct cli_out_table *t);
+
 #endif

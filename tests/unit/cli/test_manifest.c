@@ -185,6 +185,37 @@ static void test_derived_names(void)
 	cli_manifest_free(&m);
 }
 
+/* A file larger than one encoding batch, ending in a partial group: the batches must
+ * join into one valid encoding. */
+static void test_large_file(void)
+{
+	struct cli_manifest m;
+	const char *enc;
+	char *text;
+	cJSON *body;
+	size_t i;
+
+	mkdir_in("big");
+	text = malloc(3002);
+	for (i = 0; i < 3000; i++)
+		text[i] = "abc"[i % 3];
+	memcpy(text + 3000, "f", 2);
+	put("big/data.txt", text);
+	free(text);
+	CHECK_INT(build("big", NULL, NULL, NULL, &m, NULL), 0);
+	body = body_of(&m);
+	enc = file_b64(body, "data.txt");
+	CHECK(enc && strlen(enc) == 4004);
+	for (i = 0; enc && i < 4000; i += 4)
+		if (memcmp(enc + i, "YWJj", 4)) {
+			CHECK(!"repetition broken");
+			break;
+		}
+	CHECK_STR(enc ? enc + 4000 : NULL, "Zg==");
+	cJSON_Delete(body);
+	cli_manifest_free(&m);
+}
+
 static void test_errors(void)
 {
 	struct cli_err err = { 0 };
@@ -224,6 +255,7 @@ int main(void)
 	test_stoke_json_passes_through();
 	test_flags_override();
 	test_derived_names();
+	test_large_file();
 	test_errors();
 	cleanup();
 	return check_done("test_manifest");

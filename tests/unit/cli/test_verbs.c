@@ -47,9 +47,21 @@ static void fake_daemon(int fd, const char *req)
 	else if (starts(req, "PUT /_stoke/functions/hello "))
 		reply(fd, 201, j, "{\"name\":\"hello\",\"version\":3,\"tier\":\"isolate\","
 		      "\"runtime\":\"js\",\"entry\":\"index.js\",\"url\":\"http://h/fn/hello/\"}");
-	else if (starts(req, "PUT /_stoke/functions/"))
+	else if (starts(req, "POST /_stoke/functions/hello/advise "))
+		reply(fd, 200, j, "{\"tier\":\"vm\",\"runtime\":\"python3\",\"entry\":"
+		      "\"h.py\",\"reasons\":[\"python3 runs only in a micro-VM\",\"second\"]}");
+	else if (starts(req, "PUT /_stoke/functions/") ||
+		 starts(req, "POST /_stoke/functions/"))
 		reply(fd, 400, j, "{\"error\":\"invalid_manifest\",\"message\":\"unknown field "
 		      "nmae\",\"field\":\"nmae\"}");
+	else if (starts(req, "GET /_stoke/usage?function=alpha&since=1796083200 ") ||
+		 starts(req, "GET /_stoke/usage "))
+		reply(fd, 200, j, "{\"usage\":[{\"function\":\"alpha\",\"tier\":\"isolate\","
+		      "\"invocations\":3,\"cold_starts\":1,\"errors\":0,\"wall_ms\":2,"
+		      "\"cpu_ms\":1.5,\"gb_s\":0.25,\"cost_lambda_usd\":0.5,"
+		      "\"cost_workers_usd\":0.25}],\"cost_lambda_usd\":0.5,"
+		      "\"cost_workers_usd\":0.25,\"prices\":{\"lambda\":{\"per_gb_s\":1,"
+		      "\"as_of\":\"2025-01-01\"},\"workers\":{\"as_of\":\"2025-02-02\"}}}");
 	else if (starts(req, "DELETE /_stoke/functions/alpha "))
 		reply(fd, 200, j, "{\"deleted\":\"alpha\"}");
 	else if (starts(req, "GET /_stoke/functions/alpha/logs?since=0&limit=2 "))
@@ -133,6 +145,43 @@ static void test_deploy(void)
 	CHECK_INT(RUN("deploy", "/nonexistent/dir"), 2);
 }
 
+static void test_advise(void)
+{
+	char path[300];
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/hello.py", tmpdir);
+	f = fopen(path, "w");
+	fputs("def handler(e, c): pass\n", f);
+	fclose(f);
+	CHECK_INT(RUN("advise", path), 0);
+	CHECK_STR(out, "tier: vm\nruntime: python3\nentry: h.py\n"
+		  "  - python3 runs only in a micro-VM\n  - second\n");
+	CHECK(starts(loop_seen, "POST /_stoke/functions/hello/advise HTTP/1.1\r\n"));
+	CHECK(strstr(loop_seen, "\"files\":{\"hello.py\":") != NULL);
+	CHECK_INT(RUN("advise", path, "--json"), 0);
+	CHECK(strstr(out, "\"reasons\":") != NULL);
+	CHECK_INT(RUN("advise", path, "--name", "other"), 1);
+	CHECK_STR(err, "stoke: unknown field nmae (field: nmae)\n");
+	CHECK_INT(RUN("advise"), 2);
+}
+
+static void test_usage(void)
+{
+	CHECK_INT(RUN("usage", "alpha", "--since", "2026-12-01"), 0);
+	CHECK(starts(loop_seen, "GET /_stoke/usage?function=alpha&since=1796083200 HTTP"));
+	CHECK(starts(out, "since 2026-12-01T00:00:00Z\nFUNCTION"));
+	CHECK(strstr(out, "\nalpha  ") && strstr(out, "\ntotal  ") && strstr(out, "$0.5"));
+	CHECK(strstr(out, "AWS Lambda as of 2025-01-01") && strstr(out, "as of 2025-02-02"));
+	CHECK_INT(RUN("usage"), 0);
+	CHECK(starts(loop_seen, "GET /_stoke/usage HTTP"));
+	CHECK_INT(RUN("usage", "--json"), 0);
+	CHECK(strstr(out, "\"cost_workers_usd\":\t0.25") != NULL);
+	CHECK_INT(RUN("usage", "--since", "last week"), 2);
+	CHECK(strstr(err, "--since") != NULL);
+	CHECK_INT(RUN("usage", "a", "b"), 2);
+}
+
 static void test_invoke(void)
 {
 	CHECK_INT(RUN("invoke", "f", "/x"), 0);
@@ -164,6 +213,9 @@ static void test_usage_and_reach(void)
 	CHECK_INT(RUN("status", "--url", dead), 3);
 	CHECK(strstr(err, "cannot reach the daemon at") && strstr(err, "stoke serve"));
 	CHECK_INT(RUN("invoke", "f", "--url", dead), 3);
+	CHECK_INT(RUN("usage", "--url", dead), 3);
+	CHECK_INT(RUN("bench", "--bogus"), 2);
+	CHECK_INT(RUN("bench", "extra"), 2);
 }
 
 int main(int argc, char **argv)
@@ -182,6 +234,8 @@ int main(int argc, char **argv)
 	setenv("STOKE_TOKEN", "sekrit", 1);
 	test_admin_verbs();
 	test_deploy();
+	test_advise();
+	test_usage();
 	test_invoke();
 	test_usage_and_reach();
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);

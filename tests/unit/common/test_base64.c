@@ -28,6 +28,10 @@ int main(void)
 	round_trip("foob", "Zm9vYg==");
 	round_trip("fooba", "Zm9vYmE=");
 	round_trip("foobar", "Zm9vYmFy");
+	/* Bytes outside ASCII, and the two characters past the letters and digits. */
+	b64_encode("\x00\xff\xfe\x10\x80", 5, out);
+	CHECK_STR(out, "AP/+EIA=");
+	CHECK(b64_decode(out, 8, out + 16) == 5 && !memcmp(out + 16, "\x00\xff\xfe\x10\x80", 5));
 	CHECK(b64_decode("Zm9v\nYmFy", 9, out) == 6);	/* whitespace ignored */
 	CHECK(b64_decode("Zm9vYg", 6, out) == 4);	/* padding optional */
 	CHECK(b64_decode("Zm9v!", 5, out) == -EINVAL);

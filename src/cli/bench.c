@@ -1,0 +1,88 @@
+/* `stoke bench`: runs the benchmark suites and writes their report, by handing over to
+ * the source tree's bench/report (the suites need the tree: its build, its examples). */
+#include <errno.h>
+#include <limits.h>
+#include <libgen.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "client.h"
+
+enum { OPT_QUICK = CLI_OPT_VERB_BASE, OPT_OUT };
+
+#define CLI_BENCH_REPORT "bench/report"
+
+/* $STOKE_SRC/bench/report, else the tree the running binary was built in: the binary is
+ * <tree>/<build>/src/cli/stoke. Returns 0, or -ENOENT with where it looked in path. */
+static int cli_bench_find(char *path, size_t size)
+{
+	const char *src = getenv("STOKE_SRC");
+	char exe[PATH_MAX];
+	ssize_t n;
+
+	if (src && *src) {
+		snprintf(path, size, "%s/%s", src, CLI_BENCH_REPORT);
+		return access(path, X_OK) ? -ENOENT : 0;
+	}
+	n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+	if (n < 0)
+		return -errno;
+	exe[n] = '\0';
+	snprintf(path, size, "%s/../../../%s", dirname(exe), CLI_BENCH_REPORT);
+	return access(path, X_OK) ? -ENOENT : 0;
+}
+
+static int cli_bench_run(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "quick", no_argument, NULL, OPT_QUICK },
+		{ "out", required_argument, NULL, OPT_OUT },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 },
+	};
+	char *args[8] = { NULL }, path[PATH_MAX + 32];
+	int opt, n = 1;
+
+	while ((opt = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
+		if (opt == 'h') {
+			cli_help(&cli_verb_bench, stdout);
+			return CLI_EXIT_OK;
+		} else if (opt == OPT_QUICK) {
+			args[n++] = "--quick";
+		} else if (opt == OPT_OUT) {
+			args[n++] = "--out";
+			args[n++] = optarg;
+		} else {
+			return cli_bad_option(&cli_verb_bench, opt, argv);
+		}
+		if (n > 5)
+			return cli_usage(&cli_verb_bench, "each option at most once");
+	}
+	if (optind != argc)
+		return cli_usage(&cli_verb_bench, "takes no arguments");
+	if (cli_bench_find(path, sizeof(path))) {
+		fprintf(stderr, "stoke: no runnable %s at %s: set STOKE_SRC to the source tree\n",
+			CLI_BENCH_REPORT, path);
+		return CLI_EXIT_USAGE;
+	}
+	args[0] = path;
+	fflush(stdout);
+	execv(path, args);
+	fprintf(stderr, "stoke: cannot run %s: %s\n", path, strerror(errno));
+	return CLI_EXIT_USAGE;
+}
+
+const struct cli_verb cli_verb_bench = {
+	.name = "bench",
+	.args = "[OPTIONS]",
+	.summary = "Run the benchmark suites and write bench/results/REPORT.md with plots.",
+	.options =
+		"  --quick           fewer samples and shorter runs (for a smoke test)\n"
+		"  --out DIR         write REPORT.md and the plots into DIR\n"
+		"                    (default: bench/results of the source tree)\n"
+		"  $STOKE_SRC        the source tree whose bench/report runs (default: the\n"
+		"                    tree stoke was built in); its exit status is stoke's\n",
+	.run = cli_bench_run,
+};

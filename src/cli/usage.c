@@ -1,0 +1,196 @@
+/* `stoke usage [NAME]`: invocations, compute and what they would cost on AWS Lambda and
+ * Cloudflare Workers, per function and tier. */
+#include <time.h>
+
+#include "client.h"
+#include "output.h"
+#include "since.h"
+
+enum { OPT_SINCE = CLI_OPT_VERB_BASE };
+
+struct cli_usage {
+	const char *name;	/* NULL: every function */
+	const char *since_text;
+	long long since;	/* Unix seconds; -1 when --since was not given */
+};
+
+/* The numeric columns, in table order, and their formats. */
+static const struct {
+	const char *key, *title, *fmt;
+} cli_usage_nums[] = {
+	{ "invocations", "INVOCATIONS", "%.0f" },
+	{ "cold_starts", "COLD", "%.0f" },
+	{ "errors", "ERRORS", "%.0f" },
+	{ "gb_s", "GB-S", "%.6f" },
+	{ "cpu_ms", "CPU-MS", "%.1f" },
+	/* A function's cost is often micro-dollars: enough places to see it. */
+	{ "cost_lambda_usd", "AS LAMBDA", "$%.8f" },
+	{ "cost_workers_usd", "AS WORKERS", "$%.8f" },
+};
+#define CLI_USAGE_NUMS (sizeof(cli_usage_nums) / sizeof(cli_usage_nums[0]))
+
+static int cli_usage_args(struct cli_client *c, int argc, char **argv, struct cli_usage *u,
+			  int *code)
+{
+	static const struct option opts[] = {
+		CLI_CLIENT_OPTIONS,
+		{ "since", required_argument, NULL, OPT_SINCE },
+		{ 0 },
+	};
+	struct cli_err err = { 0 };
+	int opt;
+
+	u->since = -1;
+	while ((opt = cli_client_getopt(c, argc, argv, ":h", opts, code)) >= 0)
+		if (opt == OPT_SINCE)
+			u->since_text = optarg;
+	if (opt == -2)
+		return -1;
+	if (argc - optind > 1) {
+		*code = cli_usage(c->verb, "takes at most one function name");
+		return -1;
+	}
+	u->name = optind < argc ? argv[optind] : NULL;
+	if (u->since_text && cli_since_parse(u->since_text, time(NULL), &u->since, &err)) {
+		*code = cli_usage(c->verb, "--since: %s", err.msg);
+		return -1;
+	}
+	return 0;
+}
+
+static double cli_usage_num(const cJSON *obj, const char *key)
+{
+	const cJSON *item = cJSON_GetObjectItemCaseSensitive(obj, key);
+
+	return cJSON_IsNumber(item) ? item->valuedouble : 0;
+}
+
+/* One row per function and tier, then the totals (costs as the daemon summed them). */
+static void cli_usage_rows(struct cli_out_table *t, const cJSON *doc)
+{
+	double sums[CLI_USAGE_NUMS] = { 0 };
+	const cJSON *row;
+	size_t i;
+
+	cli_out_table_add(t, "FUNCTION");
+	cli_out_table_add(t, "TIER");
+	for (i = 0; i < CLI_USAGE_NUMS; i++)
+		cli_out_table_add(t, "%s", cli_usage_nums[i].title);
+	cJSON_ArrayForEach(row, cJSON_GetObjectItemCaseSensitive(doc, "usage")) {
+		cli_out_table_add(t, "%s", cli_out_str(row, "function", "?"));
+		cli_out_table_add(t, "%s", cli_out_str(row, "tier", "?"));
+		for (i = 0; i < CLI_USAGE_NUMS; i++) {
+			sums[i] += cli_usage_num(row, cli_usage_nums[i].key);
+			cli_out_table_add(t, cli_usage_nums[i].fmt,
+					  cli_usage_num(row, cli_usage_nums[i].key));
+		}
+	}
+	sums[CLI_USAGE_NUMS - 2] = cli_usage_num(doc, "cost_lambda_usd");
+	sums[CLI_USAGE_NUMS - 1] = cli_usage_num(doc, "cost_workers_usd");
+	cli_out_table_add(t, "total");
+	cli_out_table_add(t, "%s", "");
+	for (i = 0; i < CLI_USAGE_NUMS; i++)
+		cli_out_table_add(t, cli_usage_nums[i].fmt, sums[i]);
+}
+
+/* One vendor's prices: "AWS Lambda as of 2025-01-01 ($0.2/M requests + ...)". */
+static void cli_usage_price(const cJSON *prices, const char *vendor, const char *title,
+			    const char *unit_key, const char *unit)
+{
+	const cJSON *p = cJSON_GetObjectItemCaseSensitive(prices, vendor);
+
+	printf("%s as of %s ($%g/M requests + $%g/%s)", title, cli_out_str(p, "as_of", "?"),
+	       cli_usage_num(p, "per_million_requests"), cli_usage_num(p, unit_key), unit);
+}
+
+static int cli_usage_print(const struct cli_usage *u, const cJSON *doc)
+{
+	const cJSON *prices = cJSON_GetObjectItemCaseSensitive(doc, "prices");
+	struct cli_out_table t;
+	char when[64];
+	int ret;
+
+	if (u->since >= 0) {
+		cJSON *t0 = cJSON_CreateNumber((double)u->since);
+
+		printf("since %s\n", cli_out_time(t0, when, sizeof(when)));
+		cJSON_Delete(t0);
+	}
+	if (!cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(doc, "usage"))) {
+		printf("no invocations recorded%s%s\n", u->name ? " for " : "",
+		       u->name ? u->name : "");
+		return CLI_EXIT_OK;
+	}
+	cli_out_table_init(&t, 2 + CLI_USAGE_NUMS, "llrrrrrrr");
+	cli_usage_rows(&t, doc);
+	ret = cli_out_table_print(&t);
+	cli_out_table_free(&t);
+	if (ret) {
+		fprintf(stderr, "stoke: out of memory printing the table\n");
+		return CLI_EXIT_USAGE;
+	}
+	printf("estimated at list prices: ");
+	cli_usage_price(prices, "lambda", "AWS Lambda", "per_gb_s", "GB-s");
+	printf(",\n  ");
+	cli_usage_price(prices, "workers", "Cloudflare Workers", "per_million_cpu_ms",
+			"M CPU-ms");
+	printf("\n");
+	return CLI_EXIT_OK;
+}
+
+static int cli_usage_call(struct cli_client *c, const struct cli_usage *u)
+{
+	struct strbuf target = STRBUF_INIT;
+	cJSON *doc = NULL;
+	char sep = '?';
+	int code;
+
+	sb_adds(&target, "/_stoke/usage");
+	if (u->name) {
+		sb_adds(&target, "?function=");
+		cli_client_escape(&target, u->name);
+		sep = '&';
+	}
+	if (u->since >= 0)
+		sb_printf(&target, "%csince=%lld", sep, u->since);
+	if (sb_failed(&target)) {
+		fprintf(stderr, "stoke: out of memory building the request\n");
+		code = CLI_EXIT_USAGE;
+	} else {
+		code = cli_client_api(c, "GET", target.buf, NULL, &doc);
+	}
+	if (!code && c->json)
+		cli_out_json(doc);
+	else if (!code)
+		code = cli_usage_print(u, doc);
+	cJSON_Delete(doc);
+	sb_free(&target);
+	return code;
+}
+
+static int cli_usage_run(int argc, char **argv)
+{
+	struct cli_usage u = { 0 };
+	struct cli_client c;
+	int code = 0;
+
+	cli_client_init(&c, &cli_verb_usage);
+	if (cli_usage_args(&c, argc, argv, &u, &code))
+		return code;
+	code = cli_client_open(&c);
+	if (!code)
+		code = cli_usage_call(&c, &u);
+	cli_client_close(&c);
+	return code;
+}
+
+const struct cli_verb cli_verb_usage = {
+	.name = "usage",
+	.args = "[NAME] [OPTIONS]",
+	.summary = "Show invocations, compute and their estimated cost on Lambda and Workers.",
+	.options =
+		"  --since WHEN      only usage from WHEN on: Unix seconds, a UTC date\n"
+		"                    (2026-12-01, 2026-12-01T08:30) or an age (30m, 1h, 7d)\n",
+	.client = 1,
+	.run = cli_usage_run,
+};
