@@ -16,6 +16,7 @@
 #include "common/strbuf.h"
 
 #include <errno.h>
+#include <ftw.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -348,23 +349,123 @@ static unsigned long metric(const char *name)
 	return v;
 }
 
-int main(int argc, char **argv)
-{
-	const char *out = "bench/results/isolate.json";
-	int n = 1000, tenants = 10000, i, opt;
+/* Everything one run measures. */
+struct results {
 	struct dist cold, cold_busy, warm, bundle;
-	struct fn *hot;
 	struct density d1, d2;
 	double rss0, churn_rss[CHURN_STEPS];
-	unsigned long misses;
+	unsigned long misses, live_max;
+	size_t bundle_bytes;
+	int n, tenants;
+};
+
+static void print_table(const struct results *r)
+{
+	int i;
+
+	printf("\nstoke isolate tier (V8 10.2, 1 worker thread, pooled isolates, runtime "
+	       "snapshot, code cache)\n\n");
+	printf("%-36s %6s %9s %9s %9s  %s\n", "latency, request in -> response out", "n",
+	       "p50 ms", "p99 ms", "max ms", "target");
+	print_dist("cold start, small fn, idle host", r->cold, "p50 <= 0.4, p99 <= 1.1");
+	print_dist("cold start, small fn, busy host", r->cold_busy, "p50 <= 0.4, p99 <= 1.1");
+	print_dist("cold start, 70 KB bundle, idle host", r->bundle, "");
+	print_dist("warm request", r->warm, "");
+	printf("pool misses during cold starts: %lu of %d\n\n", r->misses, 2 * r->n + 20);
+	printf("%-12s %8s %9s %12s   (live isolates capped at %lu by vm.max_map_count)\n",
+	       "tenants", "live", "RSS MiB", "KiB/live", r->live_max);
+	printf("%-12d %8ld %9.1f %12.1f   target <= 1024\n", r->d1.tenants, r->d1.live,
+	       r->d1.rss_mib, r->d1.per_tenant_kib);
+	printf("%-12d %8ld %9.1f %12.1f   target <= 1024\n", r->d2.tenants, r->d2.live,
+	       r->d2.rss_mib, r->d2.per_tenant_kib);
+	printf("\ncreate + retire %d tenants, RSS MiB every %d:", r->tenants,
+	       r->tenants / CHURN_STEPS);
+	for (i = 0; i < CHURN_STEPS; i++)
+		printf(" %.0f", r->churn_rss[i]);
+	printf("\n");
+}
+
+static int write_json(const char *path, const struct results *r)
+{
+	FILE *f = fopen(path, "w");
+	int i;
+
+	if (!f) {
+		perror(path);
+		return -1;
+	}
+	fprintf(f, "{\n  \"tier\": \"isolate\",\n  \"workers\": 1,\n  \"latency\": {\n");
+	json_dist(f, "cold_start_small_idle_host", r->cold, 0);
+	json_dist(f, "cold_start_small_busy_host", r->cold_busy, 0);
+	json_dist(f, "cold_start_bundle_70k", r->bundle, 0);
+	json_dist(f, "warm", r->warm, 1);
+	fprintf(f, "  },\n  \"pool_misses\": %lu,\n  \"bundle_bytes\": %zu,\n", r->misses,
+		r->bundle_bytes);
+	fprintf(f, "  \"density\": [\n");
+	json_density(f, r->d1, 0);
+	json_density(f, r->d2, 1);
+	fprintf(f, "  ],\n  \"live_max\": %lu,\n", r->live_max);
+	fprintf(f, "  \"baseline_rss_mib\": %.1f,\n  \"churn\": {\"tenants\": %d, "
+		"\"rss_mib_every_%d\": [", r->rss0, r->tenants, r->tenants / CHURN_STEPS);
+	for (i = 0; i < CHURN_STEPS; i++)
+		fprintf(f, "%.1f%s", r->churn_rss[i], i + 1 < CHURN_STEPS ? ", " : "");
+	fprintf(f, "]}\n}\n");
+	return fclose(f);
+}
+
+static void run_latency(struct results *r)
+{
+	struct fn *hot;
 	char *big;
-	FILE *f;
+
+	bench_cold(small_src, 20, NULL);
+	r->cold = bench_cold(small_src, r->n, NULL);
+	hot = deploy(small_src);
+	r->cold_busy = bench_cold(small_src, r->n, hot);
+	T.ops->retire(&T, hot);
+	fn_unref(hot);
+	r->misses = metric("stoke_isolate_pool_misses_total");
+	r->warm = bench_warm(r->n);
+	big = bundle_src();
+	r->bundle_bytes = strlen(big);
+	r->bundle = bench_cold(big, r->n / 4 > 100 ? r->n / 4 : 100, NULL);
+	free(big);
+}
+
+static void run_density(struct results *r)
+{
+	wait_idle_trims();
+	r->rss0 = rss_mib();
+	live = calloc(r->tenants, sizeof(*live));
+	r->d1 = grow_to(r->tenants / 10, r->rss0);
+	r->d2 = grow_to(r->tenants, r->rss0);
+	r->live_max = metric("stoke_isolate_live_max");
+	drop_live();
+	churn(r->tenants, r->churn_rss);
+}
+
+static int remove_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+	return remove(path);
+}
+
+/* The temporary functions' directories go when the run ends. */
+static void remove_tree(const char *dir)
+{
+	nftw(dir, remove_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+int main(int argc, char **argv)
+{
+	struct results r = { .n = 1000, .tenants = 10000 };
+	const char *out = "bench/results/isolate.json";
+	int opt;
 
 	while ((opt = getopt(argc, argv, "n:t:o:")) != -1) {
 		if (opt == 'n')
-			n = atoi(optarg);
+			r.n = atoi(optarg);
 		else if (opt == 't')
-			tenants = atoi(optarg);
+			r.tenants = atoi(optarg);
 		else if (opt == 'o')
 			out = optarg;
 	}
@@ -378,68 +479,10 @@ int main(int argc, char **argv)
 	if (T.ops->start(&T))
 		return 2;
 	usleep(50000);
-	bench_cold(small_src, 20, NULL);
-	cold = bench_cold(small_src, n, NULL);
-	hot = deploy(small_src);
-	cold_busy = bench_cold(small_src, n, hot);
-	T.ops->retire(&T, hot);
-	fn_unref(hot);
-	misses = metric("stoke_isolate_pool_misses_total");
-	warm = bench_warm(n);
-	big = bundle_src();
-	bundle = bench_cold(big, n / 4 > 100 ? n / 4 : 100, NULL);
-
-	wait_idle_trims();
-	rss0 = rss_mib();
-	live = calloc(tenants, sizeof(*live));
-	d1 = grow_to(tenants / 10, rss0);
-	d2 = grow_to(tenants, rss0);
-	drop_live();
-	churn(tenants, churn_rss);
-
-	printf("\nstoke isolate tier (V8 10.2, 1 worker thread, pooled isolates, runtime "
-	       "snapshot, code cache)\n\n");
-	printf("%-36s %6s %9s %9s %9s  %s\n", "latency, request in -> response out", "n",
-	       "p50 ms", "p99 ms", "max ms", "target");
-	print_dist("cold start, small fn, idle host", cold, "p50 <= 0.4, p99 <= 1.1");
-	print_dist("cold start, small fn, busy host", cold_busy, "p50 <= 0.4, p99 <= 1.1");
-	print_dist("cold start, 70 KB bundle, idle host", bundle, "");
-	print_dist("warm request", warm, "");
-	printf("pool misses during cold starts: %lu of %d\n\n", misses, 2 * n + 20);
-	printf("%-12s %8s %9s %12s   (live isolates capped at %lu by vm.max_map_count)\n",
-	       "tenants", "live", "RSS MiB", "KiB/live", metric("stoke_isolate_live_max"));
-	printf("%-12d %8ld %9.1f %12.1f   target <= 1024\n", d1.tenants, d1.live, d1.rss_mib,
-	       d1.per_tenant_kib);
-	printf("%-12d %8ld %9.1f %12.1f   target <= 1024\n", d2.tenants, d2.live, d2.rss_mib,
-	       d2.per_tenant_kib);
-	printf("\ncreate + retire %d tenants, RSS MiB every %d:", tenants, tenants / CHURN_STEPS);
-	for (i = 0; i < CHURN_STEPS; i++)
-		printf(" %.0f", churn_rss[i]);
-	printf("\n");
-
-	f = fopen(out, "w");
-	if (!f) {
-		perror(out);
-		return 1;
-	}
-	fprintf(f, "{\n  \"tier\": \"isolate\",\n  \"workers\": 1,\n  \"latency\": {\n");
-	json_dist(f, "cold_start_small_idle_host", cold, 0);
-	json_dist(f, "cold_start_small_busy_host", cold_busy, 0);
-	json_dist(f, "cold_start_bundle_70k", bundle, 0);
-	json_dist(f, "warm", warm, 1);
-	fprintf(f, "  },\n  \"pool_misses\": %lu,\n  \"bundle_bytes\": %zu,\n", misses,
-		strlen(big));
-	fprintf(f, "  \"density\": [\n");
-	json_density(f, d1, 0);
-	json_density(f, d2, 1);
-	fprintf(f, "  ],\n  \"live_max\": %lu,\n", metric("stoke_isolate_live_max"));
-	fprintf(f, "  \"baseline_rss_mib\": %.1f,\n  \"churn\": {\"tenants\": %d, "
-		"\"rss_mib_every_%d\": [", rss0, tenants, tenants / CHURN_STEPS);
-	for (i = 0; i < CHURN_STEPS; i++)
-		fprintf(f, "%.1f%s", churn_rss[i], i + 1 < CHURN_STEPS ? ", " : "");
-	fprintf(f, "]}\n}\n");
-	fclose(f);
-	free(big);
+	run_latency(&r);
+	run_density(&r);
+	print_table(&r);
 	T.ops->stop(&T);
-	return 0;
+	remove_tree(tmp);
+	return write_json(out, &r) ? 1 : 0;
 }

@@ -10,6 +10,7 @@
 #include "common/strbuf.h"
 
 #include <errno.h>
+#include <ftw.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -909,6 +910,17 @@ static void release_hook(struct fn *fn)
 	T.ops->release(&T, fn);
 }
 
+static int remove_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+	return remove(path);
+}
+
+/* The temporary functions' directories go when the run ends. */
+static void remove_tree(const char *dir)
+{
+	nftw(dir, remove_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+
 int main(int argc, char **argv)
 {
 	const char *base = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
@@ -941,6 +953,7 @@ int main(int argc, char **argv)
 	test_live_cap();
 	test_metrics();
 	T.ops->stop(&T);
+	remove_tree(tmp);
 	printf("test_isolate: %d passed, %d failed\n", npass, nfail);
 	return nfail ? 1 : 0;
 }
