@@ -1,0 +1,226 @@
+/*
+ * Restore images: a layer chain flattened into one file of guest memory, so a restore
+ * is one mmap. The file is derived data: if a crash loses it, it is assembled again.
+ */
+#include "snap_int.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* Pages written per pwrite when they are contiguous. */
+#define RUN_PAGES	256
+
+/* For each page, the id from the highest layer that has it (top first wins). */
+struct flat {
+	struct snap_layer_entry *e;
+	uint64_t n;
+	uint64_t mem_bytes;
+};
+
+static int cmp_gpn(const void *a, const void *b)
+{
+	const struct snap_layer_entry *x = a, *y = b;
+
+	return x->gpn < y->gpn ? -1 : x->gpn > y->gpn;
+}
+
+static int flatten_layer(struct flat *f, const struct snap_layer *l, uint64_t *seen)
+{
+	void *e = realloc(f->e, (f->n + l->n + 1) * sizeof(*f->e));
+
+	if (!e)
+		return -ENOMEM;
+	f->e = e;
+	for (uint64_t i = 0; i < l->n; i++) {
+		uint64_t g = l->e[i].gpn;
+
+		if (seen[g / 64] & 1ULL << (g % 64))
+			continue;
+		seen[g / 64] |= 1ULL << (g % 64);
+		f->e[f->n++] = l->e[i];
+	}
+	return 0;
+}
+
+static int flatten(struct snap_store *s, const struct snap_id *top, struct flat *f,
+		   struct snap_err *err)
+{
+	struct snap_id ids[SNAP_MAX_CHAIN];
+	struct snap_layer l;
+	uint64_t *seen = NULL;
+	int n, r = 0;
+
+	n = snap_layer_chain(s, top, ids, err);
+	if (n < 0)
+		return n;
+	for (int i = 0; !r && i < n; i++) {
+		r = snap_layer_read(s, &ids[i], &l, err);
+		if (r)
+			break;
+		if (!i) {
+			f->mem_bytes = l.mem_bytes;
+			seen = calloc((l.mem_bytes / SNAP_PAGE + 63) / 64, 8);
+		}
+		if (l.mem_bytes != f->mem_bytes)
+			r = snap__fail(err, EINVAL, "image: layers of different memory sizes");
+		else if (!seen || flatten_layer(f, &l, seen))
+			r = snap__fail(err, ENOMEM, "image: out of memory");
+		snap_layer_release(&l);
+	}
+	free(seen);
+	if (!r)
+		qsort(f->e, f->n, sizeof(*f->e), cmp_gpn);
+	return r;
+}
+
+/* Writes the non-zero pages, batching contiguous ones; zero pages stay holes. */
+static int write_pages(struct snap_store *s, int fd, const struct flat *f,
+		       struct snap_err *err)
+{
+	uint8_t *buf = malloc(RUN_PAGES * SNAP_PAGE);
+	uint64_t i = 0, k;
+	int r = 0;
+
+	if (!buf)
+		return snap__fail(err, ENOMEM, "image: out of memory");
+	while (!r && i < f->n) {
+		if (snap_id_is_zero(&f->e[i].page)) {
+			i++;
+			continue;
+		}
+		for (k = 0; !r && k < RUN_PAGES && i + k < f->n &&
+			    f->e[i + k].gpn == f->e[i].gpn + k &&
+			    !snap_id_is_zero(&f->e[i + k].page); k++)
+			r = snap_page_read(s, &f->e[i + k].page, buf + k * SNAP_PAGE, err);
+		if (!r && pwrite(fd, buf, k * SNAP_PAGE, (off_t)(f->e[i].gpn * SNAP_PAGE)) !=
+			  (ssize_t)(k * SNAP_PAGE))
+			r = snap__fail(err, errno ? errno : EIO, "image: write: %s",
+				       strerror(errno ? errno : EIO));
+		i += k;
+	}
+	free(buf);
+	return r;
+}
+
+static int assemble(struct snap_store *s, const struct snap_id *top, const char *name,
+		    struct snap_err *err)
+{
+	struct flat f = { 0 };
+	char tmp[128];
+	int fd, r;
+
+	r = flatten(s, top, &f, err);
+	if (r)
+		goto out;
+	snprintf(tmp, sizeof(tmp), ".%s.%d.%u.tmp", name, (int)getpid(), s->seq++);
+	fd = openat(s->images, tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+	if (fd < 0) {
+		r = snap__fail(err, errno, "image %s: %s", name, strerror(errno));
+		goto out;
+	}
+	if (ftruncate(fd, (off_t)f.mem_bytes) < 0)
+		r = snap__fail(err, errno, "image %s: truncate: %s", name, strerror(errno));
+	if (!r)
+		r = write_pages(s, fd, &f, err);
+	/* Data before the name: after a crash the name never points at a partial file. */
+	if (!r && fdatasync(fd) < 0)
+		r = snap__fail(err, errno, "image %s: fdatasync: %s", name, strerror(errno));
+	close(fd);
+	if (!r && renameat(s->images, tmp, s->images, name) < 0)
+		r = snap__fail(err, errno, "image %s: rename: %s", name, strerror(errno));
+	if (r)
+		unlinkat(s->images, tmp, 0);
+out:
+	free(f.e);
+	return r;
+}
+
+static int open_cached(struct snap_store *s, const char *name, struct snap_image *img)
+{
+	struct stat st;
+
+	img->fd = openat(s->images, name, O_RDONLY | O_CLOEXEC);
+	if (img->fd < 0)
+		return -errno;
+	if (fstat(img->fd, &st) < 0) {
+		close(img->fd);
+		img->fd = -1;
+		return -EIO;
+	}
+	img->size = (uint64_t)st.st_size;
+	return 0;
+}
+
+int snap_image_open(struct snap_store *s, const struct snap_id *top, struct snap_image *img,
+		    struct snap_err *err)
+{
+	char hex[65], name[80];
+	int r;
+
+	snap_id_hex(top, hex);
+	snprintf(name, sizeof(name), "%s.img", hex);
+	memset(img, 0, sizeof(*img));
+	img->id = *top;
+	if (!open_cached(s, name, img))
+		return 0;
+	r = snap__lock(s, 0);
+	if (r)
+		return snap__fail(err, -r, "image %s: store lock: %s", hex, strerror(-r));
+	r = assemble(s, top, name, err);
+	snap__unlock(s);
+	if (r)
+		return r;
+	img->built = 1;
+	if (open_cached(s, name, img))
+		return snap__fail(err, errno, "image %s: %s", name, strerror(errno));
+	return 0;
+}
+
+void snap_image_close(struct snap_image *img)
+{
+	if (img->fd >= 0)
+		close(img->fd);
+	img->fd = -1;
+}
+
+int snap_image_map(const struct snap_image *img, void *addr, uint64_t len, uint64_t off,
+		   struct snap_err *err)
+{
+	void *p;
+
+	if ((uintptr_t)addr % SNAP_PAGE || len % SNAP_PAGE || off % SNAP_PAGE ||
+	    off > img->size || len > img->size - off)
+		return snap__fail(err, EINVAL, "image map: range not page aligned or too long");
+	/*
+	 * MAP_FIXED replaces the pages under an existing memory slot in one step; KVM
+	 * drops its translations of the old pages through its MMU notifier.
+	 */
+	p = mmap(addr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED | MAP_NORESERVE,
+		 img->fd, (off_t)off);
+	if (p == MAP_FAILED)
+		return snap__fail(err, errno, "image map: %s", strerror(errno));
+	return 0;
+}
+
+int snap_image_overlay(struct snap_store *s, const struct snap_id *layer, uint8_t *mem,
+		       uint64_t mem_bytes, struct snap_err *err)
+{
+	struct snap_layer l;
+	int r;
+
+	r = snap_layer_read(s, layer, &l, err);
+	if (r)
+		return r;
+	if (l.mem_bytes != mem_bytes)
+		r = snap__fail(err, EINVAL, "overlay: layer has %llu bytes of memory",
+			       (unsigned long long)l.mem_bytes);
+	for (uint64_t i = 0; !r && i < l.n; i++)
+		r = snap_page_read(s, &l.e[i].page, mem + l.e[i].gpn * SNAP_PAGE, err);
+	snap_layer_release(&l);
+	return r;
+}
