@@ -65,7 +65,10 @@ class TextEncoder {
 			const n = cp < 0x80 ? 1 : cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4;
 			if (written + n > dest.length) break;
 			if (n === 1) dest[written] = cp;
-			else if (n === 2) { dest[written] = 0xc0 | (cp >> 6); dest[written + 1] = 0x80 | (cp & 0x3f); }
+			else if (n === 2) {
+				dest[written] = 0xc0 | (cp >> 6);
+				dest[written + 1] = 0x80 | (cp & 0x3f);
+			}
 			else if (n === 3) {
 				dest[written] = 0xe0 | (cp >> 12);
 				dest[written + 1] = 0x80 | ((cp >> 6) & 0x3f);
@@ -88,7 +91,7 @@ class TextDecoder {
 	constructor(label = 'utf-8', options = {}) {
 		const l = String(label).trim().toLowerCase();
 		if (l !== 'utf-8' && l !== 'utf8' && l !== 'unicode-1-1-utf-8')
-			throw new RangeError(`TextDecoder: the "${label}" encoding is not supported`);
+			throw new RangeError(`TextDecoder: encoding "${label}" is not supported`);
 		this.#fatal = !!(options && options.fatal);
 		this.#ignoreBOM = !!(options && options.ignoreBOM);
 	}

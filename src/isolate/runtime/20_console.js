@@ -52,7 +52,8 @@ function formatArgs(args) {
 			const a = args[rest++];
 			switch (m) {
 			case '%s': return typeof a === 'string' ? a : inspect(a, 1);
-			case '%d': case '%i': return typeof a === 'symbol' ? 'NaN' : String(parseInt(a, 10));
+			case '%d': case '%i':
+				return typeof a === 'symbol' ? 'NaN' : String(parseInt(a, 10));
 			case '%f': return String(parseFloat(a));
 			case '%j': try { return JSON.stringify(a); } catch { return '[Circular]'; }
 			case '%c': return '';

@@ -6,7 +6,7 @@ const INT_ARRAYS = [Int8Array, Uint8Array, Uint8ClampedArray, Int16Array, Uint16
 const crypto = {
 	getRandomValues(a) {
 		if (!INT_ARRAYS.some((C) => a instanceof C))
-			throw new DOMException('getRandomValues: an integer TypedArray is required',
+			throw new DOMException('getRandomValues: needs an integer TypedArray',
 					       'TypeMismatchError');
 		if (a.byteLength > 65536)
 			throw new DOMException('getRandomValues: more than 65536 bytes requested',
@@ -20,7 +20,8 @@ const crypto = {
 		b[6] = (b[6] & 0x0f) | 0x40;
 		b[8] = (b[8] & 0x3f) | 0x80;
 		const h = Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
-		return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+		const parts = [h.slice(0, 8), h.slice(8, 12), h.slice(12, 16), h.slice(16, 20)];
+		return [...parts, h.slice(20)].join('-');
 	},
 };
 

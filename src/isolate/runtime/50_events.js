@@ -10,7 +10,8 @@ class Event {
 class EventTarget {
 	#listeners = new Map();
 	addEventListener(type, fn) {
-		if (typeof fn !== 'function' && !(fn && typeof fn.handleEvent === 'function')) return;
+		if (typeof fn !== 'function' && !(fn && typeof fn.handleEvent === 'function'))
+			return;
 		if (!this.#listeners.has(type)) this.#listeners.set(type, []);
 		this.#listeners.get(type).push(fn);
 	}
@@ -37,7 +38,8 @@ class Blob {
 		const chunks = [];
 		for (const p of parts) {
 			if (p instanceof Blob) chunks.push(p.#bytes);
-			else if (p instanceof ArrayBuffer || ArrayBuffer.isView(p)) chunks.push(viewBytes(p, 'Blob'));
+			else if (p instanceof ArrayBuffer || ArrayBuffer.isView(p))
+				chunks.push(viewBytes(p, 'Blob'));
 			else chunks.push(utf8Encode(String(p)));
 		}
 		const n = chunks.reduce((a, c) => a + c.length, 0);

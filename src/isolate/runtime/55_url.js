@@ -67,14 +67,19 @@ function parseIPv4Part(p) {
 const isDigit = (c) => c >= 0x30 && c <= 0x39;
 const isAlpha = (c) => (c | 0x20) >= 0x61 && (c | 0x20) <= 0x7a;
 const isHexDigit = (c) => isDigit(c) || ((c | 0x20) >= 0x61 && (c | 0x20) <= 0x66);
-const allDigits = (s) => { for (let i = 0; i < s.length; i++) if (!isDigit(s.charCodeAt(i))) return false; return s.length > 0; };
+const allDigits = (s) => {
+	for (let i = 0; i < s.length; i++)
+		if (!isDigit(s.charCodeAt(i))) return false;
+	return s.length > 0;
+};
 
 function endsInNumber(host) {
 	let end = host.length;
 	if (host.charCodeAt(end - 1) === 0x2e && end > 1) end--;
 	const last = host.slice(host.lastIndexOf('.', end - 1) + 1, end);
 	if (allDigits(last)) return true;
-	if (last.length < 2 || last[0] !== '0' || (last[1] !== 'x' && last[1] !== 'X')) return false;
+	if (last.length < 2 || last[0] !== '0' || (last[1] !== 'x' && last[1] !== 'X'))
+		return false;
 	for (let i = 2; i < last.length; i++) if (!isHexDigit(last.charCodeAt(i))) return false;
 	return true;
 }
@@ -84,7 +89,8 @@ function parseIPv4(host) {
 	if (parts[parts.length - 1] === '' && parts.length > 1) parts.pop();
 	if (parts.length > 4) throw new TypeError('Invalid URL: bad IPv4 address');
 	const nums = parts.map(parseIPv4Part);
-	if (nums.some((n) => Number.isNaN(n))) throw new TypeError('Invalid URL: bad IPv4 address');
+	if (nums.some((n) => Number.isNaN(n)))
+		throw new TypeError('Invalid URL: bad IPv4 address');
 	const last = nums.pop();
 	if (nums.some((n) => n > 255) || last >= 256 ** (4 - nums.length))
 		throw new TypeError('Invalid URL: bad IPv4 address');
@@ -152,11 +158,13 @@ const forbiddenDomain = (s) => {
 
 function parseHost(s, special) {
 	if (s.startsWith('[')) {
-		if (!s.endsWith(']')) throw new TypeError('Invalid URL: unterminated IPv6 address');
+		if (!s.endsWith(']'))
+			throw new TypeError('Invalid URL: unterminated IPv6 address');
 		return parseIPv6(s.slice(1, -1));
 	}
 	if (!special) {
-		if (FORBIDDEN_HOST.test(s)) throw new TypeError('Invalid URL: forbidden host code point');
+		if (FORBIDDEN_HOST.test(s))
+			throw new TypeError('Invalid URL: forbidden host code point');
 		return pctEncode(s, C0_SET);
 	}
 	const domain = (s.includes('%') ? pctDecode(s) : s).toLowerCase();
@@ -166,7 +174,8 @@ function parseHost(s, special) {
 }
 
 function shortenPath(url) {
-	if (url.scheme === 'file' && url.path.length === 1 && /^[A-Za-z]:$/.test(url.path[0])) return;
+	if (url.scheme === 'file' && url.path.length === 1 && /^[A-Za-z]:$/.test(url.path[0]))
+		return;
 	url.path.pop();
 }
 
@@ -201,7 +210,8 @@ function splitTail(s) {
 
 function setTail(url, query, fragment) {
 	if (query !== null)
-		url.query = pctEncode(query, isSpecial(url.scheme) ? SPECIAL_QUERY_SET : QUERY_SET);
+		url.query = pctEncode(query, isSpecial(url.scheme) ? SPECIAL_QUERY_SET
+								   : QUERY_SET);
 	if (fragment !== null) url.fragment = pctEncode(fragment, FRAGMENT_SET);
 }
 
@@ -229,7 +239,8 @@ function parseAuthority(url, s) {
 	const colon = hostport.indexOf(':', close < 0 ? 0 : close);
 	if (colon >= 0) { host = hostport.slice(0, colon); port = hostport.slice(colon + 1); }
 	if (host === '') {
-		if (special && url.scheme !== 'file') throw new TypeError('Invalid URL: empty host');
+		if (special && url.scheme !== 'file')
+			throw new TypeError('Invalid URL: empty host');
 		if (at >= 0 || port !== null) throw new TypeError('Invalid URL: empty host');
 		url.host = '';
 	} else {
@@ -247,7 +258,8 @@ function parseAuthority(url, s) {
 
 function parseRest(url, s) {
 	const [p, query, fragment] = splitTail(s);
-	const lead = p.charCodeAt(0) === 0x2f || (p.charCodeAt(0) === 0x5c && isSpecial(url.scheme));
+	const c0 = p.charCodeAt(0);
+	const lead = c0 === 0x2f || (c0 === 0x5c && isSpecial(url.scheme));
 	if (p !== '' || isSpecial(url.scheme)) parsePath(url, lead ? p.slice(1) : p);
 	setTail(url, query, fragment);
 }
@@ -300,7 +312,8 @@ function schemeEnd(s) {
 	for (let i = 1; i < s.length; i++) {
 		const c = s.charCodeAt(i);
 		if (c === 0x3a) return i;
-		if (!(isAlpha(c) || isDigit(c) || c === 0x2b || c === 0x2d || c === 0x2e)) return -1;
+		if (!(isAlpha(c) || isDigit(c) || c === 0x2b || c === 0x2d || c === 0x2e))
+			return -1;
 	}
 	return -1;
 }
@@ -393,15 +406,22 @@ class URL {
 	get protocol() { return this.#u.scheme + ':'; }
 	set protocol(v) {
 		const s = String(v).replace(/:.*$/, '').toLowerCase();
-		if (!/^[a-z][a-z0-9+\-.]*$/.test(s) || isSpecial(s) !== isSpecial(this.#u.scheme)) return;
+		if (!/^[a-z][a-z0-9+\-.]*$/.test(s) || isSpecial(s) !== isSpecial(this.#u.scheme))
+			return;
 		this.#u.scheme = s;
 		if (this.#u.port === SPECIAL_PORTS[s]) this.#u.port = null;
 	}
 	get username() { return this.#u.username; }
-	set username(v) { if (this.#hasAuthority()) this.#u.username = pctEncode(String(v), USERINFO_SET); }
+	set username(v) {
+		if (this.#hasAuthority()) this.#u.username = pctEncode(String(v), USERINFO_SET);
+	}
 	get password() { return this.#u.password; }
-	set password(v) { if (this.#hasAuthority()) this.#u.password = pctEncode(String(v), USERINFO_SET); }
-	#hasAuthority() { return this.#u.host !== null && this.#u.host !== '' && this.#u.scheme !== 'file'; }
+	set password(v) {
+		if (this.#hasAuthority()) this.#u.password = pctEncode(String(v), USERINFO_SET);
+	}
+	#hasAuthority() {
+		return this.#u.host !== null && this.#u.host !== '' && this.#u.scheme !== 'file';
+	}
 	get host() {
 		const u = this.#u;
 		return u.host === null ? '' : u.host + (u.port !== null ? ':' + u.port : '');
@@ -409,7 +429,8 @@ class URL {
 	set host(v) {
 		if (this.#u.opaque !== null) return;
 		try {
-			const t = parseURL(`${this.#u.scheme}://${String(v).split(/[/?#]/)[0]}/`, null);
+			const host = String(v).split(/[/?#]/)[0];
+			const t = parseURL(`${this.#u.scheme}://${host}/`, null);
 			this.#u.host = t.host;
 			if (String(v).includes(':')) this.#u.port = t.port;
 		} catch { /* invalid hosts leave the URL unchanged */ }
@@ -418,7 +439,8 @@ class URL {
 	set hostname(v) {
 		if (this.#u.opaque !== null) return;
 		try {
-			const t = parseURL(`${this.#u.scheme}://${String(v).split(/[:/?#]/)[0]}/`, null);
+			const host = String(v).split(/[:/?#]/)[0];
+			const t = parseURL(`${this.#u.scheme}://${host}/`, null);
 			this.#u.host = t.host;
 		} catch { /* unchanged */ }
 	}
@@ -437,7 +459,8 @@ class URL {
 		if (this.#u.opaque !== null) return;
 		this.#u.path = [];
 		const s = String(v);
-		parsePath(this.#u, isSpecial(this.#u.scheme) ? s.replace(/^[/\\]/, '') : s.replace(/^\//, ''));
+		const special = isSpecial(this.#u.scheme);
+		parsePath(this.#u, special ? s.replace(/^[/\\]/, '') : s.replace(/^\//, ''));
 	}
 	get search() { const q = this.#u.query; return q === null || q === '' ? '' : '?' + q; }
 	set search(v) {
@@ -478,9 +501,9 @@ function parseForm(s) {
 	return list;
 }
 
-const toUSV = (s) => String(s).toWellFormed ? String(s).toWellFormed() :
-	String(s).replace(/[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/g,
-			  '\ufffd');
+/* Lone surrogates become U+FFFD (USVString conversion). */
+const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/g;
+const toUSV = (s) => String(s).replace(LONE_SURROGATE, '\ufffd');
 
 class URLSearchParams {
 	#list = [];
@@ -491,11 +514,13 @@ class URLSearchParams {
 			if (typeof init[Symbol.iterator] === 'function') {
 				for (const pair of init) {
 					const p = [...pair];
-					if (p.length !== 2) throw new TypeError('URLSearchParams: each pair needs 2 items');
+					if (p.length !== 2)
+						throw new TypeError('URLSearchParams: need pairs');
 					this.#list.push([toUSV(p[0]), toUSV(p[1])]);
 				}
 			} else {
-				for (const k of Object.keys(init)) this.#list.push([toUSV(k), toUSV(init[k])]);
+				for (const k of Object.keys(init))
+					this.#list.push([toUSV(k), toUSV(init[k])]);
 			}
 		} else {
 			this.#list = parseForm(String(init).replace(/^\?/, ''));
@@ -507,10 +532,15 @@ class URLSearchParams {
 	append(k, v) { this.#list.push([toUSV(k), toUSV(v)]); this.#update(); }
 	delete(k, v) {
 		k = toUSV(k);
-		this.#list = this.#list.filter(([n, x]) => n !== k || (v !== undefined && x !== toUSV(v)));
+		const keep = ([n, x]) => n !== k || (v !== undefined && x !== toUSV(v));
+		this.#list = this.#list.filter(keep);
 		this.#update();
 	}
-	get(k) { k = toUSV(k); const e = this.#list.find(([n]) => n === k); return e ? e[1] : null; }
+	get(k) {
+		k = toUSV(k);
+		const e = this.#list.find(([n]) => n === k);
+		return e ? e[1] : null;
+	}
 	getAll(k) { k = toUSV(k); return this.#list.filter(([n]) => n === k).map(([, v]) => v); }
 	has(k, v) {
 		k = toUSV(k);

@@ -47,16 +47,18 @@ class Headers {
 			init.forEach((v, k) => this.append(k, v));
 			for (const c of init.getSetCookie()) this.#cookies.push(c);
 			this.#map.delete('set-cookie');
-		} else if (typeof init === 'object' && typeof init[Symbol.iterator] === 'function') {
+		} else if (typeof init === 'object' &&
+			   typeof init[Symbol.iterator] === 'function') {
 			for (const pair of init) {
 				const p = [...pair];
-				if (p.length !== 2) throw new TypeError('Headers: each pair needs 2 items');
+				if (p.length !== 2)
+					throw new TypeError('Headers: each pair needs 2 items');
 				this.append(p[0], p[1]);
 			}
 		} else if (typeof init === 'object') {
 			for (const k of Object.keys(init)) this.append(k, init[k]);
 		} else {
-			throw new TypeError('Headers: init must be an object or a sequence of pairs');
+			throw new TypeError('Headers: init must be an object or pairs');
 		}
 	}
 	/* Gateway headers are already lower-case and valid. */
@@ -110,10 +112,12 @@ function extractBody(init) {
 	if (init instanceof URLSearchParams)
 		return [init.toString(), 'application/x-www-form-urlencoded;charset=UTF-8'];
 	if (init instanceof ArrayBuffer) return [new Uint8Array(init.slice(0)), null];
-	if (ArrayBuffer.isView(init))
-		return [new Uint8Array(init.buffer.slice(init.byteOffset,
-							 init.byteOffset + init.byteLength)), null];
-	if (typeof Blob === 'function' && init instanceof Blob) return [init._bytes, init.type || null];
+	if (ArrayBuffer.isView(init)) {
+		const end = init.byteOffset + init.byteLength;
+		return [new Uint8Array(init.buffer.slice(init.byteOffset, end)), null];
+	}
+	if (typeof Blob === 'function' && init instanceof Blob)
+		return [init._bytes, init.type || null];
 	return [String(init), 'text/plain;charset=UTF-8'];
 }
 
@@ -144,13 +148,14 @@ class Body {
 		const t = await this.text();
 		const ct = this.headers.get('content-type') || '';
 		if (!ct.startsWith('application/x-www-form-urlencoded'))
-			throw new TypeError('formData: only application/x-www-form-urlencoded is supported');
+			throw new TypeError('formData: only form-urlencoded bodies are supported');
 		const fd = new FormData();
 		for (const [k, v] of new URLSearchParams(t)) fd.append(k, v);
 		return fd;
 	}
 	async blob() {
-		return new Blob([await this.arrayBuffer()], { type: this.headers.get('content-type') || '' });
+		const type = this.headers.get('content-type') || '';
+		return new Blob([await this.arrayBuffer()], { type });
 	}
 }
 
@@ -163,11 +168,13 @@ function bodyStream(b) {
 		getReader() {
 			return {
 				read() {
-					if (done) return Promise.resolve({ done: true, value: undefined });
+					if (done)
+						return Promise.resolve({ done: true });
 					done = true;
 					return Promise.resolve({ done: false, value: chunk() });
 				},
-				releaseLock() {}, cancel() { done = true; return Promise.resolve(); },
+				releaseLock() {},
+				cancel() { done = true; return Promise.resolve(); },
 				closed: Promise.resolve(),
 			};
 		},
@@ -217,13 +224,14 @@ class Request extends Body {
 		let body = null;
 		if (init.body !== undefined && init.body !== null) {
 			if (this.#method === 'GET' || this.#method === 'HEAD')
-				throw new TypeError('Request with GET/HEAD method cannot have body.');
+				throw new TypeError('GET and HEAD requests have no body');
 			const [b, type] = extractBody(init.body);
 			body = b;
 			if (type && !this.#headers.has('content-type'))
 				this.#headers.set('content-type', type);
 		} else if (base && init.body === undefined) {
-			if (base.bodyUsed) throw new TypeError('Request body has already been used');
+			if (base.bodyUsed)
+				throw new TypeError('Request body has already been used');
 			body = base._rawBody();
 		}
 		this._initBody(body);
@@ -235,7 +243,8 @@ class Request extends Body {
 	get signal() { return this.#signal || (this.#signal = new AbortController().signal); }
 	get cf() { return undefined; }
 	clone() {
-		if (this.bodyUsed) throw new TypeError('Request.clone: body has already been used');
+		if (this.bodyUsed)
+			throw new TypeError('Request.clone: body has already been used');
 		return new Request(kInternal, { method: this.#method, url: this.#url,
 			headers: new Headers(this.#headers), body: this._rawBody() });
 	}
@@ -291,12 +300,15 @@ class Response extends Body {
 	get url() { return this.#url; }
 	get redirected() { return false; }
 	clone() {
-		if (this.bodyUsed) throw new TypeError('Response.clone: body has already been used');
+		if (this.bodyUsed)
+			throw new TypeError('Response.clone: body has already been used');
 		return new Response(this._rawBody(), { status: this.#status,
 			statusText: this.#statusText, headers: this.#headers });
 	}
 	get [Symbol.toStringTag]() { return 'Response'; }
 }
+
+const abortError = () => new DOMException('aborted', 'AbortError');
 
 class AbortSignal extends EventTarget {
 	aborted = false; reason = undefined;
@@ -304,7 +316,7 @@ class AbortSignal extends EventTarget {
 	static abort(reason) {
 		const s = new AbortSignal();
 		s.aborted = true;
-		s.reason = reason === undefined ? new DOMException('aborted', 'AbortError') : reason;
+		s.reason = reason === undefined ? abortError() : reason;
 		return s;
 	}
 }
@@ -314,7 +326,7 @@ class AbortController {
 	abort(reason) {
 		if (this.signal.aborted) return;
 		this.signal.aborted = true;
-		this.signal.reason = reason === undefined ? new DOMException('aborted', 'AbortError') : reason;
+		this.signal.reason = reason === undefined ? abortError() : reason;
 		this.signal.dispatchEvent(new Event('abort'));
 	}
 }

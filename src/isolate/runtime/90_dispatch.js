@@ -9,7 +9,8 @@ class ExecutionContext {
 
 function toWire(r) {
 	if (!(r instanceof Response))
-		throw new TypeError(`fetch() must return a Response, not ${r === null ? 'null' : typeof r}`);
+		throw new TypeError('fetch() must return a Response, not ' +
+				    (r === null ? 'null' : typeof r));
 	if (r.bodyUsed) throw new TypeError('the Response body has already been used');
 	const flat = [];
 	for (const [k, v] of r.headers) flat.push(k, v);
