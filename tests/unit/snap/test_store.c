@@ -1,0 +1,392 @@
+/*
+ * Page store and layers: base -> runtime -> two functions; layers hold exactly the
+ * changed pages (from a dirty bitmap or by full comparison); restored memory equals
+ * the original byte for byte; the runtime's pages are stored once; gc never deletes
+ * a referenced page, even when it or a layer build dies midway.
+ */
+#include "check.h"
+#include "snap/snap_int.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define MEM	(16ULL << 20)
+#define NPAGES	(MEM / SNAP_PAGE)
+
+static char root[] = "/tmp/stoke-snapstore-XXXXXX";
+static unsigned rng = 12345;
+
+static unsigned next(void)
+{
+	rng = rng * 1103515245 + 12345;
+	return rng >> 8;
+}
+
+/* Text-like bytes (compressible) or random ones, tagged so pages differ. */
+static void fill_page(uint8_t *p, unsigned tag)
+{
+	int text = next() % 2;
+
+	for (unsigned i = 0; i < SNAP_PAGE; i++)
+		p[i] = text ? (uint8_t)("abcdefgh ijkl"[(i + tag) % 13]) : (uint8_t)next();
+	memcpy(p, &tag, sizeof(tag));
+}
+
+static void set_bit(uint64_t *bm, uint64_t g)
+{
+	bm[g / 64] |= 1ULL << (g % 64);
+}
+
+/* Changes n random pages of mem (a tenth to zero); returns the pages really changed. */
+static uint64_t mutate(uint8_t *mem, const uint8_t *parent, uint64_t n, unsigned tag,
+		       uint64_t *dirty)
+{
+	uint64_t changed = 0;
+
+	for (uint64_t i = 0; i < n; i++) {
+		uint64_t g = 512 + next() % (NPAGES - 512);	/* above the "kernel" */
+		uint8_t *p = mem + g * SNAP_PAGE;
+
+		if (next() % 10 == 0)
+			memset(p, 0, SNAP_PAGE);
+		else
+			fill_page(p, tag + (unsigned)i);
+		set_bit(dirty, g);
+	}
+	/* Written but unchanged: must not become entries. */
+	for (uint64_t i = 0; i < 20; i++)
+		set_bit(dirty, next() % 512);
+	for (uint64_t g = 0; g < NPAGES; g++)
+		changed += !!memcmp(mem + g * SNAP_PAGE, parent + g * SNAP_PAGE, SNAP_PAGE);
+	return changed;
+}
+
+static uint64_t count_pages(void)
+{
+	char path[300];
+	uint64_t n = 0;
+
+	for (int i = 0; i < 256; i++) {
+		struct dirent *d;
+		DIR *dir;
+
+		snprintf(path, sizeof(path), "%s/pages/%02x", root, i);
+		dir = opendir(path);
+		while (dir && (d = readdir(dir)))
+			n += d->d_name[0] != '.';
+		if (dir)
+			closedir(dir);
+	}
+	return n;
+}
+
+/* Every page every given layer references can be read back and verified. */
+static int all_readable(struct snap_store *s, const struct snap_id *ids, int n)
+{
+	uint8_t page[SNAP_PAGE];
+	struct snap_err err;
+	int bad = 0;
+
+	for (int i = 0; i < n; i++) {
+		struct snap_layer l;
+
+		if (snap_layer_read(s, &ids[i], &l, &err)) {
+			bad++;
+			continue;
+		}
+		for (uint64_t k = 0; k < l.n; k++)
+			bad += snap_page_read(s, &l.e[k].page, page, &err) != 0;
+		snap_layer_release(&l);
+	}
+	return bad == 0;
+}
+
+static int image_equals(struct snap_store *s, const struct snap_id *id, const uint8_t *mem)
+{
+	struct snap_image img;
+	struct snap_err err;
+	uint8_t *map;
+	int same;
+
+	if (snap_image_open(s, id, &img, &err))
+		return 0;
+	map = mmap(NULL, MEM, PROT_READ, MAP_PRIVATE, img.fd, 0);
+	same = img.size == MEM && map != MAP_FAILED && !memcmp(map, mem, MEM);
+	munmap(map, MEM);
+	snap_image_close(&img);
+	return same;
+}
+
+static struct snap_id build(struct snap_store *s, const uint8_t *mem,
+			    const struct snap_id *parent, const uint64_t *dirty,
+			    struct snap_layer_info *info)
+{
+	struct snap_layer_src src = { .mem = mem, .mem_bytes = MEM, .parent = parent,
+				      .dirty = dirty };
+	struct snap_err err = { 0 };
+	int r = snap_layer_build(s, &src, info, &err);
+
+	if (r)
+		fprintf(stderr, "layer build: %s\n", err.msg);
+	CHECK(r == 0);
+	return info->id;
+}
+
+static uint8_t *base, *rt, *fa, *fb;
+static struct snap_id id_base, id_rt, id_fa, id_fb;
+
+/* Non-zero page entries of a chain's layers; adds their ids to set if given. */
+static uint64_t chain_pages(struct snap_store *s, const struct snap_id *top,
+			    struct snap__idset *set)
+{
+	struct snap_id ids[SNAP_MAX_CHAIN];
+	struct snap_err err;
+	uint64_t n = 0;
+	int len = snap_layer_chain(s, top, ids, &err);
+
+	for (int i = 0; i < len; i++) {
+		struct snap_layer l;
+
+		if (snap_layer_read(s, &ids[i], &l, &err))
+			continue;
+		for (uint64_t k = 0; k < l.n; k++) {
+			n += !snap_id_is_zero(&l.e[k].page);
+			if (set)
+				snap__idset_add(set, &l.e[k].page);
+		}
+		snap_layer_release(&l);
+	}
+	return n;
+}
+
+static uint64_t distinct_pages_of(struct snap_store *s, const struct snap_id *tops, int n)
+{
+	struct snap__idset set = { 0 };
+	uint64_t count;
+
+	for (int i = 0; i < n; i++)
+		chain_pages(s, &tops[i], &set);
+	count = set.n;
+	snap__idset_free(&set);
+	return count;
+}
+
+static uint64_t distinct_pages(struct snap_store *s)
+{
+	struct snap_id tops[] = { id_fa, id_fb };
+
+	return distinct_pages_of(s, tops, 2);
+}
+
+static uint8_t *dup_mem(const uint8_t *from)
+{
+	uint8_t *m = malloc(MEM);
+
+	memcpy(m, from, MEM);
+	return m;
+}
+
+static void test_layers(struct snap_store *s)
+{
+	uint64_t *dirty = calloc(NPAGES / 64, 8), changed, nonzero = 0;
+	struct snap_layer_info info, again;
+
+	base = calloc(1, MEM);
+	for (uint64_t g = 0; g < NPAGES; g++)
+		if (next() % 4 == 0)
+			fill_page(base + g * SNAP_PAGE, (unsigned)g);
+	for (uint64_t g = 0; g < NPAGES; g++)
+		nonzero += !snap__page_is_zero(base + g * SNAP_PAGE);
+	id_base = build(s, base, NULL, NULL, &info);
+	CHECK(info.pages == nonzero && info.pages_zero == 0);
+	CHECK(image_equals(s, &id_base, base));
+
+	rt = dup_mem(base);
+	changed = mutate(rt, base, 600, 1u << 20, dirty);
+	id_rt = build(s, rt, &id_base, dirty, &info);
+	CHECK(info.pages == changed);
+	CHECK(info.compared < 700);	/* only the dirty pages were looked at */
+	CHECK(image_equals(s, &id_rt, rt));
+	/* The full comparison finds the same pages, hence the same manifest and id. */
+	build(s, rt, &id_base, NULL, &again);
+	CHECK(!memcmp(&again.id, &id_rt, sizeof(id_rt)) && again.pages_new == 0);
+	CHECK(again.compared == NPAGES);
+	free(dirty);
+}
+
+/* Two functions on one runtime: 100 pages of their own, 50 they share. */
+static void test_dedup(struct snap_store *s)
+{
+	uint64_t *da = calloc(NPAGES / 64, 8), *db = calloc(NPAGES / 64, 8);
+	uint64_t before = count_pages(), logical = 0, stored;
+	struct snap_layer_info ia, ib;
+	struct snap_layer l;
+	struct snap_err err;
+	unsigned saved;
+
+	fa = dup_mem(rt);
+	fb = dup_mem(rt);
+	saved = rng;
+	mutate(fa, rt, 50, 2u << 20, da);
+	rng = saved;
+	mutate(fb, rt, 50, 2u << 20, db);	/* the same 50 pages, same contents */
+	mutate(fa, rt, 100, 3u << 20, da);
+	mutate(fb, rt, 100, 4u << 20, db);
+	id_fa = build(s, fa, &id_rt, da, &ia);
+	id_fb = build(s, fb, &id_rt, db, &ib);
+	CHECK(ib.pages_dup >= 40);	/* the shared pages (minus zeroed ones) */
+	CHECK(image_equals(s, &id_fa, fa));
+	CHECK(image_equals(s, &id_fb, fb));
+	stored = count_pages();
+	/* Logical: the pages of both chains, as two self-contained snapshots would hold. */
+	logical = chain_pages(s, &id_fa, NULL) + chain_pages(s, &id_fb, NULL);
+	CHECK(snap_layer_read(s, &id_rt, &l, &err) == 0);
+	printf("dedup: two function chains reference %llu pages, %llu stored (ratio %.2f); "
+	       "function layers %llu + %llu pages, %llu + %llu new\n",
+	       (unsigned long long)logical, (unsigned long long)stored,
+	       (double)logical / (double)stored, (unsigned long long)ia.pages,
+	       (unsigned long long)ib.pages, (unsigned long long)ia.pages_new,
+	       (unsigned long long)ib.pages_new);
+	CHECK(stored - before == ia.pages_new + ib.pages_new);
+	/* Each distinct page once: the store holds exactly the union of the chains. */
+	CHECK(stored == distinct_pages(s));
+	CHECK((double)logical / (double)stored > 1.8);
+	snap_layer_release(&l);
+	free(da);
+	free(db);
+}
+
+/* The runtime's image mapped once, a function's own pages copied over it. */
+static void test_overlay(struct snap_store *s)
+{
+	struct snap_image img;
+	struct snap_err err;
+	uint8_t *mem = mmap(NULL, MEM, PROT_READ | PROT_WRITE,
+			    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	CHECK(snap_image_open(s, &id_rt, &img, &err) == 0);
+	CHECK(snap_image_map(&img, mem, MEM, 0, &err) == 0);
+	CHECK(snap_image_overlay(s, &id_fa, mem, MEM, &err) == 0);
+	CHECK(!memcmp(mem, fa, MEM));
+	munmap(mem, MEM);
+	snap_image_close(&img);
+}
+
+static uint64_t abort_after;
+
+static void crash_hook(enum snap__step step, uint64_t n)
+{
+	if (step == SNAP__STEP_PAGES_WRITTEN || n >= abort_after)
+		abort();
+}
+
+/* Runs fn in a child that is expected to die by SIGABRT in the hook. */
+static int crashes(void (*fn)(struct snap_store *))
+{
+	int status;
+	pid_t pid = fork();
+
+	if (pid == 0) {
+		struct snap_store *s;
+		struct snap_err err;
+
+		signal(SIGABRT, SIG_DFL);
+		if (snap_store_open(root, NULL, &s, &err))
+			_exit(1);
+		snap__hook = crash_hook;
+		fn(s);
+		_exit(0);
+	}
+	waitpid(pid, &status, 0);
+	return WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT;
+}
+
+static void build_fc(struct snap_store *s)
+{
+	uint64_t *d = calloc(NPAGES / 64, 8);
+	uint8_t *fc = dup_mem(rt);
+	struct snap_layer_info info;
+	struct snap_layer_src src = { .mem = fc, .mem_bytes = MEM, .parent = &id_rt,
+				      .dirty = d };
+
+	mutate(fc, rt, 300, 5u << 20, d);
+	snap_layer_build(s, &src, &info, NULL);
+}
+
+static void run_gc(struct snap_store *s)
+{
+	snap_store_gc(s, NULL, NULL);
+}
+
+static void test_gc(struct snap_store *s)
+{
+	struct snap_id live[] = { id_base, id_rt, id_fa };
+	uint64_t before = count_pages(), after_crash;
+	struct snap_gc_stats st;
+	struct snap_err err;
+	char path[400];
+
+	/* A layer build dies after storing its pages, before its manifest. */
+	CHECK(crashes(build_fc));
+	CHECK(count_pages() > before);
+	CHECK(snap_store_gc(s, &st, &err) == 0);
+	CHECK(st.deleted > 0 && count_pages() == before);
+	CHECK(st.tmp_removed == 0);
+
+	CHECK(snap_layer_delete(s, &id_rt, &err) == -EBUSY);
+	CHECK(snap_layer_delete(s, &id_fb, &err) == 0);
+	/* gc dies after three deletions: what it deleted was unreferenced. */
+	abort_after = 3;
+	CHECK(crashes(run_gc));
+	after_crash = count_pages();
+	CHECK(after_crash == before - 3);
+	CHECK(all_readable(s, live, 3));
+	CHECK(snap_store_gc(s, &st, &err) == 0);
+	CHECK(st.layers == 3 && st.kept == count_pages());
+	CHECK(count_pages() == distinct_pages_of(s, live, 3));
+	CHECK(all_readable(s, live, 3));
+	CHECK(image_equals(s, &id_fa, fa));
+
+	/* An unreadable manifest stops gc before it deletes anything. */
+	snprintf(path, sizeof(path), "%s/layers/%064x", root, 0);
+	FILE *f = fopen(path, "w");
+	fputs("junk", f);
+	fclose(f);
+	CHECK(snap_layer_delete(s, &id_fa, &err) == 0);
+	before = count_pages();
+	CHECK(snap_store_gc(s, &st, &err) < 0 && count_pages() == before);
+	CHECK(strstr(err.msg, "layer") != NULL);
+	unlink(path);
+	CHECK(snap_store_gc(s, &st, &err) == 0 && st.deleted > 0);
+	CHECK(all_readable(s, live, 2));
+}
+
+int main(void)
+{
+	struct snap_store *s;
+	struct snap_err err;
+	char cmd[300];
+
+	if (!mkdtemp(root) || snap_store_open(root, NULL, &s, &err))
+		return 1;
+	test_layers(s);
+	test_dedup(s);
+	test_overlay(s);
+	test_gc(s);
+	snap_store_close(s);
+	free(base);
+	free(rt);
+	free(fa);
+	free(fb);
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", root);
+	if (system(cmd))
+		return 1;
+	return check_done();
+}
