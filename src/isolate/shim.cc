@@ -442,10 +442,14 @@ static int build_snapshot(char *err, size_t errlen)
 
 int iso_v8_init(char *err, size_t errlen)
 {
-	/* Tenants get no way to block the worker in Atomics. Maps in the old space save
-	 * one heap page (80 KB) per isolate. */
+	/*
+	 * Tenants get no way to block the worker in Atomics. Maps in the old space save
+	 * one heap page (80 KB) per isolate. Wasm memories do not go through the
+	 * ArrayBuffer allocator, so their size is capped here: 2048 pages, 128 MiB (the
+	 * default memory limit), for every tenant.
+	 */
 	static const char flags[] = "--no-harmony-sharedarraybuffer --no-expose-gc "
-				    "--no-use-map-space";
+				    "--no-use-map-space --wasm-max-mem-pages=2048";
 
 	if (iso_platform)
 		return 0;

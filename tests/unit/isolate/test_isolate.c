@@ -624,6 +624,8 @@ static const char *const api_cases[][3] = {
 	  "const { instance } = await WebAssembly.instantiate(b);"
 	  "return instance.exports.add(2, 3)", "5" },
 	{ "math-random", "return typeof Math.random()", "number" },
+	{ "wasm-memory-cap", "try { new WebAssembly.Memory({ initial: 4096 }); return 'grew' }"
+	  "catch (e) { return e.name }", "RangeError" },
 };
 
 static void test_apis(void)
