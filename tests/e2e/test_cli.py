@@ -1,0 +1,177 @@
+"""The stoke command against the real daemon: every client verb end to end, its exit
+codes (0 ok, 1 the daemon or function said no, 2 usage, 3 no daemon), --json output,
+and `stoke advise` choosing a tier for a Python and a JavaScript file."""
+import json
+import os
+import time
+
+from harness import free_port
+
+HELLO = """export default {
+  fetch(request) {
+    console.log("cli saw", new URL(request.url).pathname);
+    return new Response("hello from cli " + new URL(request.url).pathname);
+  }
+};
+"""
+
+HANDLER = """def handler(event, context):
+    return {"statusCode": 200, "body": "py"}
+"""
+
+
+def write(d, name, text):
+    path = os.path.join(d.tmp.name, name)
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def ok(r):
+    assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
+    return r
+
+
+def deployed(d, name):
+    """Deploys HELLO as name through the CLI."""
+    return ok(d.cli("deploy", write(d, name + ".js", HELLO), "--name", name))
+
+
+def test_deploy_prints_version_tier_and_url(d):
+    r = deployed(d, "cli-deploy")
+    assert r.stdout.startswith("deployed cli-deploy v1 (isolate, js) -> "), r.stdout
+    assert "%s/fn/cli-deploy/" % d.url in r.stdout
+    doc = json.loads(ok(d.cli("deploy", write(d, "x.js", HELLO), "--name", "cli-deploy",
+                              "--json")).stdout)
+    assert doc["name"] == "cli-deploy" and doc["version"] == 2 and doc["tier"] == "isolate"
+
+
+def test_deploy_errors(d):
+    r = d.cli("deploy", os.path.join(d.tmp.name, "no-such-file.js"))
+    assert r.returncode == 2 and "stoke:" in r.stderr
+    r = d.cli("deploy", write(d, "y.js", HELLO), "--name", "Bad_Name")
+    assert r.returncode == 1 and "(field: name)" in r.stderr, r.stderr
+    assert d.cli("deploy").returncode == 2
+
+
+def test_invoke(d):
+    deployed(d, "cli-invoke")
+    r = ok(d.cli("invoke", "cli-invoke", "/a/b"))
+    assert r.stdout == "hello from cli /a/b"
+    doc = json.loads(ok(d.cli("invoke", "cli-invoke", "--json")).stdout)
+    assert doc["status"] == 200 and doc["body"] == "hello from cli /"
+    r = d.cli("invoke", "cli-nothing-here")
+    assert r.returncode == 1
+
+
+def test_ls_and_show(d):
+    deployed(d, "cli-listed")
+    r = ok(d.cli("ls"))
+    header, *rows = r.stdout.splitlines()
+    assert header.split() == ["NAME", "VERSION", "TIER", "RUNTIME", "ENTRY", "DEPLOYED"]
+    assert any(row.split()[:3] == ["cli-listed", "1", "isolate"] for row in rows), r.stdout
+    names = [f["name"] for f in json.loads(ok(d.cli("ls", "--json")).stdout)["functions"]]
+    assert "cli-listed" in names
+    r = ok(d.cli("show", "cli-listed"))
+    assert "name: cli-listed" in r.stdout and "tier: isolate" in r.stdout
+    assert json.loads(ok(d.cli("show", "cli-listed", "--json")).stdout)["runtime"] == "js"
+    r = d.cli("show", "cli-never-deployed")
+    assert r.returncode == 1 and "cli-never-deployed" in r.stderr
+
+
+def test_logs(d):
+    deployed(d, "cli-logs")
+    ok(d.cli("invoke", "cli-logs", "/logged"))
+    r = ok(d.cli("logs", "cli-logs"))
+    assert "stdout cli saw /logged" in r.stdout, r.stdout
+    lines = [json.loads(l) for l in ok(d.cli("logs", "cli-logs", "--json")).stdout.split("\n")
+             if l]
+    assert any(l["msg"] == "cli saw /logged" for l in lines), lines
+
+
+def test_rm(d):
+    deployed(d, "cli-gone")
+    r = ok(d.cli("rm", "cli-gone"))
+    assert "cli-gone" in r.stdout
+    assert d.cli("show", "cli-gone").returncode == 1
+    assert d.cli("invoke", "cli-gone").returncode == 1
+    assert d.cli("rm", "cli-gone").returncode == 1
+
+
+def test_status(d):
+    r = ok(d.cli("status"))
+    assert r.stdout.startswith("daemon: %s\n" % d.url) and "uptime: " in r.stdout
+    assert isinstance(json.loads(ok(d.cli("status", "--json")).stdout), dict)
+    assert d.cli("status", "extra").returncode == 2
+
+
+def test_usage_table_and_json(d):
+    deployed(d, "cli-usage")
+    for _ in range(3):
+        ok(d.cli("invoke", "cli-usage"))
+    r = ok(d.cli("usage", "cli-usage"))
+    lines = r.stdout.splitlines()
+    assert lines[0].split()[:5] == ["FUNCTION", "TIER", "INVOCATIONS", "COLD", "ERRORS"]
+    row = next(l.split() for l in lines if l.startswith("cli-usage "))
+    assert row[1] == "isolate" and row[2] == "3" and row[3] == "1", r.stdout
+    assert any(l.startswith("total ") for l in lines)
+    assert "AWS Lambda as of 2025-01-01" in r.stdout and "Cloudflare Workers as of" in r.stdout
+    doc = json.loads(ok(d.cli("usage", "cli-usage", "--json")).stdout)
+    assert [u["function"] for u in doc["usage"]] == ["cli-usage"]
+    assert doc["usage"][0]["invocations"] == 3 and doc["prices"]["lambda"]["per_gb_s"] > 0
+    assert doc["cost_lambda_usd"] > 0 and doc["cost_workers_usd"] > 0
+
+
+def test_usage_since(d):
+    deployed(d, "cli-since")
+    ok(d.cli("invoke", "cli-since"))
+    for when in ("1h", "7d", "30m", str(int(time.time()) - 600), "2020-01-01"):
+        doc = json.loads(ok(d.cli("usage", "cli-since", "--since", when, "--json")).stdout)
+        assert doc["usage"] and doc["usage"][0]["invocations"] == 1, (when, doc)
+    r = ok(d.cli("usage", "cli-since", "--since", "2999-01-01"))
+    assert "since 2999-01-01T00:00:00Z" in r.stdout and "no invocations" in r.stdout
+    r = d.cli("usage", "--since", "last tuesday")
+    assert r.returncode == 2 and "--since" in r.stderr
+
+
+def test_advise_python_is_vm(d):
+    r = ok(d.cli("advise", write(d, "handler.py", HANDLER)))
+    lines = r.stdout.splitlines()
+    assert lines[:3] == ["tier: vm", "runtime: python3", "entry: handler.py"], r.stdout
+    bullets = [l for l in lines[3:] if l.startswith("  - ")]
+    assert bullets and len(bullets) == len(lines) - 3, r.stdout
+    doc = json.loads(ok(d.cli("advise", write(d, "handler.py", HANDLER), "--json")).stdout)
+    assert doc["tier"] == "vm" and doc["reasons"]
+    # Advice deploys nothing.
+    assert d.cli("show", "handler").returncode == 1
+
+
+def test_advise_js_is_isolate(d):
+    r = ok(d.cli("advise", write(d, "edge.js", HELLO)))
+    assert r.stdout.startswith("tier: isolate\nruntime: js\nentry: edge.js\n"), r.stdout
+    assert "\n  - " in r.stdout
+    doc = json.loads(ok(d.cli("advise", write(d, "edge.js", HELLO), "--json")).stdout)
+    assert doc["tier"] == "isolate" and doc["entry"] == "edge.js"
+
+
+def test_advise_refusal_names_the_field(d):
+    r = d.cli("advise", write(d, "odd.js", HELLO), "--runtime", "cobol")
+    assert r.returncode == 1 and "(field: runtime)" in r.stderr, r.stderr
+    assert d.cli("advise", write(d, "odd.js", HELLO), "--tier", "fast").returncode == 2
+
+
+def test_bad_token_exits_1(d):
+    for args in (("ls",), ("status",), ("usage",), ("show", "x"), ("rm", "x"),
+                 ("advise", write(d, "t.js", HELLO)), ("logs", "x")):
+        r = d.cli(*args, "--token", "not-the-token")
+        assert r.returncode == 1, (args, r.returncode, r.stderr)
+        assert r.stderr.startswith("stoke: ") and "Authorization" in r.stderr, r.stderr
+
+
+def test_daemon_down_exits_3(d):
+    dead = "http://127.0.0.1:%d" % free_port()
+    for args in (("ls",), ("status",), ("usage",), ("invoke", "x"), ("logs", "x"),
+                 ("deploy", write(d, "down.js", HELLO)), ("advise", write(d, "down.js", HELLO))):
+        r = d.cli(*args, "--url", dead)
+        assert r.returncode == 3, (args, r.returncode, r.stderr)
+        assert "cannot reach the daemon at %s" % dead in r.stderr, r.stderr
