@@ -11,6 +11,16 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <stddef.h>
+
+/* Headers and env go to the shim as they are: struct kv and struct iso_kv must match. */
+_Static_assert(sizeof(struct kv) == sizeof(struct iso_kv) &&
+	       offsetof(struct kv, name) == offsetof(struct iso_kv, name) &&
+	       offsetof(struct kv, value) == offsetof(struct iso_kv, value) &&
+	       offsetof(struct kv, name_len) == offsetof(struct iso_kv, name_len) &&
+	       offsetof(struct kv, value_len) == offsetof(struct iso_kv, value_len),
+	       "struct kv and struct iso_kv differ");
+
 enum slice_start { SLICE_CONTINUE, SLICE_CALL, SLICE_DRAIN };
 
 static uint64_t thread_cpu_ns(void)
@@ -154,7 +164,8 @@ static int tenant_create(struct iso_call *c, struct fn *fn, struct iso_tenant **
 	iso_vm_set_io(tn->vm, &c->io);
 	iso_vm_set_limits(tn->vm, mem, mem);
 	iso__watch_begin(w, tn->vm, (uint64_t)ISO_STARTUP_CPU_MS * 1000000u, c->deadline_ns);
-	rc = iso_vm_load(tn->vm, f->code, (const struct iso_kv *)fn->env, fn->nenv, err, errlen);
+	rc = iso_vm_load(tn->vm, f->code, (const struct iso_kv *)fn->env, fn->nenv,
+			 c->deadline_ns, err, errlen);
 	iso__watch_end(w);
 	iso_vm_set_io(tn->vm, NULL);
 	if (rc != ISO_OK) {

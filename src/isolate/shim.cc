@@ -1007,7 +1007,7 @@ static bool make_context(iso_vm *vm)
 }
 
 int iso_vm_load(struct iso_vm *vm, const struct iso_code *code, const struct iso_kv *env,
-		size_t nenv, char *err, size_t errlen)
+		size_t nenv, uint64_t deadline_ns, char *err, size_t errlen)
 {
 	Isolate *iso = vm->isolate;
 	Isolate::Scope is(iso);
@@ -1018,7 +1018,7 @@ int iso_vm_load(struct iso_vm *vm, const struct iso_code *code, const struct iso
 	vm->reason.store(0);
 	vm->env.Reset(iso, make_env(iso, ctx, env, nenv));
 	vm->code = code;
-	return load_modules(vm, ctx, iso_v8_now_ns() + 30000000000ull, err, errlen);
+	return load_modules(vm, ctx, deadline_ns, err, errlen);
 }
 
 /* ---- one request ---- */
