@@ -907,6 +907,33 @@ static void test_metrics(void)
 	sb_free(&m);
 }
 
+/* stop() answers requests still in flight instead of leaving the gateway waiting. */
+static void stop_with_request_in_flight(void)
+{
+	struct waiter w = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0 };
+	struct fn *fn = deploy("inflight", "index.js",
+			       "export default { async fetch() {\n"
+			       "  await new Promise((r) => setTimeout(r, 5000));\n"
+			       "  return new Response('late'); } };\n");
+	struct inv *inv;
+	uint64_t t0 = mono_ms();
+
+	if (!fn) {
+		T.ops->stop(&T);
+		CHECK(0, "deploy: %s", errbuf);
+		return;
+	}
+	inv = call_async(fn, "GET", "/", NULL, NULL, NULL, &w);
+	usleep(100000);
+	T.ops->stop(&T);
+	wait_done(inv);
+	CHECK(inv->resp.status == 503 && !strcmp(inv->resp.error_kind, "shutting_down") &&
+	      mono_ms() - t0 < 2000, "in flight at stop: %d after %llu ms", inv->resp.status,
+	      (unsigned long long)(mono_ms() - t0));
+	inv_free(inv);
+	fn_unref(fn);
+}
+
 static void release_hook(struct fn *fn)
 {
 	T.ops->release(&T, fn);
@@ -954,7 +981,7 @@ int main(int argc, char **argv)
 	test_retire();
 	test_live_cap();
 	test_metrics();
-	T.ops->stop(&T);
+	stop_with_request_in_flight();
 	remove_tree(tmp);
 	printf("test_isolate: %d passed, %d failed\n", npass, nfail);
 	return nfail ? 1 : 0;
