@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <spawn.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 
 #include "check.h"
@@ -182,6 +183,30 @@ static void test_usage(void)
 	CHECK_INT(RUN("usage", "a", "b"), 2);
 }
 
+/* bench hands over to $STOKE_SRC/bench/report: here a script that echoes its arguments. */
+static void test_bench(void)
+{
+	char path[300];
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/bench", tmpdir);
+	CHECK_INT(mkdir(path, 0755), 0);
+	snprintf(path, sizeof(path), "%s/bench/report", tmpdir);
+	f = fopen(path, "w");
+	fputs("#!/bin/sh\necho \"report $*\"\nexit 1\n", f);
+	fclose(f);
+	CHECK_INT(chmod(path, 0755), 0);
+	setenv("STOKE_SRC", tmpdir, 1);
+	CHECK_INT(RUN("bench", "--quick", "--out", "/x y"), 1);
+	CHECK_STR(out, "report --quick --out /x y\n");
+	CHECK_INT(RUN("bench"), 1);
+	CHECK_STR(out, "report \n");
+	setenv("STOKE_SRC", "/nonexistent", 1);
+	CHECK_INT(RUN("bench"), 2);
+	CHECK(strstr(err, "STOKE_SRC") != NULL);
+	unsetenv("STOKE_SRC");
+}
+
 static void test_invoke(void)
 {
 	CHECK_INT(RUN("invoke", "f", "/x"), 0);
@@ -236,6 +261,7 @@ int main(int argc, char **argv)
 	test_deploy();
 	test_advise();
 	test_usage();
+	test_bench();
 	test_invoke();
 	test_usage_and_reach();
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
