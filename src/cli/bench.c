@@ -27,14 +27,17 @@ static int cli_bench_find(char *path, size_t size)
 		return access(path, X_OK) ? -ENOENT : 0;
 	}
 	n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-	if (n < 0)
-		return -errno;
+	if (n < 0) {
+		snprintf(path, size, "the build tree (/proc/self/exe: %s)", strerror(errno));
+		return -ENOENT;
+	}
 	exe[n] = '\0';
 	snprintf(path, size, "%s/../../../%s", dirname(exe), CLI_BENCH_REPORT);
 	return access(path, X_OK) ? -ENOENT : 0;
 }
 
-static int cli_bench_run(int argc, char **argv)
+/* Returns an exit code to stop with (help, a usage error), or -1 to run the report. */
+static int cli_bench_args(int argc, char **argv, int *quick, char **out)
 {
 	static const struct option opts[] = {
 		{ "quick", no_argument, NULL, OPT_QUICK },
@@ -42,32 +45,45 @@ static int cli_bench_run(int argc, char **argv)
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
-	char *args[8] = { NULL }, path[PATH_MAX + 32];
-	int opt, n = 1;
+	int opt;
 
 	while ((opt = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
 		if (opt == 'h') {
 			cli_help(&cli_verb_bench, stdout);
 			return CLI_EXIT_OK;
 		} else if (opt == OPT_QUICK) {
-			args[n++] = "--quick";
+			*quick = 1;
 		} else if (opt == OPT_OUT) {
-			args[n++] = "--out";
-			args[n++] = optarg;
+			*out = optarg;
 		} else {
 			return cli_bad_option(&cli_verb_bench, opt, argv);
 		}
-		if (n > 5)
-			return cli_usage(&cli_verb_bench, "each option at most once");
 	}
 	if (optind != argc)
 		return cli_usage(&cli_verb_bench, "takes no arguments");
+	return -1;
+}
+
+static int cli_bench_run(int argc, char **argv)
+{
+	char *args[5] = { NULL }, *out = NULL, path[PATH_MAX + 32];
+	int quick = 0, n = 1, code;
+
+	code = cli_bench_args(argc, argv, &quick, &out);
+	if (code >= 0)
+		return code;
 	if (cli_bench_find(path, sizeof(path))) {
 		fprintf(stderr, "stoke: no runnable %s at %s: set STOKE_SRC to the source tree\n",
 			CLI_BENCH_REPORT, path);
 		return CLI_EXIT_USAGE;
 	}
 	args[0] = path;
+	if (quick)
+		args[n++] = "--quick";
+	if (out) {
+		args[n++] = "--out";
+		args[n++] = out;
+	}
 	fflush(stdout);
 	execv(path, args);
 	fprintf(stderr, "stoke: cannot run %s: %s\n", path, strerror(errno));
