@@ -286,12 +286,37 @@ static void admin_deploy_fail(struct inv *inv, struct admin_deploy *d, int ret)
 		 d->err.message[0] ? d->err.message : strerror(-ret));
 }
 
+/*
+ * cJSON ends strings at an escaped NUL, so "a.js\u0000../x" would silently become
+ * "a.js". Such a deploy is refused before parsing: an escape is a backslash preceded
+ * by an even number of backslashes.
+ */
+static int admin_has_nul_escape(const char *s, size_t len)
+{
+	size_t i, k;
+
+	for (i = 0; i + 6 <= len; i++) {
+		if (s[i] != '\\' || strncasecmp(s + i + 1, "u0000", 5))
+			continue;
+		for (k = 0; k < i && s[i - 1 - k] == '\\'; k++)
+			;
+		if (k % 2 == 0)
+			return 1;
+	}
+	return 0;
+}
+
 static void admin_deploy(struct gw *gw, struct inv *inv, const char *name, int advise_only)
 {
 	struct admin_deploy d = { 0 };
 	cJSON *body, *manifest, *files, *out;
 	int ret;
 
+	if (admin_has_nul_escape(inv->req.body, inv->req.body_len)) {
+		inv_fail(inv, 400, "invalid_request", "the deploy holds a NUL character (\\u0000),"
+			 " which no file name or manifest string may contain");
+		return;
+	}
 	body = cJSON_ParseWithLength(inv->req.body, inv->req.body_len);
 	manifest = cJSON_GetObjectItemCaseSensitive(body, "manifest");
 	files = cJSON_GetObjectItemCaseSensitive(body, "files");
@@ -613,8 +638,8 @@ static int admin_fn_path(const char *path, char *name, size_t len, const char **
 		return 0;
 	slash = strchr(p, '/');
 	n = slash ? (size_t)(slash - p) : strlen(p);
-	if (n >= len)
-		return 0;
+	if (n >= len)	/* too long to be a name: validation will say so */
+		n = len - 1;
 	memcpy(name, p, n);
 	name[n] = '\0';
 	*sub = slash ? slash : "";

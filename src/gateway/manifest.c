@@ -304,7 +304,7 @@ static void mf_default_limits(struct fn_limits *l, enum fn_tier tier)
 		l->max_instances = 16;
 	if (!l->concurrency)
 		l->concurrency = 1;
-	if (!l->tmp_mb)
+	if (l->tmp_mb == MF_UNSET)
 		l->tmp_mb = 64;
 	if (l->queue == MF_UNSET)
 		l->queue = 1024;
@@ -348,7 +348,8 @@ int mf_parse(const cJSON *manifest, const char *name, const char *dir,
 	if (!fn)
 		return -ENOMEM;
 	atomic_init(&fn->refs, 1);
-	fn->limits.queue = MF_UNSET;	/* 0 is a valid queue length */
+	fn->limits.queue = MF_UNSET;	/* 0 is valid for these two */
+	fn->limits.tmp_mb = MF_UNSET;
 	snprintf(fn->name, sizeof(fn->name), "%s", name);
 	for (item = manifest ? manifest->child : NULL; item && !ret; item = item->next)
 		ret = mf_parse_field(item, fn, &f, err);

@@ -8,6 +8,7 @@
 #include "server.h"
 #include "sched/meter.h"
 
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -72,16 +73,38 @@ void gw_send_json(h2o_req_t *req, int status, const char *body, size_t len)
 	h2o_send(req, &buf, 1, H2O_SEND_STATE_FINAL);
 }
 
-/* Answers an error stoke itself produces: always a JSON body. */
+/* 16 hex digits: a per-process random prefix and a counter, unique within a run and
+ * unlikely to repeat across restarts. Formatted by hand: this runs per request. */
+static void gw_new_request_id(char *buf)
+{
+	static const char hex[] = "0123456789abcdef";
+	static atomic_uint_fast64_t counter;
+	static uint32_t boot;
+	uint64_t id;
+	int i;
+
+	if (!boot)
+		boot = (uint32_t)(gw_now_ns() ^ (uint64_t)getpid() << 16) | 1;
+	id = (uint64_t)boot << 32 | (atomic_fetch_add(&counter, 1) & 0xffffffffu);
+	for (i = 15; i >= 0; i--, id >>= 4)
+		buf[i] = hex[id & 15];
+	buf[16] = '\0';
+}
+
+/* Answers an error stoke itself produces: always a JSON body and a request id. */
 void gw_send_error(h2o_req_t *req, int status, const char *kind, const char *msg)
 {
 	struct strbuf sb = STRBUF_INIT;
+	char *rid = h2o_mem_alloc_pool(&req->pool, 17);
 
+	gw_new_request_id(rid);
+	h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-stoke-request-id"),
+			      0, NULL, rid, 16);
 	sb_adds(&sb, "{\"error\":");
 	sb_json_str(&sb, kind, strlen(kind));
 	sb_adds(&sb, ",\"message\":");
 	sb_json_str(&sb, msg, strlen(msg));
-	sb_adds(&sb, "}\n");
+	sb_printf(&sb, ",\"request_id\":\"%s\"}\n", rid);
 	if (sb_failed(&sb))
 		h2o_send_error_generic(req, 500, "Internal Server Error", "out of memory\n", 0);
 	else
@@ -121,24 +144,34 @@ static char *gw_dup(const char *s, size_t len)
 	return p;
 }
 
+static int gw_add_header(struct inv_request *r, const char *name, size_t nlen,
+			 const char *value, size_t vlen)
+{
+	struct kv *kv = &r->headers[r->nheaders++];
+
+	kv->name = gw_dup(name, nlen);
+	kv->value = gw_dup(value, vlen);
+	kv->name_len = nlen;
+	kv->value_len = vlen;
+	return kv->name && kv->value ? 0 : -1;
+}
+
+/* h2o keeps Host out of req->headers (it is the authority); the function sees it. */
 static int gw_copy_headers(struct inv_request *r, const h2o_req_t *req)
 {
+	const h2o_iovec_t *auth = &req->input.authority;
 	size_t i;
 
-	r->headers = calloc(req->headers.size + 1, sizeof(*r->headers));
+	r->headers = calloc(req->headers.size + 2, sizeof(*r->headers));
 	if (!r->headers)
+		return -1;
+	if (auth->len && gw_add_header(r, "host", 4, auth->base, auth->len))
 		return -1;
 	for (i = 0; i < req->headers.size; i++) {
 		const h2o_header_t *h = &req->headers.entries[i];
-		struct kv *kv = &r->headers[i];
 
-		kv->name = gw_dup(h->name->base, h->name->len);
-		kv->value = gw_dup(h->value.base, h->value.len);
-		r->nheaders = i + 1;
-		if (!kv->name || !kv->value)
+		if (gw_add_header(r, h->name->base, h->name->len, h->value.base, h->value.len))
 			return -1;
-		kv->name_len = h->name->len;
-		kv->value_len = h->value.len;
 	}
 	return 0;
 }
@@ -171,24 +204,6 @@ static int gw_fill_request(struct inv_request *r, const h2o_req_t *req, const ch
 	if (!r->url || !r->method || !r->path || !r->query || !r->body)
 		return -1;
 	return gw_copy_headers(r, req);
-}
-
-/* 16 hex digits: a per-process random prefix and a counter, unique within a run and
- * unlikely to repeat across restarts. Formatted by hand: this runs per request. */
-static void gw_new_request_id(char *buf)
-{
-	static const char hex[] = "0123456789abcdef";
-	static atomic_uint_fast64_t counter;
-	static uint32_t boot;
-	uint64_t id;
-	int i;
-
-	if (!boot)
-		boot = (uint32_t)(gw_now_ns() ^ (uint64_t)getpid() << 16) | 1;
-	id = (uint64_t)boot << 32 | (atomic_fetch_add(&counter, 1) & 0xffffffffu);
-	for (i = 15; i >= 0; i--, id >>= 4)
-		buf[i] = hex[id & 15];
-	buf[16] = '\0';
 }
 
 static struct gw_inv *gw_inv_new(struct gw_thread *t, h2o_req_t *req, const char *path,
@@ -238,25 +253,61 @@ static int gw_headers_too_big(const h2o_req_t *req)
 	return total > GW_MAX_HEADER_BYTES;
 }
 
-/* Host: NAME.<domain>[:port] routes to NAME with the path unchanged. */
-static int gw_route_host(const struct gw *gw, const h2o_req_t *req, const char **name,
-			 size_t *len)
+/*
+ * Host: NAME.<domain>[:port] routes to NAME with the path unchanged. Host names are
+ * case-insensitive and may end with the root's dot (RFC 9110 section 4.2.3).
+ */
+static int gw_route_host(const struct gw *gw, const h2o_req_t *req, char *name, size_t *len)
 {
 	const char *host = req->input.authority.base, *colon, *dot;
-	size_t hlen = req->input.authority.len, dlen = strlen(gw->cfg->domain);
+	size_t hlen = req->input.authority.len, dlen = strlen(gw->cfg->domain), i;
 
 	if (!hlen || host[0] == '[')
 		return 0;
 	colon = memchr(host, ':', hlen);
 	if (colon)
 		hlen = (size_t)(colon - host);
+	if (hlen && host[hlen - 1] == '.')
+		hlen--;
 	dot = memchr(host, '.', hlen);
 	if (!dot || hlen - (size_t)(dot + 1 - host) != dlen ||
-	    strncasecmp(dot + 1, gw->cfg->domain, dlen))
+	    strncasecmp(dot + 1, gw->cfg->domain, dlen) || dot - host > 63)
 		return 0;
-	*name = host;
 	*len = (size_t)(dot - host);
+	for (i = 0; i < *len; i++)
+		name[i] = (char)tolower((unsigned char)host[i]);
 	return 1;
+}
+
+/*
+ * RFC 9112 section 3.2.2: a server must accept the absolute form
+ * (GET http://host/path); its authority then replaces Host.
+ */
+static void gw_absolute_form(h2o_req_t *req)
+{
+	h2o_iovec_t *p = &req->input.path;
+	const char *a, *end = p->base + p->len, *s;
+	size_t skip = 0;
+
+	if (p->len > 7 && !strncasecmp(p->base, "http://", 7))
+		skip = 7;
+	else if (p->len > 8 && !strncasecmp(p->base, "https://", 8))
+		skip = 8;
+	if (!skip)
+		return;
+	a = p->base + skip;
+	for (s = a; s < end && *s != '/' && *s != '?'; s++)
+		;
+	req->input.authority = h2o_iovec_init(a, (size_t)(s - a));
+	if (s < end && *s == '/') {
+		*p = h2o_iovec_init(s, (size_t)(end - s));
+	} else {
+		char *np = h2o_mem_alloc_pool(&req->pool, (size_t)(end - s) + 1);
+
+		np[0] = '/';
+		memcpy(np + 1, s, (size_t)(end - s));
+		*p = h2o_iovec_init(np, (size_t)(end - s) + 1);
+	}
 }
 
 /* /fn/NAME/rest routes to NAME, which sees /rest. */
@@ -400,14 +451,16 @@ int gw_on_req(h2o_handler_t *self, h2o_req_t *req)
 {
 	struct gw_thread *t = gw_thread_of(req->conn->ctx);
 	const char *name, *rest;
+	char host_name[64];
 	size_t len, rlen;
 
 	if (gw_headers_too_big(req)) {
 		gw_send_error(req, 431, "headers_too_large", "request headers over 64 KiB");
 		return 0;
 	}
-	if (gw_route_host(t->gw, req, &name, &len))
-		gw_route_fn(t, req, name, len, req->input.path.base, req->input.path.len);
+	gw_absolute_form(req);
+	if (gw_route_host(t->gw, req, host_name, &len))
+		gw_route_fn(t, req, host_name, len, req->input.path.base, req->input.path.len);
 	else if (gw_is_admin(req))
 		gw_route_admin(t, req);
 	else if (gw_route_path(req, &name, &len, &rest, &rlen))
@@ -431,6 +484,66 @@ static int gw_hop_by_hop(const struct kv *h)
 	return 0;
 }
 
+/* RFC 9110 section 5.6.2: a field name is a token. */
+static int gw_valid_name(const char *s, size_t len)
+{
+	static const char tchar[] = "!#$%&'*+-.^_`|~";
+	size_t i;
+
+	if (!len)
+		return 0;
+	for (i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)s[i];
+
+		if (!isalnum(c) && !strchr(tchar, c))
+			return 0;
+	}
+	return 1;
+}
+
+/* RFC 9110 section 5.5: no CR, LF or NUL in a field value (they would split it). */
+static int gw_valid_value(const char *s, size_t len)
+{
+	size_t i;
+
+	for (i = 0; i < len; i++)
+		if (s[i] == '\r' || s[i] == '\n' || s[i] == '\0')
+			return 0;
+	return 1;
+}
+
+/*
+ * A function's answer is untrusted: a final status outside 200-599 or a header that
+ * would split the response becomes a 502 here, whatever the tier let through.
+ */
+static void gw_check_response(struct inv *inv)
+{
+	struct inv_response *r = &inv->resp;
+	size_t i;
+
+	if (r->status < 200 || r->status > 599) {
+		inv_fail(inv, 502, "bad_response", "the function answered status %d; a final "
+			 "status is 200-599", r->status);
+		return;
+	}
+	for (i = 0; i < r->nheaders; i++) {
+		const struct kv *h = &r->headers[i];
+
+		if (gw_valid_name(h->name, h->name_len) && gw_valid_value(h->value, h->value_len))
+			continue;
+		inv_fail(inv, 502, "bad_response", "the function answered an invalid header "
+			 "(a name must be a token; a value may not hold CR, LF or NUL)");
+		return;
+	}
+}
+
+/* RFC 9110 sections 9.3.2, 15.3.5, 15.4.5: HEAD, 204 and 304 answers carry no content. */
+static int gw_no_content(const h2o_req_t *req, int status)
+{
+	return status == 204 || status == 304 ||
+	       h2o_memis(req->input.method.base, req->input.method.len, H2O_STRLIT("HEAD"));
+}
+
 static void gw_respond(struct gw_inv *gi)
 {
 	static h2o_generator_t gen = { NULL, NULL };
@@ -439,9 +552,11 @@ static void gw_respond(struct gw_inv *gi)
 	h2o_iovec_t body = h2o_iovec_init(r->body ? r->body : "", r->body_len);
 	size_t i;
 
-	req->res.status = r->status ? r->status : 200;
-	req->res.reason = gw_reason(req->res.status);
-	req->res.content_length = r->body_len;
+	req->res.status = r->status;
+	req->res.reason = gw_reason(r->status);
+	req->res.content_length = r->status == 204 || r->status == 304 ? 0 : r->body_len;
+	if (gw_no_content(req, r->status))
+		body.len = 0;
 	for (i = 0; i < r->nheaders; i++) {
 		if (gw_hop_by_hop(&r->headers[i]))
 			continue;
@@ -481,6 +596,8 @@ static void gw_finish(struct gw_inv *gi)
 
 	if (!gi->inv.resp.status)
 		inv_fail(&gi->inv, 500, "internal", "the tier returned no response");
+	else if (gi->inv.fn)
+		gw_check_response(&gi->inv);
 	if (gi->entry) {
 		gw_stats_record(&gi->entry->stats, gi->inv.resp.status,
 				gw_now_ns() - gi->inv.start_ns, gi->inv.cold);
