@@ -12,6 +12,7 @@
 #include <v8.h>
 
 #include <atomic>
+#include <ctype.h>
 #include <errno.h>
 #include <memory>
 #include <stdarg.h>
@@ -1064,7 +1065,31 @@ static void emit_body(iso_vm *vm, Local<Value> body)
 	vm->io->set_body(vm->io->opaque, buf, n);
 }
 
-/* The runtime resolves dispatch() to [status, [name, value, ...], body]. */
+/* RFC 9110 token characters. */
+static bool is_token(const char *s, size_t n)
+{
+	static const char extra[] = "!#$%&'*+-.^_`|~";
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+
+		if (!isalnum(c) && !(c && strchr(extra, c)))
+			return false;
+	}
+	return n > 0;
+}
+
+static bool is_field_value(const char *s, size_t n)
+{
+	return !memchr(s, '\0', n) && !memchr(s, '\r', n) && !memchr(s, '\n', n);
+}
+
+/*
+ * The runtime resolves dispatch() to [status, [name, value, ...], body]. The runtime
+ * already validated all of it, but it runs in the tenant's context: the gateway must
+ * never see a status line or header it would write unchecked, so check again here.
+ */
 static int emit_response(iso_vm *vm, Local<Context> ctx, Local<Value> v, int *status)
 {
 	Isolate *iso = vm->isolate;
@@ -1078,17 +1103,22 @@ static int emit_response(iso_vm *vm, Local<Context> ctx, Local<Value> v, int *st
 	if (!a->Get(ctx, 0).ToLocal(&st) || !a->Get(ctx, 1).ToLocal(&hv) || !hv->IsArray() ||
 	    !a->Get(ctx, 2).ToLocal(&body))
 		return ISO_BAD_RESPONSE;
-	*status = st->Int32Value(ctx).FromMaybe(500);
+	*status = st->Int32Value(ctx).FromMaybe(0);
+	if (*status < 200 || *status > 599)
+		return ISO_BAD_RESPONSE;
 	h = hv.As<Array>();
 	for (i = 0; i + 1 < h->Length(); i += 2) {
 		String::Utf8Value name(iso, h->Get(ctx, i).ToLocalChecked());
 		String::Utf8Value val(iso, h->Get(ctx, i + 1).ToLocalChecked());
 
-		if (*name && *val)
-			vm->io->add_header(vm->io->opaque, *name, name.length(), *val,
-					   val.length());
+		if (!*name || !*val || !is_token(*name, name.length()) ||
+		    !is_field_value(*val, val.length()))
+			return ISO_BAD_RESPONSE;
+		vm->io->add_header(vm->io->opaque, *name, name.length(), *val, val.length());
 	}
-	emit_body(vm, body);
+	/* 204 and 304 have no body (RFC 9110 15.3.5, 15.4.5). */
+	if (*status != 204 && *status != 304)
+		emit_body(vm, body);
 	return ISO_OK;
 }
 
@@ -1173,7 +1203,8 @@ static int finish(iso_vm *vm, Local<Context> ctx, Local<Promise> p, int *status,
 		return ISO_OK;
 	rc = emit_response(vm, ctx, p->Result(), status);
 	if (rc)
-		errf(err, errlen, "fetch() did not resolve to a Response");
+		errf(err, errlen, "fetch() resolved to a Response with an invalid status or "
+		     "header");
 	return rc;
 }
 

@@ -37,6 +37,11 @@ function headerValue(v) {
 }
 
 const kGuard = Symbol('guard');
+/* Internal accessors for the wire form of a Response: they read private fields, so a
+ * tenant redefining status or headers on its Response cannot change what is sent. */
+const kFlat = Symbol('flat');
+const kRaw = Symbol('raw');
+const kWire = Symbol('wire');
 
 class Headers {
 	#map = new Map();	/* lower-case name -> combined value */
@@ -66,6 +71,14 @@ class Headers {
 		const h = new Headers();
 		for (let i = 0; i + 1 < flat.length; i += 2) h.#add(flat[i], flat[i + 1]);
 		return h;
+	}
+	static [kFlat](h) {
+		const out = [];
+		for (const k of [...h.#map.keys()].sort()) {
+			if (k === 'set-cookie') for (const c of h.#cookies) out.push(k, c);
+			else out.push(k, h.#map.get(k));
+		}
+		return out;
 	}
 	#add(n, v) {
 		if (n === 'set-cookie') this.#cookies.push(v);
@@ -125,6 +138,10 @@ class Body {
 	#body; #used = false;
 	_initBody(body) { this.#body = body; }
 	_rawBody() { return this.#body; }
+	static [kRaw](b) {
+		if (b.#used) throw new TypeError('the Response body has already been used');
+		return b.#body;
+	}
 	get bodyUsed() { return this.#used; }
 	get body() { return this.#body === null ? null : bodyStream(this.#body); }
 	#take() {
@@ -306,6 +323,7 @@ class Response extends Body {
 			statusText: this.#statusText, headers: this.#headers });
 	}
 	get [Symbol.toStringTag]() { return 'Response'; }
+	static [kWire](r) { return [r.#status, Headers[kFlat](r.#headers), Body[kRaw](r)]; }
 }
 
 const abortError = () => new DOMException('aborted', 'AbortError');

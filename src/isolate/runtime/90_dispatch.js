@@ -7,14 +7,15 @@ class ExecutionContext {
 	passThroughOnException() {}
 }
 
+/* Captured at start-up: tenants can replace the static methods, not these bindings. */
+const responseWire = Response[kWire];
+const ResponseClass = Response;
+
 function toWire(r) {
-	if (!(r instanceof Response))
+	if (!(r instanceof ResponseClass))
 		throw new TypeError('fetch() must return a Response, not ' +
 				    (r === null ? 'null' : typeof r));
-	if (r.bodyUsed) throw new TypeError('the Response body has already been used');
-	const flat = [];
-	for (const [k, v] of r.headers) flat.push(k, v);
-	return [r.status || 500, flat, r._rawBody()];
+	return responseWire(r);
 }
 
 /* dispatch(handler, method, url, [name, value...], bodyLength|null, env) */

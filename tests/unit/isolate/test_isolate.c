@@ -397,6 +397,38 @@ static void test_limits(void)
 		     "never produced a response");
 }
 
+/* What goes on the wire comes from the Response's internal state, not from properties
+ * the tenant can redefine. */
+static void test_response_tampering(void)
+{
+	struct fn *fn;
+	struct inv *inv;
+
+	if (!want("tamper"))
+		return;
+	fn = deploy("tamper", "index.js",
+		    "export default { fetch(req) {\n"
+		    "  const w = new URL(req.url).search;\n"
+		    "  if (w === '?error') return Response.error();\n"
+		    "  const r = new Response('body', { headers: { 'x-ok': '1' } });\n"
+		    "  Object.defineProperty(r, 'status', { value: 70000 });\n"
+		    "  Object.defineProperty(r, 'headers', { value: [['x-a', '1\\r\\nx-b: 2']] });\n"
+		    "  return r; } };\n");
+	CHECK(fn, "deploy: %s", errbuf);
+	if (!fn)
+		return;
+	inv = call(fn, "GET", "/", NULL);
+	CHECK(inv->resp.status == 200 && !strcmp(body_of(inv), "body") &&
+	      header_of(inv, "x-ok") && !header_of(inv, "x-a"),
+	      "tampered response: %d %s", inv->resp.status, body_of(inv));
+	inv_free(inv);
+	inv = call(fn, "GET", "/?error", NULL);
+	CHECK(inv->resp.status == 500 && !strcmp(inv->resp.error_kind, "bad_response"),
+	      "Response.error(): %d", inv->resp.status);
+	inv_free(inv);
+	fn_unref(fn);
+}
+
 static void test_deploy_errors(void)
 {
 	struct fn *fn;
@@ -973,6 +1005,7 @@ int main(int argc, char **argv)
 	test_apis();
 	test_limits();
 	test_deploy_errors();
+	test_response_tampering();
 	test_isolation();
 	test_modules();
 	test_router_bundle();
