@@ -85,7 +85,7 @@ def start_vm(vmm, task, jail, native=None, env=None):
     else:
         args += ["--rootfs", ROOTFS, "--runtime", os.path.join(ROOT, "runtimes/python3"),
                  "--env", "STOKE_ENTRY=handler.py",
-                 "--", "/usr/bin/python3", "-S", "-u", "/var/runtime/bootstrap.py"]
+                 "--", "/usr/bin/python3", "-S", "/var/runtime/bootstrap.py"]
     proc = subprocess.Popen(args, pass_fds=[theirs.fileno()], env=env)
     theirs.close()
     return proc, ours

@@ -1,6 +1,6 @@
 """stoke's Python runtime: serves invocations of one handler over the channel.
 
-Runs inside the process VM as `python3 -S -u /var/runtime/bootstrap.py`. It imports the
+Runs inside the process VM as `python3 -S /var/runtime/bootstrap.py`. It imports the
 user's module from /var/task once, then loops: read a request frame from descriptor 3,
 call handler(event, context) AWS Lambda style, write a response frame. One VM serves
 many requests warm. The frame format is documented in docs/channel-abi.md.
@@ -136,6 +136,9 @@ def as_response(result):
             body = ""
         elif not isinstance(body, str):
             body = json.dumps(body)
+        if not b64 and "\x00" in body:
+            # The channel's JSON strings carry no NUL (docs/channel-abi.md): send bytes.
+            body, b64 = b64encode(body.encode("utf-8", "surrogatepass")), True
         # [name, value] pairs: API Gateway's multiValueHeaders and cookies repeat names.
         headers = [[str(k), str(v)] for k, v in (result.get("headers") or {}).items()]
         for k, values in (result.get("multiValueHeaders") or {}).items():
@@ -198,6 +201,10 @@ def serve(handler):
 
 
 def main():
+    # One write per line: whole log lines, and one exit per line instead of one per
+    # print() argument as with -u. The bootstrap flushes after every request too.
+    sys.stdout.reconfigure(line_buffering=True)
+    sys.stderr.reconfigure(line_buffering=True)
     os.chdir(TASK_DIR)
     serve(load_handler())
 

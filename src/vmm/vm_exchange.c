@@ -112,6 +112,24 @@ static char *request_frame(struct inv *inv, uint32_t wall_ms, size_t *len)
 	return out;
 }
 
+/* RFC 9110 section 5.1: a field name is a token. */
+static int header_name_ok(const char *s)
+{
+	if (!*s)
+		return 0;
+	for (; *s; s++)
+		if (!strchr("!#$%&'*+-.^_`|~", *s) && !(*s >= '0' && *s <= '9') &&
+		    !(*s >= 'a' && *s <= 'z') && !(*s >= 'A' && *s <= 'Z'))
+			return 0;
+	return 1;
+}
+
+/* No CR or LF: a value must not end the header line it is written into. */
+static int header_value_ok(const char *s)
+{
+	return !strpbrk(s, "\r\n");
+}
+
 static int set_headers(struct inv *inv, cJSON *headers)
 {
 	cJSON *h;
@@ -126,6 +144,8 @@ static int set_headers(struct inv *inv, cJSON *headers)
 		} else {
 			val = cJSON_GetStringValue(h);
 		}
+		if (name && val && (!header_name_ok(name) || !header_value_ok(val)))
+			return -EINVAL;
 		if (name && val)
 			r = inv_resp_add_header(inv, name, strlen(name), val, strlen(val));
 		if (r)
@@ -168,7 +188,8 @@ static void take_response(struct inv *inv, const char *json, size_t len)
 	int r = -EINVAL;
 
 	st = cJSON_GetObjectItemCaseSensitive(j, "statusCode");
-	if (cJSON_IsNumber(st) && st->valueint >= 100 && st->valueint <= 599) {
+	/* 1xx is never a final answer (RFC 9110 section 15.2). */
+	if (cJSON_IsNumber(st) && st->valueint >= 200 && st->valueint <= 599) {
 		inv->resp.status = st->valueint;
 		r = set_headers(inv, cJSON_GetObjectItemCaseSensitive(j, "headers"));
 		if (!r)
@@ -181,28 +202,75 @@ static void take_response(struct inv *inv, const char *json, size_t len)
 			 "response frame");
 }
 
-/* Streams guest output to the function log, line by line where lines fit. */
-static int pump_output(struct vm_proc *p, int fd, struct inv *inv, const char *stream)
+static void keep_tail(struct vm_proc *p, const char *buf, size_t n)
 {
+	size_t keep = n >= sizeof(p->tail) ? sizeof(p->tail) - 1 : n, drop;
+
+	if (p->tail_len + keep >= sizeof(p->tail)) {
+		drop = p->tail_len + keep - (sizeof(p->tail) - 1);
+		memmove(p->tail, p->tail + drop, p->tail_len - drop);
+		p->tail_len -= drop;
+	}
+	memcpy(p->tail + p->tail_len, buf + n - keep, keep);
+	p->tail_len += keep;
+	p->tail[p->tail_len] = '\0';
+}
+
+static const char *const stream_names[2] = { "stdout", "stderr" };
+
+/* Logs the partial line of stream s (stdout 0, stderr 1), if any. */
+static void flush_line(struct vm_proc *p, int s, struct inv *inv)
+{
+	if (!p->line_len[s])
+		return;
+	fnlog_write(inv->fn->name, inv->request_id, stream_names[s], p->line[s],
+		    p->line_len[s]);
+	p->line_len[s] = 0;
+}
+
+/*
+ * A guest writes output in pieces (print() in an unbuffered Python is one write per
+ * argument): join them into whole lines, one log entry each, newline dropped. Lines
+ * longer than the buffer are logged in buffer-sized parts.
+ */
+static void add_output(struct vm_proc *p, int s, struct inv *inv, const char *buf, size_t n)
+{
+	const char *nl;
+	size_t take;
+
+	while (n) {
+		nl = memchr(buf, '\n', n);
+		take = nl ? (size_t)(nl - buf) : n;
+		if (take > sizeof(p->line[s]) - p->line_len[s])
+			take = sizeof(p->line[s]) - p->line_len[s];
+		memcpy(p->line[s] + p->line_len[s], buf, take);
+		p->line_len[s] += take;
+		buf += take;
+		n -= take;
+		if (n && *buf == '\n') {
+			fnlog_write(inv->fn->name, inv->request_id, stream_names[s], p->line[s],
+				    p->line_len[s]);
+			p->line_len[s] = 0;
+			buf++;
+			n--;
+		} else if (p->line_len[s] == sizeof(p->line[s])) {
+			flush_line(p, s, inv);
+		}
+	}
+}
+
+/* Reads what the guest wrote to stdout or stderr; 0 at end of file. */
+static int pump_output(struct vm_proc *p, int fd, struct inv *inv)
+{
+	int s = fd == p->err;
 	char buf[4096];
 	ssize_t n = read(fd, buf, sizeof(buf));
-	size_t keep;
 
 	if (n <= 0)
-		return n < 0 && errno == EINTR ? 1 : 0;
-	fnlog_write(inv->fn->name, inv->request_id, stream, buf, (size_t)n);
-	if (fd == p->err) {
-		keep = (size_t)n >= sizeof(p->tail) ? sizeof(p->tail) - 1 : (size_t)n;
-		if (p->tail_len + keep >= sizeof(p->tail)) {
-			size_t drop = p->tail_len + keep - (sizeof(p->tail) - 1);
-
-			memmove(p->tail, p->tail + drop, p->tail_len - drop);
-			p->tail_len -= drop;
-		}
-		memcpy(p->tail + p->tail_len, buf + n - keep, keep);
-		p->tail_len += keep;
-		p->tail[p->tail_len] = '\0';
-	}
+		return n < 0 && (errno == EINTR || errno == EAGAIN) ? 1 : 0;
+	add_output(p, s, inv, buf, (size_t)n);
+	if (s)
+		keep_tail(p, buf, (size_t)n);
 	return 1;
 }
 
@@ -284,7 +352,7 @@ static void reap(struct vm_proc *p, struct inv *inv, int kill_it, int *status)
 	while (open && poll(pf, 2, 2000) > 0) {
 		for (i = 0; i < 2; i++)
 			if (pf[i].fd >= 0 && pf[i].revents &&
-			    !pump_output(p, pf[i].fd, inv, i ? "stderr" : "stdout")) {
+			    !pump_output(p, pf[i].fd, inv)) {
 				close_output(p, pf[i].fd);
 				pf[i].fd = -1;
 				open--;
@@ -316,7 +384,7 @@ static int exchange_loop(struct vm_proc *p, struct xfer *x, struct inv *inv,
 			return -errno;
 		for (i = 1; i < 3; i++)
 			if (pf[i].revents && pf[i].fd >= 0 &&
-			    !pump_output(p, pf[i].fd, inv, i == 1 ? "stdout" : "stderr"))
+			    !pump_output(p, pf[i].fd, inv))
 				close_output(p, pf[i].fd);
 		if (!pf[0].revents)
 			continue;
@@ -346,9 +414,13 @@ enum vm_outcome vm_proc_invoke(struct vm_proc *p, struct inv *inv, uint32_t budg
 	free(x.in);
 	if (r == 0) {
 		p->served++;
+		flush_line(p, 0, inv);
+		flush_line(p, 1, inv);
 		return VM_OK;
 	}
 	reap(p, inv, r == -ETIMEDOUT, status);
+	flush_line(p, 0, inv);
+	flush_line(p, 1, inv);
 	if (r == -ETIMEDOUT || (WIFEXITED(*status) && WEXITSTATUS(*status) == 124))
 		return VM_TIMEOUT;
 	return VM_CRASHED;

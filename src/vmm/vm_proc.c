@@ -115,7 +115,6 @@ static int add_program(struct vm_launch *l, const struct fn *fn, const char *nat
 	if (!strcmp(fn->runtime, "python3")) {
 		r = r ? r : add_arg(l, "/usr/bin/python3");
 		r = r ? r : add_arg(l, "-S");
-		r = r ? r : add_arg(l, "-u");
 		return r ? r : add_arg(l, "/var/runtime/bootstrap.py");
 	}
 	return r ? r : add_arg(l, "/var/task/%s", fn->entry);
