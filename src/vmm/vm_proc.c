@@ -140,7 +140,8 @@ int vm_launch_build(struct vm_launch *l, const struct fn *fn, const char *rootfs
 	r = add_arg(l, "%s", vmm_path);
 	r = r ? r : add_arg(l, "--task=%s", fn->dir);
 	r = r ? r : add_arg(l, "--mem-mb=%u", l->mem_mb);
-	r = r ? r : add_arg(l, "--tmp-mb=%u", fn->limits.tmp_mb ? fn->limits.tmp_mb : 64);
+	/* tmp_mb 0 means no /tmp at all (the manifest fills in the default). */
+	r = r ? r : add_arg(l, "--tmp-mb=%u", fn->limits.tmp_mb);
 	r = r ? r : add_arg(l, "--wall-ms=%u", l->wall_ms);
 	r = r ? r : add_arg(l, "--channel-fd=%d", CHILD_CHANNEL_FD);
 	r = r ? r : add_arg(l, "--env=STOKE_CHANNEL_FD=%d", CHILD_CHANNEL_FD);
