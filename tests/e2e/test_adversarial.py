@@ -1187,3 +1187,252 @@ def test_vm_informational_status_is_not_a_final_answer(d):
                   path.encode(), timeout=15)
         assert statuses(out)[:1] == [502], (path, out[:300])
     assert_alive(d)
+
+
+# =====================================================================================
+# HTTP/2 (h2o also speaks cleartext HTTP/2 on the same port, prior knowledge or Upgrade)
+# =====================================================================================
+
+def _h2_frame(ftype, flags, sid, payload=b""):
+    return len(payload).to_bytes(3, "big") + bytes([ftype, flags]) + \
+        sid.to_bytes(4, "big") + payload
+
+
+def _h2_lit(name, value):
+    """An HPACK literal header without indexing, no Huffman (names and values < 128)."""
+    n, v = name.encode(), value.encode()
+    return b"\x00" + bytes([len(n)]) + n + bytes([len(v)]) + v
+
+
+def _h2_get(sid, path, authority="x"):
+    block = (_h2_lit(":method", "GET") + _h2_lit(":scheme", "http") +
+             _h2_lit(":path", path) + _h2_lit(":authority", authority))
+    return _h2_frame(1, 0x5, sid, block)  # HEADERS, END_STREAM | END_HEADERS
+
+
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _h2_frame(4, 0, 0)
+
+
+def _h2_read(sock, timeout):
+    buf, frames = b"", []
+    deadline = time.monotonic() + timeout
+    sock.settimeout(0.2)
+    while time.monotonic() < deadline:
+        try:
+            b = sock.recv(65536)
+        except socket.timeout:
+            continue
+        except OSError:
+            break
+        if not b:
+            break
+        buf += b
+        while len(buf) >= 9:
+            n = int.from_bytes(buf[:3], "big")
+            if len(buf) < 9 + n:
+                break
+            frames.append((buf[3], buf[4], int.from_bytes(buf[5:9], "big") & 0x7fffffff,
+                           buf[9:9 + n]))
+            buf = buf[9 + n:]
+    return frames
+
+
+def test_http2_streams_resets_and_junk_frames(d):
+    ensure_bystander(d)
+    d.deploy_files("slowh2", {"index.js": SLOW})
+    # three multiplexed streams all answered
+    with socket.create_connection(("127.0.0.1", d.port), timeout=5) as s:
+        s.sendall(H2_PREFACE + b"".join(_h2_get(i, "/fn/bystander/%d" % i) for i in (1, 3, 5)))
+        frames = _h2_read(s, 2)
+    data = {sid: p for t, f, sid, p in frames if t == 0}
+    assert data == {1: b"bystander ok", 3: b"bystander ok", 5: b"bystander ok"}, frames
+    # many streams at once, then resets of in-flight slow requests, then a hard close
+    with socket.create_connection(("127.0.0.1", d.port), timeout=5) as s:
+        s.sendall(H2_PREFACE + b"".join(_h2_get(i, "/fn/bystander/%d" % i)
+                                        for i in range(1, 1001, 2)))
+        _h2_read(s, 1)
+    with socket.create_connection(("127.0.0.1", d.port), timeout=5) as s:
+        s.sendall(H2_PREFACE + b"".join(_h2_get(i, "/fn/slowh2/?ms=200") for i in (1, 3, 5)))
+        time.sleep(0.05)
+        s.sendall(b"".join(_h2_frame(3, 0, i, b"\x00\x00\x00\x08") for i in (1, 3, 5)))
+        _h2_read(s, 0.5)
+    with socket.create_connection(("127.0.0.1", d.port), timeout=5) as s:
+        s.sendall(H2_PREFACE + _h2_get(1, "/fn/slowh2/?ms=200"))
+    for junk in (_h2_frame(1, 0x5, 0, b"\x00"), _h2_frame(0, 1, 1, b"x"),
+                 _h2_frame(9, 4, 1, b"\x00"), _h2_frame(4, 0, 0, b"\x00\x04\xff\xff\xff\xff"),
+                 _h2_frame(8, 0, 0, b"\x7f\xff\xff\xff"), _h2_frame(1, 0x5, 1, b"\xff" * 50),
+                 _h2_frame(1, 0x4, 1, _h2_lit(":method", "GET")),
+                 _h2_frame(6, 0, 0, b"12345678") * 500,
+                 _h2_frame(1, 0x1, 1, _h2_lit(":method", "GET") + _h2_lit(":path", "/")) +
+                 b"".join(_h2_frame(9, 0, 1, _h2_lit("x-c%d" % i, "v" * 100))
+                          for i in range(1000)) + _h2_frame(9, 4, 1, b"")):
+        with socket.create_connection(("127.0.0.1", d.port), timeout=5) as s:
+            s.sendall(H2_PREFACE + junk)
+            _h2_read(s, 0.3)
+    time.sleep(0.5)
+    assert_alive(d)
+
+
+# =====================================================================================
+# Shutdown and leaks under hostile load
+# =====================================================================================
+
+def _sigterm_with_inflight(d, name, timeout):
+    """Starts one request to name, sends SIGTERM, returns seconds until exit (or None)."""
+    import signal
+    result = []
+    t = threading.Thread(target=lambda: result.append(_safe_invoke(d, name)))
+    t.start()
+    time.sleep(1.0)
+    t0 = time.monotonic()
+    d.proc.send_signal(signal.SIGTERM)
+    try:
+        d.proc.wait(timeout)
+        took = time.monotonic() - t0
+    except Exception:  # noqa: BLE001 - the daemon hung: end it (it is ours) and say so
+        d.proc.kill()
+        d.proc.wait()
+        took = None
+    t.join(10)
+    return took, result
+
+
+def _safe_invoke(d, name):
+    try:
+        return d.invoke(name).status
+    except (OSError, http_exceptions()) as e:
+        return type(e).__name__
+
+
+def test_sigterm_with_runaway_isolate_exits_within_grace():
+    with Daemon() as d:
+        d.deploy_files("runaway", {"index.js": "export default { fetch() { while (true) {} } };"},
+                       {"limits": {"wall_s": 30, "cpu_ms": 600000}})
+        took, _ = _sigterm_with_inflight(d, "runaway", 25)
+        assert took is not None and took < 15, took
+        assert d.proc.returncode == 0
+
+
+def test_sigterm_with_runaway_vm_exits_within_grace():
+    """BUG (hang): SIGTERM while a micro-VM request loops forever (wall_s 60) does not
+    stop the daemon within the documented 10 s grace: src/vmm/vm_tier.c vm_stop lets
+    running invocations finish "bounded by their wall limits" (up to an hour) and joins
+    the worker threads; the client gets no answer either."""
+    need_vm()
+    with Daemon() as d:
+        d.deploy_files("vmrunaway", {"handler.py": "def handler(e, c):\n    while True: pass\n"},
+                       {"tier": "vm", "runtime": "python3", "entry": "handler.py",
+                        "limits": {"wall_s": 60}})
+        took, result = _sigterm_with_inflight(d, "vmrunaway", 20)
+        assert took is not None and took < 15, "daemon still running 20 s after SIGTERM"
+        assert d.proc.returncode == 0
+
+
+def _fd_and_thread_count(pid):
+    fds = len(os.listdir("/proc/%d/fd" % pid))
+    with open("/proc/%d/status" % pid) as f:
+        threads = int([l for l in f if l.startswith("Threads:")][0].split()[1])
+    return fds, threads
+
+
+def _children(pid):
+    out = []
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                with open("/proc/%s/stat" % p) as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                if int(fields[1]) == pid:
+                    out.append((int(p), fields[0]))
+            except OSError:
+                continue
+    return out
+
+
+def test_no_fd_thread_or_process_leak_after_failures():
+    with Daemon() as d:
+        d.deploy_files("leaky", {"index.js": MISBEHAVE},
+                       {"limits": {"cpu_ms": 100, "wall_s": 2, "memory_mb": 32}})
+        ensure_bystander(d)
+        vm = kvm_usable() and os.path.exists(os.path.join(ROOTFS, "usr/bin/python3"))
+        if vm:
+            deploy_pybad(d, "vmleaky")
+            d.invoke("vmleaky", "/")
+
+        def round_of_failures():
+            for w in ("throw", "reject", "never", "spin", "oom", "recurse", "string"):
+                d.invoke("leaky", "/?w=" + w)
+            for _ in range(20):
+                raw(d, b"GARBAGE\r\n\r\n", timeout=1)
+                s = socket.create_connection(("127.0.0.1", d.port), timeout=2)
+                s.sendall(b"GET /fn/leaky/?w=never HTTP/1.1\r\nHost: x\r\n\r\n")
+                s.close()  # client gone while the function runs
+            if vm:
+                for p in ("/sysexit", "/osexit", "/raise", "/loop"):
+                    d.invoke("vmleaky", p)
+
+        round_of_failures()
+        time.sleep(3)
+        before = _fd_and_thread_count(d.proc.pid)
+        kids_before = len(_children(d.proc.pid))
+        for _ in range(3):
+            round_of_failures()
+        time.sleep(3)
+        after = _fd_and_thread_count(d.proc.pid)
+        kids = _children(d.proc.pid)
+        zombies = [k for k in kids if k[1] == "Z"]
+        assert_alive(d)
+        assert after[0] <= before[0] + 8, ("fds", before, after)
+        assert after[1] <= before[1] + 4, ("threads", before, after)
+        assert not zombies, zombies
+        assert len(kids) <= kids_before + 2, (kids_before, kids)
+
+
+def _vmm_pids_for(data_dir):
+    pids = []
+    for p in os.listdir("/proc"):
+        if not p.isdigit():
+            continue
+        try:
+            with open("/proc/%s/cmdline" % p, "rb") as f:
+                args = f.read().split(b"\0")
+            with open("/proc/%s/stat" % p) as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and args and args[0].endswith(b"stoke-vmm") and \
+                any(data_dir.encode() in a for a in args):
+            pids.append(int(p))
+    return pids
+
+
+def test_vms_do_not_outlive_a_killed_daemon():
+    """BUG (leak): when the daemon dies abruptly (SIGKILL, or the h2o assertion above)
+    while a micro-VM request runs, the stoke-vmm processes are re-parented to init and
+    keep burning CPU until their own wall limit (up to an hour): the inner VM has
+    PR_SET_PDEATHSIG against its supervisor (src/vmm/jail.c) but the supervisor has none
+    against the daemon (src/vmm/vm_proc.c spawn / src/vmm/jail.c supervise)."""
+    import signal
+    need_vm()
+    with Daemon() as d:
+        d.deploy_files("orphan", {"handler.py": "def handler(e, c):\n    while True: pass\n"},
+                       {"tier": "vm", "runtime": "python3", "entry": "handler.py",
+                        "limits": {"wall_s": 60}})
+        t = threading.Thread(target=lambda: _safe_invoke(d, "orphan"))
+        t.start()
+        time.sleep(1.5)
+        assert _vmm_pids_for(d.data_dir), "the VM did not start"
+        d.proc.send_signal(signal.SIGKILL)
+        d.proc.wait(10)
+        t.join(10)
+        deadline = time.monotonic() + 5
+        left = _vmm_pids_for(d.data_dir)
+        while left and time.monotonic() < deadline:
+            time.sleep(0.2)
+            left = _vmm_pids_for(d.data_dir)
+        for pid in left:  # ours: started by the daemon this test started
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        assert not left, "stoke-vmm processes %s outlived the daemon" % left
