@@ -12,6 +12,7 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static DIR *open_listing(int dirfd)
@@ -115,6 +116,38 @@ static void clean_tmp(struct snap_store *s, struct snap_gc_stats *st)
 	closedir(dir);
 }
 
+/*
+ * Restore images and working sets whose layer is gone, and images that assemblers
+ * (which hold the lock shared) left half-written when they died.
+ */
+static void prune_images(struct snap_store *s, struct snap_gc_stats *st)
+{
+	DIR *dir = open_listing(s->images);
+	struct stat sb;
+	struct dirent *d;
+	char hex[65];
+
+	while (dir && (d = readdir(dir))) {
+		const char *dot = strchr(d->d_name, '.');
+
+		if (d->d_name[0] == '.') {
+			if (strstr(d->d_name, ".img.") && !unlinkat(s->images, d->d_name, 0))
+				st->tmp_removed++;
+			continue;
+		}
+		if (!dot || dot - d->d_name != 64)
+			continue;
+		memcpy(hex, d->d_name, 64);
+		hex[64] = 0;
+		if (!fstatat(s->layers, hex, &sb, 0) || errno != ENOENT)
+			continue;
+		if (!unlinkat(s->images, d->d_name, 0))
+			st->images_removed++;
+	}
+	if (dir)
+		closedir(dir);
+}
+
 static int gc_locked(struct snap_store *s, struct snap_gc_stats *st, struct snap_err *err)
 {
 	struct snap__idset set = { 0 };
@@ -131,6 +164,8 @@ static int gc_locked(struct snap_store *s, struct snap_gc_stats *st, struct snap
 			snap__fail(err, -r, "gc: pages/%s: %s", sub, strerror(-r));
 	}
 	snap__idset_free(&set);
+	if (!r)
+		prune_images(s, st);
 	/* Unlinks need no fsync: one that a crash undoes leaves an unreferenced page. */
 	return r;
 }

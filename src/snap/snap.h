@@ -89,11 +89,12 @@ struct snap_gc_stats {
 	uint64_t kept;
 	uint64_t deleted;
 	uint64_t tmp_removed;		/* leftovers of writers that died */
+	uint64_t images_removed;	/* images and working sets of deleted layers */
 };
 
 /*
- * Deletes every stored page no layer manifest references, and the temporary files of
- * writers that died. It holds the store's lock exclusively, so no layer is being
+ * Deletes every stored page no layer manifest references, the temporary files of
+ * writers that died, and the images and working sets (<id>.*) of deleted layers. It holds the store's lock exclusively, so no layer is being
  * written meanwhile; it deletes nothing if any manifest cannot be read and verified.
  */
 int snap_store_gc(struct snap_store *s, struct snap_gc_stats *st, struct snap_err *err);

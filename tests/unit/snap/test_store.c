@@ -350,6 +350,7 @@ static void test_gc(struct snap_store *s)
 	CHECK(all_readable(s, live, 3));
 	CHECK(snap_store_gc(s, &st, &err) == 0);
 	CHECK(st.layers == 3 && st.kept == count_pages());
+	CHECK(st.images_removed == 1);	/* fb's image, assembled by image_equals */
 	CHECK(count_pages() == distinct_pages_of(s, live, 3));
 	CHECK(all_readable(s, live, 3));
 	CHECK(image_equals(s, &id_fa, fa));
