@@ -19,7 +19,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#define MAX_WORKERS 64
+#define MAX_WORKERS 256
+/* Workers mostly wait on their VM, so there are many more than cores. */
+#define MIN_WORKERS 64
 #define MAX_IDLE_PER_FN 8
 #define MAX_ENOSYS_NAMES 32
 /* A cold start's budget: boot happens before the VMM's own per-request clock starts. */
@@ -342,8 +344,13 @@ static int vm_start(struct tier *t)
 	pthread_mutex_init(&vt->lock, NULL);
 	pthread_cond_init(&vt->cond, NULL);
 	pthread_cond_init(&vt->reaper_cond, NULL);
-	/* VMs mostly wait on their guest: more workers than cores keeps cores busy. */
-	vt->nworkers = t->nworkers > 0 ? t->nworkers : (int)(ncpu > 0 ? ncpu * 4 : 8);
+	/*
+	 * One worker serves one VM exchange at a time and mostly waits on it: the count
+	 * bounds how many VM requests run at once, so it is far above the core count.
+	 */
+	vt->nworkers = t->nworkers > MIN_WORKERS ? t->nworkers : MIN_WORKERS;
+	if (vt->nworkers < ncpu * 4)
+		vt->nworkers = (int)ncpu * 4;
 	if (vt->nworkers > MAX_WORKERS)
 		vt->nworkers = MAX_WORKERS;
 	/* Namespaces, cgroups and the privilege drop need root; without it run unjailed. */

@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 
 from harness import EXAMPLES, Skip, kvm_usable
@@ -25,6 +26,10 @@ def handler(event, context):
         print("going away", file=sys.stderr); sys.stderr.flush(); os._exit(7)
     if p == "/loop":
         while True: pass
+    if p == "/sleep":
+        import time
+        time.sleep(0.3)
+        return "slept"
     if p == "/log":
         print("hello from the guest")
     if p == "/cookies":
@@ -216,3 +221,28 @@ def test_multi_value_headers_and_cookies(d):
     assert sorted(v for k, v in r.getheaders() if k.lower() == "set-cookie") == ["a=1", "b=2"]
     assert sorted(v for k, v in r.getheaders() if k.lower() == "x-multi") == ["a", "b"]
     conn.close()
+
+
+def test_concurrent_requests_use_parallel_vms(d):
+    """16 requests that each sleep 300 ms run on 16 VMs at once, not one after another."""
+    need_vm()
+    deploy_stateful(d, "vmpar", max_instances=16)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(d.invoke("vmpar", "/sleep")))
+               for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert [r.status for r in results] == [200] * 16, results
+    warm = []
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=lambda: warm.append(d.invoke("vmpar", "/sleep")))
+               for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    took = time.monotonic() - t0
+    assert [r.status for r in warm] == [200] * 16, warm
+    assert took < 16 * 0.3 / 2, "16 warm 300 ms requests took %.1f s" % took
