@@ -266,39 +266,97 @@ static void log_drain_failure(struct iso_call *c, int rc, const char *err)
 
 static void call_start(struct iso_worker *w, struct inv *inv, struct iso_tenant *tn);
 
-/* Requests that queued behind a tenant that is going away get a fresh one. */
-static void tenant_drop_requeue(struct iso_worker *w, struct iso_tenant *tn)
+static int max_instances(const struct fn *fn)
 {
-	struct inv **waiting = tn->waiting;
-	size_t i, n = tn->nwaiting;
+	return (int)or_default(fn->limits.max_instances, ISO_DEFAULT_MAX_INSTANCES);
+}
 
-	tn->waiting = NULL;
-	tn->nwaiting = 0;
-	iso__tenant_drop(w, tn);
-	for (i = 0; i < n; i++)
-		iso__invoke(w, waiting[i]);
-	free(waiting);
+/* An idle instance of the function, most recently used first (its caches are warm). */
+static struct iso_tenant *idle_instance(struct iso_fn *f)
+{
+	struct iso_tenant *tn, *best = NULL;
+
+	for (tn = f->instances; tn; tn = tn->sibling)
+		if (!tn->call && (!best || tn->last_used_ns > best->last_used_ns))
+			best = tn;
+	return best;
+}
+
+/*
+ * Starts waiting requests while there is an idle instance or room for a new one.
+ * A request leaves the queue before it starts: starting may finish it and re-enter.
+ */
+static void fn_pump(struct iso_worker *w, struct fn *fn)
+{
+	struct iso_fn *f = fn->tier_data;
+	struct iso_tenant *tn;
+	struct inv *inv;
+
+	while (f->nwaiting) {
+		tn = idle_instance(f);
+		if (!tn && f->ninstances >= max_instances(fn))
+			return;
+		inv = f->waiting[0];
+		memmove(f->waiting, f->waiting + 1, --f->nwaiting * sizeof(*f->waiting));
+		call_start(w, inv, tn);
+	}
+}
+
+/* Queues a function for fn_pump(); takes its own reference. */
+static void pump_later(struct iso_worker *w, struct fn *fn)
+{
+	struct fn **q;
+	size_t cap;
+
+	if (w->npumps == w->pumpcap) {
+		cap = w->pumpcap ? w->pumpcap * 2 : 16;
+		q = realloc(w->pumps, cap * sizeof(*q));
+		if (!q)
+			return;	/* the next request or call end of fn pumps it */
+		w->pumps = q;
+		w->pumpcap = cap;
+	}
+	w->pumps[w->npumps++] = fn_ref(fn);
+}
+
+/*
+ * Runs queued pumps. A call that ends while a pump starts it queues its function
+ * instead of pumping in place, so a burst of quick requests is a loop here, not a
+ * recursion as deep as the queue.
+ */
+static void pumps_run(struct iso_worker *w)
+{
+	struct fn *fn;
+
+	if (w->pumping)
+		return;
+	w->pumping = 1;
+	while (w->npumps) {
+		fn = w->pumps[--w->npumps];
+		fn_pump(w, fn);
+		fn_unref(fn);
+	}
+	w->pumping = 0;
 }
 
 static void call_end(struct iso_call *c, int rc)
 {
 	struct iso_worker *w = c->w;
 	struct iso_tenant *tn = c->tn;
-	struct inv *next;
+	/* Held across the drop: the instance may hold the last reference. */
+	struct fn *fn = fn_ref(tn->fn);
+	struct iso_fn *f = fn->tier_data;
 
 	list_remove(w, c);
 	tn->call = NULL;
 	free(c);
-	if (is_fatal(rc) || tn->retired) {
-		tenant_drop_requeue(w, tn);
-		return;
-	}
-	iso__tenant_idle(w, tn);
-	if (!tn->nwaiting)
-		return;
-	next = tn->waiting[0];
-	memmove(tn->waiting, tn->waiting + 1, --tn->nwaiting * sizeof(*tn->waiting));
-	call_start(w, next, tn);
+	if (is_fatal(rc) || (f->retired && !f->nwaiting))
+		iso__tenant_drop(w, tn);
+	else
+		iso__tenant_idle(w, tn);
+	pump_later(w, fn);
+	fn_unref(fn);
+	pumps_run(w);
 }
 
 /* Moves a call on after a slice: wait, answer and start waitUntil work, or end. */
@@ -363,36 +421,38 @@ static void call_start(struct iso_worker *w, struct inv *inv, struct iso_tenant 
 	call_after(c, rc, status, err);
 }
 
-static int waiting_push(struct iso_tenant *tn, struct inv *inv)
+static int waiting_push(struct iso_fn *f, struct inv *inv)
 {
 	struct inv **q;
 	size_t cap;
 
-	if (tn->nwaiting == tn->waitcap) {
-		cap = tn->waitcap ? tn->waitcap * 2 : 4;
-		q = realloc(tn->waiting, cap * sizeof(*q));
+	if (f->nwaiting == f->waitcap) {
+		cap = f->waitcap ? f->waitcap * 2 : 4;
+		q = realloc(f->waiting, cap * sizeof(*q));
 		if (!q)
 			return -ENOMEM;
-		tn->waiting = q;
-		tn->waitcap = cap;
+		f->waiting = q;
+		f->waitcap = cap;
 	}
-	tn->waiting[tn->nwaiting++] = inv;
+	f->waiting[f->nwaiting++] = inv;
 	return 0;
 }
 
+/* Requests of a function start on an idle instance, on a new one up to
+ * limits.max_instances, or wait in order for one. */
 void iso__invoke(struct iso_worker *w, struct inv *inv)
 {
-	struct iso_tenant *tn = ((struct iso_fn *)inv->fn->tier_data)->tenant;
+	struct fn *fn = fn_ref(inv->fn);
 
 	atomic_fetch_add(&w->tier->invocations, 1);
-	if (!tn || (!tn->call && !tn->nwaiting)) {
-		call_start(w, inv, tn);
-		return;
-	}
-	if (waiting_push(tn, inv)) {
+	if (waiting_push(fn->tier_data, inv)) {
 		inv_fail(inv, 503, "overloaded", "out of memory queueing the request");
 		inv_done(inv);
+	} else {
+		pump_later(w, fn);
 	}
+	fn_unref(fn);
+	pumps_run(w);
 }
 
 uint64_t iso__calls_run(struct iso_worker *w)
@@ -423,33 +483,46 @@ uint64_t iso__calls_run(struct iso_worker *w)
 	return wake;
 }
 
-void iso__tenant_retire(struct iso_worker *w, struct iso_tenant *tn)
+void iso__fn_retire(struct iso_worker *w, struct fn *fn)
 {
-	if (tn->call)
-		tn->retired = 1;
-	else
-		iso__tenant_drop(w, tn);
+	struct iso_fn *f = fn->tier_data;
+	struct iso_tenant *tn, *next;
+
+	f->retired = 1;
+	for (tn = f->instances; tn; tn = next) {
+		next = tn->sibling;
+		if (!tn->call)
+			iso__tenant_drop(w, tn);
+	}
+}
+
+static void fail_waiting(struct iso_fn *f)
+{
+	size_t i;
+
+	for (i = 0; i < f->nwaiting; i++) {
+		inv_fail(f->waiting[i], 503, "shutting_down", "the isolate tier is stopping");
+		inv_done(f->waiting[i]);
+	}
+	f->nwaiting = 0;
 }
 
 void iso__calls_abort(struct iso_worker *w)
 {
 	struct iso_call *c;
 	struct iso_tenant *tn;
-	size_t i;
 
 	while ((c = w->calls)) {
 		w->calls = c->next;
-		tn = c->tn;
-		tn->call = NULL;
+		c->tn->call = NULL;
 		if (c->inv) {
 			inv_fail(c->inv, 503, "shutting_down", "the isolate tier is stopping");
 			inv_done(c->inv);
 		}
-		for (i = 0; i < tn->nwaiting; i++) {
-			inv_fail(tn->waiting[i], 503, "shutting_down", "the isolate tier is stopping");
-			inv_done(tn->waiting[i]);
-		}
-		tn->nwaiting = 0;
 		free(c);
 	}
+	/* Requests wait only while every instance of their function is busy, so each
+	 * function with waiting requests has a tenant in the LRU list. */
+	for (tn = w->lru_head; tn; tn = tn->next)
+		fail_waiting(tn->fn->tier_data);
 }

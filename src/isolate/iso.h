@@ -19,6 +19,8 @@
 /* Module evaluation at a cold start gets its own, larger CPU budget. */
 #define ISO_STARTUP_CPU_MS 1000
 #define ISO_DEFAULT_POOL 4
+/* Instances (isolates) one function version may have at once when limits say 0. */
+#define ISO_DEFAULT_MAX_INSTANCES 16
 /*
  * Each isolate costs about 10 memory mappings (measured: heap pages and their guards),
  * and V8 aborts the process when mmap fails, so live isolates are capped to stay under
@@ -29,11 +31,16 @@
 /* A tenant idle this long gets a garbage collection that gives memory back. */
 #define ISO_TRIM_IDLE_NS (1000ull * 1000000u)
 
-/* fn->tier_data: what a deploy produced, shared by every worker. */
+/* fn->tier_data: what a deploy produced. The fields after `worker` belong to the
+ * owning worker thread. */
 struct iso_fn {
 	struct iso_code *code;
 	atomic_int worker;		/* owning worker index; -1 until first request */
-	struct iso_tenant *tenant;	/* the live instance; owning worker only */
+	struct iso_tenant *instances;	/* live instances, linked by `sibling` */
+	int ninstances;
+	int retired;			/* drop instances as soon as they are idle */
+	struct inv **waiting;		/* requests waiting for an instance (FIFO) */
+	size_t nwaiting, waitcap;
 };
 
 /* A live instance of a function version: one isolate with the tenant's context. Owned
@@ -44,10 +51,8 @@ struct iso_tenant {
 	size_t mem;			/* bytes at the end of its last request */
 	uint64_t last_used_ns;
 	int trimmed;			/* collected since its last request */
-	int retired;			/* drop once its call is done */
 	struct iso_call *call;		/* the request running in it, if any */
-	struct inv **waiting;		/* requests queued behind that one (FIFO) */
-	size_t nwaiting, waitcap;
+	struct iso_tenant *sibling;	/* next instance of the same function */
 	struct iso_tenant *prev, *next;	/* worker's LRU list, most recent first */
 };
 
@@ -97,6 +102,9 @@ struct iso_worker {
 	int npool;
 	struct iso_call *calls;		/* in flight, any order */
 	unsigned round;
+	struct fn **pumps;		/* functions whose waiting requests may start */
+	size_t npumps, pumpcap;
+	int pumping;
 	struct iso_tenant *lru_head, *lru_tail;
 	size_t mem;
 	int untrimmed;			/* tenants used since their last trim */
@@ -146,8 +154,8 @@ void iso__invoke(struct iso_worker *w, struct inv *inv);
 /* Steps every call that is due; returns the earliest wake-up time of the rest
  * (UINT64_MAX if none). */
 uint64_t iso__calls_run(struct iso_worker *w);
-/* Drops a tenant, or marks it to be dropped once its call ends (retire). */
-void iso__tenant_retire(struct iso_worker *w, struct iso_tenant *tn);
+/* Drops a function's idle instances; busy ones go when their call ends. */
+void iso__fn_retire(struct iso_worker *w, struct fn *fn);
 /* At stop: answers every call and queued request with 503 shutting_down. */
 void iso__calls_abort(struct iso_worker *w);
 

@@ -136,6 +136,7 @@ void iso__release(struct tier *t, struct fn *fn)
 	if (!f)
 		return;
 	iso_code_free(f->code);
+	free(f->waiting);
 	free(f);
 	fn->tier_data = NULL;
 }

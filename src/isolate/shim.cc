@@ -126,11 +126,25 @@ static Local<String> str(Isolate *iso, const char *s, size_t len)
 		.FromMaybe(String::Empty(iso));
 }
 
+/* Valid UTF-8 whatever the string holds: lone surrogates become U+FFFD, so logs and
+ * error bodies stay valid JSON text. */
+static std::string utf8(Isolate *iso, Local<String> s)
+{
+	std::string out(s->Utf8Length(iso), '\0');
+
+	s->WriteUtf8(iso, &out[0], (int)out.size(), nullptr,
+		     String::NO_NULL_TERMINATION | String::REPLACE_INVALID_UTF8);
+	return out;
+}
+
 static std::string to_std(Isolate *iso, Local<Value> v)
 {
-	String::Utf8Value u(iso, v);
+	TryCatch tc(iso);
+	Local<String> s;
 
-	return *u ? std::string(*u, u.length()) : std::string("(unprintable)");
+	if (!v->ToString(iso->GetCurrentContext()).ToLocal(&s))
+		return "(unprintable)";
+	return utf8(iso, s);
 }
 
 static iso_vm *vm_of(Isolate *iso)
@@ -143,10 +157,12 @@ static iso_vm *vm_of(Isolate *iso)
 static void n_log(const FunctionCallbackInfo<Value> &info)
 {
 	iso_vm *vm = vm_of(info.GetIsolate());
-	String::Utf8Value msg(info.GetIsolate(), info[1]);
+	std::string msg;
 
-	if (vm && vm->io && vm->io->log && *msg)
-		vm->io->log(vm->io->opaque, info[0]->IsTrue(), *msg, msg.length());
+	if (!vm || !vm->io || !vm->io->log || !info[1]->IsString())
+		return;
+	msg = utf8(info.GetIsolate(), info[1].As<String>());
+	vm->io->log(vm->io->opaque, info[0]->IsTrue(), msg.data(), msg.size());
 }
 
 static void n_random_fill(const FunctionCallbackInfo<Value> &info)
@@ -1108,13 +1124,18 @@ static int emit_response(iso_vm *vm, Local<Context> ctx, Local<Value> v, int *st
 		return ISO_BAD_RESPONSE;
 	h = hv.As<Array>();
 	for (i = 0; i + 1 < h->Length(); i += 2) {
-		String::Utf8Value name(iso, h->Get(ctx, i).ToLocalChecked());
-		String::Utf8Value val(iso, h->Get(ctx, i + 1).ToLocalChecked());
+		Local<Value> nv = h->Get(ctx, i).ToLocalChecked();
+		Local<Value> vv = h->Get(ctx, i + 1).ToLocalChecked();
+		std::string name, val;
 
-		if (!*name || !*val || !is_token(*name, name.length()) ||
-		    !is_field_value(*val, val.length()))
+		if (!nv->IsString() || !vv->IsString())
 			return ISO_BAD_RESPONSE;
-		vm->io->add_header(vm->io->opaque, *name, name.length(), *val, val.length());
+		name = utf8(iso, nv.As<String>());
+		val = utf8(iso, vv.As<String>());
+		if (!is_token(name.data(), name.size()) || !is_field_value(val.data(), val.size()))
+			return ISO_BAD_RESPONSE;
+		vm->io->add_header(vm->io->opaque, name.data(), name.size(), val.data(),
+				   val.size());
 	}
 	/* 204 and 304 have no body (RFC 9110 15.3.5, 15.4.5). */
 	if (*status != 204 && *status != 304)

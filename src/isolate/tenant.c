@@ -74,20 +74,32 @@ static void set_trimmed(struct iso_worker *w, struct iso_tenant *tn, int trimmed
 	atomic_fetch_add(&w->tier->trim_pending, trimmed ? -1 : 1);
 }
 
+static void instance_unlink(struct iso_fn *f, struct iso_tenant *tn)
+{
+	struct iso_tenant **p;
+
+	for (p = &f->instances; *p; p = &(*p)->sibling) {
+		if (*p == tn) {
+			*p = tn->sibling;
+			f->ninstances--;
+			return;
+		}
+	}
+}
+
 void iso__tenant_drop(struct iso_worker *w, struct iso_tenant *tn)
 {
 	struct iso_tier *it = w->tier;
 
 	set_trimmed(w, tn, 1);
 	lru_unlink(w, tn);
-	((struct iso_fn *)tn->fn->tier_data)->tenant = NULL;
+	instance_unlink(tn->fn->tier_data, tn);
 	w->mem -= tn->mem;
 	atomic_fetch_sub(&it->mem_bytes, (long)tn->mem);
 	atomic_fetch_sub(&it->live, 1);
 	w->nlive--;
 	iso_vm_free(tn->vm);
 	fn_unref(tn->fn);
-	free(tn->waiting);
 	free(tn);
 }
 
@@ -130,7 +142,7 @@ void iso__tenants_evict(struct iso_worker *w, struct iso_tenant *keep)
 	for (; tn && (w->mem > it->budget_per_worker || w->nlive > it->max_live_per_worker);
 	     tn = prev) {
 		prev = tn->prev;
-		if (tn == keep || tn->call || tn->nwaiting)
+		if (tn == keep || tn->call)
 			continue;
 		iso__tenant_drop(w, tn);
 		atomic_fetch_add(&it->evictions, 1);
@@ -156,8 +168,12 @@ void iso__tenant_idle(struct iso_worker *w, struct iso_tenant *tn)
 /* Adds a freshly loaded tenant (already trimmed: nothing ran in it yet). */
 void iso__tenant_add(struct iso_worker *w, struct iso_tenant *tn)
 {
+	struct iso_fn *f = tn->fn->tier_data;
+
 	tn->trimmed = 1;
-	((struct iso_fn *)tn->fn->tier_data)->tenant = tn;
+	tn->sibling = f->instances;
+	f->instances = tn;
+	f->ninstances++;
 	lru_push_front(w, tn);
 	w->nlive++;
 	atomic_fetch_add(&w->tier->live, 1);

@@ -202,8 +202,8 @@ static void handle_retire(struct iso_worker *w, struct fn *fn)
 {
 	struct iso_fn *f = fn->tier_data;
 
-	if (f && f->tenant)
-		iso__tenant_retire(w, f->tenant);
+	if (f)
+		iso__fn_retire(w, fn);
 	fn_unref(fn);
 }
 
@@ -424,6 +424,7 @@ static void iso_stop(struct tier *t)
 	for (i = 0; i < it->nworkers; i++) {
 		free(it->workers[i].q);
 		free(it->workers[i].pool);
+		free(it->workers[i].pumps);
 	}
 	free(it->workers);
 	free(it);

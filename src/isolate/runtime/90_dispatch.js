@@ -15,12 +15,15 @@ function toWire(r) {
 	if (!(r instanceof ResponseClass))
 		throw new TypeError('fetch() must return a Response, not ' +
 				    (r === null ? 'null' : typeof r));
-	return responseWire(r);
+	const wire = responseWire(r);
+	/* A redefined status would be ignored on the wire; refuse it instead. */
+	if (r.status !== wire[0]) throw new TypeError('the Response status was redefined');
+	return wire;
 }
 
 /* dispatch(handler, method, url, [name, value...], bodyLength|null, env) */
 function dispatch(handler, method, url, flat, bodyLen, env) {
-	timers.clear();
+	clearTimers();
 	waitList = [];
 	let body = null;
 	if (bodyLen !== null) {
@@ -34,7 +37,7 @@ function dispatch(handler, method, url, flat, bodyLen, env) {
 function drain() {
 	const list = waitList;
 	waitList = [];
-	return Promise.allSettled(list).then(() => { timers.clear(); });
+	return Promise.allSettled(list).then(clearTimers);
 }
 
 const GLOBALS = {
