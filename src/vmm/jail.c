@@ -228,6 +228,9 @@ static int drop_privileges(void)
 		return -errno;
 	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
 		return -errno;
+	/* Changing credentials cleared the parent-death signal: die with the supervisor. */
+	if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0)
+		return -errno;
 	return 0;
 }
 

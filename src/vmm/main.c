@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -35,10 +36,11 @@ static const char usage[] =
 	"  --no-jail        skip namespaces, seccomp, cgroup and privilege drop\n"
 	"  --cgroup NAME    create cgroup stoke-NAME (\"auto\": one per VM) capping memory\n"
 	"                   (guest memory + 64 MiB) and CPU (one core); needs the jail\n"
-	"  --stats          print system-call counts to stderr at exit\n";
+	"  --stats          print system-call counts to stderr at exit\n"
+	"  --parent-pid N   exit (cleanly, as on SIGTERM) when process N, our parent, dies\n";
 
 enum { OPT_ROOTFS = 256, OPT_TASK, OPT_RUNTIME, OPT_MEM, OPT_TMP, OPT_WALL, OPT_CHAN, OPT_ENV,
-       OPT_NOJAIL, OPT_STATS, OPT_CGROUP };
+       OPT_NOJAIL, OPT_STATS, OPT_CGROUP, OPT_PARENT };
 
 static const struct option options[] = {
 	{ "rootfs", required_argument, NULL, OPT_ROOTFS },
@@ -52,11 +54,13 @@ static const struct option options[] = {
 	{ "no-jail", no_argument, NULL, OPT_NOJAIL },
 	{ "cgroup", required_argument, NULL, OPT_CGROUP },
 	{ "stats", no_argument, NULL, OPT_STATS },
+	{ "parent-pid", required_argument, NULL, OPT_PARENT },
 	{ NULL, 0, NULL, 0 },
 };
 
 static char *env[128];
 static int nenv;
+static pid_t parent_pid;
 
 static int parse_args(int argc, char **argv, struct vm_config *cfg, struct jail_config *jc)
 {
@@ -83,6 +87,7 @@ static int parse_args(int argc, char **argv, struct vm_config *cfg, struct jail_
 		case OPT_NOJAIL: cfg->jail = 0; break;
 		case OPT_CGROUP: jc->cgroup = optarg; break;
 		case OPT_STATS: cfg->stats = 1; break;
+		case OPT_PARENT: parent_pid = (pid_t)atoi(optarg); break;
 		default: return -EINVAL;
 		}
 	}
@@ -105,6 +110,19 @@ static void print_stats(struct vm *vm, double ms)
 		if (vm->counts[i])
 			fprintf(stderr, "  %-18s %6llu%s\n", sys_name((uint64_t)i, nb, sizeof(nb)),
 				(unsigned long long)vm->counts[i], vm->enosys[i] ? "  ENOSYS" : "");
+}
+
+/*
+ * A VM must not outlive the daemon that started it (it would run on to its wall limit
+ * with nobody listening): SIGTERM when the parent goes, and exit if it already went.
+ */
+static int die_with_parent(void)
+{
+	if (!parent_pid)
+		return 0;
+	if (prctl(PR_SET_PDEATHSIG, SIGTERM) < 0)
+		return -errno;
+	return getppid() == parent_pid ? 0 : -ESRCH;
 }
 
 static double now_ms(void)
@@ -169,6 +187,8 @@ int main(int argc, char **argv)
 	sigprocmask(SIG_SETMASK, &none, NULL);
 	/* A daemon that went away must not kill us mid-write: writes report EPIPE. */
 	signal(SIGPIPE, SIG_IGN);
+	if (die_with_parent())
+		return EXIT_VMM_FAILED;
 	jc.tmp_bytes = cfg.tmp_bytes;
 	jc.jail = cfg.jail;
 	r = jail_prepare(&jc, &cfg);

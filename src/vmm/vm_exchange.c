@@ -19,28 +19,43 @@
 #include <time.h>
 #include <unistd.h>
 
+/* Length of the valid UTF-8 character at s (1-4), or 0 if invalid or cut short. */
+static size_t utf8_char(const unsigned char *s, size_t n)
+{
+	unsigned c = s[0];
+	size_t len, k;
+
+	if (c < 0x80)
+		return 1;
+	if (c >= 0xc2 && c <= 0xdf)
+		len = 2;
+	else if (c >= 0xe0 && c <= 0xef)
+		len = 3;
+	else if (c >= 0xf0 && c <= 0xf4)
+		len = 4;
+	else
+		return 0;
+	if (len > n)
+		return 0;
+	/* no overlong forms, surrogates or code points past U+10FFFF */
+	if ((c == 0xe0 && s[1] < 0xa0) || (c == 0xed && s[1] >= 0xa0) ||
+	    (c == 0xf0 && s[1] < 0x90) || (c == 0xf4 && s[1] >= 0x90))
+		return 0;
+	for (k = 1; k < len; k++)
+		if ((s[k] & 0xc0) != 0x80)
+			return 0;
+	return len;
+}
+
 static int utf8_valid(const unsigned char *s, size_t n)
 {
-	size_t i = 0, k, len;
+	size_t i = 0, len;
 
 	while (i < n) {
-		unsigned c = s[i];
-
-		if (c < 0x80) { i++; continue; }
-		if (c >= 0xc2 && c <= 0xdf) len = 1;
-		else if (c >= 0xe0 && c <= 0xef) len = 2;
-		else if (c >= 0xf0 && c <= 0xf4) len = 3;
-		else return 0;
-		if (i + len >= n)
+		len = utf8_char(s + i, n - i);
+		if (!len)
 			return 0;
-		/* no overlong forms, surrogates or code points past U+10FFFF */
-		if ((c == 0xe0 && s[i + 1] < 0xa0) || (c == 0xed && s[i + 1] >= 0xa0) ||
-		    (c == 0xf0 && s[i + 1] < 0x90) || (c == 0xf4 && s[i + 1] >= 0x90))
-			return 0;
-		for (k = 1; k <= len; k++)
-			if ((s[i + k] & 0xc0) != 0x80)
-				return 0;
-		i += len + 1;
+		i += len;
 	}
 	return 1;
 }
@@ -218,20 +233,69 @@ static void keep_tail(struct vm_proc *p, const char *buf, size_t n)
 
 static const char *const stream_names[2] = { "stdout", "stderr" };
 
+/*
+ * Logs one line as valid UTF-8 without NUL (the log is served as JSON): bytes that are
+ * not UTF-8, and NUL, become U+FFFD.
+ */
+static void log_line(struct inv *inv, int s, const char *line, size_t n)
+{
+	const unsigned char *in = (const unsigned char *)line;
+	char *out = malloc(n * 3 + 1);
+	size_t i = 0, o = 0, len;
+
+	if (!out)
+		return;
+	while (i < n) {
+		len = in[i] ? utf8_char(in + i, n - i) : 0;
+		if (len) {
+			memcpy(out + o, in + i, len);
+			o += len;
+			i += len;
+		} else {
+			memcpy(out + o, "\xef\xbf\xbd", 3);
+			o += 3;
+			i++;
+		}
+	}
+	fnlog_write(inv->fn->name, inv->request_id, stream_names[s], out, o);
+	free(out);
+}
+
 /* Logs the partial line of stream s (stdout 0, stderr 1), if any. */
 static void flush_line(struct vm_proc *p, int s, struct inv *inv)
 {
 	if (!p->line_len[s])
 		return;
-	fnlog_write(inv->fn->name, inv->request_id, stream_names[s], p->line[s],
-		    p->line_len[s]);
+	log_line(inv, s, p->line[s], p->line_len[s]);
 	p->line_len[s] = 0;
+}
+
+/* A full line buffer is logged up to its last whole character; the rest stays. */
+static void flush_full(struct vm_proc *p, int s, struct inv *inv)
+{
+	const unsigned char *b = (const unsigned char *)p->line[s];
+	size_t n = p->line_len[s], cut = n, back;
+
+	for (back = 1; back <= 3 && back <= n; back++) {
+		unsigned c = b[n - back];
+
+		if ((c & 0xc0) == 0x80)
+			continue;
+		if (c >= 0xc0 && !utf8_char(b + n - back, back))
+			cut = n - back;	/* a character cut short by the buffer's end */
+		break;
+	}
+	if (cut == 0)
+		cut = n;
+	log_line(inv, s, p->line[s], cut);
+	memmove(p->line[s], p->line[s] + cut, n - cut);
+	p->line_len[s] = n - cut;
 }
 
 /*
  * A guest writes output in pieces (print() in an unbuffered Python is one write per
  * argument): join them into whole lines, one log entry each, newline dropped. Lines
- * longer than the buffer are logged in buffer-sized parts.
+ * longer than the buffer are logged in buffer-sized parts, split between characters.
  */
 static void add_output(struct vm_proc *p, int s, struct inv *inv, const char *buf, size_t n)
 {
@@ -248,13 +312,12 @@ static void add_output(struct vm_proc *p, int s, struct inv *inv, const char *bu
 		buf += take;
 		n -= take;
 		if (n && *buf == '\n') {
-			fnlog_write(inv->fn->name, inv->request_id, stream_names[s], p->line[s],
-				    p->line_len[s]);
+			log_line(inv, s, p->line[s], p->line_len[s]);
 			p->line_len[s] = 0;
 			buf++;
 			n--;
 		} else if (p->line_len[s] == sizeof(p->line[s])) {
-			flush_line(p, s, inv);
+			flush_full(p, s, inv);
 		}
 	}
 }

@@ -146,6 +146,8 @@ int vm_launch_build(struct vm_launch *l, const struct fn *fn, const char *rootfs
 	r = r ? r : add_arg(l, "--channel-fd=%d", CHILD_CHANNEL_FD);
 	r = r ? r : add_arg(l, "--env=STOKE_CHANNEL_FD=%d", CHILD_CHANNEL_FD);
 	r = r ? r : add_arg(l, "--env=STOKE_FUNCTION=%s", fn->name);
+	/* Spawned VMs die with the daemon (PR_SET_PDEATHSIG): no orphans burn CPU. */
+	r = r ? r : add_arg(l, "--parent-pid=%d", (int)getpid());
 	if (!r)
 		r = add_arg(l, jail ? "--cgroup=auto" : "--no-jail");
 	for (i = 0; i < fn->nenv && !r; i++)

@@ -22,7 +22,7 @@ struct vm_proc {
 	uint32_t mem_mb;
 	char tail[1024];	/* the last stderr bytes, for crash reports */
 	size_t tail_len;
-	char line[2][2048];	/* a partial stdout / stderr line, joined before logging */
+	char line[2][16384];	/* a partial stdout / stderr line, joined before logging */
 	size_t line_len[2];
 	uint64_t idle_since_ns;	/* when it last went idle */
 	struct vm_proc *next;	/* idle list */
