@@ -78,6 +78,19 @@ static int flatten(struct snap_store *s, const struct snap_id *top, struct flat 
 	return r;
 }
 
+static int write_run(int fd, const uint8_t *buf, uint64_t k, uint64_t gpn,
+		     struct snap_err *err)
+{
+	ssize_t n = pwrite(fd, buf, k * SNAP_PAGE, (off_t)(gpn * SNAP_PAGE));
+
+	if (n < 0)
+		return snap__fail(err, errno, "image: write: %s", strerror(errno));
+	/* A short write to a regular file means the file system is full. */
+	if (n != (ssize_t)(k * SNAP_PAGE))
+		return snap__fail(err, ENOSPC, "image: write: %s", strerror(ENOSPC));
+	return 0;
+}
+
 /* Writes the non-zero pages, batching contiguous ones; zero pages stay holes. */
 static int write_pages(struct snap_store *s, int fd, const struct flat *f,
 		       struct snap_err *err)
@@ -97,10 +110,8 @@ static int write_pages(struct snap_store *s, int fd, const struct flat *f,
 			    f->e[i + k].gpn == f->e[i].gpn + k &&
 			    !snap_id_is_zero(&f->e[i + k].page); k++)
 			r = snap_page_read(s, &f->e[i + k].page, buf + k * SNAP_PAGE, err);
-		if (!r && pwrite(fd, buf, k * SNAP_PAGE, (off_t)(f->e[i].gpn * SNAP_PAGE)) !=
-			  (ssize_t)(k * SNAP_PAGE))
-			r = snap__fail(err, errno ? errno : EIO, "image: write: %s",
-				       strerror(errno ? errno : EIO));
+		if (!r)
+			r = write_run(fd, buf, k, f->e[i].gpn, err);
 		i += k;
 	}
 	free(buf);
@@ -213,14 +224,20 @@ int snap_image_overlay(struct snap_store *s, const struct snap_id *layer, uint8_
 	struct snap_layer l;
 	int r;
 
-	r = snap_layer_read(s, layer, &l, err);
+	r = snap__lock(s, 0);
 	if (r)
+		return snap__fail(err, -r, "overlay: store lock: %s", strerror(-r));
+	r = snap_layer_read(s, layer, &l, err);
+	if (r) {
+		snap__unlock(s);
 		return r;
+	}
 	if (l.mem_bytes != mem_bytes)
 		r = snap__fail(err, EINVAL, "overlay: layer has %llu bytes of memory",
 			       (unsigned long long)l.mem_bytes);
 	for (uint64_t i = 0; !r && i < l.n; i++)
 		r = snap_page_read(s, &l.e[i].page, mem + l.e[i].gpn * SNAP_PAGE, err);
 	snap_layer_release(&l);
+	snap__unlock(s);
 	return r;
 }
