@@ -96,8 +96,10 @@ int snap_file_write(const char *path, const struct snap_state *st, struct snap_e
 	uint8_t *buf;
 	int r;
 
-	if (!st->nlayers || st->nlayers > SNAP_MAX_CHAIN || (st->flags & FLAGS_REQUIRED))
-		return snap__fail(err, EINVAL, "snapshot %s: bad layer count or flags", path);
+	if (!st->nlayers || st->nlayers > SNAP_MAX_CHAIN || (st->flags & FLAGS_REQUIRED) ||
+	    !st->mem_bytes || st->mem_bytes % SNAP_PAGE)
+		return snap__fail(err, EINVAL, "snapshot %s: bad layer count, memory size or "
+				  "flags", path);
 	buf = encode(st, &total);
 	if (!buf)
 		return snap__fail(err, ENOMEM, "snapshot %s: out of memory", path);

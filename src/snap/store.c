@@ -141,13 +141,14 @@ static int write_tmp(struct snap_store *s, const void *data, size_t len, char tm
 	return r;
 }
 
-/* Moves tmp/<tmp> to pages/<path> unless a page already has that name. */
-static int publish(struct snap_store *s, const char *tmp, const char *path, int *added)
+/* Moves tmp/<tmp> to pages/<path> unless a page already has that name (or replace). */
+static int publish(struct snap_store *s, const char *tmp, const char *path, int replace,
+		   int *added)
 {
 	char sub[3] = { path[0], path[1], 0 };
 
 	for (int tries = 0; tries < 2; tries++) {
-		if (!renameat2(s->tmp, tmp, s->pages, path, RENAME_NOREPLACE)) {
+		if (!renameat2(s->tmp, tmp, s->pages, path, replace ? 0 : RENAME_NOREPLACE)) {
 			*added = 1;
 			return 0;
 		}
@@ -169,12 +170,17 @@ int snap__page_put(struct snap_store *s, const uint8_t *page, const struct snap_
 	const void *data = page;
 	size_t len = SNAP_PAGE, z;
 	char path[68], tmp[64];
+	int exists, r;
 	struct stat st;
-	int r;
 
 	*added = 0;
 	snap__page_path(id, path);
-	if (!fstatat(s->pages, path, &st, 0))
+	/*
+	 * An empty file under a page's name is what delayed allocation can leave after a
+	 * power loss between the rename and the writeback; it is replaced, never trusted.
+	 */
+	exists = !fstatat(s->pages, path, &st, 0);
+	if (exists && st.st_size > 0)
 		return 0;
 	z = ZSTD_compressCCtx(s->cctx, zbuf, sizeof(zbuf), page, SNAP_PAGE, ZSTD_LEVEL);
 	/* A raw page is exactly SNAP_PAGE bytes; any other size is a zstd frame. */
@@ -184,7 +190,7 @@ int snap__page_put(struct snap_store *s, const uint8_t *page, const struct snap_
 	}
 	r = write_tmp(s, data, len, tmp);
 	if (!r)
-		r = publish(s, tmp, path, added);
+		r = publish(s, tmp, path, exists, added);
 	if (!r && *added)
 		*bytes += len;
 	return r;
