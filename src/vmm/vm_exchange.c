@@ -355,23 +355,23 @@ struct xfer {
 };
 
 /* Pulls complete frames out of x->in; returns 1 once a response was taken. */
-static int take_frames(struct xfer *x, struct inv *inv, vm_stats_fn on_stats, void *arg)
+static int take_frames(struct xfer *x, struct inv *inv, const struct vm_hooks *h)
 {
-	struct frame_hdr h;
+	struct frame_hdr hdr;
 	int done = 0;
 
 	while (!done && x->in_len >= FRAME_HDR_SIZE) {
-		frame_hdr_unpack((uint8_t *)x->in, &h);
-		if (x->in_len < FRAME_HDR_SIZE + (size_t)h.len)
+		frame_hdr_unpack((uint8_t *)x->in, &hdr);
+		if (x->in_len < FRAME_HDR_SIZE + (size_t)hdr.len)
 			break;
-		if (h.type == FRAME_RESPONSE) {
-			take_response(inv, x->in + FRAME_HDR_SIZE, h.len);
+		if (hdr.type == FRAME_RESPONSE) {
+			take_response(inv, x->in + FRAME_HDR_SIZE, hdr.len);
 			done = 1;
-		} else if (h.type == FRAME_VMM_STATS && on_stats) {
-			on_stats(arg, x->in + FRAME_HDR_SIZE, h.len);
+		} else if (hdr.type == FRAME_VMM_STATS && h->on_stats) {
+			h->on_stats(h->arg, x->in + FRAME_HDR_SIZE, hdr.len);
 		}
-		x->in_len -= FRAME_HDR_SIZE + h.len;
-		memmove(x->in, x->in + FRAME_HDR_SIZE + h.len, x->in_len);
+		x->in_len -= FRAME_HDR_SIZE + hdr.len;
+		memmove(x->in, x->in + FRAME_HDR_SIZE + hdr.len, x->in_len);
 	}
 	return done;
 }
@@ -426,8 +426,16 @@ static void reap(struct vm_proc *p, struct inv *inv, int kill_it, int *status)
 	vm_proc_kill(p);
 }
 
+/* How long one poll may sleep: until the deadline, or 100 ms to notice a cancel. */
+static int poll_ms(uint64_t deadline, uint64_t now, const struct vm_hooks *h)
+{
+	uint64_t ms = (deadline - now) / 1000000 + 1;
+
+	return (int)(h->cancel && ms > 100 ? 100 : ms);
+}
+
 static int exchange_loop(struct vm_proc *p, struct xfer *x, struct inv *inv,
-			 uint64_t deadline, vm_stats_fn on_stats, void *arg)
+			 uint64_t deadline, const struct vm_hooks *h)
 {
 	struct pollfd pf[3];
 	uint64_t now;
@@ -437,12 +445,14 @@ static int exchange_loop(struct vm_proc *p, struct xfer *x, struct inv *inv,
 		now = vm_now_ns();
 		if (now >= deadline)
 			return -ETIMEDOUT;
+		if (h->cancel && atomic_load(h->cancel))
+			return -ECANCELED;
 		pf[0] = (struct pollfd){ p->chan, POLLIN, 0 };
 		if (x->out_off < x->out_len)
 			pf[0].events |= POLLOUT;
 		pf[1] = (struct pollfd){ p->out, POLLIN, 0 };
 		pf[2] = (struct pollfd){ p->err, POLLIN, 0 };
-		r = poll(pf, 3, (int)((deadline - now) / 1000000 + 1));
+		r = poll(pf, 3, poll_ms(deadline, now, h));
 		if (r < 0 && errno != EINTR)
 			return -errno;
 		for (i = 1; i < 3; i++)
@@ -454,13 +464,13 @@ static int exchange_loop(struct vm_proc *p, struct xfer *x, struct inv *inv,
 		r = channel_io(p, x, pf[0].revents);
 		if (r <= 0)
 			return r ? r : -EPIPE;
-		if (take_frames(x, inv, on_stats, arg))
+		if (take_frames(x, inv, h))
 			return 0;
 	}
 }
 
 enum vm_outcome vm_proc_invoke(struct vm_proc *p, struct inv *inv, uint32_t budget_ms,
-			       vm_stats_fn on_stats, void *arg, int *status)
+			       const struct vm_hooks *hooks, int *status)
 {
 	struct xfer x = { 0 };
 	int r;
@@ -471,8 +481,7 @@ enum vm_outcome vm_proc_invoke(struct vm_proc *p, struct inv *inv, uint32_t budg
 	x.out = request_frame(inv, budget_ms, &x.out_len);
 	if (!x.out)
 		return VM_FAILED;
-	r = exchange_loop(p, &x, inv, vm_now_ns() + (uint64_t)budget_ms * 1000000ULL,
-			  on_stats, arg);
+	r = exchange_loop(p, &x, inv, vm_now_ns() + (uint64_t)budget_ms * 1000000ULL, hooks);
 	free(x.out);
 	free(x.in);
 	if (r == 0) {
@@ -481,9 +490,11 @@ enum vm_outcome vm_proc_invoke(struct vm_proc *p, struct inv *inv, uint32_t budg
 		flush_line(p, 1, inv);
 		return VM_OK;
 	}
-	reap(p, inv, r == -ETIMEDOUT, status);
+	reap(p, inv, r == -ETIMEDOUT || r == -ECANCELED, status);
 	flush_line(p, 0, inv);
 	flush_line(p, 1, inv);
+	if (r == -ECANCELED)
+		return VM_CANCELLED;
 	if (r == -ETIMEDOUT || (WIFEXITED(*status) && WEXITSTATUS(*status) == 124))
 		return VM_TIMEOUT;
 	return VM_CRASHED;

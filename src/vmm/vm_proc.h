@@ -6,6 +6,7 @@
 #ifndef STOKE_VMM_VM_PROC_H
 #define STOKE_VMM_VM_PROC_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -39,10 +40,16 @@ struct vm_launch {
 };
 
 /* Outcome of one exchange, beyond the response it filled in. */
-enum vm_outcome { VM_OK, VM_CRASHED, VM_TIMEOUT, VM_FAILED };
+enum vm_outcome { VM_OK, VM_CRASHED, VM_TIMEOUT, VM_CANCELLED, VM_FAILED };
 
-/* Per-exchange callback for the VMM's statistics frame (JSON payload). */
-typedef void (*vm_stats_fn)(void *arg, const char *json, size_t len);
+/* What the caller of an exchange hooks into it. */
+struct vm_hooks {
+	/* Called with the VMM's statistics frame (JSON payload), if non-NULL. */
+	void (*on_stats)(void *arg, const char *json, size_t len);
+	void *arg;
+	/* When it becomes non-zero the exchange stops the VM (within 100 ms). */
+	const atomic_int *cancel;
+};
 
 uint64_t vm_now_ns(void);
 /*
@@ -68,7 +75,7 @@ int vm_proc_spawn(struct vm_proc *p, const struct vm_launch *l, const char *vmm_
  * other outcome the process is dead and reaped, and *status holds its wait status.
  */
 enum vm_outcome vm_proc_invoke(struct vm_proc *p, struct inv *inv, uint32_t budget_ms,
-			       vm_stats_fn on_stats, void *arg, int *status);
+			       const struct vm_hooks *hooks, int *status);
 /* Kills (if still running) and reaps the process, closes its descriptors. */
 void vm_proc_kill(struct vm_proc *p);
 /* Stops and reaps a stoke-vmm process: SIGTERM, then SIGKILL after 500 ms. */

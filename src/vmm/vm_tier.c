@@ -65,6 +65,7 @@ struct vm_tier {
 	pthread_cond_t cond;
 	struct job *head, *tail;
 	int stopping;
+	atomic_int cancel;		/* set by stop: running exchanges end their VMs */
 	int jail;
 	struct vm_fn *fns;
 	struct vm_proc *dying;		/* retired VMs the reaper stops off the caller's thread */
@@ -204,6 +205,7 @@ static void run_invocation(struct tier *t, struct inv *inv)
 	struct vm_tier *vt = tier_of(t);
 	struct vm_fn *vf = inv->fn->tier_data;
 	struct stats_ctx ctx = { vf, inv };
+	struct vm_hooks hooks = { on_stats, &ctx, &vt->cancel };
 	struct vm_proc *p;
 	uint64_t t0 = vm_now_ns();
 	uint32_t budget;
@@ -220,7 +222,7 @@ static void run_invocation(struct tier *t, struct inv *inv)
 		return;
 	}
 	budget = vf->launch.wall_ms + WALL_GRACE_MS + (inv->cold ? BOOT_ALLOWANCE_MS : 0);
-	switch (vm_proc_invoke(p, inv, budget, on_stats, &ctx, &status)) {
+	switch (vm_proc_invoke(p, inv, budget, &hooks, &status)) {
 	case VM_OK:
 		if (inv->cold)
 			atomic_fetch_add(&vt->boot_ns, vm_now_ns() - t0);
@@ -233,6 +235,9 @@ static void run_invocation(struct tier *t, struct inv *inv)
 		break;
 	case VM_CRASHED:
 		report_crash(vt, inv, p, status);
+		break;
+	case VM_CANCELLED:
+		inv_fail(inv, 503, "shutting_down", "the daemon is stopping");
 		break;
 	case VM_FAILED:
 		inv_fail(inv, 500, "internal", "out of memory building the request");
@@ -533,7 +538,8 @@ static void vm_stop(struct tier *t)
 		return;
 	pthread_mutex_lock(&vt->lock);
 	vt->stopping = 1;
-	/* Queued invocations fail; running ones finish (bounded by their wall limits). */
+	/* Queued invocations fail; running ones stop their VMs and answer 503. */
+	atomic_store(&vt->cancel, 1);
 	while ((j = vt->head)) {
 		vt->head = j->next;
 		inv_fail(j->inv, 503, "shutting_down", "the daemon is stopping");
