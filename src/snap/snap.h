@@ -94,8 +94,9 @@ struct snap_gc_stats {
 
 /*
  * Deletes every stored page no layer manifest references, the temporary files of
- * writers that died, and the images and working sets (<id>.*) of deleted layers. It holds the store's lock exclusively, so no layer is being
- * written meanwhile; it deletes nothing if any manifest cannot be read and verified.
+ * writers that died, and the images and working sets (<id>.*) of deleted layers. It
+ * holds the store's lock exclusively, so no layer is being written meanwhile; it
+ * deletes nothing if any manifest cannot be read and verified.
  */
 int snap_store_gc(struct snap_store *s, struct snap_gc_stats *st, struct snap_err *err);
 
