@@ -1496,3 +1496,63 @@ def test_vm_logs_with_invalid_utf8_and_split_characters(d):
     assert_alive(d)
     stderr = [l["msg"] for l in lines if l["stream"] == "stderr"]
     assert "x" * 4095 + "\u00e9" in stderr, [m[-5:] for m in stderr]
+
+
+# =====================================================================================
+# Noisy neighbours: one tenant must not stall the others
+# =====================================================================================
+
+def _timed_invoke(d, name, path="/"):
+    t0 = time.monotonic()
+    r = d.invoke(name, path)
+    return r, time.monotonic() - t0
+
+
+def test_spinning_isolate_tenants_do_not_stall_others():
+    """BUG (denial of service): every isolate version is pinned to one worker thread
+    (src/isolate/tier.c worker_of) and a synchronous loop holds that thread until its CPU
+    limit, which a tenant may set to 600000 ms (bounded then only by wall_s <= 30). Two
+    spinning tenants on a 2-worker daemon stall every other isolate tenant: here an
+    unrelated hello-world waits for the spinners' full 5 s wall limit."""
+    with Daemon("--workers", "2") as d:
+        ensure_bystander(d)
+        for n in ("spin-a", "spin-b", "spin-c"):
+            d.deploy_files(n, {"index.js": "export default { fetch() { while (true) {} } };"},
+                           {"limits": {"cpu_ms": 600000, "wall_s": 5}})
+        threads = [threading.Thread(target=_safe_invoke, args=(d, n))
+                   for n in ("spin-a", "spin-b", "spin-c")]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        r, took = _timed_invoke(d, "bystander")
+        for t in threads:
+            t.join(20)
+        assert r.status == 200, r
+        assert took < 2.0, "bystander answered after %.1f s behind spinning tenants" % took
+
+
+def test_looping_vm_tenant_does_not_stall_other_vm_tenants():
+    """BUG (denial of service): the micro-VM tier serves all tenants from one fixed pool
+    of worker threads (ncpu x 4, src/vmm/vm_tier.c vm_start) fed by one FIFO, while one
+    function may have 16 instances plus a 1024-deep queue admitted. A single tenant that
+    sends a few looping requests takes every worker for its whole wall limit and another
+    tenant's request waits behind them."""
+    need_vm()
+    with Daemon() as d:
+        d.deploy_files("hog-vm", {"handler.py": "def handler(e, c):\n    while True: pass\n"},
+                       {"tier": "vm", "runtime": "python3", "entry": "handler.py",
+                        "limits": {"wall_s": 6}})
+        d.deploy_files("calm-vm", {"handler.py": "def handler(e, c):\n    return 'calm'\n"},
+                       {"tier": "vm", "runtime": "python3", "entry": "handler.py"})
+        assert d.invoke("calm-vm").status == 200
+        n = 4 * (os.cpu_count() or 2) + 2
+        threads = [threading.Thread(target=_safe_invoke, args=(d, "hog-vm"))
+                   for _ in range(min(n, 40))]
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        r, took = _timed_invoke(d, "calm-vm")
+        for t in threads:
+            t.join(60)
+        assert r.status == 200 and r.text == "calm", r
+        assert took < 3.0, "calm tenant answered after %.1f s behind a looping tenant" % took
