@@ -128,7 +128,7 @@ static int assemble(struct snap_store *s, const struct snap_id *top, const char 
 	r = flatten(s, top, &f, err);
 	if (r)
 		goto out;
-	snprintf(tmp, sizeof(tmp), ".%s.%d.%u.tmp", name, (int)getpid(), s->seq++);
+	snprintf(tmp, sizeof(tmp), ".%s.%d.%u.tmp", name, (int)getpid(), snap__seq());
 	fd = openat(s->images, tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
 	if (fd < 0) {
 		r = snap__fail(err, errno, "image %s: %s", name, strerror(errno));

@@ -24,7 +24,6 @@ struct snap_store {
 	int lock_depth;		/* nested snap__lock calls of this handle */
 	struct ZSTD_CCtx_s *cctx;
 	struct ZSTD_DCtx_s *dctx;
-	unsigned seq;		/* temporary file names */
 };
 
 /* Fills err (if any) and returns -code. */
@@ -36,6 +35,8 @@ int snap__page_is_zero(const uint8_t *p);
 
 int snap__write_all(int fd, const void *buf, size_t len);
 int snap__pread_all(int fd, void *buf, size_t len, uint64_t off);
+/* A number unique within this process (all threads), for temporary file names. */
+unsigned snap__seq(void);
 /* Reads a whole file at dirfd/name into a malloc'd buffer. */
 int snap__read_file(int dirfd, const char *name, uint8_t **buf, size_t *len);
 /*

@@ -129,8 +129,8 @@ static int write_tmp(struct snap_store *s, const void *data, size_t len, char tm
 {
 	int fd, r;
 
-	snprintf(tmp, 64, "page.%d.%u", (int)getpid(), s->seq++);
-	fd = openat(s->tmp, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	snprintf(tmp, 64, "page.%d.%u", (int)getpid(), snap__seq());
+	fd = openat(s->tmp, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
 	if (fd < 0)
 		return -errno;
 	r = snap__write_all(fd, data, len);
@@ -146,6 +146,7 @@ static int publish(struct snap_store *s, const char *tmp, const char *path, int 
 		   int *added)
 {
 	char sub[3] = { path[0], path[1], 0 };
+	int r;
 
 	for (int tries = 0; tries < 2; tries++) {
 		if (!renameat2(s->tmp, tmp, s->pages, path, replace ? 0 : RENAME_NOREPLACE)) {
@@ -159,8 +160,9 @@ static int publish(struct snap_store *s, const char *tmp, const char *path, int 
 		if (errno != ENOENT || (mkdirat(s->pages, sub, 0755) < 0 && errno != EEXIST))
 			break;
 	}
+	r = -errno;
 	unlinkat(s->tmp, tmp, 0);
-	return -errno;
+	return r;
 }
 
 int snap__page_put(struct snap_store *s, const uint8_t *page, const struct snap_id *id,

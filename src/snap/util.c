@@ -146,15 +146,20 @@ out:
 	return r;
 }
 
-int snap__atomic_write(int dirfd, const char *name, const void *buf, size_t len)
+unsigned snap__seq(void)
 {
 	static unsigned seq;
+
+	return __atomic_fetch_add(&seq, 1, __ATOMIC_RELAXED);
+}
+
+int snap__atomic_write(int dirfd, const char *name, const void *buf, size_t len)
+{
 	char tmp[320];
 	int fd, r;
 
 	/* A leading dot keeps half-written files out of every listing that wants ids. */
-	snprintf(tmp, sizeof(tmp), ".%s.%d.%u.tmp", name, (int)getpid(),
-		 __atomic_fetch_add(&seq, 1, __ATOMIC_RELAXED));
+	snprintf(tmp, sizeof(tmp), ".%s.%d.%u.tmp", name, (int)getpid(), snap__seq());
 	fd = openat(dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
 	if (fd < 0)
 		return -errno;
