@@ -427,6 +427,32 @@ def test_host_header_reaches_function(d):
     assert r.json()["host"] == "example.test:81", r.json()
 
 
+def test_host_header_cannot_change_the_path_a_function_sees(d):
+    """BUG: the gateway builds request.url as "http://" + Host + path without checking
+    Host (src/gateway/route.c gw_fill_request), so 'Host: x/admin?' on GET /fn/echo/real
+    makes the function's new URL(request.url) see pathname "/admin" (and 'x\\admin'
+    gives "/admin/real"), while 'Host: a b' makes request.url unparseable. RFC 9112 3.2:
+    a Host that is not a valid uri-host[:port] is a 400."""
+    src = """export default { fetch(r) {
+      let path = null;
+      try { path = new URL(r.url).pathname; } catch (e) { path = "unparseable: " + e; }
+      return Response.json({ url: r.url, path });
+    } };"""
+    d.deploy_files("urlcheck", {"index.js": src})
+    bad = []
+    for host in (b"x/admin?", b"x/admin#", b"x\\admin", b"a b", b"x:99999", b"[::1"):
+        out = raw(d, b"GET /fn/urlcheck/real HTTP/1.1\r\nHost: " + host +
+                  b"\r\nConnection: close\r\n\r\n")
+        codes = statuses(out)
+        if codes == [400]:
+            continue
+        body = json.loads(head_and_body(out)[1])
+        if body["path"] != "/real":
+            bad.append((host, body))
+    assert_alive(d)
+    assert not bad, bad
+
+
 def test_gateway_errors_carry_request_id(d):
     """BUG: errors the gateway itself produces (unknown function 404, no-route 404, 401,
     431, 413, 429) have no "request_id" in the JSON body and no x-stoke-request-id header,
