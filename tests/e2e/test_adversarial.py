@@ -1582,3 +1582,61 @@ def test_looping_vm_tenant_does_not_stall_other_vm_tenants():
             t.join(60)
         assert r.status == 200 and r.text == "calm", r
         assert took < 3.0, "calm tenant answered after %.1f s behind a looping tenant" % took
+
+
+# =====================================================================================
+# Deploy-time compilation of native C functions (runs on the host)
+# =====================================================================================
+
+def _need_cc():
+    import shutil
+    if not shutil.which("cc"):
+        raise Skip("no C compiler")
+
+
+def test_native_compile_cannot_read_host_files(d):
+    """BUG (host file disclosure): a native function's main.c that does
+    #include "/etc/passwd" is compiled on the host, as the daemon's user, outside any
+    jail (src/vmm/vm_native.c vm_native_build runs `cc` directly), and the 400 answer
+    quotes the file: "/etc/passwd:1:5: error ... 1 | root:x:0:0:root:/root:/bin/bash".
+    Run as root, the same works for /etc/shadow or the daemon's own token file."""
+    _need_cc()
+    r = d.deploy_files("peek-c", {"main.c": '#include "/etc/passwd"\nint main(void) { return 0; }\n'},
+                       {"tier": "vm", "runtime": "native", "entry": "main.c"}, expect=None)
+    assert_alive(d)
+    assert r.status == 400, r
+    assert "root:" not in r.text, r.text[:500]
+    r = d.deploy_files("peek-c", {"main.c": '#include "%s/token"\nint main(void) { return 0; }\n'
+                                  % d.data_dir},
+                       {"tier": "vm", "runtime": "native", "entry": "main.c"}, expect=None)
+    assert r.status == 400, r
+    assert d.token not in r.text, "the admin token leaked through a compiler error"
+
+
+def test_health_answers_while_a_slow_deploy_compiles(d):
+    """BUG: /_stoke/health is served by the single admin thread (src/gateway/route.c
+    gw_route_admin dispatches it to gw_admin_ops like any admin call), so while one deploy
+    compiles (a native C function may take up to the 60 s compile timeout) health checks,
+    status, metrics and every other deploy hang; a load balancer would mark the daemon
+    dead. Health took 40 s during one compile when this was found."""
+    _need_cc()
+    funcs = "\n".join("int f%d(int x) { int s = 0; for (int i = 0; i < x; i++) { s += i * %d ^ "
+                      "(s >> 3); if (s %% 7 == %d) s -= x; } return s; }" % (i, i, i % 7)
+                      for i in range(1500))
+    src = funcs + "\nint main(void) { return 0; }\n"
+    done = []
+    t = threading.Thread(target=lambda: done.append(
+        d.deploy_files("slow-c", {"main.c": src},
+                       {"tier": "vm", "runtime": "native", "entry": "main.c"}, expect=None)))
+    t0 = time.monotonic()
+    t.start()
+    time.sleep(0.5)
+    h0 = time.monotonic()
+    r = d.request("GET", "/_stoke/health", timeout=70)
+    health_s = time.monotonic() - h0
+    t.join(90)
+    compile_s = time.monotonic() - t0
+    assert r.status == 200, r
+    if compile_s < 2:
+        raise Skip("the compile was too fast (%.1f s) to show anything" % compile_s)
+    assert health_s < 1.0, "health took %.1f s during a %.1f s deploy" % (health_s, compile_s)
