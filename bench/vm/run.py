@@ -3,7 +3,7 @@
 
 Measures, driving build/src/vmm/stoke-vmm directly over the channel (docs/channel-abi.md):
   boot       spawn stoke-vmm -> python3 boots -> first response (p50/p99 over --runs),
-             also without the vDSO (STOKE_VMM_NO_VDSO=1) over a third as many runs
+             also without the vDSO (STOKE_VMM_NO_VDSO=1), interleaved, a third as often
   warm       a request on an already warm VM (p50/p99)
   syscall    system-call round trip: a static program doing getppid in a loop
   memory     host memory per idle warm Python VM (RSS of the stoke-vmm process tree),
@@ -172,9 +172,17 @@ def main():
         f.write(HANDLER)
     jail = not a.no_jail and os.geteuid() == 0
     try:
-        boots, warms, rss, boot_syscalls = bench_boot(vmm, task, a.runs, jail)
-        plain, _, _, plain_syscalls = bench_boot(vmm, task, max(3, a.runs // 3), jail,
-                                                 dict(os.environ, STOKE_VMM_NO_VDSO="1"))
+        # Interleaved, so both variants see the same background load.
+        boots, warms, rss, plain = [], [], [], []
+        no_vdso = dict(os.environ, STOKE_VMM_NO_VDSO="1")
+        for i in range(a.runs):
+            b, w, r, boot_syscalls = bench_boot(vmm, task, 1, jail)
+            boots += b
+            warms += w
+            rss += r
+            if i % 3 == 0:
+                b, _, _, plain_syscalls = bench_boot(vmm, task, 1, jail, no_vdso)
+                plain += b
     finally:
         shutil.rmtree(task)
     sys_vm, sys_native = bench_syscall(vmm, a.build)
