@@ -237,7 +237,8 @@ static char *bundle_src(void)
 		sb_printf(&sb,
 			  "function handler%d(req, params) {\n"
 			  "  const parts = params.path.split('/').filter(Boolean);\n"
-			  "  const out = { id: %d, name: 'handler%d', parts, n: parts.length * %d };\n"
+			  "  const out = { id: %d, name: 'handler%d', parts,\n"
+			  "    n: parts.length * %d };\n"
 			  "  if (out.n > 1000000) throw new Error('unreachable %d');\n"
 			  "  return new Response(JSON.stringify(out), { headers: "
 			  "{ 'content-type': 'application/json' } });\n}\n"

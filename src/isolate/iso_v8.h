@@ -88,7 +88,8 @@ void iso_vm_set_limits(struct iso_vm *vm, size_t heap_bytes, size_t buffer_bytes
 void iso_vm_set_io(struct iso_vm *vm, const struct iso_io *io);
 /*
  * Installs env in the vm's context and evaluates the tenant's modules (from the code
- * cache); top-level await may run timers until deadline_ns (CLOCK_MONOTONIC). Returns an iso_status; err says what went wrong.
+ * cache); top-level await may run timers until deadline_ns (CLOCK_MONOTONIC).
+ * Returns an iso_status; err says what went wrong.
  */
 int iso_vm_load(struct iso_vm *vm, const struct iso_code *code, const struct iso_kv *env,
 		size_t nenv, uint64_t deadline_ns, char *err, size_t errlen);

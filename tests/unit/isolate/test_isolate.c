@@ -412,7 +412,8 @@ static void test_response_tampering(void)
 		    "  if (w === '?error') return Response.error();\n"
 		    "  const r = new Response('body', { headers: { 'x-ok': '1' } });\n"
 		    "  Object.defineProperty(r, 'status', { value: 70000 });\n"
-		    "  Object.defineProperty(r, 'headers', { value: [['x-a', '1\\r\\nx-b: 2']] });\n"
+		    "  Object.defineProperty(r, 'headers',\n"
+		    "    { value: [['x-a', '1\\r\\nx-b: 2']] });\n"
 		    "  return r; } };\n");
 	CHECK(fn, "deploy: %s", errbuf);
 	if (!fn)
@@ -525,7 +526,8 @@ static const char *const api_cases[][3] = {
 	  "https:|u|p|ex.com:8443|ex.com|8443|/p/a|?q=1|#h|https://ex.com:8443" },
 	{ "url-encode", "return new URL('http://ex.com/a b/ü?q=a b&c=ü#x y').href",
 	  "http://ex.com/a%20b/%C3%BC?q=a%20b&c=%C3%BC#x%20y" },
-	{ "url-ipv4", "return new URL('http://0x7f.1/').host + ' ' + new URL('http://[::1]:8/').host",
+	{ "url-ipv4", "return new URL('http://0x7f.1/').host + ' ' +"
+	  "new URL('http://[::1]:8/').host",
 	  "127.0.0.1 [::1]:8" },
 	{ "url-invalid", "try { new URL('nope'); return 'no' } catch (e) {"
 	  "return e instanceof TypeError }", "true" },
@@ -534,7 +536,8 @@ static const char *const api_cases[][3] = {
 	{ "url-setters", "const u = new URL('http://a.com/x?y=1'); u.pathname = '/p q';"
 	  "u.search = '?k=v'; u.hash = 'h'; u.port = '81'; return u.href",
 	  "http://a.com:81/p%20q?k=v#h" },
-	{ "url-opaque", "const u = new URL('mailto:Joe@Ex.com'); return u.pathname + ' ' + u.origin",
+	{ "url-opaque", "const u = new URL('mailto:Joe@Ex.com');"
+	  "return u.pathname + ' ' + u.origin",
 	  "Joe@Ex.com null" },
 	{ "url-backslash", "return new URL('http://a.com\\\\b\\\\c').pathname", "/b/c" },
 	{ "url-searchparams-live", "const u = new URL('http://a/?a=1&b=2');"
@@ -550,7 +553,8 @@ static const char *const api_cases[][3] = {
 	{ "usp-set", "const p = new URLSearchParams('a=1&b=2&a=3'); p.set('a', 'x');"
 	  "return p.toString() + ' ' + p.has('b') + ' ' + p.has('b', '9')", "a=x&b=2 true false" },
 	/* Headers */
-	{ "headers-basic", "const h = new Headers({ 'Content-Type': 'a' }); h.append('X-A', ' 1 ');"
+	{ "headers-basic", "const h = new Headers({ 'Content-Type': 'a' });"
+	  "h.append('X-A', ' 1 ');"
 	  "h.append('x-a', '2'); return [h.get('content-type'), h.get('X-A'), h.has('x-b'),"
 	  "[...h.keys()].join()].join('|')", "a|1, 2|false|content-type,x-a" },
 	{ "headers-invalid", "try { new Headers({ 'a b': '1' }); return 'no' } catch (e) {"
@@ -567,7 +571,8 @@ static const char *const api_cases[][3] = {
 	  "POST|https://a.com/x|y|text/plain;charset=UTF-8|hi|true" },
 	{ "request-get-body", "try { new Request('http://a', { body: 'x' }); return 'no' }"
 	  "catch (e) { return e.name }", "TypeError" },
-	{ "request-clone", "const r = new Request('http://a', { method: 'PUT', body: '{\"a\":1}' });"
+	{ "request-clone", "const r = new Request('http://a',"
+	  "{ method: 'PUT', body: '{\"a\":1}' });"
 	  "const c = r.clone(); return (await r.json()).a + (await c.text())", "1{\"a\":1}" },
 	{ "request-url", "return request.url", "http://request-url.test/t?x=1" },
 	/* Response */
@@ -578,7 +583,8 @@ static const char *const api_cases[][3] = {
 	  "return r.status + ' ' + r.headers.get('location')", "301 http://a.com/b%20c" },
 	{ "response-redirect-bad", "try { Response.redirect('http://a', 200) } catch (e) {"
 	  "return e.name }", "RangeError" },
-	{ "response-status", "try { new Response('', { status: 99 }) } catch (e) { return e.name }",
+	{ "response-status", "try { new Response('', { status: 99 }) }"
+	  "catch (e) { return e.name }",
 	  "RangeError" },
 	{ "response-nullbody", "try { new Response('x', { status: 204 }) } catch (e) {"
 	  "return e.name }", "TypeError" },
@@ -631,7 +637,8 @@ static const char *const api_cases[][3] = {
 	  "sync,micro,promise,t0,t20" },
 	{ "timers-clear", "let hit = 0; const id = setTimeout(() => hit++, 5); clearTimeout(id);"
 	  "await new Promise((r) => setTimeout(r, 20)); return hit", "0" },
-	{ "timers-args", "return await new Promise((r) => setTimeout((a, b) => r(a + b), 1, 2, 3))",
+	{ "timers-args", "return await new Promise((r) =>"
+	  "setTimeout((a, b) => r(a + b), 1, 2, 3))",
 	  "5" },
 	{ "timers-interval", "let n = 0; await new Promise((r) => { const i = setInterval(() => {"
 	  "if (++n === 3) { clearInterval(i); r(); } }, 1); }); return n", "3" },
@@ -654,7 +661,8 @@ static const char *const api_cases[][3] = {
 	{ "formdata", "const r = new Request('http://a', { method: 'POST', body:"
 	  "new URLSearchParams('a=1&b=x+y') }); const f = await r.formData();"
 	  "return f.get('a') + f.get('b')", "1x y" },
-	{ "wasm-sync", "const b = new Uint8Array([0,97,115,109,1,0,0,0,1,7,1,96,2,127,127,1,127,3,2,"
+	{ "wasm-sync", "const b = new Uint8Array(["
+	  "0,97,115,109,1,0,0,0,1,7,1,96,2,127,127,1,127,3,2,"
 	  "1,0,7,7,1,3,97,100,100,0,0,10,9,1,7,0,32,0,32,1,106,11]);"
 	  "const { instance } = await WebAssembly.instantiate(b);"
 	  "return instance.exports.add(2, 3)", "5" },
@@ -727,7 +735,8 @@ static void test_modules(void)
 		    "interface Env { NAME?: string }\n"
 		    "export default { async fetch(req: Request, env: Env): Promise<Response> {\n"
 		    "  const n: number = 2;\n  return new Response(greet('ts') + n);\n} };\n",
-		    "greet.ts", "export function greet(who: string): string { return `hi ${who}`; }\n");
+		    "greet.ts", "export function greet(who: string): string {\n"
+		    "  return `hi ${who}`; }\n");
 	CHECK(fn, "ts deploy: %s", errbuf);
 	if (fn) {
 		expect_body(fn, "/", "hi ts2");
@@ -830,7 +839,8 @@ static void test_concurrency(void)
 		return;
 	s1 = deploy("slow1", "index.js", slow);
 	s2 = deploy("slow2", "index.js", slow);
-	fast = deploy("fast", "index.js", "export default { fetch() { return new Response('f'); } };\n");
+	fast = deploy("fast", "index.js",
+		      "export default { fetch() { return new Response('f'); } };\n");
 	CHECK(s1 && s2 && fast, "deploy: %s", errbuf);
 	if (!s1 || !s2 || !fast)
 		return;
@@ -894,7 +904,8 @@ static void test_retire(void)
 	if (!want("retire"))
 		return;
 	fn = deploy("retire", "index.js",
-		    "let n = 0; export default { fetch() { return new Response(String(++n)); } };\n");
+		    "let n = 0;\n"
+		    "export default { fetch() { return new Response(String(++n)); } };\n");
 	CHECK(fn, "deploy: %s", errbuf);
 	if (!fn)
 		return;
