@@ -21,6 +21,8 @@
 #include <unistd.h>
 
 static struct tier T = { .ops = &iso_tier_ops, .nworkers = 2 };
+/* Where call_async() sends requests: T, or a second tier with its own settings. */
+static struct tier *cur_tier = &T;
 static char tmp[256];
 static int npass, nfail, nreq;
 static const char *filter;
@@ -199,7 +201,7 @@ static struct inv *call_async(struct fn *fn, const char *method, const char *tar
 	}
 	inv->on_done = on_done;
 	inv->gw = w;
-	T.ops->invoke(&T, inv);
+	cur_tier->ops->invoke(cur_tier, inv);
 	return inv;
 }
 
@@ -970,6 +972,48 @@ static void test_live_cap(void)
 	}
 }
 
+/* A second tier with a 16 MiB budget keeps few idle tenants, evicting the least
+ * recently used; evicted ones answer again from a fresh isolate. */
+static void test_memory_budget(void)
+{
+	struct tier small = { .ops = &iso_tier_ops, .nworkers = 1,
+			      .memory_budget = 16 << 20 };
+	struct fn *fns[24];
+	struct strbuf m = STRBUF_INIT;
+	char name[32];
+	int i, n = 0;
+
+	if (!want("budget"))
+		return;
+	small.data_dir = tmp;
+	CHECK(small.ops->start(&small) == 0, "second tier starts");
+	cur_tier = &small;
+	for (i = 0; i < 24; i++) {
+		snprintf(name, sizeof(name), "budget%d", i);
+		fns[i] = deploy(name, "index.js",
+				"let n = 0; export default { fetch() {\n"
+				"  return new Response(String(++n)); } };\n");
+		if (!fns[i])
+			break;
+		n++;
+		expect_body(fns[i], "/", "1");
+	}
+	small.ops->metrics(&small, &m);
+	CHECK(m.buf && !strstr(m.buf, "stoke_isolate_evictions_total 0\n") &&
+	      !strstr(m.buf, "stoke_isolate_live 24\n"), "budget evicts: %s", m.buf);
+	sb_free(&m);
+	if (n) {
+		expect_body(fns[0], "/", "1");
+		expect_body(fns[n - 1], "/", "2");
+	}
+	for (i = 0; i < n; i++) {
+		small.ops->retire(&small, fns[i]);
+		fn_unref(fns[i]);
+	}
+	small.ops->stop(&small);
+	cur_tier = &T;
+}
+
 static void test_metrics(void)
 {
 	struct strbuf m = STRBUF_INIT;
@@ -1060,6 +1104,7 @@ int main(int argc, char **argv)
 	test_wait_until();
 	test_retire();
 	test_live_cap();
+	test_memory_budget();
 	test_metrics();
 	stop_with_request_in_flight();
 	remove_tree(tmp);
