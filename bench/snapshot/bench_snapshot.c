@@ -648,6 +648,11 @@ int main(int argc, char **argv)
 	fprintf(json, "\n}\n");
 	fclose(json);
 	snap_store_close(w.s);
+	free(fn_mem);
+	free(w.base);
+	free(w.rt);
+	free(w.dirty);
+	free(libs);
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", o.dir);
 	if (system(cmd))
 		return 1;
