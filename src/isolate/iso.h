@@ -28,6 +28,8 @@
  */
 #define ISO_MAPS_PER_ISOLATE 11
 #define ISO_MAPS_RESERVED 16384
+/* A bigger heap takes one more mapping per V8 page (256 KiB) beyond the first MiB. */
+#define ISO_HEAP_PAGE (256u << 10)
 /* A tenant idle this long gets a garbage collection that gives memory back. */
 #define ISO_TRIM_IDLE_NS (1000ull * 1000000u)
 
@@ -49,6 +51,7 @@ struct iso_tenant {
 	struct fn *fn;			/* referenced while the tenant lives */
 	struct iso_vm *vm;
 	size_t mem;			/* bytes at the end of its last request */
+	long maps;			/* memory mappings it is estimated to hold */
 	uint64_t last_used_ns;
 	int trimmed;			/* collected since its last request */
 	struct iso_call *call;		/* the request running in it, if any */
@@ -109,6 +112,7 @@ struct iso_worker {
 	size_t mem;
 	int untrimmed;			/* tenants used since their last trim */
 	int nlive;			/* tenants on this worker */
+	long maps;			/* their estimated memory mappings */
 };
 
 struct iso_tier {

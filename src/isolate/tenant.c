@@ -98,6 +98,7 @@ void iso__tenant_drop(struct iso_worker *w, struct iso_tenant *tn)
 	atomic_fetch_sub(&it->mem_bytes, (long)tn->mem);
 	atomic_fetch_sub(&it->live, 1);
 	w->nlive--;
+	w->maps -= tn->maps;
 	iso_vm_free(tn->vm);
 	fn_unref(tn->fn);
 	free(tn);
@@ -106,7 +107,11 @@ void iso__tenant_drop(struct iso_worker *w, struct iso_tenant *tn)
 void iso__tenant_account(struct iso_worker *w, struct iso_tenant *tn)
 {
 	size_t mem = iso_vm_memory(tn->vm);
+	long maps = ISO_MAPS_PER_ISOLATE +
+		    (mem > (1u << 20) ? (long)((mem - (1u << 20)) / ISO_HEAP_PAGE) : 0);
 
+	w->maps += maps - tn->maps;
+	tn->maps = maps;
 	w->mem += mem - tn->mem;
 	atomic_fetch_add(&w->tier->mem_bytes, (long)mem - (long)tn->mem);
 	tn->mem = mem;
@@ -139,7 +144,8 @@ void iso__tenants_evict(struct iso_worker *w, struct iso_tenant *keep)
 	struct iso_tier *it = w->tier;
 	struct iso_tenant *tn = w->lru_tail, *prev;
 
-	for (; tn && (w->mem > it->budget_per_worker || w->nlive > it->max_live_per_worker);
+	for (; tn && (w->mem > it->budget_per_worker ||
+		      w->maps > (long)it->max_live_per_worker * ISO_MAPS_PER_ISOLATE);
 	     tn = prev) {
 		prev = tn->prev;
 		if (tn == keep || tn->call)
@@ -176,6 +182,8 @@ void iso__tenant_add(struct iso_worker *w, struct iso_tenant *tn)
 	f->ninstances++;
 	lru_push_front(w, tn);
 	w->nlive++;
+	tn->maps = ISO_MAPS_PER_ISOLATE;
+	w->maps += tn->maps;
 	atomic_fetch_add(&w->tier->live, 1);
 	iso__tenants_evict(w, tn);
 }

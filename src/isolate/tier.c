@@ -280,7 +280,8 @@ static uint64_t default_budget(void)
 	return pages > 0 && psize > 0 ? (uint64_t)pages * (uint64_t)psize / 2 : 1ull << 30;
 }
 
-/* Live isolates per worker that keep the process under vm.max_map_count. */
+/* Live isolates per worker that keep the process under vm.max_map_count (isolates
+ * with bigger heaps count as several; see tenant.c). */
 static int max_live(int nworkers, int pool)
 {
 	long maps = 65530, n;
