@@ -10,18 +10,20 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
-#include <spawn.h>
+#include <grp.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #define COMPILE_TIMEOUT_MS 60000
-
-extern char **environ;
+#define CC_NOBODY 65534
 
 int vm_native_is_source(const struct fn *fn)
 {
@@ -95,39 +97,127 @@ static void user_error(const struct fn *fn, const char *log, char *err, size_t e
 	err[o < errlen ? o : errlen - 1] = '\0';
 }
 
+/*
+ * The compiler reads whatever the source names (#include "/etc/passwd", the daemon's
+ * token), so as root it runs jailed: a private mount namespace where the data directory
+ * and the host's configuration and home directories are empty tmpfs, only this
+ * function's files (read-only) and its output directory are bind-mounted in, and it runs
+ * as nobody. Without root it runs as the (unprivileged) caller.
+ */
+struct cc_job {
+	char root[64];			/* /tmp/stoke-cc-XXXXXX, the jail's mount points */
+	char src[96], out[96];
+	char exe[4200];			/* the -o argument */
+	const char *fn_dir, *out_dir, *data_dir, *entry, *cwd;
+	int jailed;
+};
+
+/* Host directories the compiler has no business reading: each gets an empty tmpfs. */
+static const char *const cc_hidden[] = {
+	"/etc", "/root", "/home", "/var", "/srv", "/opt", "/mnt", "/media", NULL
+};
+
+static int cc_enter_jail(const struct cc_job *j)
+{
+	int i;
+
+	if (unshare(CLONE_NEWNS) || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) ||
+	    mount(j->fn_dir, j->src, NULL, MS_BIND, NULL) ||
+	    mount(NULL, j->src, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY, NULL) ||
+	    mount(j->out_dir, j->out, NULL, MS_BIND, NULL))
+		return -1;
+	if (j->data_dir && mount("tmpfs", j->data_dir, "tmpfs", MS_NOSUID, "size=64k"))
+		return -1;
+	for (i = 0; cc_hidden[i]; i++)
+		if (mount("tmpfs", cc_hidden[i], "tmpfs", MS_NOSUID, "size=64k") && errno != ENOENT)
+			return -1;
+	if (setgroups(0, NULL) || setgid(CC_NOBODY) || setuid(CC_NOBODY))
+		return -1;
+	return prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+}
+
+/* Runs in the forked child: only system calls from here on. */
+static void cc_child(const struct cc_job *j, int logfd)
+{
+	/* gcc, not cc: cc is a symlink through /etc/alternatives, hidden in the jail. */
+	char *argv[] = { "gcc", "-O2", "-static", "-o", (char *)j->exe, (char *)j->entry, NULL };
+	int nul = open("/dev/null", O_RDONLY);
+
+	if (nul < 0 || dup2(nul, 0) < 0 || dup2(logfd, 1) < 0 || dup2(logfd, 2) < 0)
+		_exit(126);
+	if (j->jailed && cc_enter_jail(j)) {
+		dprintf(2, "cannot set up the compiler's sandbox: %s\n", strerror(errno));
+		_exit(126);
+	}
+	if (chdir(j->cwd))
+		_exit(126);
+	execvp("gcc", argv);
+	dprintf(2, "native C functions need a C compiler (gcc): %s\n", strerror(errno));
+	_exit(127);
+}
+
+static int cc_prepare(struct cc_job *j, const struct fn *fn, const char *data_dir,
+		      const char *out_dir)
+{
+	j->fn_dir = fn->dir;
+	j->out_dir = out_dir;
+	j->data_dir = data_dir;
+	j->entry = fn->entry;
+	j->jailed = geteuid() == 0;
+	if (!j->jailed) {
+		j->cwd = fn->dir;
+		snprintf(j->exe, sizeof(j->exe), "%s/main", out_dir);
+		return 0;
+	}
+	snprintf(j->root, sizeof(j->root), "/tmp/stoke-cc-XXXXXX");
+	if (!mkdtemp(j->root))
+		return -errno;
+	snprintf(j->src, sizeof(j->src), "%s/src", j->root);
+	snprintf(j->out, sizeof(j->out), "%s/out", j->root);
+	snprintf(j->exe, sizeof(j->exe), "../out/main");
+	j->cwd = j->src;
+	if (chmod(j->root, 0755) || mkdir(j->src, 0755) || mkdir(j->out, 0755) ||
+	    chown(out_dir, CC_NOBODY, CC_NOBODY))
+		return -errno;
+	return 0;
+}
+
+static void cc_cleanup(const struct cc_job *j)
+{
+	if (!j->jailed || !j->root[0])
+		return;
+	rmdir(j->src);
+	rmdir(j->out);
+	rmdir(j->root);
+}
+
 int vm_native_build(const struct fn *fn, const char *data_dir, char *out_dir, size_t len,
 		    char *err, size_t errlen)
 {
-	char src[4096], exe[4200], log[4096];
-	char *argv[] = { "cc", "-O2", "-static", "-o", exe, src, NULL };
 	const char *tmp = getenv("TMPDIR");
-	posix_spawn_file_actions_t fa;
+	struct cc_job job = { 0 };
+	char log[4096];
 	int pipefd[2], r;
 	pid_t pid;
 
 	snprintf(out_dir, len, "%s/vm-native/%s-%lld", data_dir ? data_dir :
 		 tmp ? tmp : "/tmp", fn->name, (long long)fn->version);
-	snprintf(src, sizeof(src), "%s/%s", fn->dir, fn->entry);
-	snprintf(exe, sizeof(exe), "%s/main", out_dir);
 	r = mkdirs(out_dir);
+	if (!r)
+		r = cc_prepare(&job, fn, data_dir, out_dir);
 	if (r || pipe2(pipefd, O_CLOEXEC) < 0) {
-		snprintf(err, errlen, "cannot create %s: %s", out_dir, strerror(r ? -r : errno));
+		snprintf(err, errlen, "cannot prepare the build in %s: %s", out_dir,
+			 strerror(r ? -r : errno));
+		cc_cleanup(&job);
 		return r ? r : -errno;
 	}
-	posix_spawn_file_actions_init(&fa);
-	posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-	posix_spawn_file_actions_adddup2(&fa, pipefd[1], 1);
-	posix_spawn_file_actions_adddup2(&fa, pipefd[1], 2);
-	r = posix_spawnp(&pid, "cc", &fa, NULL, argv, environ);
-	posix_spawn_file_actions_destroy(&fa);
+	pid = fork();
+	if (pid == 0)
+		cc_child(&job, pipefd[1]);
 	close(pipefd[1]);
-	if (r) {
-		close(pipefd[0]);
-		snprintf(err, errlen, "native C functions need a C compiler (cc): %s", strerror(r));
-		return -r;
-	}
-	r = collect(pid, pipefd[0], log, sizeof(log));
+	r = pid < 0 ? -errno : collect(pid, pipefd[0], log, sizeof(log));
 	close(pipefd[0]);
+	cc_cleanup(&job);
 	if (r)
 		user_error(fn, r == -ETIMEDOUT ? "timed out" : log, err, errlen);
 	return r;
