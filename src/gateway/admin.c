@@ -678,9 +678,7 @@ static void admin_handle(struct gw *gw, struct inv *inv)
 	const char *path = inv->req.path, *sub;
 	char name[128];
 
-	if (!strcmp(path, "/_stoke/health"))
-		admin_json(inv, 200, cJSON_Parse("{\"ok\":true}"));
-	else if (!strcmp(path, "/_stoke/status") && admin_is(inv, "GET"))
+	if (!strcmp(path, "/_stoke/status") && admin_is(inv, "GET"))
 		admin_status(gw, inv);
 	else if (!strcmp(path, "/_stoke/metrics") && admin_is(inv, "GET"))
 		admin_metrics(gw, inv);

@@ -158,14 +158,19 @@ static int daemon_start_tiers(struct gw *gw)
 		}
 	}
 	gw->admin.ops = &gw_admin_ops;
-	return gw->admin.ops->start(&gw->admin);
+	gw->admin_read.ops = &gw_admin_ops;
+	ret = gw->admin.ops->start(&gw->admin);
+	return ret ? ret : gw->admin_read.ops->start(&gw->admin_read);
 }
 
 static void daemon_stop_tiers(struct gw *gw)
 {
 	int i;
 
-	gw->admin.ops->stop(&gw->admin);
+	if (gw->admin.priv)
+		gw->admin.ops->stop(&gw->admin);
+	if (gw->admin_read.priv)
+		gw->admin_read.ops->stop(&gw->admin_read);
 	for (i = 0; i < TIER_COUNT; i++)
 		if (gw->tiers[i].ops && gw->tiers[i].priv)
 			gw->tiers[i].ops->stop(&gw->tiers[i]);

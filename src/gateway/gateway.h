@@ -67,7 +67,8 @@ struct gw {
 	struct gw_thread *threads;
 	int nthreads;
 	struct tier tiers[TIER_COUNT];
-	struct tier admin;
+	struct tier admin;	/* deploys and deletes, one at a time */
+	struct tier admin_read;	/* reads: never wait behind a deploy */
 	struct reg *reg;
 	struct meter *meter;
 	char token[65];

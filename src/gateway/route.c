@@ -280,6 +280,43 @@ static int gw_route_host(const struct gw *gw, const h2o_req_t *req, char *name, 
 }
 
 /*
+ * RFC 9112 section 3.2: Host is uri-host[:port]; anything else is a 400, since it goes
+ * into the URL the function parses.
+ */
+static int gw_valid_authority(const h2o_iovec_t *a)
+{
+	static const char extra[] = "-._~%!$&'()*+,;=";
+	const char *s = a->base, *end = a->base + a->len, *colon = NULL;
+	unsigned long port;
+
+	if (a->len && s[0] == '[') {	/* IP-literal */
+		const char *close = memchr(s, ']', a->len);
+
+		if (!close)
+			return 0;
+		for (s++; s < close; s++)
+			if (!isxdigit((unsigned char)*s) && *s != ':' && *s != '.')
+				return 0;
+		s = close + 1;
+		if (s < end && *s != ':')
+			return 0;
+		colon = s < end ? s : NULL;
+	} else {
+		for (; s < end && *s != ':'; s++)
+			if (!isalnum((unsigned char)*s) && (!*s || !strchr(extra, *s)))
+				return 0;
+		colon = s < end ? s : NULL;
+	}
+	if (!colon)
+		return 1;
+	for (s = colon + 1, port = 0; s < end; s++) {
+		if (!isdigit((unsigned char)*s) || (port = port * 10 + (unsigned)(*s - '0')) > 65535)
+			return 0;
+	}
+	return 1;
+}
+
+/*
  * RFC 9112 section 3.2.2: a server must accept the absolute form
  * (GET http://host/path); its authority then replaces Host.
  */
@@ -430,10 +467,14 @@ static int gw_authorized(const struct gw *gw, const h2o_req_t *req)
 static void gw_route_admin(struct gw_thread *t, h2o_req_t *req)
 {
 	struct gw *gw = t->gw;
-	int health = h2o_memis(req->input.path.base, req->input.path.len,
-			       H2O_STRLIT("/_stoke/health"));
+	int get = h2o_memis(req->input.method.base, req->input.method.len, H2O_STRLIT("GET"));
 
-	if (!health && !gw_authorized(gw, req)) {
+	/* Health is answered here: it must stay quick whatever the admin threads do. */
+	if (h2o_memis(req->input.path.base, req->input.path.len, H2O_STRLIT("/_stoke/health"))) {
+		gw_send_json(req, 200, H2O_STRLIT("{\"ok\":true}\n"));
+		return;
+	}
+	if (!gw_authorized(gw, req)) {
 		gw_send_error(req, 401, "unauthorized", "admin requests need 'Authorization: "
 			      "Bearer TOKEN' (the token file is in the data directory)");
 		return;
@@ -443,8 +484,8 @@ static void gw_route_admin(struct gw_thread *t, h2o_req_t *req)
 			      "limit (--max-deploy)");
 		return;
 	}
-	gw_dispatch(t, req, &gw->admin, NULL, NULL, req->input.path.base,
-		    req->input.path.len);
+	gw_dispatch(t, req, get ? &gw->admin_read : &gw->admin, NULL, NULL,
+		    req->input.path.base, req->input.path.len);
 }
 
 int gw_on_req(h2o_handler_t *self, h2o_req_t *req)
@@ -459,6 +500,10 @@ int gw_on_req(h2o_handler_t *self, h2o_req_t *req)
 		return 0;
 	}
 	gw_absolute_form(req);
+	if (!gw_valid_authority(&req->input.authority)) {
+		gw_send_error(req, 400, "bad_host", "the Host header is not a valid host[:port]");
+		return 0;
+	}
 	if (gw_route_host(t->gw, req, host_name, &len))
 		gw_route_fn(t, req, host_name, len, req->input.path.base, req->input.path.len);
 	else if (gw_is_admin(req))
