@@ -306,58 +306,86 @@ static int admin_has_nul_escape(const char *s, size_t len)
 	return 0;
 }
 
-static void admin_deploy(struct gw *gw, struct inv *inv, const char *name, int advise_only)
+/* The deploy body: {"manifest": {...}, "files": {"path": "<base64>"}}. */
+static cJSON *admin_deploy_body(struct inv *inv, cJSON **manifest, cJSON **files)
 {
-	struct admin_deploy d = { 0 };
-	cJSON *body, *manifest, *files, *out;
-	int ret;
+	cJSON *body;
 
 	if (admin_has_nul_escape(inv->req.body, inv->req.body_len)) {
 		inv_fail(inv, 400, "invalid_request", "the deploy holds a NUL character (\\u0000),"
 			 " which no file name or manifest string may contain");
-		return;
+		return NULL;
 	}
 	body = cJSON_ParseWithLength(inv->req.body, inv->req.body_len);
-	manifest = cJSON_GetObjectItemCaseSensitive(body, "manifest");
-	files = cJSON_GetObjectItemCaseSensitive(body, "files");
-	if (!cJSON_IsObject(body) || !cJSON_IsObject(files) || (manifest && cJSON_IsNull(manifest))) {
-		cJSON_Delete(body);
-		inv_fail(inv, 400, "invalid_request", "the body must be JSON {\"manifest\": {...}, "
-			 "\"files\": {\"path\": \"<base64>\"}}");
+	*manifest = cJSON_GetObjectItemCaseSensitive(body, "manifest");
+	*files = cJSON_GetObjectItemCaseSensitive(body, "files");
+	if (cJSON_IsObject(body) && cJSON_IsObject(*files) &&
+	    !(*manifest && cJSON_IsNull(*manifest)))
+		return body;
+	cJSON_Delete(body);
+	inv_fail(inv, 400, "invalid_request", "the body must be JSON {\"manifest\": {...}, "
+		 "\"files\": {\"path\": \"<base64>\"}}");
+	return NULL;
+}
+
+static void admin_advise_answer(struct gw *gw, struct inv *inv, const struct admin_deploy *d)
+{
+	cJSON *out = cJSON_CreateObject();
+
+	cJSON_AddStringToObject(out, "tier", gw->tiers[d->fn->tier].ops->name);
+	cJSON_AddStringToObject(out, "runtime", d->fn->runtime);
+	cJSON_AddStringToObject(out, "entry", d->fn->entry);
+	cJSON_AddItemToObject(out, "reasons", admin_reasons(d->reasons));
+	admin_json(inv, 200, out);
+}
+
+/* Makes the new version live and answers 201 with it. */
+static void admin_deploy_answer(struct gw *gw, struct inv *inv, struct admin_deploy *d)
+{
+	int64_t now = (int64_t)time(NULL);
+	cJSON *out = admin_fn_json(gw, d->fn, now);
+
+	cJSON_AddItemToObject(out, "reasons", admin_reasons(d->reasons));
+	log_info("deployed %s v%lld (%s, %s)", d->name, (long long)d->version,
+		 gw->tiers[d->fn->tier].ops->name, d->fn->runtime);
+	gw_fn_install(gw, d->name, d->fn, now);
+	d->fn = NULL;	/* the table holds it now */
+	admin_json(inv, 201, out);
+}
+
+/*
+ * Deploy, or with advise_only, everything up to the choice of tier and nothing after:
+ * stage the files, validate the manifest, compile, record, swap the live version.
+ */
+static void admin_deploy(struct gw *gw, struct inv *inv, const char *name, int advise_only)
+{
+	struct admin_deploy d = { 0 };
+	cJSON *body, *manifest, *files;
+	int ret;
+
+	body = admin_deploy_body(inv, &manifest, &files);
+	if (!body)
 		return;
-	}
 	snprintf(d.name, sizeof(d.name), "%s", name);
 	ret = reg_next_version(gw->reg, name, &d.version);
 	if (!ret)
 		ret = admin_stage(gw, &d, files);
-	if (!ret)
-		ret = advise_only ? mf_parse(manifest, d.name, d.dir, &d.fn, d.reasons,
-					     sizeof(d.reasons), &d.err) :
-			admin_prepare(gw, &d, manifest);
+	if (!ret && advise_only)
+		ret = mf_parse(manifest, d.name, d.dir, &d.fn, d.reasons, sizeof(d.reasons),
+			       &d.err);
+	else if (!ret)
+		ret = admin_prepare(gw, &d, manifest);
 	if (!ret && !advise_only)
 		ret = admin_record(gw, &d, manifest);
-	if (ret || advise_only) {
-		if (ret)
-			admin_deploy_fail(inv, &d, ret);
-		else {
-			out = cJSON_CreateObject();
-			cJSON_AddStringToObject(out, "tier", gw->tiers[d.fn->tier].ops->name);
-			cJSON_AddStringToObject(out, "runtime", d.fn->runtime);
-			cJSON_AddStringToObject(out, "entry", d.fn->entry);
-			cJSON_AddItemToObject(out, "reasons", admin_reasons(d.reasons));
-			admin_json(inv, 200, out);
-		}
-		fn_unref(d.fn);
+	if (ret)
+		admin_deploy_fail(inv, &d, ret);
+	else if (advise_only)
+		admin_advise_answer(gw, inv, &d);
+	else
+		admin_deploy_answer(gw, inv, &d);
+	if (ret || advise_only)
 		admin_rmtree(d.dir);
-		cJSON_Delete(body);
-		return;
-	}
-	out = admin_fn_json(gw, d.fn, (int64_t)time(NULL));
-	cJSON_AddItemToObject(out, "reasons", admin_reasons(d.reasons));
-	gw_fn_install(gw, name, d.fn, (int64_t)time(NULL));
-	log_info("deployed %s v%lld (%s, %s)", name, (long long)d.version,
-		 gw->tiers[d.fn->tier].ops->name, d.fn->runtime);
-	admin_json(inv, 201, out);
+	fn_unref(d.fn);
 	cJSON_Delete(body);
 }
 
