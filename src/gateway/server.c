@@ -50,30 +50,105 @@ static void gw_access_flush(struct gw_thread *t)
 	t->access_flushed_ns = gw_now_ns();
 }
 
+/* The formatted second is cached per thread: every access-log line carries a stamp. */
+static void gw_access_stamp(struct gw_thread *t, char out[32])
+{
+	struct timespec ts;
+	struct tm tm;
+	int ms;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	if (ts.tv_sec != t->stamp_sec) {
+		gmtime_r(&ts.tv_sec, &tm);
+		snprintf(t->stamp, sizeof(t->stamp), "%04d-%02d-%02dT%02d:%02d:%02d",
+			 tm.tm_year + 1900, (tm.tm_mon + 1) % 100, tm.tm_mday % 100,
+			 tm.tm_hour % 100, tm.tm_min % 100, tm.tm_sec % 100);
+		t->stamp_sec = ts.tv_sec;
+	}
+	ms = (int)(ts.tv_nsec / 1000000);
+	memcpy(out, t->stamp, 19);
+	out[19] = '.';
+	out[20] = (char)('0' + ms / 100);
+	out[21] = (char)('0' + ms / 10 % 10);
+	out[22] = (char)('0' + ms % 10);
+	out[23] = 'Z';
+	out[24] = '\0';
+}
+
+static void gw_add_uint(struct strbuf *sb, uint64_t v)
+{
+	char buf[24];
+	int i = sizeof(buf);
+
+	do
+		buf[--i] = (char)('0' + v % 10);
+	while ((v /= 10));
+	sb_add(sb, buf + i, sizeof(buf) - (size_t)i);
+}
+
+/* Milliseconds with three decimals, from nanoseconds. */
+static void gw_add_ms(struct strbuf *sb, uint64_t ns)
+{
+	uint64_t us = ns / 1000;
+	char frac[4] = { (char)('0' + us / 100 % 10), (char)('0' + us / 10 % 10),
+			 (char)('0' + us % 10), 0 };
+
+	gw_add_uint(sb, us / 1000);
+	sb_add(sb, ".", 1);
+	sb_add(sb, frac, 3);
+}
+
+static void gw_access_json(struct strbuf *sb, const struct inv *inv, const char *ts,
+			   const char *fn, const char *tier, size_t bytes, int status)
+{
+	sb_printf(sb, "{\"ts\":\"%s\",\"level\":\"info\",\"msg\":\"access\","
+		  "\"request_id\":\"%s\",\"method\":", ts, inv->request_id);
+	sb_json_str(sb, inv->req.method, strlen(inv->req.method));
+	sb_adds(sb, ",\"path\":");
+	sb_json_str(sb, inv->req.path, strlen(inv->req.path));
+	sb_printf(sb, ",\"status\":%d,\"bytes\":%zu,\"ms\":%.3f,\"function\":"
+		  "\"%s\",\"tier\":\"%s\",\"cold\":%s}\n", status, bytes,
+		  (double)(gw_now_ns() - inv->start_ns) / 1e6, fn, tier,
+		  inv->cold ? "true" : "false");
+}
+
+/* Text lines are assembled by hand: this runs once per request. */
+static void gw_access_text(struct strbuf *sb, const struct inv *inv, const char *ts,
+			   const char *fn, const char *tier, size_t bytes, int status)
+{
+	sb_adds(sb, ts);
+	sb_adds(sb, " info  access ");
+	sb_adds(sb, inv->request_id);
+	sb_add(sb, " ", 1);
+	sb_adds(sb, inv->req.method);
+	sb_add(sb, " ", 1);
+	sb_adds(sb, inv->req.path);
+	sb_add(sb, " ", 1);
+	gw_add_uint(sb, (uint64_t)status);
+	sb_add(sb, " ", 1);
+	gw_add_uint(sb, bytes);
+	sb_add(sb, "B ", 2);
+	gw_add_ms(sb, gw_now_ns() - inv->start_ns);
+	sb_adds(sb, "ms fn=");
+	sb_adds(sb, fn);
+	sb_adds(sb, " tier=");
+	sb_adds(sb, tier);
+	sb_adds(sb, inv->cold ? " cold\n" : "\n");
+}
+
 void gw_access_log(struct gw_thread *t, const struct inv *inv, const char *fn,
 		   const char *tier, size_t bytes, int gone)
 {
-	double ms = (double)(gw_now_ns() - inv->start_ns) / 1e6;
 	int status = gone ? 499 : inv->resp.status;
 	char ts[32];
 
 	if (!log_enabled(LOG_INFO))
 		return;
-	gw_timestamp(ts, sizeof(ts));
-	if (t->gw->cfg->log_json) {
-		sb_printf(&t->access, "{\"ts\":\"%s\",\"level\":\"info\",\"msg\":\"access\","
-			  "\"request_id\":\"%s\",\"method\":", ts, inv->request_id);
-		sb_json_str(&t->access, inv->req.method, strlen(inv->req.method));
-		sb_adds(&t->access, ",\"path\":");
-		sb_json_str(&t->access, inv->req.path, strlen(inv->req.path));
-		sb_printf(&t->access, ",\"status\":%d,\"bytes\":%zu,\"ms\":%.3f,\"function\":"
-			  "\"%s\",\"tier\":\"%s\",\"cold\":%s}\n", status, bytes, ms, fn, tier,
-			  inv->cold ? "true" : "false");
-	} else {
-		sb_printf(&t->access, "%s info  access %s %s %s %d %zuB %.3fms fn=%s tier=%s%s\n",
-			  ts, inv->request_id, inv->req.method, inv->req.path, status, bytes, ms,
-			  fn, tier, inv->cold ? " cold" : "");
-	}
+	gw_access_stamp(t, ts);
+	if (t->gw->cfg->log_json)
+		gw_access_json(&t->access, inv, ts, fn, tier, bytes, status);
+	else
+		gw_access_text(&t->access, inv, ts, fn, tier, bytes, status);
 	if (t->access.len >= GW_ACCESS_FLUSH_BYTES)
 		gw_access_flush(t);
 }

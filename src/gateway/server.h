@@ -17,6 +17,8 @@ struct gw_thread {
 	h2o_multithread_receiver_t ctl_rx;	/* shutdown */
 	struct strbuf access;
 	uint64_t access_flushed_ns;
+	time_t stamp_sec;	/* the second stamp[] holds */
+	char stamp[32];
 	int stopping;
 };
 
