@@ -2,9 +2,10 @@
 functions thrown at the real daemon. After every attack the daemon must still answer
 /_stoke/health and an unrelated tenant ("bystander") must still answer.
 
-Tests whose docstring starts with "BUG:" show a defect that is not fixed yet; they fail
-until it is. Every loop here is bounded in count and time; every socket goes to the
-loopback daemon the harness started.
+Tests whose docstring starts with "BUG" show a defect that was not fixed when last run;
+they fail until it is. "FIXED BUG (regression test)" marks a defect these tests found
+that has since been fixed; those must keep passing. Every loop here is bounded in count
+and time; every socket goes to the loopback daemon the harness started.
 """
 import base64
 import json
@@ -324,7 +325,7 @@ def test_http10_and_odd_methods(d):
 
 
 def test_head_response_has_no_body(d):
-    """BUG: a HEAD request is answered with the function's body after the headers. On a
+    """FIXED BUG (regression test): a HEAD request is answered with the function's body after the headers. On a
     keep-alive connection the client reads those bytes as the start of the next response,
     so a pipelined GET after a HEAD gets garbage (RFC 9110 9.3.2: no content in a HEAD
     response). src/gateway/route.c gw_respond always sends the body; h2o does not drop
@@ -339,7 +340,7 @@ def test_head_response_has_no_body(d):
 
 
 def test_absolute_form_request_target(d):
-    """BUG: absolute-form request targets (RFC 9112 3.2.2: a server MUST accept them) are
+    """FIXED BUG (regression test): absolute-form request targets (RFC 9112 3.2.2: a server MUST accept them) are
     not routed: 'GET http://echo.localhost/abs' and 'GET http://x/fn/echo/abs' both get
     404 'no route' (src/gateway/route.c looks at the raw path only)."""
     d.deploy_files("echo", {"index.js": ECHO})
@@ -387,7 +388,7 @@ def test_host_routing_basic_tricks(d):
 
 
 def test_host_routing_is_case_insensitive(d):
-    """BUG: 'Host: ECHO.localhost' is answered 404 'not a function name' although host
+    """FIXED BUG (regression test): 'Host: ECHO.localhost' is answered 404 'not a function name' although host
     names are case-insensitive (RFC 9110 4.2.3) and the domain part is already compared
     case-insensitively (src/gateway/route.c gw_route_host passes the label as is)."""
     d.deploy_files("echo", {"index.js": ECHO})
@@ -397,7 +398,7 @@ def test_host_routing_is_case_insensitive(d):
 
 
 def test_host_with_trailing_dot(d):
-    """BUG: 'Host: echo.localhost.' (the fully qualified form) is not routed and falls
+    """FIXED BUG (regression test): 'Host: echo.localhost.' (the fully qualified form) is not routed and falls
     through to a 404 (src/gateway/route.c gw_route_host)."""
     d.deploy_files("echo", {"index.js": ECHO})
     r = d.request("GET", "/dot", host="echo.localhost.")
@@ -417,7 +418,7 @@ def test_duplicate_host_headers_rejected(d):
 
 
 def test_host_header_reaches_function(d):
-    """BUG: the function never sees the Host header (request.headers.get('host') is
+    """FIXED BUG (regression test): the function never sees the Host header (request.headers.get('host') is
     null), though the README promises headers reach it unchanged: h2o moves Host into
     req->input.authority and src/gateway/route.c gw_copy_headers copies req->headers only."""
     d.deploy_files("echo", {"index.js": ECHO})
@@ -454,7 +455,7 @@ def test_host_header_cannot_change_the_path_a_function_sees(d):
 
 
 def test_gateway_errors_carry_request_id(d):
-    """BUG: errors the gateway itself produces (unknown function 404, no-route 404, 401,
+    """FIXED BUG (regression test): errors the gateway itself produces (unknown function 404, no-route 404, 401,
     431, 413, 429) have no "request_id" in the JSON body and no x-stoke-request-id header,
     though the README says every request gets an id and every stoke error carries it
     (src/gateway/route.c gw_send_error)."""
@@ -564,7 +565,7 @@ def test_deploy_file_paths_that_escape_or_are_malformed(d):
 
 
 def test_deploy_file_name_with_nul_is_rejected(d):
-    """BUG: a file path containing a NUL byte ("index.js\\u0000../../evil") is accepted
+    """FIXED BUG (regression test): a file path containing a NUL byte ("index.js\\u0000../../evil") is accepted
     (201) and silently stored under the truncated name "index.js": cJSON cuts keys at
     NUL and src/gateway/admin.c admin_write_files/admin_valid_relpath never sees the rest.
     A path the daemon cannot store as given should be a 400."""
@@ -605,7 +606,7 @@ def test_names_at_63_and_64_characters(d):
 
 
 def test_overlong_names_get_invalid_name_error(d):
-    """BUG: names of 64-127 characters get the documented 400 invalid_manifest (field
+    """FIXED BUG (regression test): names of 64-127 characters get the documented 400 invalid_manifest (field
     "name"), but from 128 characters on the answer turns into 404 "no admin call PUT ..."
     (src/gateway/admin.c admin_fn_path gives up when the name does not fit name[128])."""
     for n in (64, 127, 128, 1000):
@@ -614,7 +615,7 @@ def test_overlong_names_get_invalid_name_error(d):
 
 
 def test_limits_tmp_mb_zero_is_kept(d):
-    """BUG: limits.tmp_mb is documented as 0-4096 and 0 is accepted, but the function
+    """FIXED BUG (regression test): limits.tmp_mb is documented as 0-4096 and 0 is accepted, but the function
     then shows (and gets) tmp_mb 64: src/gateway/manifest.c mf_default_limits treats 0 as
     unset."""
     r = d.deploy_files("tmpzero", {"index.js": BYSTANDER}, {"limits": {"tmp_mb": 0}})
@@ -833,7 +834,7 @@ def test_isolate_top_level_throw_and_missing_handler(d):
 
 
 def test_isolate_status_out_of_range_kills_daemon():
-    """BUG (crash): a tenant that overrides its Response's status
+    """FIXED BUG (regression test) (crash): a tenant that overrides its Response's status
     (Object.defineProperty(res, 'status', {value: 70000})) aborts the whole daemon:
     h2o asserts `req->res.status <= 999` in flatten_headers (lib/http1.c) and every tenant
     goes down. The runtime's toWire (src/isolate/runtime/90_dispatch.js) reads r.status
@@ -866,7 +867,7 @@ def http_exceptions():
 
 
 def test_isolate_response_status_must_be_valid(d):
-    """BUG: a tenant can make the gateway write invalid status lines ('HTTP/1.1 1 OK',
+    """FIXED BUG (regression test): a tenant can make the gateway write invalid status lines ('HTTP/1.1 1 OK',
     'HTTP/1.1 -5 OK', 'HTTP/1.1 101 OK' with a body, '204' with a body) by overriding the
     status of the Response it returns; the Response constructor's 200-599 check is
     bypassed because toWire (src/isolate/runtime/90_dispatch.js) reads the tenant-
@@ -897,7 +898,7 @@ def test_isolate_response_status_must_be_valid(d):
 
 
 def test_isolate_response_header_injection(d):
-    """BUG: a tenant can put CR LF and arbitrary bytes into response header names and
+    """FIXED BUG (regression test): a tenant can put CR LF and arbitrary bytes into response header names and
     values by overriding the headers of its Response (Object.defineProperty(res,
     'headers', {value: [['x-a', '1\\r\\nx-injected: yes']]})): the gateway writes them
     verbatim, splitting the response. Header validation lives only in the JS Headers
@@ -950,7 +951,7 @@ def test_isolate_tenants_cannot_reach_each_other(d):
 
 
 def test_isolate_runs_up_to_max_instances_at_once(d):
-    """BUG: the isolate tier keeps one instance per function and runs its requests one
+    """FIXED BUG (regression test): the isolate tier keeps one instance per function and runs its requests one
     at a time, ignoring limits.max_instances (default 16). 16 concurrent requests that
     each await a 300 ms timer take 16 x 300 ms = 4.8 s instead of about 0.3 s (one
     tenant per version: src/isolate/call.c iso__invoke queues behind tn->call)."""
@@ -1123,7 +1124,7 @@ def test_vm_stdout_flood_is_logged_and_bounded(d):
 
 
 def test_vm_stdout_lines_are_whole_log_lines(d):
-    """BUG: Python's print('line', 7, 'xx') reaches the function log as five separate
+    """FIXED BUG (regression test): Python's print('line', 7, 'xx') reaches the function log as five separate
     entries ('line', ' ', '7', ' ', 'xx') because each guest write() becomes its own log
     line: src/vmm/vm_exchange.c pump_output passes every read() chunk to fnlog_write
     without joining on newlines (its comment says "line by line"). A chatty handler fills
@@ -1174,7 +1175,7 @@ def deploy_pyresp(d):
 
 
 def test_vm_response_header_injection(d):
-    """BUG: a Python handler's response header values and names reach the client
+    """FIXED BUG (regression test): a Python handler's response header values and names reach the client
     verbatim, CR LF included ({"headers": {"x-a": "1\\r\\nx-injected: yes"}} adds a header
     line 'x-injected: yes'). Neither runtimes/python3/bootstrap.py as_response,
     src/vmm/vm_exchange.c set_headers nor src/gateway/route.c gw_respond validate them."""
@@ -1192,7 +1193,7 @@ def test_vm_response_header_injection(d):
 
 
 def test_vm_response_body_with_nul_bytes(d):
-    """BUG: a Python handler returning the str body "a\\x00b\\x00c" is answered with just
+    """FIXED BUG (regression test): a Python handler returning the str body "a\\x00b\\x00c" is answered with just
     "a" (Content-Length 1): src/vmm/vm_exchange.c set_body measures the decoded JSON
     string with strlen() and stops at the first NUL."""
     need_vm()
@@ -1203,7 +1204,7 @@ def test_vm_response_body_with_nul_bytes(d):
 
 
 def test_vm_informational_status_is_not_a_final_answer(d):
-    """BUG: statusCode 101 (or 100) from a handler is sent as the final response line
+    """FIXED BUG (regression test): statusCode 101 (or 100) from a handler is sent as the final response line
     'HTTP/1.1 101 OK' with a body; src/vmm/vm_exchange.c take_response accepts 100-599.
     A 1xx is not a valid final status: it should be a 502 bad_response like 99 or 700."""
     need_vm()
@@ -1340,7 +1341,7 @@ def test_sigterm_with_runaway_isolate_exits_within_grace():
 
 
 def test_sigterm_with_runaway_vm_exits_within_grace():
-    """BUG (hang): SIGTERM while a micro-VM request loops forever (wall_s 60) does not
+    """FIXED BUG (regression test) (hang): SIGTERM while a micro-VM request loops forever (wall_s 60) does not
     stop the daemon within the documented 10 s grace: src/vmm/vm_tier.c vm_stop lets
     running invocations finish "bounded by their wall limits" (up to an hour) and joins
     the worker threads; the client gets no answer either."""
@@ -1433,7 +1434,7 @@ def _vmm_pids_for(data_dir):
 
 
 def test_vms_do_not_outlive_a_killed_daemon():
-    """BUG (leak): when the daemon dies abruptly (SIGKILL, or the h2o assertion above)
+    """FIXED BUG (regression test) (leak): when the daemon dies abruptly (SIGKILL, or the h2o assertion above)
     while a micro-VM request runs, the stoke-vmm processes are re-parented to init and
     keep burning CPU until their own wall limit (up to an hour): the inner VM has
     PR_SET_PDEATHSIG against its supervisor (src/vmm/jail.c) but the supervisor has none
@@ -1485,11 +1486,11 @@ def _logs_json(d, name, rid, want):
 
 
 def test_isolate_logs_with_nul_and_lone_surrogates(d):
-    """BUG: console.log('a \\ud800 b', '\\u0000tail') is logged as the bytes
-    'a \\xed\\xa0\\x80 b ' -- an encoded lone surrogate, which makes GET .../logs answer
-    invalid UTF-8 JSON -- and everything after the NUL is lost (the ring keeps the
-    length, but src/gateway/admin.c admin_logs hands msg to cJSON as a C string; the
-    shim's log callback does not replace invalid UTF-16)."""
+    """BUG: console.log('a \\ud800 b', '\\u0000tail') loses everything after the NUL:
+    the log line reads 'a \ufffd b ' (the lone surrogate is replaced since b58e3a5; before
+    that it was logged as the invalid UTF-8 bytes ed a0 80 and GET .../logs answered
+    non-UTF-8 JSON). The ring keeps the length, but src/gateway/admin.c admin_logs hands
+    msg to cJSON as a C string."""
     d.deploy_files("jslog", {"index.js": "export default { fetch() {\n"
                              "  console.log('a \\ud800 b', '\\u0000tail');\n"
                              "  return new Response('ok'); } };\n"})
@@ -1502,7 +1503,7 @@ def test_isolate_logs_with_nul_and_lone_surrogates(d):
 
 
 def test_vm_logs_with_invalid_utf8_and_split_characters(d):
-    """BUG: a guest that writes non-UTF-8 bytes to stdout (b'bad \\xff\\xfe') makes
+    """FIXED BUG (regression test): a guest that writes non-UTF-8 bytes to stdout (b'bad \\xff\\xfe') makes
     GET /_stoke/functions/NAME/logs answer JSON that is not UTF-8, and a multi-byte
     character that straddles a 4096-byte read is split into two log entries holding half
     a character each (src/vmm/vm_exchange.c pump_output logs raw read() chunks;
@@ -1558,7 +1559,7 @@ def test_spinning_isolate_tenants_do_not_stall_others():
 
 
 def test_looping_vm_tenant_does_not_stall_other_vm_tenants():
-    """BUG (denial of service): the micro-VM tier serves all tenants from one fixed pool
+    """FIXED BUG (regression test) (denial of service): the micro-VM tier serves all tenants from one fixed pool
     of worker threads (ncpu x 4, src/vmm/vm_tier.c vm_start) fed by one FIFO, while one
     function may have 16 instances plus a 1024-deep queue admitted. A single tenant that
     sends a few looping requests takes every worker for its whole wall limit and another
@@ -1595,7 +1596,7 @@ def _need_cc():
 
 
 def test_native_compile_cannot_read_host_files(d):
-    """BUG (host file disclosure): a native function's main.c that does
+    """FIXED BUG (regression test) (host file disclosure): a native function's main.c that does
     #include "/etc/passwd" is compiled on the host, as the daemon's user, outside any
     jail (src/vmm/vm_native.c vm_native_build runs `cc` directly), and the 400 answer
     quotes the file: "/etc/passwd:1:5: error ... 1 | root:x:0:0:root:/root:/bin/bash".
