@@ -928,6 +928,41 @@ def test_isolate_response_header_injection(d):
     assert not bad, bad
 
 
+def test_isolate_runtime_tampering_cannot_forge_responses(d):
+    """A tenant that tampers with what the runtime uses to serialise its Response (the
+    Headers iterator, Array.prototype.push, a fake prototype, a bogus body) gets a clean
+    JSON 500 or its plain response, never an injected header line or a bad status."""
+    src = r"""export default { fetch(req) {
+      const w = new URL(req.url).searchParams.get("w");
+      const res = new Response("body");
+      if (w === "iter") res.headers[Symbol.iterator] = function* () {
+        yield ["x-a", "1\r\nx-injected: yes"]; yield ["bad name", "v"]; };
+      if (w === "entries") Object.defineProperty(res.headers, "entries", { value:
+        function* () { yield ["x-a", "1\r\nx-injected: yes"]; } });
+      if (w === "proto") Object.setPrototypeOf(res, { get status() { return 70000; },
+        get headers() { return [["x-a", "1\r\nx-injected: yes"]]; },
+        get bodyUsed() { return false; }, _rawBody() { return "b"; } });
+      if (w === "push") { const orig = Array.prototype.push;
+        Array.prototype.push = function (...a) { return orig.call(this, ...a.map(
+          x => typeof x === "string" ? x + "\r\nx-injected: yes" : x)); }; }
+      if (w === "body") Object.defineProperty(res, "_rawBody", { value: () => ({ length: -1 }) });
+      if (w === "body2") res._rawBody = () => 12345;
+      return res;
+    } };"""
+    d.deploy_files("tamper", {"index.js": src})
+    for w in ("iter", "entries", "proto", "push", "body", "body2"):
+        out = raw(d, b"GET /fn/tamper/?w=%s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                  % w.encode())
+        head, body = head_and_body(out)
+        assert statuses(out) in ([200], [500]), (w, out[:300])
+        assert not any(l.lower().startswith(("x-injected", "bad name")) for l in
+                       head.split("\r\n")[1:]), (w, head)
+        if statuses(out) == [500]:
+            assert json.loads(body)["error"] in ("exception", "bad_response"), (w, body)
+        assert d.proc.poll() is None, w
+    assert_alive(d)
+
+
 def test_isolate_tenants_cannot_reach_each_other(d):
     d.deploy_files("polluter", {"index.js": """
       Object.prototype.polluted = "yes";
