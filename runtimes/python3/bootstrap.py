@@ -181,12 +181,38 @@ def load_handler():
     fn = getattr(module, name, None)
     if not callable(fn):
         raise SystemExit(f"stoke: {entry} defines no callable '{name}'")
-    return fn
+    return module, fn
 
 
-def serve(handler):
+def call_hook(module, name):
+    """Calls module.<name>() when the user module defines it."""
+    hook = getattr(module, name, None)
+    if callable(hook):
+        hook()
+
+
+def after_restore(module):
+    """Makes this instance unique again: every VM restored from one snapshot starts
+    with the same memory, so seeds kept in it must be drawn anew (os.urandom and
+    uuid4 ask the host on each call and need nothing). Runs in the VM the snapshot was
+    taken in too, where it is merely redundant."""
+    rnd = sys.modules.get("random")
+    if rnd is not None:
+        rnd.seed()
+    call_hook(module, "after_restore")
+
+
+def serve(module, handler):
+    # With STOKE_SNAPSHOT=1 the VMM snapshots this process at its first read of the
+    # channel; the user module may drop what must not be shared by restored copies.
+    pending = os.environ.get("STOKE_SNAPSHOT") == "1"
+    if pending:
+        call_hook(module, "before_snapshot")
     while True:
         ftype, payload = read_frame()
+        if pending:
+            pending = False
+            after_restore(module)
         if ftype is None:
             return
         if ftype != FRAME_REQUEST:
@@ -206,7 +232,7 @@ def main():
     sys.stdout.reconfigure(line_buffering=True)
     sys.stderr.reconfigure(line_buffering=True)
     os.chdir(TASK_DIR)
-    serve(load_handler())
+    serve(*load_handler())
 
 
 if __name__ == "__main__":

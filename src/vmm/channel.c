@@ -7,6 +7,7 @@
 #include "vm.h"
 #include "frame.h"
 #include "clock.h"
+#include "vmsnap.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -119,6 +120,9 @@ long chan_read(struct vm *vm, void *buf, size_t len)
 {
 	ssize_t n;
 
+	/* The runtime waits for its first request: the point a snapshot is taken at. */
+	if (!vm->in_request)
+		vmsnap_at_read(vm);
 	do
 		n = read(vm->cfg->channel_fd, buf, len);
 	while (n < 0 && errno == EINTR && !vm->run->immediate_exit);
@@ -170,6 +174,7 @@ static void frame_done(struct vm *vm)
 	if (vm->out.type == FRAME_RESPONSE) {
 		wall_clock(vm, 0);
 		vm->in_request = 0;
+		vmsnap_after_response(vm);
 	}
 }
 

@@ -117,6 +117,39 @@ int clock_init(struct vm *vm)
 	return 0;
 }
 
+/*
+ * A restored VM keeps the snapshot's vDSO and clock page, but its TSC rate and offset
+ * are this vCPU's, and the snapshot may be hours old: re-anchor every clock to the
+ * host now. Monotonic time still never goes back (the snapshot may come from an
+ * earlier boot of the host, whose monotonic clock was further along).
+ */
+int clock_restore(struct vm *vm)
+{
+	struct vvar *v = vvar(vm);
+	uint64_t mono;
+	long khz;
+	int r;
+
+	if (!vm->has_vdso)
+		return 0;
+	khz = ioctl(vm->vcpu_fd, KVM_GET_TSC_KHZ, 0);
+	if (khz <= 0)
+		return -ENOTSUP;
+	r = tsc_offset(vm, &vm->tsc_offset);
+	if (r)
+		return r;
+	mono = host_ns(CLOCK_MONOTONIC);
+	if (v->valid && mono < v->mono_base)
+		mono = v->mono_base;
+	v->mult = (uint64_t)((1000000ULL << 32) / (uint64_t)khz);
+	v->tsc_base = guest_tsc(vm);
+	v->mono_base = mono;
+	v->real_base = host_ns(CLOCK_REALTIME);
+	v->boot_base = host_ns(CLOCK_BOOTTIME);
+	v->valid = 1;
+	return 0;
+}
+
 void clock_rebase(struct vm *vm)
 {
 	struct vvar *v = vvar(vm);

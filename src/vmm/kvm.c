@@ -369,13 +369,11 @@ static int timed_run(struct vm *vm)
 	return r;
 }
 
-int vm_run(struct vm *vm, uint64_t entry, uint64_t sp)
+static int run_loop(struct vm *vm)
 {
 	struct kvm_run *run = vm->run;
-	int r = enter_user(vm, entry, sp);
+	int r;
 
-	if (r)
-		return r;
 	while (!vm->exited) {
 		run->kvm_valid_regs = KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS;
 		r = timed_run(vm);
@@ -397,4 +395,21 @@ int vm_run(struct vm *vm, uint64_t entry, uint64_t sp)
 			return on_other_exit(vm);
 	}
 	return 0;
+}
+
+int vm_run(struct vm *vm, uint64_t entry, uint64_t sp)
+{
+	int r = enter_user(vm, entry, sp);
+
+	return r ? r : run_loop(vm);
+}
+
+/*
+ * The restored registers (in the synced area) are those of the system call the
+ * snapshot stopped in: serving it now hands the guest its request.
+ */
+int vm_resume(struct vm *vm)
+{
+	on_syscall(vm);
+	return run_loop(vm);
 }

@@ -10,6 +10,7 @@
 #include "vm.h"
 #include "jail.h"
 #include "clock.h"
+#include "vmsnap.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -37,10 +38,19 @@ static const char usage[] =
 	"  --cgroup NAME    create cgroup stoke-NAME (\"auto\": one per VM) capping memory\n"
 	"                   (guest memory + 64 MiB) and CPU (one core); needs the jail\n"
 	"  --stats          print system-call counts to stderr at exit\n"
-	"  --parent-pid N   exit (cleanly, as on SIGTERM) when process N, our parent, dies\n";
+	"  --parent-pid N   exit (cleanly, as on SIGTERM) when process N, our parent, dies\n"
+	"  --snapshot-dump F  at the first read of the channel, dump the VM to F\n"
+	"  --restore F      restore from snapshot file F instead of booting (on failure:\n"
+	"                   boot); needs --snap-store, the same --mem-mb and mounts\n"
+	"  --snap-store DIR page store holding the snapshot's restore image\n"
+	"  --snap-ws F      working set to prefetch on restore\n"
+	"  --ws-out F       record the first request's working set to F (raw)\n"
+	"   or: stoke-vmm --build-snapshot DUMP STORE_DIR SNAPSHOT_FILE\n"
+	"   or: stoke-vmm --commit-ws RAW STORE_DIR\n";
 
 enum { OPT_ROOTFS = 256, OPT_TASK, OPT_RUNTIME, OPT_MEM, OPT_TMP, OPT_WALL, OPT_CHAN, OPT_ENV,
-       OPT_NOJAIL, OPT_STATS, OPT_CGROUP, OPT_PARENT };
+       OPT_NOJAIL, OPT_STATS, OPT_CGROUP, OPT_PARENT, OPT_DUMP, OPT_RESTORE, OPT_STORE,
+       OPT_WS, OPT_WS_OUT };
 
 static const struct option options[] = {
 	{ "rootfs", required_argument, NULL, OPT_ROOTFS },
@@ -55,6 +65,11 @@ static const struct option options[] = {
 	{ "cgroup", required_argument, NULL, OPT_CGROUP },
 	{ "stats", no_argument, NULL, OPT_STATS },
 	{ "parent-pid", required_argument, NULL, OPT_PARENT },
+	{ "snapshot-dump", required_argument, NULL, OPT_DUMP },
+	{ "restore", required_argument, NULL, OPT_RESTORE },
+	{ "snap-store", required_argument, NULL, OPT_STORE },
+	{ "snap-ws", required_argument, NULL, OPT_WS },
+	{ "ws-out", required_argument, NULL, OPT_WS_OUT },
 	{ NULL, 0, NULL, 0 },
 };
 
@@ -88,6 +103,11 @@ static int parse_args(int argc, char **argv, struct vm_config *cfg, struct jail_
 		case OPT_CGROUP: jc->cgroup = optarg; break;
 		case OPT_STATS: cfg->stats = 1; break;
 		case OPT_PARENT: parent_pid = (pid_t)atoi(optarg); break;
+		case OPT_DUMP: cfg->snap_dump = optarg; break;
+		case OPT_RESTORE: cfg->snap_restore = optarg; break;
+		case OPT_STORE: cfg->snap_store = optarg; break;
+		case OPT_WS: cfg->snap_ws = optarg; break;
+		case OPT_WS_OUT: cfg->snap_ws_out = optarg; break;
 		default: return -EINVAL;
 		}
 	}
@@ -133,11 +153,51 @@ static double now_ms(void)
 	return (double)t.tv_sec * 1e3 + (double)t.tv_nsec / 1e6;
 }
 
-static int run(struct vm *vm, struct vm_config *cfg, struct jail_config *jc)
+/*
+ * Restores guest memory and VMM state before the jail. Returns 1 when restored, 0 when
+ * the program must boot instead (no snapshot, or one that failed its checks before
+ * anything of the VM changed), or -errno when the VM is unusable.
+ */
+static int try_restore(struct vm *vm)
+{
+	char why[512] = "";
+	int mapped, r;
+
+	if (!vm->cfg->snap_restore)
+		return 0;
+	r = vmsnap_restore_memory(vm, &mapped, why, sizeof(why));
+	if (!r)
+		return 1;
+	fprintf(stderr, "stoke-vmm: restoring %s: %s%s\n", vm->cfg->snap_restore,
+		why[0] ? why : strerror(-r), mapped ? "" : "; booting instead");
+	return mapped ? r : 0;
+}
+
+static int start(struct vm *vm, int restored)
 {
 	uint64_t entry, sp;
-	double t0;
+	char why[512] = "";
 	int r;
+
+	if (restored) {
+		r = vmsnap_restore_vcpu(vm, why, sizeof(why));
+		if (r)
+			return fprintf(stderr, "stoke-vmm: restoring: %s\n",
+				       why[0] ? why : strerror(-r)), r;
+		return vm_resume(vm);
+	}
+	r = elf_load_program(vm, &entry, &sp);
+	if (r)
+		return fprintf(stderr, "stoke-vmm: loading %s: %s\n", vm->cfg->argv[0],
+			       strerror(-r)), r;
+	return vm_run(vm, entry, sp);
+}
+
+static int run(struct vm *vm, struct vm_config *cfg, struct jail_config *jc)
+{
+	char why[512] = "";
+	int r, restored;
+	double t0;
 
 	r = vm_create(vm, cfg);
 	if (r)
@@ -147,6 +207,12 @@ static int run(struct vm *vm, struct vm_config *cfg, struct jail_config *jc)
 	r = vfs_init(vm);
 	if (r)
 		return fprintf(stderr, "stoke-vmm: %s: %s\n", cfg->rootfs, strerror(-r)), r;
+	r = vmsnap_open(vm, why, sizeof(why));
+	if (r)
+		return fprintf(stderr, "stoke-vmm: snapshot: %s\n", why), r;
+	restored = try_restore(vm);
+	if (restored < 0)
+		return restored;
 	r = chan_arm_timer(vm);
 	jc->ioctl_fds[0] = vm->vm_fd;
 	jc->ioctl_fds[1] = vm->vcpu_fd;
@@ -154,12 +220,8 @@ static int run(struct vm *vm, struct vm_config *cfg, struct jail_config *jc)
 		r = jail_enter(jc);
 	if (r)
 		return fprintf(stderr, "stoke-vmm: jail: %s\n", strerror(-r)), r;
-	r = elf_load_program(vm, &entry, &sp);
-	if (r)
-		return fprintf(stderr, "stoke-vmm: loading %s: %s\n", cfg->argv[0],
-			       strerror(-r)), r;
 	t0 = now_ms();
-	r = vm_run(vm, entry, sp);
+	r = start(vm, restored);
 	if (cfg->stats)
 		print_stats(vm, now_ms() - t0);
 	if (r == -EFAULT || r == -EIO || r == -EINTR)
@@ -167,6 +229,23 @@ static int run(struct vm *vm, struct vm_config *cfg, struct jail_config *jc)
 	else if (r)
 		fprintf(stderr, "stoke-vmm: running the VM: %s\n", strerror(-r));
 	return r;
+}
+
+/* The daemon-side snapshot steps, runnable by hand and from tests. */
+static int tool_mode(int argc, char **argv)
+{
+	char why[512] = "";
+	int r;
+
+	if (argc == 5 && !strcmp(argv[1], "--build-snapshot"))
+		r = vmsnap_build(argv[2], argv[3], argv[4], why, sizeof(why));
+	else if (argc == 4 && !strcmp(argv[1], "--commit-ws"))
+		r = vmsnap_ws_commit(argv[2], argv[3], why, sizeof(why));
+	else
+		return -1;
+	if (r)
+		fprintf(stderr, "stoke-vmm: %s: %s\n", argv[1] + 2, why[0] ? why : strerror(-r));
+	return r ? 1 : 0;
 }
 
 int main(int argc, char **argv)
@@ -177,6 +256,8 @@ int main(int argc, char **argv)
 	sigset_t none;
 	int r;
 
+	if (argc > 1 && (r = tool_mode(argc, argv)) >= 0)
+		return r;
 	if (parse_args(argc, argv, &cfg, &jc)) {
 		fputs(usage, stderr);
 		return 2;
@@ -197,6 +278,7 @@ int main(int argc, char **argv)
 		return EXIT_VMM_FAILED;
 	}
 	r = run(&vm, &cfg, &jc);
+	vmsnap_close(&vm);
 	vfs_close_all(&vm);
 	vm_destroy(&vm);
 	jail_cleanup(&jc);

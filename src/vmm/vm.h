@@ -18,6 +18,7 @@
 #define VM_CHANNEL_FD	3
 
 struct kvm_run;
+struct vmsnap_state;
 
 enum vfd_kind { VFD_FREE = 0, VFD_HOST, VFD_STDIN, VFD_STDOUT, VFD_STDERR, VFD_CHANNEL };
 
@@ -47,6 +48,12 @@ struct vm_config {
 	int trace;		/* print every system call (STOKE_VMM_TRACE=1) */
 	char **argv;		/* program (guest path) and its arguments */
 	char **envp;
+	/* Snapshots (vmsnap.h): each NULL when unused. */
+	const char *snap_dump;	/* take a dump at the first channel read, into this file */
+	const char *snap_restore; /* restore from this snapshot file instead of booting */
+	const char *snap_store;	/* page store holding the snapshot's restore image */
+	const char *snap_ws;	/* working set to prefetch on restore */
+	const char *snap_ws_out; /* record the working set of the first request here */
 };
 
 /* Frame tracker for the guest's outbound channel bytes (see channel.c). */
@@ -113,6 +120,10 @@ struct vm {
 	uint64_t enosys_reported[VM_NR_SYSCALLS];
 	int exit_code;
 	int exited;
+
+	/* Snapshots (vmsnap.c): NULL when neither taking nor restoring one. */
+	struct vmsnap_state *snap;
+	int mem_is_file;	/* guest memory is a private mapping of a restore image */
 	char stop_reason[256];	/* why vm_run stopped early, for the operator */
 };
 
@@ -125,6 +136,8 @@ void vm_destroy(struct vm *vm);
  * vm->stop_reason and vm->exit_code set.
  */
 int vm_run(struct vm *vm, uint64_t entry, uint64_t sp);
+/* Continues a restored VM: finishes its pending system call, then runs as vm_run. */
+int vm_resume(struct vm *vm);
 
 /* memory.c: guest address space. */
 int gmem_init(struct vm *vm);

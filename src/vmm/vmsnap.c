@@ -1,0 +1,563 @@
+/* Taking and restoring process-VM snapshots inside stoke-vmm: see vmsnap.h. */
+#include "vmsnap.h"
+#include "vm.h"
+#include "clock.h"
+#include "snap/snap.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/kvm.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define VCPU_VERSION	1u
+#define VMM_VERSION	1u
+#define NR_MSRS		12
+#define PATH_MAX_SNAP	4096
+
+/*
+ * The MSRs the guest kernel programs (syscall entry) or the program can change, as
+ * KVM names them; FS/GS base travel in the segment registers too.
+ */
+static const uint32_t msr_list[NR_MSRS] = {
+	0xc0000081, 0xc0000082, 0xc0000083, 0xc0000084,	/* STAR LSTAR CSTAR FMASK */
+	0xc0000100, 0xc0000101, 0xc0000102, 0xc0000103,	/* FS GS KERNEL_GS TSC_AUX */
+	0x277, 0x174, 0x175, 0x176,			/* PAT, SYSENTER */
+};
+
+struct vcpu_blob {
+	uint32_t version;
+	uint32_t nmsrs;
+	struct kvm_regs regs;		/* stopped in the pending read: rax = its number */
+	struct kvm_sregs sregs;
+	struct kvm_fpu fpu;
+	struct kvm_msr_entry msrs[NR_MSRS];
+};
+
+/* struct vm as the snapshot keeps it; page_used and the descriptors follow it. */
+struct vmm_blob {
+	uint32_t version;
+	uint32_t nfds;
+	uint64_t mem_size, brk_start, brk_cur, mmap_top, stack_lo;
+	uint64_t fs_base, tid_address, rlimit_stack, sigmask, nr_syscalls;
+	uint8_t sigactions[64][32];
+	uint8_t altstack[24];
+	char cwd[256];
+	char exe_path[256];
+	uint32_t umask;
+	int32_t has_vdso;
+	struct chan_track out;
+};
+
+struct fd_blob {
+	int32_t fd;
+	int32_t kind;
+	int32_t cloexec;
+	int32_t flags;
+	int64_t offset;		/* host file offset, restored with lseek */
+	char path[PATH_MAX_SNAP];
+};
+
+struct vmsnap_state {
+	int dump_fd;
+	int pagemap_fd;
+	int ws_fd;
+	int dumped;
+	int ws_done;
+	struct vcpu_blob vcpu;
+	struct snap_id image;
+};
+
+static int say(char *why, size_t len, int r, const char *fmt, const char *arg)
+{
+	snprintf(why, len, fmt, arg, strerror(-r));
+	return r;
+}
+
+int vmsnap_open(struct vm *vm, char *why, size_t len)
+{
+	const struct vm_config *cfg = vm->cfg;
+	struct vmsnap_state *s;
+
+	if (!cfg->snap_dump && !cfg->snap_restore)
+		return 0;
+	s = calloc(1, sizeof(*s));
+	if (!s)
+		return -ENOMEM;
+	s->dump_fd = s->ws_fd = -1;
+	vm->snap = s;
+	s->pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+	if (s->pagemap_fd < 0)
+		return say(why, len, -errno, "%s: %s", "/proc/self/pagemap");
+	if (cfg->snap_dump) {
+		s->dump_fd = open(cfg->snap_dump, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+		if (s->dump_fd < 0)
+			return say(why, len, -errno, "%s: %s", cfg->snap_dump);
+	}
+	if (cfg->snap_restore && cfg->snap_ws_out) {
+		s->ws_fd = open(cfg->snap_ws_out, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+		if (s->ws_fd < 0)
+			return say(why, len, -errno, "%s: %s", cfg->snap_ws_out);
+	}
+	return 0;
+}
+
+void vmsnap_close(struct vm *vm)
+{
+	struct vmsnap_state *s = vm->snap;
+
+	if (!s)
+		return;
+	if (s->dump_fd >= 0)
+		close(s->dump_fd);
+	if (s->ws_fd >= 0)
+		close(s->ws_fd);
+	if (s->pagemap_fd >= 0)
+		close(s->pagemap_fd);
+	free(s);
+	vm->snap = NULL;
+}
+
+/* ---- taking the dump ---- */
+
+static int get_vcpu(struct vm *vm, struct vcpu_blob *b)
+{
+	struct { struct kvm_msrs h; struct kvm_msr_entry e[1]; } q;
+	int i;
+
+	memset(b, 0, sizeof(*b));
+	b->version = VCPU_VERSION;
+	/* The synced copies are current: we are inside the exit of the read. */
+	b->regs = vm->run->s.regs.regs;
+	b->sregs = vm->run->s.regs.sregs;
+	b->sregs.fs.base = vm->fs_base;
+	if (ioctl(vm->vcpu_fd, KVM_GET_FPU, &b->fpu) < 0)
+		return -errno;
+	for (i = 0; i < NR_MSRS; i++) {
+		memset(&q, 0, sizeof(q));
+		q.h.nmsrs = 1;
+		q.e[0].index = msr_list[i];
+		/* Not every host knows every MSR: keep the ones it returns. */
+		if (ioctl(vm->vcpu_fd, KVM_GET_MSRS, &q) == 1)
+			b->msrs[b->nmsrs++] = q.e[0];
+	}
+	return 0;
+}
+
+static void fill_vmm(struct vm *vm, struct vmm_blob *b)
+{
+	memset(b, 0, sizeof(*b));
+	b->version = VMM_VERSION;
+	b->mem_size = vm->mem_size;
+	b->brk_start = vm->brk_start;
+	b->brk_cur = vm->brk_cur;
+	b->mmap_top = vm->mmap_top;
+	b->stack_lo = vm->stack_lo;
+	b->fs_base = vm->fs_base;
+	b->tid_address = vm->tid_address;
+	b->rlimit_stack = vm->rlimit_stack;
+	b->sigmask = vm->sigmask;
+	b->nr_syscalls = vm->nr_syscalls;
+	memcpy(b->sigactions, vm->sigactions, sizeof(b->sigactions));
+	memcpy(b->altstack, vm->altstack, sizeof(b->altstack));
+	memcpy(b->cwd, vm->cwd, sizeof(b->cwd));
+	memcpy(b->exe_path, vm->exe_path, sizeof(b->exe_path));
+	b->umask = vm->umask;
+	b->has_vdso = vm->has_vdso;
+	b->out = vm->out;
+}
+
+static int fill_fd(struct vm *vm, int i, struct fd_blob *f)
+{
+	const struct vfd *v = &vm->fds[i];
+
+	memset(f, 0, sizeof(*f));
+	f->fd = i;
+	f->kind = v->kind;
+	f->cloexec = v->cloexec;
+	f->flags = v->flags;
+	if (v->kind != VFD_HOST)
+		return 0;
+	/* A host file is re-opened by its guest path; one without a path cannot be. */
+	if (!v->path || strlen(v->path) >= sizeof(f->path))
+		return -ENOTSUP;
+	strcpy(f->path, v->path);
+	f->offset = lseek(v->host, 0, SEEK_CUR);
+	if (f->offset < 0)
+		f->offset = 0;
+	return 0;
+}
+
+/* The VMM blob: struct vmm_blob, page_used, then one fd_blob per open descriptor. */
+static void *vmm_blob(struct vm *vm, size_t *len, int *err)
+{
+	uint64_t npages = vm->mem_size / VM_PAGE;
+	size_t n = 0, off;
+	uint8_t *buf;
+	int i;
+
+	for (i = 0; i < VM_NR_FDS; i++)
+		n += vm->fds[i].kind != VFD_FREE;
+	*len = sizeof(struct vmm_blob) + npages + n * sizeof(struct fd_blob);
+	buf = calloc(1, *len);
+	if (!buf) {
+		*err = -ENOMEM;
+		return NULL;
+	}
+	fill_vmm(vm, (struct vmm_blob *)buf);
+	((struct vmm_blob *)buf)->nfds = (uint32_t)n;
+	memcpy(buf + sizeof(struct vmm_blob), vm->page_used, npages);
+	off = sizeof(struct vmm_blob) + npages;
+	for (i = 0; i < VM_NR_FDS && !*err; i++) {
+		if (vm->fds[i].kind == VFD_FREE)
+			continue;
+		*err = fill_fd(vm, i, (struct fd_blob *)(buf + off));
+		off += sizeof(struct fd_blob);
+	}
+	if (*err) {
+		free(buf);
+		return NULL;
+	}
+	return buf;
+}
+
+static int pwrite_all(int fd, const void *buf, size_t len, uint64_t off)
+{
+	const uint8_t *p = buf;
+	ssize_t n;
+
+	while (len) {
+		n = pwrite(fd, p, len, (off_t)off);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return n < 0 ? -errno : -EIO;
+		p += n;
+		len -= (size_t)n;
+		off += (uint64_t)n;
+	}
+	return 0;
+}
+
+#define ALIGN_UP(x) (((x) + VM_PAGE - 1) & ~(uint64_t)(VM_PAGE - 1))
+
+/* Writes the dirty pages, in runs, at mem_off + their guest address. */
+static int write_pages(int fd, struct vm *vm, const uint64_t *bm, uint64_t mem_off)
+{
+	uint64_t npages = vm->mem_size / VM_PAGE, p = 0, q;
+	int r;
+
+	while (p < npages) {
+		if (!(bm[p / 64] >> (p % 64) & 1)) {
+			p++;
+			continue;
+		}
+		for (q = p; q < npages && (bm[q / 64] >> (q % 64) & 1); q++)
+			;
+		r = pwrite_all(fd, vm->mem + p * VM_PAGE, (q - p) * VM_PAGE,
+			       mem_off + p * VM_PAGE);
+		if (r)
+			return r;
+		p = q;
+	}
+	return 0;
+}
+
+static int write_dump(struct vm *vm, struct vmsnap_state *s, const void *vmm, size_t vmm_len,
+		      const uint64_t *bm, size_t bm_len)
+{
+	struct vmsnap_dump_hdr h = { .version = VMSNAP_DUMP_VERSION };
+	int r;
+
+	h.mem_bytes = vm->mem_size;
+	h.vcpu_off = VM_PAGE;
+	h.vcpu_len = sizeof(s->vcpu);
+	h.vmm_off = ALIGN_UP(h.vcpu_off + h.vcpu_len);
+	h.vmm_len = vmm_len;
+	h.bitmap_off = ALIGN_UP(h.vmm_off + h.vmm_len);
+	h.bitmap_len = bm_len;
+	h.mem_off = ALIGN_UP(h.bitmap_off + h.bitmap_len);
+	r = ftruncate(s->dump_fd, (off_t)(h.mem_off + vm->mem_size)) < 0 ? -errno : 0;
+	r = r ? r : pwrite_all(s->dump_fd, &s->vcpu, sizeof(s->vcpu), h.vcpu_off);
+	r = r ? r : pwrite_all(s->dump_fd, vmm, vmm_len, h.vmm_off);
+	r = r ? r : pwrite_all(s->dump_fd, bm, bm_len, h.bitmap_off);
+	r = r ? r : write_pages(s->dump_fd, vm, bm, h.mem_off);
+	if (r)
+		return r;
+	memcpy(h.magic, VMSNAP_DUMP_MAGIC, sizeof(h.magic));
+	return pwrite_all(s->dump_fd, &h, sizeof(h), 0);
+}
+
+static int take_dump(struct vm *vm, struct vmsnap_state *s)
+{
+	size_t bm_len = (vm->mem_size / VM_PAGE + 63) / 64 * 8, vmm_len;
+	uint64_t *bm = calloc(1, bm_len);
+	void *vmm = NULL;
+	int r = bm ? 0 : -ENOMEM;
+
+	r = r ? r : get_vcpu(vm, &s->vcpu);
+	if (!r)
+		vmm = vmm_blob(vm, &vmm_len, &r);
+	/* Every page the VM touched, the VMM's own writes included (not only KVM's). */
+	if (!r)
+		r = snap_dirty_from_pagemap(s->pagemap_fd, vm->mem, vm->mem_size, bm);
+	if (!r)
+		r = write_dump(vm, s, vmm, vmm_len, bm, bm_len);
+	free(vmm);
+	free(bm);
+	return r;
+}
+
+void vmsnap_at_read(struct vm *vm)
+{
+	struct vmsnap_state *s = vm->snap;
+	int r;
+
+	if (!s || s->dump_fd < 0 || s->dumped)
+		return;
+	s->dumped = 1;
+	r = take_dump(vm, s);
+	/* A failed dump costs the snapshot, not the request: the VM goes on serving. */
+	if (r)
+		fprintf(stderr, "stoke-vmm: snapshot dump: %s\n", strerror(-r));
+	close(s->dump_fd);
+	s->dump_fd = -1;
+}
+
+/* ---- restoring ---- */
+
+static int check_vmm(struct vm *vm, const struct snap_file *f, char *why, size_t len)
+{
+	const struct vmm_blob *b = f->st.vmm;
+	uint64_t npages = vm->mem_size / VM_PAGE;
+
+	if (f->st.vcpu_len != sizeof(struct vcpu_blob) ||
+	    ((const struct vcpu_blob *)f->st.vcpu)->version != VCPU_VERSION ||
+	    f->st.vmm_len < sizeof(*b) || b->version != VMM_VERSION) {
+		snprintf(why, len, "snapshot state from another stoke-vmm version");
+		return -EPROTONOSUPPORT;
+	}
+	if (f->st.mem_bytes != vm->mem_size || b->mem_size != vm->mem_size) {
+		snprintf(why, len, "snapshot of %llu MiB of memory, this VM has %llu",
+			 (unsigned long long)(f->st.mem_bytes >> 20),
+			 (unsigned long long)(vm->mem_size >> 20));
+		return -EINVAL;
+	}
+	if (b->nfds > VM_NR_FDS ||
+	    f->st.vmm_len != sizeof(*b) + npages + b->nfds * sizeof(struct fd_blob)) {
+		snprintf(why, len, "malformed VMM state in the snapshot");
+		return -EINVAL;
+	}
+	return 0;
+}
+
+static void set_vm_fields(struct vm *vm, const struct vmm_blob *b)
+{
+	vm->brk_start = b->brk_start;
+	vm->brk_cur = b->brk_cur;
+	vm->mmap_top = b->mmap_top;
+	vm->stack_lo = b->stack_lo;
+	vm->fs_base = b->fs_base;
+	vm->tid_address = b->tid_address;
+	vm->rlimit_stack = b->rlimit_stack;
+	vm->sigmask = b->sigmask;
+	vm->nr_syscalls = b->nr_syscalls;
+	memcpy(vm->sigactions, b->sigactions, sizeof(vm->sigactions));
+	memcpy(vm->altstack, b->altstack, sizeof(vm->altstack));
+	memcpy(vm->cwd, b->cwd, sizeof(vm->cwd));
+	vm->cwd[sizeof(vm->cwd) - 1] = '\0';
+	memcpy(vm->exe_path, b->exe_path, sizeof(vm->exe_path));
+	vm->exe_path[sizeof(vm->exe_path) - 1] = '\0';
+	vm->umask = b->umask & 0777;
+	vm->has_vdso = !!b->has_vdso;
+	vm->out = b->out;
+	if (vm->out.hdr_len > sizeof(vm->out.hdr))
+		vm->out.hdr_len = 0;
+}
+
+static int reopen_fd(struct vm *vm, const struct fd_blob *f)
+{
+	struct vfd *v;
+	int host;
+
+	if (f->fd < 0 || f->fd >= VM_NR_FDS || f->kind < VFD_FREE || f->kind > VFD_CHANNEL)
+		return -EINVAL;
+	v = &vm->fds[f->fd];
+	if (f->kind != VFD_HOST) {
+		/* stdio and the channel are this VM's own, set up by vfs_init. */
+		v->kind = f->kind;
+		v->cloexec = f->cloexec;
+		return 0;
+	}
+	if (memchr(f->path, '\0', sizeof(f->path)) == NULL)
+		return -EINVAL;
+	host = vfs_open(vm, AT_FDCWD, f->path,
+			f->flags & ~(O_CREAT | O_EXCL | O_TRUNC | O_CLOEXEC), NULL);
+	if (host < 0)
+		return host;
+	if (f->offset > 0 && lseek(host, f->offset, SEEK_SET) < 0) {
+		close(host);
+		return -errno;
+	}
+	memset(v, 0, sizeof(*v));
+	v->kind = VFD_HOST;
+	v->host = host;
+	v->cloexec = f->cloexec;
+	v->flags = f->flags;
+	v->path = strdup(f->path);
+	return v->path ? 0 : -ENOMEM;
+}
+
+static int restore_fds(struct vm *vm, const struct vmm_blob *b, char *why, size_t len)
+{
+	const struct fd_blob *f = (const void *)((const uint8_t *)(b + 1) +
+						 vm->mem_size / VM_PAGE);
+	uint32_t i;
+	int r;
+
+	for (i = 0; i < b->nfds; i++) {
+		r = reopen_fd(vm, &f[i]);
+		if (r) {
+			snprintf(why, len, "re-opening guest descriptor %d (%.200s): %s",
+				 f[i].fd, f[i].path, strerror(-r));
+			return r;
+		}
+	}
+	return 0;
+}
+
+static void prefetch(struct vm *vm, const struct snap_image *img)
+{
+	struct snap_ws ws;
+
+	if (!vm->cfg->snap_ws || snap_ws_read(vm->cfg->snap_ws, &ws, NULL))
+		return;
+	/* A working set recorded on another image is refused (-ESTALE): then lazily. */
+	snap_ws_prefetch(img, &ws, vm->mem, SNAP_FILL_DEFAULT, SNAP_PF_DEFAULT, NULL);
+	snap_ws_release(&ws);
+}
+
+/* Maps the image over the slot; past this point the boot path is gone. */
+static int map_image(struct vm *vm, const struct snap_file *f, char *why, size_t len)
+{
+	struct snap_store *store;
+	struct snap_image img;
+	struct snap_err e = { 0 };
+	int r;
+
+	r = snap_store_open(vm->cfg->snap_store, NULL, &store, &e);
+	if (!r) {
+		r = snap_image_open(store, &f->st.layers[0], &img, &e);
+		snap_store_close(store);
+	}
+	if (r) {
+		snprintf(why, len, "%s", e.msg);
+		return r;
+	}
+	if (img.size != vm->mem_size) {
+		snap_image_close(&img);
+		snprintf(why, len, "restore image size does not match the VM");
+		return -EINVAL;
+	}
+	r = snap_image_map(&img, vm->mem, vm->mem_size, 0, &e);
+	if (!r) {
+		vm->mem_is_file = 1;
+		vm->snap->image = img.id;
+		prefetch(vm, &img);
+	} else {
+		snprintf(why, len, "%s", e.msg);
+	}
+	snap_image_close(&img);
+	return r;
+}
+
+int vmsnap_restore_memory(struct vm *vm, int *mapped, char *why, size_t len)
+{
+	struct snap_file f;
+	struct snap_err e = { 0 };
+	const struct vmm_blob *b;
+	int r;
+
+	*mapped = 0;
+	if (!vm->cfg->snap_store)
+		return snprintf(why, len, "--restore needs --snap-store"), -EINVAL;
+	r = snap_file_read(vm->cfg->snap_restore, &f, &e);
+	if (r)
+		return snprintf(why, len, "%s", e.msg), r;
+	r = check_vmm(vm, &f, why, len);
+	if (!r) {
+		b = f.st.vmm;
+		r = map_image(vm, &f, why, len);
+		*mapped = !r;
+	}
+	if (!r) {
+		memcpy(&vm->snap->vcpu, f.st.vcpu, sizeof(vm->snap->vcpu));
+		memcpy(vm->page_used, b + 1, vm->mem_size / VM_PAGE);
+		set_vm_fields(vm, b);
+		r = restore_fds(vm, b, why, len);
+	}
+	snap_file_release(&f);
+	return r;
+}
+
+int vmsnap_restore_vcpu(struct vm *vm, char *why, size_t len)
+{
+	const struct vcpu_blob *b = &vm->snap->vcpu;
+	struct { struct kvm_msrs h; struct kvm_msr_entry e[NR_MSRS]; } m;
+	struct kvm_run *run = vm->run;
+
+	memset(&m, 0, sizeof(m));
+	m.h.nmsrs = b->nmsrs > NR_MSRS ? NR_MSRS : b->nmsrs;
+	memcpy(m.e, b->msrs, m.h.nmsrs * sizeof(m.e[0]));
+	if (ioctl(vm->vcpu_fd, KVM_SET_SREGS, &b->sregs) < 0 ||
+	    ioctl(vm->vcpu_fd, KVM_SET_FPU, &b->fpu) < 0 ||
+	    ioctl(vm->vcpu_fd, KVM_SET_MSRS, &m) != (int)m.h.nmsrs) {
+		snprintf(why, len, "setting the vCPU state: %s", strerror(errno));
+		return -EIO;
+	}
+	/* vm_resume serves the pending read from these and marks them dirty. */
+	run->s.regs.regs = b->regs;
+	run->s.regs.sregs = b->sregs;
+	vm->fs_dirty = 0;
+	return clock_restore(vm);
+}
+
+/* ---- working set ---- */
+
+static int write_ws(int fd, const struct snap_ws *ws)
+{
+	struct vmsnap_ws_hdr h = { .magic = "STOKWSRW" };
+	size_t len = ws->nranges * sizeof(ws->r[0]);
+	int r;
+
+	memcpy(h.image, ws->image.b, sizeof(h.image));
+	h.pages = ws->pages;
+	h.nranges = ws->nranges;
+	r = pwrite_all(fd, ws->r, len, sizeof(h));
+	return r ? r : pwrite_all(fd, &h, sizeof(h), 0);
+}
+
+void vmsnap_after_response(struct vm *vm)
+{
+	struct vmsnap_state *s = vm->snap;
+	struct snap_ws ws;
+	int r;
+
+	if (!s || s->ws_fd < 0 || s->ws_done || !vm->mem_is_file)
+		return;
+	s->ws_done = 1;
+	r = snap_ws_from_pagemap(s->pagemap_fd, vm->mem, vm->mem_size, &s->image, &ws);
+	if (!r) {
+		r = write_ws(s->ws_fd, &ws);
+		snap_ws_release(&ws);
+	}
+	if (r)
+		fprintf(stderr, "stoke-vmm: recording the working set: %s\n", strerror(-r));
+	close(s->ws_fd);
+	s->ws_fd = -1;
+}

@@ -1,0 +1,82 @@
+/*
+ * Snapshots of a process VM (docs/snapshots.md, "How the VMM uses it").
+ *
+ * Taking one: with --snapshot-dump, the VMM stops at the guest's first read of the
+ * channel (the runtime waiting for its first request) and writes a *dump*: the vCPU
+ * state, its own per-VM state and the guest pages it has touched, into a file opened
+ * before the jail. It then serves the request as usual. The daemon (or
+ * `stoke-vmm --build-snapshot`) turns the dump into a memory layer in the page store
+ * and a snapshot file (vmsnap_build). The jailed VMM thus never writes to the store.
+ *
+ * Restoring: with --restore, everything that reads files (snapshot file, restore
+ * image, working set, descriptors the guest had open) happens before the jail; the
+ * vCPU state is set after it, and the pending read is finished with the request.
+ */
+#ifndef STOKE_VMM_VMSNAP_H
+#define STOKE_VMM_VMSNAP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct vm;
+
+#define VMSNAP_DUMP_MAGIC	"STOKDUMP"
+#define VMSNAP_DUMP_VERSION	1u
+
+/*
+ * Dump file (host-local, little-endian, read only by vmsnap_build): this header at 0,
+ * then the vCPU blob, the VMM blob and the dirty bitmap (one bit per page), then guest
+ * memory at mem_off as a sparse image (only dirty pages written). The magic is
+ * written last, so a dump cut short by a crash is never taken for a whole one.
+ */
+struct vmsnap_dump_hdr {
+	char magic[8];
+	uint32_t version;
+	uint32_t reserved;
+	uint64_t mem_bytes;
+	uint64_t vcpu_off, vcpu_len;
+	uint64_t vmm_off, vmm_len;
+	uint64_t bitmap_off, bitmap_len;
+	uint64_t mem_off;
+};
+
+/* Working-set record the VMM leaves for the daemon (converted by vmsnap_ws_commit). */
+struct vmsnap_ws_hdr {
+	char magic[8];		/* "STOKWSRW" */
+	uint8_t image[32];	/* id of the image the VM was restored from */
+	uint64_t pages;
+	uint64_t nranges;	/* then nranges pairs of u64 (first page, count) */
+};
+
+/* In the VMM (vmsnap.c). Return 0 or -errno; *why gets a reason for the operator. */
+
+/* Opens what taking or restoring needs while the host file system is still there. */
+int vmsnap_open(struct vm *vm, char *why, size_t len);
+/*
+ * Restores guest memory and VMM state from cfg->snap_restore (before the jail).
+ * On failure nothing of the VM was changed unless *mapped is set: the caller may
+ * then boot the program instead.
+ */
+int vmsnap_restore_memory(struct vm *vm, int *mapped, char *why, size_t len);
+/* Sets the vCPU state and the clocks (after the jail); then run vm_resume. */
+int vmsnap_restore_vcpu(struct vm *vm, char *why, size_t len);
+/* chan_read hook: takes the dump at the first read of the channel. */
+void vmsnap_at_read(struct vm *vm);
+/* chan_write hook: records the working set after a restored VM's first response. */
+void vmsnap_after_response(struct vm *vm);
+void vmsnap_close(struct vm *vm);
+
+/* Daemon side (vmsnap_build.c), also `stoke-vmm --build-snapshot`. */
+
+/*
+ * Builds a base memory layer in the store at store_dir from a dump, assembles its
+ * restore image and writes the snapshot file out. The dump is left in place.
+ */
+int vmsnap_build(const char *dump, const char *store_dir, const char *out, char *why,
+		 size_t len);
+/* Writes the working set the VMM recorded (raw) as images/<image id>.ws in the store. */
+int vmsnap_ws_commit(const char *raw, const char *store_dir, char *why, size_t len);
+/* Path of the working set of the image a snapshot file names (for --snap-ws). */
+int vmsnap_ws_path(const char *snap_file, const char *store_dir, char *out, size_t len);
+
+#endif
