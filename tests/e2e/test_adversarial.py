@@ -429,7 +429,7 @@ def test_host_header_reaches_function(d):
 
 
 def test_host_header_cannot_change_the_path_a_function_sees(d):
-    """BUG: the gateway builds request.url as "http://" + Host + path without checking
+    """FIXED BUG (regression test): the gateway builds request.url as "http://" + Host + path without checking
     Host (src/gateway/route.c gw_fill_request), so 'Host: x/admin?' on GET /fn/echo/real
     makes the function's new URL(request.url) see pathname "/admin" (and 'x\\admin'
     gives "/admin/real"), while 'Host: a b' makes request.url unparseable. RFC 9112 3.2:
@@ -1650,7 +1650,7 @@ def test_native_compile_cannot_read_host_files(d):
 
 
 def test_health_answers_while_a_slow_deploy_compiles(d):
-    """BUG: /_stoke/health is served by the single admin thread (src/gateway/route.c
+    """FIXED BUG (regression test): /_stoke/health is served by the single admin thread (src/gateway/route.c
     gw_route_admin dispatches it to gw_admin_ops like any admin call), so while one deploy
     compiles (a native C function may take up to the 60 s compile timeout) health checks,
     status, metrics and every other deploy hang; a load balancer would mark the daemon
