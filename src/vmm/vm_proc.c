@@ -166,6 +166,25 @@ int vm_launch_build(struct vm_launch *l, const struct fn *fn, const char *rootfs
 	return r ? r : add_program(l, fn, native_dir);
 }
 
+int vm_launch_with(struct vm_launch *dst, const struct vm_launch *src,
+		   const char *const *opts)
+{
+	int i, sep, r = 0;
+
+	*dst = *src;
+	for (i = 0; i < src->argc; i++)
+		dst->argv[i] = dst->strs + (src->argv[i] - src->strs);
+	for (sep = 0; sep < dst->argc && strcmp(dst->argv[sep], "--"); sep++)
+		;
+	/* Options go before "--": what follows it is the guest's command line. */
+	dst->argc = sep;
+	for (i = 0; opts[i] && !r; i++)
+		r = add_arg(dst, "%s", opts[i]);
+	for (i = sep; i < src->argc && !r; i++)
+		r = add_arg(dst, "%s", src->argv[i]);
+	return r;
+}
+
 static int spawn_actions(posix_spawn_file_actions_t *fa, int chan, int out, int err)
 {
 	int r = posix_spawn_file_actions_init(fa);

@@ -20,6 +20,7 @@ struct vm_proc {
 	int out, err;		/* the guest's stdout and stderr (read ends) */
 	uint64_t started_ns;
 	unsigned served;	/* requests answered */
+	int restored;		/* started from a snapshot rather than booted */
 	uint32_t mem_mb;
 	char tail[1024];	/* the last stderr bytes, for crash reports */
 	size_t tail_len;
@@ -60,6 +61,13 @@ uint64_t vm_now_ns(void);
 int vm_launch_build(struct vm_launch *l, const struct fn *fn, const char *rootfs_dir,
 		    const char *vmm_path, const char *native_dir, int jail,
 		    char *err, size_t errlen);
+
+/*
+ * Copies src into dst with the stoke-vmm options opts (NULL-terminated) added before
+ * the guest's command line. Returns 0 or -E2BIG.
+ */
+int vm_launch_with(struct vm_launch *dst, const struct vm_launch *src,
+		   const char *const *opts);
 
 /* vm_native.c: native functions deployed as C source, compiled at deploy. */
 int vm_native_is_source(const struct fn *fn);

@@ -5,7 +5,9 @@
  * gateway's event loop only ever enqueues.
  */
 #include "vm_proc.h"
+#include "vm_tier_snap.h"
 #include "common/invoke.h"
+#include "common/log.h"
 #include "common/strbuf.h"
 
 #include <cjson/cJSON.h>
@@ -15,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -46,6 +49,7 @@ struct vm_fn {
 	char name[64];
 	char native_dir[4096];	/* compiled program of a C-source native function, or "" */
 	struct enosys_count enosys[MAX_ENOSYS_NAMES];
+	struct vm_tier_snap snap;	/* cold starts restore from it when ready */
 	struct vm_fn *next;	/* tier's list, for metrics and stop */
 };
 
@@ -67,11 +71,15 @@ struct vm_tier {
 	int stopping;
 	atomic_int cancel;		/* set by stop: running exchanges end their VMs */
 	int jail;
+	int snapshots;			/* $STOKE_VM_SNAPSHOTS=1: restore python3 cold starts */
+	char snap_dir[4096];
+	atomic_uint snap_seq;
 	struct vm_fn *fns;
 	struct vm_proc *dying;		/* retired VMs the reaper stops off the caller's thread */
 	atomic_ullong idle_bytes;
 	atomic_int live;
 	atomic_ullong boots, boot_ns, crashes, timeouts, invocations;
+	atomic_ullong restores, restore_failures;
 };
 
 static struct vm_tier *tier_of(struct tier *t)
@@ -158,6 +166,7 @@ static struct vm_proc *get_vm(struct tier *t, struct vm_fn *vf, struct inv *inv,
 {
 	struct vm_tier *vt = tier_of(t);
 	struct vm_proc *p = take_idle(vf);
+	const struct vm_launch *l;
 
 	if (p) {
 		atomic_fetch_sub(&vt->idle_bytes, (uint64_t)p->mem_mb << 20);
@@ -169,13 +178,15 @@ static struct vm_proc *get_vm(struct tier *t, struct vm_fn *vf, struct inv *inv,
 		*err = -ENOMEM;
 		return NULL;
 	}
-	*err = vm_proc_spawn(p, &vf->launch, t->vmm_path);
+	l = vt->snapshots ? vm_tier_snap_launch(&vf->snap) : NULL;
+	*err = vm_proc_spawn(p, l ? l : &vf->launch, t->vmm_path);
 	if (*err) {
 		free(p);
 		return NULL;
 	}
+	p->restored = l != NULL;
 	atomic_fetch_add(&vt->live, 1);
-	atomic_fetch_add(&vt->boots, 1);
+	atomic_fetch_add(p->restored ? &vt->restores : &vt->boots, 1);
 	inv->cold = 1;
 	return p;
 }
@@ -234,6 +245,11 @@ static void run_invocation(struct tier *t, struct inv *inv)
 			 vf->launch.wall_ms);
 		break;
 	case VM_CRASHED:
+		/* The VMM itself failed (125) on a restore: later cold starts boot. */
+		if (p->restored && WIFEXITED(status) && WEXITSTATUS(status) == 125) {
+			vf->snap.ready = 0;
+			atomic_fetch_add(&vt->restore_failures, 1);
+		}
 		report_crash(vt, inv, p, status);
 		break;
 	case VM_CANCELLED:
@@ -276,6 +292,7 @@ static void reap_idle(struct vm_tier *vt)
 	expired = vt->dying;
 	vt->dying = NULL;
 	for (vf = vt->fns; vf; vf = vf->next) {
+		vm_tier_snap_tick(&vf->snap);
 		p = take_expired(vf, cutoff);
 		for (last = p; last && last->next; last = last->next)
 			;
@@ -363,6 +380,9 @@ static int vm_start(struct tier *t)
 	vt->idle_ttl_ns = (getenv("STOKE_VM_IDLE_TTL_S") ?
 			   strtoull(getenv("STOKE_VM_IDLE_TTL_S"), NULL, 10) : IDLE_TTL_S) *
 			  1000000000ULL;
+	vt->snapshots = getenv("STOKE_VM_SNAPSHOTS") &&
+			!strcmp(getenv("STOKE_VM_SNAPSHOTS"), "1");
+	snprintf(vt->snap_dir, sizeof(vt->snap_dir), "%s/vm-snapshots", t->data_dir);
 	t->priv = vt;
 	r = pthread_create(&vt->reaper, NULL, reaper, vt);
 	if (r)
@@ -376,6 +396,31 @@ static int vm_start(struct tier *t)
 		}
 	}
 	return 0;
+}
+
+/*
+ * Snapshot of a python3 version, taken at deploy so that no request waits for it. A
+ * failure leaves the version booting cold, as without snapshots.
+ */
+static void take_snapshot(struct tier *t, struct vm_fn *vf, const struct fn *fn)
+{
+	struct vm_tier *vt = tier_of(t);
+	const char *env[] = { "--env=STOKE_SNAPSHOT=1", NULL };
+	struct vm_launch l;
+	char key[160], why[512] = "";
+
+	if (!vt->snapshots || strcmp(fn->runtime, "python3"))
+		return;
+	/* The bootstrap calls before_snapshot/after_restore and reseeds under this. */
+	if (vm_launch_with(&l, &vf->launch, env) ||
+	    vm_launch_with(&vf->launch, &l, (const char *const[]){ NULL }))
+		return;
+	snprintf(key, sizeof(key), "%.64s.%lld.%d.%u", fn->name, (long long)fn->version,
+		 (int)getpid(), atomic_fetch_add(&vt->snap_seq, 1));
+	if (vm_tier_snap_take(&vf->snap, &vf->launch, vt->snap_dir, key, t->vmm_path, why,
+			      sizeof(why)))
+		log_warn("vm tier: no snapshot of %s v%lld (it boots cold): %s", fn->name,
+			 (long long)fn->version, why);
 }
 
 static int vm_prepare(struct tier *t, struct fn *fn, char *err, size_t errlen)
@@ -402,6 +447,7 @@ static int vm_prepare(struct tier *t, struct fn *fn, char *err, size_t errlen)
 	}
 	pthread_mutex_init(&vf->lock, NULL);
 	snprintf(vf->name, sizeof(vf->name), "%s", fn->name);
+	take_snapshot(t, vf, fn);
 	pthread_mutex_lock(&vt->lock);
 	vf->next = vt->fns;
 	vt->fns = vf;
@@ -484,6 +530,7 @@ static void vm_release(struct tier *t, struct fn *fn)
 	pthread_mutex_unlock(&vt->lock);
 	if (vf->native_dir[0])
 		vm_native_remove(vf->native_dir);
+	vm_tier_snap_remove(&vf->snap);
 	pthread_mutex_destroy(&vf->lock);
 	free(vf);
 	fn->tier_data = NULL;
@@ -515,6 +562,11 @@ static void vm_metrics(struct tier *t, struct strbuf *out)
 		  "stoke_vm_cold_start_seconds_sum %.6f\nstoke_vm_cold_start_seconds_count %llu\n",
 		  (double)atomic_load(&vt->boot_ns) / 1e9,
 		  (unsigned long long)atomic_load(&vt->boots));
+	sb_printf(out, "# TYPE stoke_vm_restores_total counter\nstoke_vm_restores_total %llu\n",
+		  (unsigned long long)atomic_load(&vt->restores));
+	sb_printf(out, "# TYPE stoke_vm_restore_failures_total counter\n"
+		  "stoke_vm_restore_failures_total %llu\n",
+		  (unsigned long long)atomic_load(&vt->restore_failures));
 	sb_printf(out, "# TYPE stoke_vm_crashes_total counter\nstoke_vm_crashes_total %llu\n",
 		  (unsigned long long)atomic_load(&vt->crashes));
 	sb_printf(out, "# TYPE stoke_vm_timeouts_total counter\nstoke_vm_timeouts_total %llu\n",

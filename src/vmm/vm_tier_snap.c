@@ -1,0 +1,154 @@
+/* Snapshots in the VM tier: see vm_tier_snap.h. */
+#include "vm_tier_snap.h"
+#include "vmsnap.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+/* A python3 runtime reaches its first read in well under a second; this is slack. */
+#define DUMP_WAIT_MS 30000
+
+static int dump_complete(const char *path)
+{
+	struct vmsnap_dump_hdr h;
+	int fd = open(path, O_RDONLY | O_CLOEXEC), ok;
+
+	if (fd < 0)
+		return 0;
+	ok = pread(fd, &h, sizeof(h), 0) == (ssize_t)sizeof(h) &&
+	     !memcmp(h.magic, VMSNAP_DUMP_MAGIC, sizeof(h.magic));
+	close(fd);
+	return ok;
+}
+
+static int exited(pid_t pid)
+{
+	siginfo_t si = { 0 };
+
+	/* WNOWAIT: vm_proc_kill still reaps it. */
+	return waitid(P_PID, (id_t)pid, &si, WEXITED | WNOHANG | WNOWAIT) == 0 && si.si_pid;
+}
+
+/* Drains the guest's output (so it never blocks on a full pipe) until the dump is whole. */
+static int wait_dump(struct vm_proc *p, const char *dump)
+{
+	struct pollfd pf[2] = { { p->out, POLLIN, 0 }, { p->err, POLLIN, 0 } };
+	char buf[4096];
+	int waited, i;
+
+	for (waited = 0; waited < DUMP_WAIT_MS; waited += 5) {
+		if (dump_complete(dump))
+			return 0;
+		if (exited(p->pid))
+			return -ECHILD;
+		if (poll(pf, 2, 5) <= 0)
+			continue;
+		for (i = 0; i < 2; i++)
+			if (pf[i].revents & (POLLIN | POLLHUP) && read(pf[i].fd, buf, sizeof(buf)) <= 0)
+				pf[i].fd = -1;
+	}
+	return -ETIMEDOUT;
+}
+
+static int boot_and_dump(struct vm_tier_snap *s, const struct vm_launch *boot,
+			 const char *vmm_path, char *why, size_t len)
+{
+	char opt[1100];
+	const char *opts[] = { opt, NULL };
+	struct vm_launch l;
+	struct vm_proc p;
+	int r;
+
+	snprintf(opt, sizeof(opt), "--snapshot-dump=%s", s->dump);
+	r = vm_launch_with(&l, boot, opts);
+	r = r ? r : vm_proc_spawn(&p, &l, vmm_path);
+	if (r)
+		return snprintf(why, len, "starting the VM: %s", strerror(-r)), r;
+	r = wait_dump(&p, s->dump);
+	if (r)
+		snprintf(why, len, "the VM did not reach its first read: %s%.200s",
+			 strerror(-r), p.tail);
+	vm_proc_kill(&p);
+	return r;
+}
+
+static int make_launches(struct vm_tier_snap *s, const struct vm_launch *boot)
+{
+	char restore[1100], store[1100], ws_out[1100], ws[1100];
+	const char *plain[] = { restore, store, NULL };
+	const char *record[] = { restore, store, ws_out, NULL };
+	const char *prefetch[] = { restore, store, ws, NULL };
+	int r;
+
+	snprintf(restore, sizeof(restore), "--restore=%s", s->file);
+	snprintf(store, sizeof(store), "--snap-store=%s", s->store);
+	snprintf(ws_out, sizeof(ws_out), "--ws-out=%s", s->ws_raw);
+	snprintf(ws, sizeof(ws), "--snap-ws=%s", s->ws);
+	r = vm_launch_with(&s->plain, boot, plain);
+	r = r ? r : vm_launch_with(&s->record, boot, record);
+	return r ? r : vm_launch_with(&s->prefetch, boot, prefetch);
+}
+
+int vm_tier_snap_take(struct vm_tier_snap *s, const struct vm_launch *boot, const char *dir,
+		      const char *key, const char *vmm_path, char *why, size_t len)
+{
+	int r;
+
+	memset(s, 0, sizeof(*s));
+	snprintf(s->store, sizeof(s->store), "%s/store", dir);
+	snprintf(s->file, sizeof(s->file), "%s/%s.snap", dir, key);
+	snprintf(s->dump, sizeof(s->dump), "%s/%s.dump", dir, key);
+	snprintf(s->ws_raw, sizeof(s->ws_raw), "%s/%s.wsraw", dir, key);
+	if ((mkdir(dir, 0700) < 0 && errno != EEXIST) ||
+	    (mkdir(s->store, 0700) < 0 && errno != EEXIST))
+		return snprintf(why, len, "%s: %s", dir, strerror(errno)), -errno;
+	r = boot_and_dump(s, boot, vmm_path, why, len);
+	r = r ? r : vmsnap_build(s->dump, s->store, s->file, why, len);
+	unlink(s->dump);
+	if (!r)
+		r = vmsnap_ws_path(s->file, s->store, s->ws, sizeof(s->ws));
+	if (!r)
+		r = make_launches(s, boot);
+	s->ready = !r;
+	return r;
+}
+
+const struct vm_launch *vm_tier_snap_launch(struct vm_tier_snap *s)
+{
+	if (!s->ready)
+		return NULL;
+	if (atomic_load(&s->ws_ready))
+		return &s->prefetch;
+	/* One VM records the working set; the others restore without one meanwhile. */
+	if (!atomic_exchange(&s->recording, 1))
+		return &s->record;
+	return &s->plain;
+}
+
+void vm_tier_snap_tick(struct vm_tier_snap *s)
+{
+	char why[256];
+
+	if (!s->ready || !atomic_load(&s->recording) || atomic_load(&s->ws_ready))
+		return;
+	if (vmsnap_ws_commit(s->ws_raw, s->store, why, sizeof(why)) == 0) {
+		unlink(s->ws_raw);
+		atomic_store(&s->ws_ready, 1);
+	}
+}
+
+void vm_tier_snap_remove(struct vm_tier_snap *s)
+{
+	if (!s->file[0])
+		return;
+	unlink(s->file);
+	unlink(s->dump);
+	unlink(s->ws_raw);
+	s->ready = 0;
+}
