@@ -467,6 +467,17 @@ static long admin_query_num(const char *query, const char *key, long dflt)
 	return dflt;
 }
 
+/* A string member from bytes that may hold NUL (cJSON's strings stop at one). */
+static void admin_add_bytes(cJSON *obj, const char *key, const char *s, size_t len)
+{
+	struct strbuf sb = STRBUF_INIT;
+
+	sb_json_str(&sb, s, len);
+	if (!sb_failed(&sb))
+		cJSON_AddRawToObject(obj, key, sb.buf);
+	sb_free(&sb);
+}
+
 static void admin_logs(struct gw *gw, struct inv *inv, const char *name)
 {
 	long since = admin_query_num(inv->req.query, "since", 0);
@@ -499,7 +510,7 @@ static void admin_logs(struct gw *gw, struct inv *inv, const char *name)
 		cJSON_AddStringToObject(line, "ts", l->ts);
 		cJSON_AddStringToObject(line, "request_id", l->request_id);
 		cJSON_AddStringToObject(line, "stream", l->stream);
-		cJSON_AddStringToObject(line, "msg", l->msg);
+		admin_add_bytes(line, "msg", l->msg, l->len);
 		cJSON_AddItemToArray(arr, line);
 	}
 	pthread_mutex_unlock(&r->lock);

@@ -135,6 +135,16 @@ static void daemon_find_vmm(struct gw *gw)
 	}
 }
 
+/* Idle instances of each tier may hold up to a quarter of the machine's memory. */
+static uint64_t daemon_memory_budget(void)
+{
+	long pages = sysconf(_SC_PHYS_PAGES), size = sysconf(_SC_PAGESIZE);
+
+	if (pages <= 0 || size <= 0)
+		return 1ull << 30;
+	return (uint64_t)pages * (uint64_t)size / 4;
+}
+
 static int daemon_start_tiers(struct gw *gw)
 {
 	static const struct tier_ops *const ops[TIER_COUNT] = {
@@ -150,7 +160,7 @@ static int daemon_start_tiers(struct gw *gw)
 		t->rootfs_dir = gw->cfg->rootfs_dir;
 		t->vmm_path = gw->vmm_path;
 		t->nworkers = gw->cfg->workers;
-		t->memory_budget = 4ull << 30;
+		t->memory_budget = daemon_memory_budget();
 		ret = t->ops->start(t);
 		if (ret) {
 			log_error("cannot start the %s tier: %s", t->ops->name, strerror(-ret));

@@ -131,6 +131,7 @@ static void gw_logring_add(struct gw_logring *r, const char *request_id, const c
 	free(l->msg);
 	l->seq = r->next_seq++;
 	l->msg = copy;
+	l->len = len;
 	gw_timestamp(l->ts, sizeof(l->ts));
 	snprintf(l->request_id, sizeof(l->request_id), "%s", request_id ? request_id : "");
 	snprintf(l->stream, sizeof(l->stream), "%s", stream);

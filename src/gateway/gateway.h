@@ -35,6 +35,7 @@ struct gw_logline {
 	char request_id[24];
 	char stream[8];
 	char *msg;
+	size_t len;	/* msg may hold NUL bytes */
 };
 
 #define GW_LOG_RING 1024

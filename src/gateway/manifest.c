@@ -135,6 +135,8 @@ static int mf_parse_env(const cJSON *obj, struct fn *fn, struct mf_error *err)
 
 		if (!cJSON_IsString(item))
 			return mf_fail(err, "env", "env.%s must be a string", item->string);
+		if (!*item->string || strchr(item->string, '='))
+			return mf_fail(err, "env", "env names must be non-empty and without '='");
 		kv->name = strdup(item->string);
 		kv->value = strdup(item->valuestring);
 		fn->nenv = ++n;

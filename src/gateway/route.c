@@ -500,6 +500,11 @@ int gw_on_req(h2o_handler_t *self, h2o_req_t *req)
 		return 0;
 	}
 	gw_absolute_form(req);
+	if (req->version >= 0x101 && !req->input.authority.len) {
+		/* RFC 9112 section 3.2: an HTTP/1.1 request without Host is a 400. */
+		gw_send_error(req, 400, "bad_host", "HTTP/1.1 requests need a Host header");
+		return 0;
+	}
 	if (!gw_valid_authority(&req->input.authority)) {
 		gw_send_error(req, 400, "bad_host", "the Host header is not a valid host[:port]");
 		return 0;
@@ -564,7 +569,7 @@ static int gw_valid_value(const char *s, size_t len)
 static void gw_check_response(struct inv *inv)
 {
 	struct inv_response *r = &inv->resp;
-	size_t i;
+	size_t i, total = 0;
 
 	if (r->status < 200 || r->status > 599) {
 		inv_fail(inv, 502, "bad_response", "the function answered status %d; a final "
@@ -574,6 +579,12 @@ static void gw_check_response(struct inv *inv)
 	for (i = 0; i < r->nheaders; i++) {
 		const struct kv *h = &r->headers[i];
 
+		total += h->name_len + h->value_len;
+		if (total > GW_MAX_HEADER_BYTES) {
+			inv_fail(inv, 502, "bad_response", "the function answered over 64 KiB of "
+				 "headers");
+			return;
+		}
 		if (gw_valid_name(h->name, h->name_len) && gw_valid_value(h->value, h->value_len))
 			continue;
 		inv_fail(inv, 502, "bad_response", "the function answered an invalid header "
