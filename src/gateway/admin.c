@@ -391,20 +391,36 @@ static void admin_deploy(struct gw *gw, struct inv *inv, const char *name, int a
 
 /* ---- reading ---- */
 
+static int admin_by_name(const void *a, const void *b)
+{
+	return strcmp(cJSON_GetStringValue(cJSON_GetObjectItem(*(cJSON *const *)a, "name")),
+		      cJSON_GetStringValue(cJSON_GetObjectItem(*(cJSON *const *)b, "name")));
+}
+
+/* Live functions sorted by name. */
 static void admin_list(struct gw *gw, struct inv *inv)
 {
 	cJSON *o = cJSON_CreateObject(), *arr = cJSON_AddArrayToObject(o, "functions");
+	cJSON **items = NULL;
 	struct gw_entry *e;
-	size_t i;
+	size_t i, n = 0;
 
 	pthread_rwlock_rdlock(&gw->lock);
-	for (i = 0; i < gw->nbuckets; i++) {
-		for (e = gw->buckets[i]; e; e = e->next) {
-			if (e->fn)
-				cJSON_AddItemToArray(arr, admin_fn_json(gw, e->fn, e->deployed_at));
-		}
-	}
+	items = calloc(gw->nlive + 1, sizeof(*items));
+	for (i = 0; items && i < gw->nbuckets; i++)
+		for (e = gw->buckets[i]; e; e = e->next)
+			if (e->fn && n < gw->nlive)
+				items[n++] = admin_fn_json(gw, e->fn, e->deployed_at);
 	pthread_rwlock_unlock(&gw->lock);
+	if (!items) {
+		cJSON_Delete(o);
+		inv_fail(inv, 500, "internal", "out of memory");
+		return;
+	}
+	qsort(items, n, sizeof(*items), admin_by_name);
+	for (i = 0; i < n; i++)
+		cJSON_AddItemToArray(arr, items[i]);
+	free(items);
 	admin_json(inv, 200, o);
 }
 

@@ -119,8 +119,19 @@ void gw_metrics_render(struct gw *gw, struct strbuf *out);
 /* server.c */
 int gw_run(struct gw *gw);
 
+/* One access-log line. Strings need not be NUL-terminated where a length is given. */
+struct gw_access {
+	const char *request_id;
+	const char *method, *path;
+	size_t method_len, path_len;
+	const char *fn, *tier;
+	int status;
+	int cold;
+	size_t bytes;
+	uint64_t start_ns;
+};
+
 /* The access log: buffered per loop thread, flushed off the request path. */
-void gw_access_log(struct gw_thread *t, const struct inv *inv, const char *fn,
-		   const char *tier, size_t bytes, int gone);
+void gw_access_log(struct gw_thread *t, const struct gw_access *a);
 
 #endif

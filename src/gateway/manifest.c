@@ -269,17 +269,36 @@ static int mf_vm_reasons(const struct fn *fn, struct strbuf *why)
 	return n;
 }
 
+/*
+ * The micro-VM tier has no JavaScript runtime yet, so JavaScript that needs a micro-VM
+ * (a long wall time, strict isolation, kept state) cannot be placed anywhere: say so at
+ * deploy and in advice alike, naming the rule.
+ */
+static int mf_js_needs_vm(const struct fn *fn, const char *why, struct mf_error *err)
+{
+	int ret = mf_fail(err, "runtime", "JavaScript runs only in the isolate tier (the "
+			  "micro-VM tier has no JavaScript runtime yet), but %s", why);
+
+	err->message[strcspn(err->message, "\n")] = '\0';
+	return ret;
+}
+
 static int mf_choose_tier(struct fn *fn, const char *tier, char *reasons, size_t rlen,
 			  struct mf_error *err)
 {
 	struct strbuf why = STRBUF_INIT;
 	int vm = mf_vm_reasons(fn, &why);
+	int js = !strcmp(fn->runtime, "js");
 	int ret = 0;
 
 	if (!strcmp(tier, "isolate") && vm) {
 		ret = mf_fail(err, "tier", "tier isolate cannot run this function: %s",
 			      why.buf);
 		err->message[strcspn(err->message, "\n")] = '\0';
+	} else if (js && vm) {
+		ret = mf_js_needs_vm(fn, why.buf, err);
+	} else if (js && !strcmp(tier, "vm")) {
+		ret = mf_js_needs_vm(fn, "tier vm was asked for", err);
 	} else if (!strcmp(tier, "auto")) {
 		fn->tier = vm ? TIER_VM : TIER_ISOLATE;
 		if (!vm)

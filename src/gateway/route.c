@@ -109,6 +109,14 @@ void gw_send_error(h2o_req_t *req, int status, const char *kind, const char *msg
 		h2o_send_error_generic(req, 500, "Internal Server Error", "out of memory\n", 0);
 	else
 		gw_send_json(req, status, sb.buf, sb.len);
+	/* Refusals are logged too: a failed admin login must not be invisible. */
+	gw_access_log(gw_thread_of(req->conn->ctx), &(struct gw_access){
+		.request_id = rid,
+		.method = req->input.method.base, .method_len = req->input.method.len,
+		.path = req->input.path.base, .path_len = req->input.path.len,
+		.fn = "-", .tier = "-", .status = status, .bytes = sb.len,
+		.start_ns = gw_now_ns(),
+	});
 	sb_free(&sb);
 }
 
@@ -660,8 +668,14 @@ static void gw_finish(struct gw_inv *gi)
 		gw_meter(gw, gi, tier);
 		atomic_fetch_sub(&gi->entry->inflight, 1);
 	}
-	gw_access_log(gi->thread, &gi->inv, gi->entry ? gi->entry->name : "-", tier,
-		      gi->inv.resp.body_len, gone);
+	gw_access_log(gi->thread, &(struct gw_access){
+		.request_id = gi->inv.request_id,
+		.method = gi->inv.req.method, .method_len = strlen(gi->inv.req.method),
+		.path = gi->inv.req.path, .path_len = strlen(gi->inv.req.path),
+		.fn = gi->entry ? gi->entry->name : "-", .tier = tier,
+		.status = gone ? 499 : gi->inv.resp.status, .cold = gi->inv.cold,
+		.bytes = gi->inv.resp.body_len, .start_ns = gi->inv.start_ns,
+	});
 	atomic_fetch_sub(&gw->inflight, 1);
 	if (gone) {
 		inv_free(&gi->inv);

@@ -98,57 +98,53 @@ static void gw_add_ms(struct strbuf *sb, uint64_t ns)
 	sb_add(sb, frac, 3);
 }
 
-static void gw_access_json(struct strbuf *sb, const struct inv *inv, const char *ts,
-			   const char *fn, const char *tier, size_t bytes, int status)
+static void gw_access_json(struct strbuf *sb, const struct gw_access *a, const char *ts)
 {
 	sb_printf(sb, "{\"ts\":\"%s\",\"level\":\"info\",\"msg\":\"access\","
-		  "\"request_id\":\"%s\",\"method\":", ts, inv->request_id);
-	sb_json_str(sb, inv->req.method, strlen(inv->req.method));
+		  "\"request_id\":\"%s\",\"method\":", ts, a->request_id);
+	sb_json_str(sb, a->method, a->method_len);
 	sb_adds(sb, ",\"path\":");
-	sb_json_str(sb, inv->req.path, strlen(inv->req.path));
+	sb_json_str(sb, a->path, a->path_len);
 	sb_printf(sb, ",\"status\":%d,\"bytes\":%zu,\"ms\":%.3f,\"function\":"
-		  "\"%s\",\"tier\":\"%s\",\"cold\":%s}\n", status, bytes,
-		  (double)(gw_now_ns() - inv->start_ns) / 1e6, fn, tier,
-		  inv->cold ? "true" : "false");
+		  "\"%s\",\"tier\":\"%s\",\"cold\":%s}\n", a->status, a->bytes,
+		  (double)(gw_now_ns() - a->start_ns) / 1e6, a->fn, a->tier,
+		  a->cold ? "true" : "false");
 }
 
 /* Text lines are assembled by hand: this runs once per request. */
-static void gw_access_text(struct strbuf *sb, const struct inv *inv, const char *ts,
-			   const char *fn, const char *tier, size_t bytes, int status)
+static void gw_access_text(struct strbuf *sb, const struct gw_access *a, const char *ts)
 {
 	sb_adds(sb, ts);
 	sb_adds(sb, " info  access ");
-	sb_adds(sb, inv->request_id);
+	sb_adds(sb, a->request_id);
 	sb_add(sb, " ", 1);
-	sb_adds(sb, inv->req.method);
+	sb_add(sb, a->method, a->method_len);
 	sb_add(sb, " ", 1);
-	sb_adds(sb, inv->req.path);
+	sb_add(sb, a->path, a->path_len);
 	sb_add(sb, " ", 1);
-	gw_add_uint(sb, (uint64_t)status);
+	gw_add_uint(sb, (uint64_t)a->status);
 	sb_add(sb, " ", 1);
-	gw_add_uint(sb, bytes);
+	gw_add_uint(sb, a->bytes);
 	sb_add(sb, "B ", 2);
-	gw_add_ms(sb, gw_now_ns() - inv->start_ns);
+	gw_add_ms(sb, gw_now_ns() - a->start_ns);
 	sb_adds(sb, "ms fn=");
-	sb_adds(sb, fn);
+	sb_adds(sb, a->fn);
 	sb_adds(sb, " tier=");
-	sb_adds(sb, tier);
-	sb_adds(sb, inv->cold ? " cold\n" : "\n");
+	sb_adds(sb, a->tier);
+	sb_adds(sb, a->cold ? " cold\n" : "\n");
 }
 
-void gw_access_log(struct gw_thread *t, const struct inv *inv, const char *fn,
-		   const char *tier, size_t bytes, int gone)
+void gw_access_log(struct gw_thread *t, const struct gw_access *a)
 {
-	int status = gone ? 499 : inv->resp.status;
 	char ts[32];
 
 	if (!log_enabled(LOG_INFO))
 		return;
 	gw_access_stamp(t, ts);
 	if (t->gw->cfg->log_json)
-		gw_access_json(&t->access, inv, ts, fn, tier, bytes, status);
+		gw_access_json(&t->access, a, ts);
 	else
-		gw_access_text(&t->access, inv, ts, fn, tier, bytes, status);
+		gw_access_text(&t->access, a, ts);
 	if (t->access.len >= GW_ACCESS_FLUSH_BYTES)
 		gw_access_flush(t);
 }
