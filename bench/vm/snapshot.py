@@ -140,12 +140,17 @@ def summary(xs):
 
 def measure(vmm, task, jail, runs, snap, img, ws, store):
     restore = ["--restore", snap, "--snap-store", store]
-    r = {k: [] for k in ("boot", "restore", "shell", "evicted_ws", "evicted_lazy")}
-    mem = {"boot": [], "restore": []}
+    huge = restore + ["--snap-ws", ws, "--snap-huge"]
+    r = {k: [] for k in ("boot", "restore", "shell", "restore_huge", "shell_huge",
+                         "evicted_ws", "evicted_lazy")}
+    mem = {"boot": [], "restore": [], "restore_huge": []}
     for i in range(runs):
         r["restore"].append(one(vmm, task, jail, restore + ["--snap-ws", ws],
                                 mem["restore"] if i % 10 == 0 else None))
         r["shell"].append(one_shell(vmm, task, jail, restore + ["--snap-ws", ws]))
+        r["restore_huge"].append(one(vmm, task, jail, huge,
+                                     mem["restore_huge"] if i % 10 == 0 else None))
+        r["shell_huge"].append(one_shell(vmm, task, jail, huge))
         # The slow variants a fifth as often: same background load, shorter run.
         if i % 5 == 0:
             r["boot"].append(one(vmm, task, jail, [], mem["boot"] if i % 10 == 0 else None))

@@ -106,13 +106,22 @@ static int setup_memory(struct vm *vm)
 {
 	size_t klen = (size_t)(guest_kernel_end - guest_kernel_start);
 	struct kvm_userspace_memory_region r = { 0 };
+	uint64_t lead;
+	uint8_t *raw;
 
-	vm->mem = mmap(NULL, vm->mem_size, PROT_READ | PROT_WRITE,
-		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	if (vm->mem == MAP_FAILED) {
-		vm->mem = NULL;
+	/*
+	 * 2 MiB aligned, like the guest's large pages: only then can a region backed by a
+	 * host huge page (a restore's hot regions) be mapped by KVM as one large page.
+	 */
+	raw = mmap(NULL, vm->mem_size + HUGE, PROT_READ | PROT_WRITE,
+		   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (raw == MAP_FAILED)
 		return -ENOMEM;
-	}
+	lead = (HUGE - ((uintptr_t)raw & (HUGE - 1))) & (HUGE - 1);
+	if (lead)
+		munmap(raw, lead);
+	munmap(raw + lead + vm->mem_size, HUGE - lead);
+	vm->mem = raw + lead;
 	if (klen > GL_TEXT_SIZE)
 		return -E2BIG;
 	memcpy(vm->mem + GL_TEXT, guest_kernel_start, klen);

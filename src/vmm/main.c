@@ -45,12 +45,14 @@ static const char usage[] =
 	"  --snap-store DIR page store holding the snapshot's restore image\n"
 	"  --snap-ws F      working set to prefetch on restore\n"
 	"  --ws-out F       record the first request's working set to F (raw)\n"
+	"  --snap-huge      restore the working set's 2 MiB regions into private huge\n"
+	"                   pages (fewer guest page faults, more private memory)\n"
 	"   or: stoke-vmm --build-snapshot DUMP STORE_DIR SNAPSHOT_FILE\n"
 	"   or: stoke-vmm --commit-ws RAW STORE_DIR\n";
 
 enum { OPT_ROOTFS = 256, OPT_TASK, OPT_RUNTIME, OPT_MEM, OPT_TMP, OPT_WALL, OPT_CHAN, OPT_ENV,
        OPT_NOJAIL, OPT_STATS, OPT_CGROUP, OPT_PARENT, OPT_DUMP, OPT_RESTORE, OPT_STORE,
-       OPT_WS, OPT_WS_OUT };
+       OPT_WS, OPT_WS_OUT, OPT_HUGE };
 
 static const struct option options[] = {
 	{ "rootfs", required_argument, NULL, OPT_ROOTFS },
@@ -70,6 +72,7 @@ static const struct option options[] = {
 	{ "snap-store", required_argument, NULL, OPT_STORE },
 	{ "snap-ws", required_argument, NULL, OPT_WS },
 	{ "ws-out", required_argument, NULL, OPT_WS_OUT },
+	{ "snap-huge", no_argument, NULL, OPT_HUGE },
 	{ NULL, 0, NULL, 0 },
 };
 
@@ -108,6 +111,7 @@ static int parse_args(int argc, char **argv, struct vm_config *cfg, struct jail_
 		case OPT_STORE: cfg->snap_store = optarg; break;
 		case OPT_WS: cfg->snap_ws = optarg; break;
 		case OPT_WS_OUT: cfg->snap_ws_out = optarg; break;
+		case OPT_HUGE: cfg->snap_huge = 1; break;
 		default: return -EINVAL;
 		}
 	}

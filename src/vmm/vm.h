@@ -54,6 +54,7 @@ struct vm_config {
 	const char *snap_store;	/* page store holding the snapshot's restore image */
 	const char *snap_ws;	/* working set to prefetch on restore */
 	const char *snap_ws_out; /* record the working set of the first request here */
+	int snap_huge;		/* restore: copy the working set's 2 MiB regions to huge pages */
 };
 
 /* Frame tracker for the guest's outbound channel bytes (see channel.c). */

@@ -83,7 +83,8 @@ static int make_launches(struct vm_tier_snap *s, const struct vm_launch *boot)
 	char restore[1100], store[1100], ws_out[1100], ws[1100];
 	const char *plain[] = { restore, store, NULL };
 	const char *record[] = { restore, store, ws_out, NULL };
-	const char *prefetch[] = { restore, store, ws, NULL };
+	/* Hot regions in huge pages: ~1 ms instead of ~20 ms of guest page faults here. */
+	const char *prefetch[] = { restore, store, ws, "--snap-huge", NULL };
 	int r;
 
 	snprintf(restore, sizeof(restore), "--restore=%s", s->file);

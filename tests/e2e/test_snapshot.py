@@ -274,3 +274,25 @@ def test_daemon_restores_python_over_http(d):
         with concurrent.futures.ThreadPoolExecutor(6) as ex:
             rs = list(ex.map(lambda _: sd.invoke("snappy", "/sleep"), range(6)))
         assert all(r.status == 200 for r in rs), rs
+
+
+def test_daemon_parks_restored_vms_and_stops_them(d):
+    need_vm()
+    with Daemon(env={"STOKE_VM_SNAPSHOTS": "1"}).start() as sd:
+        sd.deploy_files("parked", {"handler.py": HANDLER},
+                        {"name": "parked", "tier": "vm", "runtime": "python3",
+                         "entry": "handler.py"})
+        assert sd.invoke("parked").status == 200
+        # The first restore records the working set; the reaper then parks a shell.
+        time.sleep(2.5)
+        with concurrent.futures.ThreadPoolExecutor(3) as ex:
+            rs = list(ex.map(lambda _: sd.invoke("parked", "/sleep"), range(3)))
+        assert all(r.status == 200 for r in rs), rs
+        assert len({r.json()["uuid"] for r in rs}) == 3, rs
+        assert metric(sd, "stoke_vm_restores_total") >= 3, sd.logs()
+        r = sd.admin("DELETE", "/functions/parked")
+        assert r.status in (200, 204), r
+        deadline = time.monotonic() + 10
+        while metric(sd, "stoke_vm_live") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert metric(sd, "stoke_vm_live") == 0, "VMs left after delete"
