@@ -344,3 +344,17 @@ def test_queue_overflow_is_429_with_retry_after(d):
     assert busy.headers["retry-after"] == "1"
     assert busy.json()["error"] == "too_many_requests"
     assert d.invoke("narrow").status == 200  # and it recovers
+
+
+def test_set_cookie_from_headers_object(d):
+    src = """export default { fetch() {
+      const h = new Headers({"content-type": "text/plain"});
+      h.append("set-cookie", "a=1; Path=/");
+      h.append("Set-Cookie", "b=2");
+      return new Response("ok", { headers: h });
+    } };"""
+    d.deploy_files("cookies", {"index.js": src})
+    out = raw(d, b"GET /fn/cookies/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    head = out.split(b"\r\n\r\n")[0].lower()
+    assert head.count(b"\r\nset-cookie: ") == 2, head
+    assert b"set-cookie: a=1; path=/" in head and b"set-cookie: b=2" in head

@@ -49,9 +49,10 @@ class Headers {
 	constructor(init) {
 		if (init === undefined || init === null) return;
 		if (init instanceof Headers) {
-			init.forEach((v, k) => this.append(k, v));
-			for (const c of init.getSetCookie()) this.#cookies.push(c);
-			this.#map.delete('set-cookie');
+			/* Copy the fields: going through forEach would split and then lose the
+			 * set-cookie values, which iterate one by one. */
+			for (const [k, v] of init.#map) this.#map.set(k, v);
+			this.#cookies = [...init.#cookies];
 		} else if (typeof init === 'object' &&
 			   typeof init[Symbol.iterator] === 'function') {
 			for (const pair of init) {
