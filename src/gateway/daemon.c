@@ -279,6 +279,8 @@ int daemon_run(const struct daemon_config *cfg)
 	gw->cfg = cfg;
 	gw->started_ns = gw_now_ns();
 	gw->nthreads = daemon_nthreads();
+	gw->min_free_mb = getenv("STOKE_MIN_FREE_MB") ? strtoull(getenv("STOKE_MIN_FREE_MB"),
+								NULL, 10) : 256;
 	gw_global = gw;
 	fn_set_release_hook(gw_fn_release);
 	fnlog_set_sink(gw_fnlog_sink);

@@ -78,6 +78,8 @@ struct gw {
 	atomic_int stopping;
 	atomic_uint_fast64_t requests;
 	atomic_uint_fast64_t inflight;
+	uint64_t min_free_mb;		/* below this much available memory: 503 */
+	atomic_int low_memory;
 	/* the function table */
 	pthread_rwlock_t lock;
 	struct gw_entry **buckets;

@@ -427,6 +427,14 @@ static void gw_route_fn(struct gw_thread *t, h2o_req_t *req, const char *name, s
 		gw_send_error(req, 413, "body_too_large", msg);
 		return;
 	}
+	if (atomic_load(&gw->low_memory)) {
+		fn_unref(fn);
+		h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_RETRY_AFTER, NULL,
+			       H2O_STRLIT("5"));
+		gw_send_error(req, 503, "host_out_of_memory", "the host is short of memory; "
+			      "retry later");
+		return;
+	}
 	if (!gw_admit(e, fn)) {
 		fn_unref(fn);
 		gw_send_busy(req, e->name);

@@ -21,6 +21,7 @@
 #define GW_ACCESS_FLUSH_BYTES (32 * 1024)
 #define GW_ACCESS_FLUSH_NS (200 * 1000000ull)
 #define GW_LINGER_NS (500 * 1000000ull)
+#define GW_MEM_SAMPLE_NS (200 * 1000000ull)
 
 uint64_t gw_now_ns(void)
 {
@@ -279,6 +280,39 @@ static int gw_drained(struct gw_thread *t, uint64_t deadline, uint64_t *idle_sin
 	return now - *idle_since > GW_LINGER_NS;
 }
 
+/* MemAvailable from /proc/meminfo, in MiB; -1 if unknown. */
+static long gw_mem_available_mb(void)
+{
+	char line[128];
+	long kb = -1;
+	FILE *f = fopen("/proc/meminfo", "r");
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "MemAvailable: %ld kB", &kb) == 1)
+			break;
+	fclose(f);
+	return kb < 0 ? -1 : kb / 1024;
+}
+
+/*
+ * Loop thread 0 samples host memory a few times a second; while less than
+ * --min-free-mb is available, new function requests get 503 (the tiers evict idle
+ * instances under their own budgets before this point).
+ */
+static void gw_sample_memory(struct gw_thread *t)
+{
+	uint64_t now = gw_now_ns();
+	long avail;
+
+	if (t->index || now - t->mem_sampled_ns < GW_MEM_SAMPLE_NS)
+		return;
+	t->mem_sampled_ns = now;
+	avail = gw_mem_available_mb();
+	atomic_store(&t->gw->low_memory, avail >= 0 && (uint64_t)avail < t->gw->min_free_mb);
+}
+
 static void *gw_thread_main(void *arg)
 {
 	struct gw_thread *t = arg;
@@ -288,6 +322,7 @@ static void *gw_thread_main(void *arg)
 		h2o_evloop_run(t->loop, 100);
 		if (t->access.len && gw_now_ns() - t->access_flushed_ns > GW_ACCESS_FLUSH_NS)
 			gw_access_flush(t);
+		gw_sample_memory(t);
 		if (!t->stopping)
 			continue;
 		if (!deadline)

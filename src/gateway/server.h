@@ -18,6 +18,7 @@ struct gw_thread {
 	struct strbuf access;
 	uint64_t access_flushed_ns;
 	time_t stamp_sec;	/* the second stamp[] holds */
+	uint64_t mem_sampled_ns;
 	char stamp[32];
 	int stopping;
 };

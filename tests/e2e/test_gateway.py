@@ -358,3 +358,17 @@ def test_set_cookie_from_headers_object(d):
     head = out.split(b"\r\n\r\n")[0].lower()
     assert head.count(b"\r\nset-cookie: ") == 2, head
     assert b"set-cookie: a=1; path=/" in head and b"set-cookie: b=2" in head
+
+
+def test_host_out_of_memory_is_503_with_retry_after():
+    # An operator floor above what any machine has: every function request is refused.
+    with Daemon(env={"STOKE_MIN_FREE_MB": str(1 << 40)}) as d:
+        d.deploy_files("mem", {"index.js": HELLO})
+        deadline = time.monotonic() + 5
+        r = d.invoke("mem")
+        while r.status != 503 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            r = d.invoke("mem")
+        assert r.status == 503 and r.headers["retry-after"] == "5", r
+        assert r.json()["error"] == "host_out_of_memory"
+        assert d.request("GET", "/_stoke/health").status == 200  # admin still answers
