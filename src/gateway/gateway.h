@@ -67,6 +67,7 @@ struct gw {
 	h2o_globalconf_t h2o;
 	struct gw_thread *threads;
 	int nthreads;
+	pthread_barrier_t ready;	/* the loop threads have set themselves up */
 	struct tier tiers[TIER_COUNT];
 	struct tier admin;	/* deploys and deletes, one at a time */
 	struct tier admin_read;	/* reads: never wait behind a deploy */

@@ -280,6 +280,29 @@ static int gw_drained(struct gw_thread *t, uint64_t deadline, uint64_t *idle_sin
 	return now - *idle_since > GW_LINGER_NS;
 }
 
+/*
+ * Runs on the loop thread itself: h2o keeps its buffer recycling lists in thread-local
+ * storage and every socket remembers the list of the thread that created it, so a
+ * loop, its queue and its listener built on another thread would share that thread's
+ * lists with no lock (heap corruption under load).
+ */
+static void gw_thread_init(struct gw_thread *t)
+{
+	struct gw *gw = t->gw;
+
+	t->loop = h2o_evloop_create();
+	h2o_context_init(&t->ctx, t->loop, &gw->h2o);
+	t->accept.ctx = &t->ctx;
+	t->accept.hosts = gw->h2o.hosts;
+	t->queue = h2o_multithread_create_queue(t->loop);
+	h2o_multithread_register_receiver(t->queue, &t->done_rx, gw_on_done);
+	h2o_multithread_register_receiver(t->queue, &t->ctl_rx, gw_on_ctl);
+	t->listener = h2o_evloop_socket_create(t->loop, t->listen_fd, H2O_SOCKET_FLAG_DONT_READ);
+	t->listener->data = t;
+	h2o_socket_read_start(t->listener, gw_on_accept);
+	t->access_flushed_ns = gw_now_ns();
+}
+
 /* MemAvailable from /proc/meminfo, in MiB; -1 if unknown. */
 static long gw_mem_available_mb(void)
 {
@@ -318,6 +341,8 @@ static void *gw_thread_main(void *arg)
 	struct gw_thread *t = arg;
 	uint64_t deadline = 0, idle_since = 0;
 
+	gw_thread_init(t);
+	pthread_barrier_wait(&t->gw->ready);	/* gw_signal_threads needs ctl_rx */
 	for (;;) {
 		h2o_evloop_run(t->loop, 100);
 		if (t->access.len && gw_now_ns() - t->access_flushed_ns > GW_ACCESS_FLUSH_NS)
@@ -334,32 +359,14 @@ static void *gw_thread_main(void *arg)
 	return NULL;
 }
 
-static int gw_thread_init(struct gw *gw, struct gw_thread *t, h2o_hostconf_t *host, int fd)
+static void gw_register_handler(struct gw *gw)
 {
-	t->gw = gw;
-	t->loop = h2o_evloop_create();
-	h2o_context_init(&t->ctx, t->loop, &gw->h2o);
-	t->accept.ctx = &t->ctx;
-	t->accept.hosts = gw->h2o.hosts;
-	t->queue = h2o_multithread_create_queue(t->loop);
-	h2o_multithread_register_receiver(t->queue, &t->done_rx, gw_on_done);
-	h2o_multithread_register_receiver(t->queue, &t->ctl_rx, gw_on_ctl);
-	t->listener = h2o_evloop_socket_create(t->loop, fd, H2O_SOCKET_FLAG_DONT_READ);
-	t->listener->data = t;
-	h2o_socket_read_start(t->listener, gw_on_accept);
-	t->access_flushed_ns = gw_now_ns();
-	(void)host;
-	return 0;
-}
-
-static void gw_register_handler(struct gw *gw, h2o_hostconf_t **host)
-{
+	h2o_hostconf_t *host;
 	h2o_pathconf_t *path;
 	h2o_handler_t *handler;
 
-	*host = h2o_config_register_host(&gw->h2o, h2o_iovec_init(H2O_STRLIT("default")),
-					 65535);
-	path = h2o_config_register_path(*host, "/", 0);
+	host = h2o_config_register_host(&gw->h2o, h2o_iovec_init(H2O_STRLIT("default")), 65535);
+	path = h2o_config_register_path(host, "/", 0);
 	handler = h2o_create_handler(path, sizeof(*handler));
 	handler->on_req = gw_on_req;
 }
@@ -389,33 +396,36 @@ static int gw_wait_signal(void)
 	return sig;
 }
 
-static int gw_start_threads(struct gw *gw, h2o_hostconf_t *host)
+static int gw_start_threads(struct gw *gw)
 {
 	int i, ret, *fds = calloc((size_t)gw->nthreads, sizeof(*fds));
 
 	if (!fds)
 		return -ENOMEM;
 	ret = gw_listen_all(gw, fds);
+	if (!ret)
+		pthread_barrier_init(&gw->ready, NULL, (unsigned)gw->nthreads + 1);
 	for (i = 0; !ret && i < gw->nthreads; i++) {
+		gw->threads[i].gw = gw;
 		gw->threads[i].index = i;
-		gw_thread_init(gw, &gw->threads[i], host, fds[i]);
+		gw->threads[i].listen_fd = fds[i];
+		pthread_create(&gw->threads[i].tid, NULL, gw_thread_main, &gw->threads[i]);
 	}
 	free(fds);
-	for (i = 0; !ret && i < gw->nthreads; i++)
-		pthread_create(&gw->threads[i].tid, NULL, gw_thread_main, &gw->threads[i]);
+	if (!ret)
+		pthread_barrier_wait(&gw->ready);
 	return ret;
 }
 
 int gw_run(struct gw *gw)
 {
-	h2o_hostconf_t *host;
 	int i, ret, sig;
 
-	gw_register_handler(gw, &host);
+	gw_register_handler(gw);
 	gw->threads = calloc((size_t)gw->nthreads, sizeof(*gw->threads));
 	if (!gw->threads)
 		return -ENOMEM;
-	ret = gw_start_threads(gw, host);
+	ret = gw_start_threads(gw);
 	if (ret) {
 		log_error("cannot listen on %s: %s", gw->cfg->listen, strerror(-ret));
 		return ret;

@@ -12,6 +12,7 @@ struct gw_thread {
 	h2o_evloop_t *loop;
 	h2o_accept_ctx_t accept;
 	h2o_socket_t *listener;
+	int listen_fd;
 	h2o_multithread_queue_t *queue;
 	h2o_multithread_receiver_t done_rx;	/* finished invocations */
 	h2o_multithread_receiver_t ctl_rx;	/* shutdown */

@@ -372,3 +372,20 @@ def test_host_out_of_memory_is_503_with_retry_after():
         assert r.status == 503 and r.headers["retry-after"] == "5", r
         assert r.json()["error"] == "host_out_of_memory"
         assert d.request("GET", "/_stoke/health").status == 200  # admin still answers
+
+
+def test_load_at_low_and_high_concurrency_keeps_connections(d):
+    """A regression test for loop threads sharing h2o's thread-local buffer lists (the
+    daemon's heap got corrupted within a second at two connections)."""
+    import shutil
+    import subprocess
+    from harness import Skip
+    if not shutil.which("wrk"):
+        raise Skip("wrk is not installed (scripts/setup installs it)")
+    d.deploy_files("loaded", {"index.js": HELLO})
+    for conns in (2, 8, 64):
+        out = subprocess.run(["wrk", "-t2", "-c%d" % conns, "-d2s", d.url + "/fn/loaded/"],
+                             capture_output=True, text=True, timeout=30).stdout
+        assert "Socket errors" not in out and "Non-2xx" not in out, out
+        assert d.proc.poll() is None, d.logs()[-2000:]
+    assert d.request("GET", "/_stoke/health").status == 200
