@@ -77,6 +77,8 @@ struct vm_tier {
 	uint64_t memory_budget;
 	char snap_dir[4096];
 	atomic_uint snap_seq;
+	struct snap_id dead_layers[16];	/* of released versions, for the reaper to delete */
+	int ndead;
 	struct vm_fn *fns;
 	struct vm_proc *dying;		/* retired VMs the reaper stops off the caller's thread */
 	atomic_ullong idle_bytes;
@@ -368,6 +370,24 @@ static void reap_idle(struct vm_tier *vt)
 	}
 }
 
+/* Deletes released versions' layers and their pages (gc locks the store: not on the loop). */
+static void collect_layers(struct vm_tier *vt)
+{
+	struct snap_id ids[16];
+	char store[4200];
+	int n;
+
+	pthread_mutex_lock(&vt->lock);
+	n = vt->ndead;
+	memcpy(ids, vt->dead_layers, (size_t)n * sizeof(ids[0]));
+	vt->ndead = 0;
+	pthread_mutex_unlock(&vt->lock);
+	if (!n)
+		return;
+	snprintf(store, sizeof(store), "%s/store", vt->snap_dir);
+	vm_tier_snap_collect(store, ids, n);
+}
+
 static void *reaper(void *arg)
 {
 	struct vm_tier *vt = arg;
@@ -384,6 +404,7 @@ static void *reaper(void *arg)
 		pthread_mutex_unlock(&vt->lock);
 		if (!stop)
 			reap_idle(vt);
+		collect_layers(vt);
 	}
 	return NULL;
 }
@@ -607,7 +628,13 @@ static void vm_release(struct tier *t, struct fn *fn)
 	pthread_mutex_unlock(&vt->lock);
 	if (vf->native_dir[0])
 		vm_native_remove(vf->native_dir);
-	vm_tier_snap_remove(&vf->snap);
+	if (vm_tier_snap_remove(&vf->snap)) {
+		pthread_mutex_lock(&vt->lock);
+		if (vt->ndead < (int)(sizeof(vt->dead_layers) / sizeof(vt->dead_layers[0])))
+			vt->dead_layers[vt->ndead++] = vf->snap.top;
+		pthread_cond_signal(&vt->reaper_cond);
+		pthread_mutex_unlock(&vt->lock);
+	}
 	pthread_mutex_destroy(&vf->lock);
 	free(vf);
 	fn->tier_data = NULL;

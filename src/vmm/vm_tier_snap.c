@@ -96,6 +96,18 @@ static int make_launches(struct vm_tier_snap *s, const struct vm_launch *boot)
 	return r ? r : vm_launch_with(&s->prefetch, boot, prefetch);
 }
 
+static int top_layer(struct vm_tier_snap *s)
+{
+	struct snap_file f;
+	int r = snap_file_read(s->file, &f, NULL);
+
+	if (r)
+		return r;
+	s->top = f.st.layers[0];
+	snap_file_release(&f);
+	return 0;
+}
+
 int vm_tier_snap_take(struct vm_tier_snap *s, const struct vm_launch *boot, const char *dir,
 		      const char *key, const char *vmm_path, char *why, size_t len)
 {
@@ -112,6 +124,8 @@ int vm_tier_snap_take(struct vm_tier_snap *s, const struct vm_launch *boot, cons
 	r = boot_and_dump(s, boot, vmm_path, why, len);
 	r = r ? r : vmsnap_build(s->dump, s->store, s->file, why, len);
 	unlink(s->dump);
+	if (!r)
+		r = top_layer(s);
 	if (!r)
 		r = vmsnap_ws_path(s->file, s->store, s->ws, sizeof(s->ws));
 	if (!r)
@@ -144,12 +158,31 @@ void vm_tier_snap_tick(struct vm_tier_snap *s)
 	}
 }
 
-void vm_tier_snap_remove(struct vm_tier_snap *s)
+int vm_tier_snap_remove(struct vm_tier_snap *s)
 {
+	int had = s->ready;
+
 	if (!s->file[0])
-		return;
+		return 0;
 	unlink(s->file);
 	unlink(s->dump);
 	unlink(s->ws_raw);
 	s->ready = 0;
+	return had;
+}
+
+int vm_tier_snap_collect(const char *store, const struct snap_id *layers, int n)
+{
+	struct snap_store *st;
+	int i, r;
+
+	r = snap_store_open(store, NULL, &st, NULL);
+	if (r)
+		return r;
+	/* -EBUSY: another version's layer still names it (none do: ours are bases). */
+	for (i = 0; i < n; i++)
+		snap_layer_delete(st, &layers[i], NULL);
+	r = snap_store_gc(st, NULL, NULL);
+	snap_store_close(st);
+	return r;
 }

@@ -10,6 +10,7 @@
 #define STOKE_VMM_VM_TIER_SNAP_H
 
 #include "vm_proc.h"
+#include "snap/snap.h"
 
 #include <stdatomic.h>
 
@@ -20,6 +21,7 @@ struct vm_tier_snap {
 	char ws_raw[1024];	/* working set as the recording VM left it */
 	char ws[1024];		/* the store's working-set file for the image */
 	char store[1024];
+	struct snap_id top;	/* the snapshot's memory layer */
 	struct vm_launch record;	/* restore and record the working set */
 	struct vm_launch plain;		/* restore */
 	struct vm_launch prefetch;	/* restore and prefetch the working set */
@@ -38,7 +40,12 @@ int vm_tier_snap_take(struct vm_tier_snap *s, const struct vm_launch *boot, cons
 const struct vm_launch *vm_tier_snap_launch(struct vm_tier_snap *s);
 /* Moves a recorded working set into the store once the recording VM wrote it. */
 void vm_tier_snap_tick(struct vm_tier_snap *s);
-/* Removes the version's snapshot files (its pages go at the store's next gc). */
-void vm_tier_snap_remove(struct vm_tier_snap *s);
+/*
+ * Removes the version's snapshot files; returns 1 when it had a layer, which the
+ * caller then deletes with vm_tier_snap_collect (off the event loop: it locks the store).
+ */
+int vm_tier_snap_remove(struct vm_tier_snap *s);
+/* Deletes layers of removed versions and collects the store's unreferenced pages. */
+int vm_tier_snap_collect(const char *store, const struct snap_id *layers, int n);
 
 #endif

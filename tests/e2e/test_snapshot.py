@@ -252,7 +252,7 @@ def metric(d, name):
 def test_daemon_restores_python_over_http(d):
     need_vm()
     env = {"STOKE_VM_SNAPSHOTS": "1"}
-    with Daemon(env=env).start() as sd:
+    with Daemon(env=env) as sd:
         sd.deploy_files("snappy", {"handler.py": HANDLER},
                         {"name": "snappy", "tier": "vm", "runtime": "python3",
                          "entry": "handler.py"})
@@ -278,7 +278,7 @@ def test_daemon_restores_python_over_http(d):
 
 def test_daemon_parks_restored_vms_and_stops_them(d):
     need_vm()
-    with Daemon(env={"STOKE_VM_SNAPSHOTS": "1"}).start() as sd:
+    with Daemon(env={"STOKE_VM_SNAPSHOTS": "1"}) as sd:
         sd.deploy_files("parked", {"handler.py": HANDLER},
                         {"name": "parked", "tier": "vm", "runtime": "python3",
                          "entry": "handler.py"})
@@ -296,3 +296,11 @@ def test_daemon_parks_restored_vms_and_stops_them(d):
         while metric(sd, "stoke_vm_live") and time.monotonic() < deadline:
             time.sleep(0.2)
         assert metric(sd, "stoke_vm_live") == 0, "VMs left after delete"
+        store = os.path.join(sd.data_dir, "vm-snapshots", "store")
+
+        def left():
+            return os.listdir(os.path.join(store, "layers")) + [
+                f for f in os.listdir(os.path.join(store, "images")) if f[0] != "."]
+        while left() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not left(), "layer or image kept after delete: %s" % left()
