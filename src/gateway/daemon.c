@@ -135,11 +135,15 @@ static void daemon_find_vmm(struct gw *gw)
 	}
 }
 
-/* Idle instances of each tier may hold up to a quarter of the machine's memory. */
+/* Idle instances of each tier may hold STOKE_MEMORY_BUDGET_MB, by default a quarter of
+ * the machine's memory. */
 static uint64_t daemon_memory_budget(void)
 {
 	long pages = sysconf(_SC_PHYS_PAGES), size = sysconf(_SC_PAGESIZE);
+	const char *env = getenv("STOKE_MEMORY_BUDGET_MB");
 
+	if (env && *env)
+		return strtoull(env, NULL, 10) << 20;
 	if (pages <= 0 || size <= 0)
 		return 1ull << 30;
 	return (uint64_t)pages * (uint64_t)size / 4;
