@@ -51,6 +51,7 @@ struct vm_fn {
 	struct enosys_count enosys[MAX_ENOSYS_NAMES];
 	struct vm_tier_snap snap;	/* cold starts restore from it when ready */
 	struct vm_proc *shell;		/* restored ahead, parked before its first read */
+	_Atomic uint64_t last_used_ns;	/* last invocation: shells follow the idle TTL */
 	struct vm_fn *next;	/* tier's list, for metrics and stop */
 };
 
@@ -167,6 +168,23 @@ static void put_idle(struct tier *t, struct vm_fn *vf, struct vm_proc *p)
 		drop(vt, p);
 }
 
+/*
+ * Unparks vf's shell to be stopped with the idle VMs; it is counted in idle_bytes
+ * like them, since whoever stops them takes their memory off that count.
+ */
+static struct vm_proc *take_parked(struct vm_fn *vf, struct vm_tier *vt)
+{
+	struct vm_proc *p;
+
+	pthread_mutex_lock(&vf->lock);
+	p = vf->shell;
+	vf->shell = NULL;
+	pthread_mutex_unlock(&vf->lock);
+	if (p)
+		atomic_fetch_add(&vt->idle_bytes, (uint64_t)p->mem_mb << 20);
+	return p;
+}
+
 /* A pre-restored VM of vf, if one is parked; the reaper parks the next one. */
 static struct vm_proc *take_shell(struct vm_tier *vt, struct vm_fn *vf)
 {
@@ -196,7 +214,9 @@ static void park_shell(struct vm_tier *vt, struct vm_fn *vf)
 	const struct vm_launch *l;
 	struct vm_proc *p;
 
+	/* Scale to zero: no shell for a version not invoked within the idle TTL. */
 	if (!vt->snapshots || vt->stopping || vf->retired || vf->shell ||
+	    vm_now_ns() - atomic_load(&vf->last_used_ns) > vt->idle_ttl_ns ||
 	    !atomic_load(&vf->snap.ws_ready) ||
 	    atomic_load(&vt->idle_bytes) + ((uint64_t)vf->launch.mem_mb << 20) >
 	    vt->memory_budget)
@@ -282,6 +302,8 @@ static void run_invocation(struct tier *t, struct inv *inv)
 	int err = 0, status;
 
 	atomic_fetch_add(&vt->invocations, 1);
+	if (vf)
+		atomic_store(&vf->last_used_ns, vm_now_ns());
 	if (!vf) {
 		inv_fail(inv, 500, "internal", "function version was not prepared for the vm tier");
 		return;
@@ -354,6 +376,10 @@ static void reap_idle(struct vm_tier *vt)
 		vm_tier_snap_tick(&vf->snap);
 		park_shell(vt, vf);
 		p = take_expired(vf, cutoff);
+		if (atomic_load(&vf->last_used_ns) < cutoff && (last = take_parked(vf, vt))) {
+			last->next = p;
+			p = last;
+		}
 		for (last = p; last && last->next; last = last->next)
 			;
 		if (last) {
@@ -557,23 +583,6 @@ static void vm_invoke(struct tier *t, struct inv *inv)
 	vt->tail = j;
 	pthread_cond_signal(&vt->cond);
 	pthread_mutex_unlock(&vt->lock);
-}
-
-/*
- * Unparks vf's shell to be stopped with the idle VMs; it is counted in idle_bytes
- * like them, since whoever stops them takes their memory off that count.
- */
-static struct vm_proc *take_parked(struct vm_fn *vf, struct vm_tier *vt)
-{
-	struct vm_proc *p;
-
-	pthread_mutex_lock(&vf->lock);
-	p = vf->shell;
-	vf->shell = NULL;
-	pthread_mutex_unlock(&vf->lock);
-	if (p)
-		atomic_fetch_add(&vt->idle_bytes, (uint64_t)p->mem_mb << 20);
-	return p;
 }
 
 static void drain_idle(struct vm_tier *vt, struct vm_fn *vf)
