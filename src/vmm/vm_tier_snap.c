@@ -50,7 +50,8 @@ static int wait_dump(struct vm_proc *p, const char *dump)
 		if (poll(pf, 2, 5) <= 0)
 			continue;
 		for (i = 0; i < 2; i++)
-			if (pf[i].revents & (POLLIN | POLLHUP) && read(pf[i].fd, buf, sizeof(buf)) <= 0)
+			if ((pf[i].revents & (POLLIN | POLLHUP)) &&
+			    read(pf[i].fd, buf, sizeof(buf)) <= 0)
 				pf[i].fd = -1;
 	}
 	return -ETIMEDOUT;

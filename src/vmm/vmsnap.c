@@ -348,8 +348,11 @@ static int check_vmm(struct vm *vm, const struct snap_file *f, char *why, size_t
 			 (unsigned long long)(vm->mem_size >> 20));
 		return -EINVAL;
 	}
+	/* The dump came from a VMM its guest may have attacked: bound what indexes memory. */
 	if (b->nfds > VM_NR_FDS ||
-	    f->st.vmm_len != sizeof(*b) + npages + b->nfds * sizeof(struct fd_blob)) {
+	    f->st.vmm_len != sizeof(*b) + npages + b->nfds * sizeof(struct fd_blob) ||
+	    b->brk_start > b->mmap_top || b->brk_cur > b->mmap_top ||
+	    b->mmap_top > b->stack_lo || b->stack_lo > vm->mem_size) {
 		snprintf(why, len, "malformed VMM state in the snapshot");
 		return -EINVAL;
 	}
@@ -454,8 +457,8 @@ static void copy_hot_regions(struct vm *vm, const struct snap_image *img,
 				continue;
 			last = reg;
 			r = vm->mem + reg * HUGE_SIZE;
-			if (mmap(r, HUGE_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS |
-				 MAP_FIXED | MAP_NORESERVE, -1, 0) == MAP_FAILED)
+			if (mmap(r, HUGE_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE |
+				 MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0) == MAP_FAILED)
 				continue;
 			madvise(r, HUGE_SIZE, MADV_HUGEPAGE);
 			if (pread(img->fd, r, HUGE_SIZE, (off_t)(reg * HUGE_SIZE)) != HUGE_SIZE)
