@@ -94,7 +94,12 @@ int vmsnap_open(struct vm *vm, char *why, size_t len)
 	s->pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
 	if (s->pagemap_fd < 0)
 		return say(why, len, -errno, "%s: %s", "/proc/self/pagemap");
-	if (cfg->snap_dump) {
+	/*
+	 * Only a booted VM is dumped: a restored one's pagemap shows just the pages it
+	 * wrote since the restore, which as a base layer would lose the rest.
+	 * TODO(snapshot layers): dump it as a layer on the restored chain instead.
+	 */
+	if (cfg->snap_dump && !cfg->snap_restore) {
 		s->dump_fd = open(cfg->snap_dump, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 		if (s->dump_fd < 0)
 			return say(why, len, -errno, "%s: %s", cfg->snap_dump);
