@@ -14,17 +14,22 @@
 /* A python3 runtime reaches its first read in well under a second; this is slack. */
 #define DUMP_WAIT_MS 30000
 
+/* 1 when the dump is whole, -ENOTSUP when the VMM took none, else 0. */
 static int dump_complete(const char *path)
 {
-	struct vmsnap_dump_hdr h;
-	int fd = open(path, O_RDONLY | O_CLOEXEC), ok;
+	char magic[8];
+	int fd = open(path, O_RDONLY | O_CLOEXEC), r = 0;
 
 	if (fd < 0)
 		return 0;
-	ok = pread(fd, &h, sizeof(h), 0) == (ssize_t)sizeof(h) &&
-	     !memcmp(h.magic, VMSNAP_DUMP_MAGIC, sizeof(h.magic));
+	if (pread(fd, magic, sizeof(magic), 0) == (ssize_t)sizeof(magic)) {
+		if (!memcmp(magic, VMSNAP_DUMP_MAGIC, sizeof(magic)))
+			r = 1;
+		else if (!memcmp(magic, VMSNAP_DUMP_NONE, sizeof(magic)))
+			r = -ENOTSUP;
+	}
 	close(fd);
-	return ok;
+	return r;
 }
 
 static int exited(pid_t pid)
@@ -43,8 +48,10 @@ static int wait_dump(struct vm_proc *p, const char *dump)
 	int waited, i;
 
 	for (waited = 0; waited < DUMP_WAIT_MS; waited += 5) {
-		if (dump_complete(dump))
-			return 0;
+		int done = dump_complete(dump);
+
+		if (done)
+			return done > 0 ? 0 : done;
 		if (exited(p->pid))
 			return -ECHILD;
 		if (poll(pf, 2, 5) <= 0)

@@ -13,6 +13,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #define VCPU_VERSION	1u
@@ -298,6 +299,33 @@ static int write_dump(struct vm *vm, struct vmsnap_state *s, const void *vmm, si
 	return pwrite_all(s->dump_fd, &h, sizeof(h), 0);
 }
 
+/*
+ * A restored VM gets a fresh, empty /tmp: a snapshot of a guest that already keeps
+ * files there would restore without them, so there is none (the VM boots instead).
+ */
+static int tmp_is_empty(struct vm *vm)
+{
+	struct { uint64_t ino; int64_t off; uint16_t reclen; uint8_t type; char name[]; } *d;
+	char buf[4096];
+	long n, off;
+	int fd, empty = 1;
+
+	if (vm->mnt_fd[VM_MNT_TMP] < 0)
+		return 1;
+	fd = vfs_open(vm, AT_FDCWD, "/tmp", O_RDONLY | O_DIRECTORY, NULL);
+	if (fd < 0)
+		return 0;
+	while (empty && (n = syscall(SYS_getdents64, fd, buf, sizeof(buf))) > 0) {
+		for (off = 0; off < n; off += d->reclen) {
+			d = (void *)(buf + off);
+			if (strcmp(d->name, ".") && strcmp(d->name, ".."))
+				empty = 0;
+		}
+	}
+	close(fd);
+	return empty;
+}
+
 static int take_dump(struct vm *vm, struct vmsnap_state *s)
 {
 	size_t bm_len = (vm->mem_size / VM_PAGE + 63) / 64 * 8, vmm_len;
@@ -305,6 +333,8 @@ static int take_dump(struct vm *vm, struct vmsnap_state *s)
 	void *vmm = NULL;
 	int r = bm ? 0 : -ENOMEM;
 
+	if (!r && !tmp_is_empty(vm))
+		r = -ENOTEMPTY;
 	r = r ? r : get_vcpu(vm, &s->vcpu);
 	if (!r)
 		vmm = vmm_blob(vm, &vmm_len, &r);
@@ -328,8 +358,10 @@ void vmsnap_at_read(struct vm *vm)
 	s->dumped = 1;
 	r = take_dump(vm, s);
 	/* A failed dump costs the snapshot, not the request: the VM goes on serving. */
-	if (r)
+	if (r) {
 		fprintf(stderr, "stoke-vmm: snapshot dump: %s\n", strerror(-r));
+		pwrite_all(s->dump_fd, VMSNAP_DUMP_NONE, 8, 0);
+	}
 	close(s->dump_fd);
 	s->dump_fd = -1;
 }

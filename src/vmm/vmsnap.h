@@ -22,6 +22,8 @@ struct vm;
 
 #define VMSNAP_DUMP_MAGIC	"STOKDUMP"
 #define VMSNAP_DUMP_VERSION	1u
+/* Written at 0 instead when no dump could be taken, so nobody waits for one. */
+#define VMSNAP_DUMP_NONE	"STOKNONE"
 
 /*
  * Dump file (host-local, little-endian, read only by vmsnap_build): this header at 0,

@@ -304,3 +304,22 @@ def test_daemon_parks_restored_vms_and_stops_them(d):
         while left() and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not left(), "layer or image kept after delete: %s" % left()
+
+
+def test_guest_with_tmp_files_is_not_snapshotted(d):
+    """A restored VM starts with an empty /tmp, so a guest that wrote there before its
+    first read gets no snapshot: it boots, and its deploy does not wait for one."""
+    need_vm()
+    src = ("open('/tmp/cache', 'w').write('kept')\n"
+           "def handler(event, context):\n"
+           "    return open('/tmp/cache').read()\n")
+    with Daemon(env={"STOKE_VM_SNAPSHOTS": "1"}) as sd:
+        t0 = time.monotonic()
+        sd.deploy_files("tmpful", {"handler.py": src},
+                        {"name": "tmpful", "tier": "vm", "runtime": "python3",
+                         "entry": "handler.py"})
+        assert time.monotonic() - t0 < 10
+        r = sd.invoke("tmpful")
+        assert r.status == 200 and r.text == "kept", r
+        assert metric(sd, "stoke_vm_boots_total") == 1
+        assert metric(sd, "stoke_vm_restores_total") == 0
