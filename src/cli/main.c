@@ -101,7 +101,8 @@ static int cli_help_verb(int argc, char **argv)
 {
 	const struct cli_verb *verb;
 
-	if (argc < 3 || !strcmp(argv[2], "help")) {
+	if (argc < 3 || !strcmp(argv[2], "help") || !strcmp(argv[2], "--help") ||
+	    !strcmp(argv[2], "-h")) {
 		cli_main_help(stdout);
 		return CLI_EXIT_OK;
 	}
