@@ -208,6 +208,27 @@ void cli_client_escape(struct strbuf *sb, const char *s)
 	}
 }
 
+int cli_client_fn_call(struct cli_client *c, const struct cli_verb *verb, int argc,
+		       char **argv, const char *method, cJSON **out)
+{
+	static const struct option opts[] = { CLI_CLIENT_OPTIONS, { 0 } };
+	struct strbuf target = STRBUF_INIT;
+	int code = 0;
+
+	cli_client_init(c, verb);
+	if (cli_client_getopt(c, argc, argv, ":h", opts, &code) == -2)
+		return code;
+	if (argc - optind != 1)
+		return cli_usage(c->verb, "wants exactly one function name");
+	code = cli_client_open(c);
+	sb_adds(&target, "/_stoke/functions/");
+	cli_client_escape(&target, argv[optind]);
+	if (!code)
+		code = cli_client_api(c, method, target.buf, NULL, out);
+	sb_free(&target);
+	return code;
+}
+
 void cli_client_close(struct cli_client *c)
 {
 	free(c->token);

@@ -70,6 +70,12 @@ int cli_client_api(struct cli_client *c, const char *method, const char *target,
  * string the user typed; the daemon decides whether it is valid). */
 void cli_client_escape(struct strbuf *sb, const char *s);
 
+/* For verbs whose one argument is a function name (show, rm): parses the client options,
+ * then calls METHOD /_stoke/functions/NAME. Returns the exit code; on 0, *out holds the
+ * answer. The caller closes c. */
+int cli_client_fn_call(struct cli_client *c, const struct cli_verb *verb, int argc,
+		       char **argv, const char *method, cJSON **out);
+
 void cli_client_close(struct cli_client *c);
 
 #endif

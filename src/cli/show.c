@@ -4,28 +4,15 @@
 
 static int cli_show_run(int argc, char **argv)
 {
-	static const struct option opts[] = { CLI_CLIENT_OPTIONS, { 0 } };
-	struct strbuf target = STRBUF_INIT;
 	struct cli_client c;
 	cJSON *doc = NULL;
-	int code = 0;
+	int code = cli_client_fn_call(&c, &cli_verb_show, argc, argv, "GET", &doc);
 
-	cli_client_init(&c, &cli_verb_show);
-	if (cli_client_getopt(&c, argc, argv, ":h", opts, &code) == -2)
-		return code;
-	if (argc - optind != 1)
-		return cli_usage(c.verb, "wants exactly one function name");
-	code = cli_client_open(&c);
-	sb_adds(&target, "/_stoke/functions/");
-	cli_client_escape(&target, argv[optind]);
-	if (!code)
-		code = cli_client_api(&c, "GET", target.buf, NULL, &doc);
 	if (!code && c.json)
 		cli_out_json(doc);
 	else if (!code)
 		cli_out_fields(doc, 0);
 	cJSON_Delete(doc);
-	sb_free(&target);
 	cli_client_close(&c);
 	return code;
 }
