@@ -508,27 +508,37 @@ static int vm_start(struct tier *t)
 
 /*
  * Snapshot of a python3 version, taken at deploy so that no request waits for it. A
+ * runtime that exits before its first read could not import the function (a syntax
+ * error, no handler): that fails the deploy with the runtime's message. Any other
  * failure leaves the version booting cold, as without snapshots.
  */
-static void take_snapshot(struct tier *t, struct vm_fn *vf, const struct fn *fn)
+static int take_snapshot(struct tier *t, struct vm_fn *vf, const struct fn *fn, char *err,
+			 size_t errlen)
 {
 	struct vm_tier *vt = tier_of(t);
 	const char *env[] = { "--env=STOKE_SNAPSHOT=1", NULL };
 	struct vm_launch l;
-	char key[160], why[512] = "";
+	char key[160], why[1100] = "";
+	int r;
 
 	if (!vt->snapshots || strcmp(fn->runtime, "python3"))
-		return;
+		return 0;
 	/* The bootstrap calls before_snapshot/after_restore and reseeds under this. */
 	if (vm_launch_with(&l, &vf->launch, env) ||
 	    vm_launch_with(&vf->launch, &l, (const char *const[]){ NULL }))
-		return;
+		return 0;
 	snprintf(key, sizeof(key), "%.64s.%lld.%d.%u", fn->name, (long long)fn->version,
 		 (int)getpid(), atomic_fetch_add(&vt->snap_seq, 1));
-	if (vm_tier_snap_take(&vf->snap, &vf->launch, vt->snap_dir, key, t->vmm_path, why,
-			      sizeof(why)))
+	r = vm_tier_snap_take(&vf->snap, &vf->launch, vt->snap_dir, key, t->vmm_path, why,
+			      sizeof(why));
+	if (r == -ECHILD) {
+		snprintf(err, errlen, "python3 could not load %s: %s", fn->entry, why);
+		return -EINVAL;
+	}
+	if (r)
 		log_warn("vm tier: no snapshot of %s v%lld (it boots cold): %s", fn->name,
 			 (long long)fn->version, why);
+	return 0;
 }
 
 static int vm_prepare(struct tier *t, struct fn *fn, char *err, size_t errlen)
@@ -553,9 +563,13 @@ static int vm_prepare(struct tier *t, struct fn *fn, char *err, size_t errlen)
 		free(vf);
 		return r;
 	}
+	r = take_snapshot(t, vf, fn, err, errlen);
+	if (r) {
+		free(vf);
+		return r;
+	}
 	pthread_mutex_init(&vf->lock, NULL);
 	snprintf(vf->name, sizeof(vf->name), "%s", fn->name);
-	take_snapshot(t, vf, fn);
 	pthread_mutex_lock(&vt->lock);
 	vf->next = vt->fns;
 	vt->fns = vf;

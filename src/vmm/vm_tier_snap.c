@@ -40,11 +40,32 @@ static int exited(pid_t pid)
 	return waitid(P_PID, (id_t)pid, &si, WEXITED | WNOHANG | WNOWAIT) == 0 && si.si_pid;
 }
 
+/* Keeps the last bytes of the guest's stderr in p->tail, for the deploy's error. */
+static void keep_tail(struct vm_proc *p, const char *buf, ssize_t n)
+{
+	size_t have = strlen(p->tail), room = sizeof(p->tail) - 1;
+
+	if (n <= 0)
+		return;
+	if ((size_t)n >= room) {
+		memcpy(p->tail, buf + (size_t)n - room, room);
+		p->tail[room] = '\0';
+		return;
+	}
+	if (have + (size_t)n > room) {
+		memmove(p->tail, p->tail + have + (size_t)n - room, room - (size_t)n);
+		have = room - (size_t)n;
+	}
+	memcpy(p->tail + have, buf, (size_t)n);
+	p->tail[have + (size_t)n] = '\0';
+}
+
 /* Drains the guest's output (so it never blocks on a full pipe) until the dump is whole. */
 static int wait_dump(struct vm_proc *p, const char *dump)
 {
 	struct pollfd pf[2] = { { p->out, POLLIN, 0 }, { p->err, POLLIN, 0 } };
 	char buf[4096];
+	ssize_t n;
 	int waited, i;
 
 	for (waited = 0; waited < DUMP_WAIT_MS; waited += 5) {
@@ -56,10 +77,15 @@ static int wait_dump(struct vm_proc *p, const char *dump)
 			return -ECHILD;
 		if (poll(pf, 2, 5) <= 0)
 			continue;
-		for (i = 0; i < 2; i++)
-			if ((pf[i].revents & (POLLIN | POLLHUP)) &&
-			    read(pf[i].fd, buf, sizeof(buf)) <= 0)
+		for (i = 0; i < 2; i++) {
+			if (!(pf[i].revents & (POLLIN | POLLHUP)))
+				continue;
+			n = read(pf[i].fd, buf, sizeof(buf));
+			if (n <= 0)
 				pf[i].fd = -1;
+			else if (i == 1)
+				keep_tail(p, buf, n);
+		}
 	}
 	return -ETIMEDOUT;
 }
@@ -78,10 +104,12 @@ static int boot_and_dump(struct vm_tier_snap *s, const struct vm_launch *boot,
 	r = r ? r : vm_proc_spawn(&p, &l, vmm_path);
 	if (r)
 		return snprintf(why, len, "starting the VM: %s", strerror(-r)), r;
+	p.tail[0] = '\0';
 	r = wait_dump(&p, s->dump);
-	if (r)
-		snprintf(why, len, "the VM did not reach its first read: %s%.200s",
-			 strerror(-r), p.tail);
+	if (r == -ECHILD)
+		snprintf(why, len, "%s", p.tail[0] ? p.tail : "the runtime exited at start");
+	else if (r)
+		snprintf(why, len, "the VM did not reach its first read: %s", strerror(-r));
 	vm_proc_kill(&p);
 	return r;
 }

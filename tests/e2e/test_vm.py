@@ -246,3 +246,15 @@ def test_concurrent_requests_use_parallel_vms(d):
     took = time.monotonic() - t0
     assert [r.status for r in warm] == [200] * 16, warm
     assert took < 16 * 0.3 / 2, "16 warm 300 ms requests took %.1f s" % took
+
+
+def test_python_import_errors_fail_the_deploy(d):
+    need_vm()
+    r = d.deploy_files("pysyntax", {"handler.py": "def handler(e, c)\n    return 1\n"},
+                       {"tier": "vm", "runtime": "python3"}, expect=400)
+    assert r.json()["field"] == "entry" and "SyntaxError" in r.json()["message"], r
+    assert 'handler.py", line 1' in r.json()["message"]
+    r = d.deploy_files("pynohandler", {"handler.py": "x = 1\n"},
+                       {"tier": "vm", "runtime": "python3"}, expect=400)
+    assert "no callable 'handler'" in r.json()["message"], r
+    assert d.invoke("pysyntax").status == 404  # nothing half-deployed
