@@ -372,30 +372,46 @@ static void iso_retire(struct tier *t, struct fn *fn)
 		fn_unref(fn);
 }
 
+/* One sample with its TYPE line (Prometheus text format 0.0.4). */
+static void iso_metric(struct strbuf *out, const char *name, const char *type, long long v)
+{
+	sb_printf(out, "# TYPE %s %s\n%s %lld\n", name, type, name, v);
+}
+
 static void iso_metrics(struct tier *t, struct strbuf *out)
 {
 	struct iso_tier *it = t->priv;
+	static const char *const limits[] = { "cpu", "wall", "memory", "stack" };
+	long long kills[] = { (long long)atomic_load(&it->kills_cpu),
+			      (long long)atomic_load(&it->kills_wall),
+			      (long long)atomic_load(&it->kills_memory),
+			      (long long)atomic_load(&it->kills_stack) };
+	size_t i;
 
-	sb_printf(out, "stoke_isolate_live %ld\n", atomic_load(&it->live));
-	sb_printf(out, "stoke_isolate_pool_size %ld\n", atomic_load(&it->pool_size));
-	sb_printf(out, "stoke_isolate_live_max %d\n", it->max_live_per_worker * it->nworkers);
-	sb_printf(out, "stoke_isolate_memory_bytes %ld\n", atomic_load(&it->mem_bytes));
-	sb_printf(out, "stoke_isolate_snapshot_bytes %zu\n", iso_v8_snapshot_size());
-	sb_printf(out, "stoke_isolate_cold_starts_total %lu\n", atomic_load(&it->cold_starts));
-	sb_printf(out, "stoke_isolate_pool_misses_total %lu\n", atomic_load(&it->pool_misses));
-	sb_printf(out, "stoke_isolate_invocations_total %lu\n", atomic_load(&it->invocations));
-	sb_printf(out, "stoke_isolate_evictions_total %lu\n", atomic_load(&it->evictions));
-	sb_printf(out, "stoke_isolate_idle_trims_total %lu\n", atomic_load(&it->trims));
-	sb_printf(out, "stoke_isolate_trim_pending %ld\n", atomic_load(&it->trim_pending));
-	sb_printf(out, "stoke_isolate_exceptions_total %lu\n", atomic_load(&it->exceptions));
-	sb_printf(out, "stoke_isolate_limit_kills_total{limit=\"cpu\"} %lu\n",
-		  atomic_load(&it->kills_cpu));
-	sb_printf(out, "stoke_isolate_limit_kills_total{limit=\"wall\"} %lu\n",
-		  atomic_load(&it->kills_wall));
-	sb_printf(out, "stoke_isolate_limit_kills_total{limit=\"memory\"} %lu\n",
-		  atomic_load(&it->kills_memory));
-	sb_printf(out, "stoke_isolate_limit_kills_total{limit=\"stack\"} %lu\n",
-		  atomic_load(&it->kills_stack));
+	iso_metric(out, "stoke_isolate_live", "gauge", atomic_load(&it->live));
+	iso_metric(out, "stoke_isolate_pool_size", "gauge", atomic_load(&it->pool_size));
+	iso_metric(out, "stoke_isolate_live_max", "gauge",
+		   (long long)it->max_live_per_worker * it->nworkers);
+	iso_metric(out, "stoke_isolate_memory_bytes", "gauge", atomic_load(&it->mem_bytes));
+	iso_metric(out, "stoke_isolate_snapshot_bytes", "gauge",
+		   (long long)iso_v8_snapshot_size());
+	iso_metric(out, "stoke_isolate_cold_starts_total", "counter",
+		   (long long)atomic_load(&it->cold_starts));
+	iso_metric(out, "stoke_isolate_pool_misses_total", "counter",
+		   (long long)atomic_load(&it->pool_misses));
+	iso_metric(out, "stoke_isolate_invocations_total", "counter",
+		   (long long)atomic_load(&it->invocations));
+	iso_metric(out, "stoke_isolate_evictions_total", "counter",
+		   (long long)atomic_load(&it->evictions));
+	iso_metric(out, "stoke_isolate_idle_trims_total", "counter",
+		   (long long)atomic_load(&it->trims));
+	iso_metric(out, "stoke_isolate_trim_pending", "gauge", atomic_load(&it->trim_pending));
+	iso_metric(out, "stoke_isolate_exceptions_total", "counter",
+		   (long long)atomic_load(&it->exceptions));
+	sb_adds(out, "# TYPE stoke_isolate_limit_kills_total counter\n");
+	for (i = 0; i < sizeof(limits) / sizeof(limits[0]); i++)
+		sb_printf(out, "stoke_isolate_limit_kills_total{limit=\"%s\"} %lld\n", limits[i],
+			  kills[i]);
 }
 
 static void iso_stop(struct tier *t)

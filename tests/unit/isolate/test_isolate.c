@@ -929,7 +929,10 @@ static long metric_value(const char *name)
 	long v = -1;
 
 	T.ops->metrics(&T, &m);
-	p = m.buf ? strstr(m.buf, name) : NULL;
+	/* The sample line, not the "# TYPE name ..." line before it. */
+	for (p = m.buf; p && (p = strstr(p, name)); p += strlen(name))
+		if ((p == m.buf || p[-1] == '\n') && p[strlen(name)] == ' ')
+			break;
 	if (p)
 		v = strtol(p + strlen(name) + 1, NULL, 10);
 	sb_free(&m);
