@@ -98,7 +98,7 @@ struct iso_worker {
 	size_t qhead, qlen, qcap;
 	int stop;
 	struct iso_vm *watched;		/* JavaScript running under the watchdog */
-	uint64_t cpu_start_ns, cpu_limit_ns, wall_deadline_ns;
+	uint64_t cpu_start_ns, wall_start_ns, cpu_limit_ns, wall_deadline_ns;
 
 	/* Worker thread only. */
 	struct iso_vm **pool;

@@ -40,6 +40,7 @@ void iso__watch_begin(struct iso_worker *w, struct iso_vm *vm, uint64_t cpu_limi
 	pthread_mutex_lock(&w->lock);
 	w->watched = vm;
 	w->cpu_start_ns = clock_ns(CLOCK_THREAD_CPUTIME_ID);
+	w->wall_start_ns = clock_ns(CLOCK_MONOTONIC);
 	w->cpu_limit_ns = cpu_limit_ns;
 	w->wall_deadline_ns = wall_deadline;
 	pthread_mutex_unlock(&w->lock);
@@ -63,13 +64,17 @@ static void watch_check(struct iso_worker *w, uint64_t now)
 	uint64_t cpu;
 
 	pthread_mutex_lock(&w->lock);
-	if (w->watched) {
-		cpu = clock_ns(w->cpu_clock);
-		if (cpu - w->cpu_start_ns > w->cpu_limit_ns)
-			iso_vm_terminate(w->watched, ISO_CPU_LIMIT);
-		else if (now > w->wall_deadline_ns)
-			iso_vm_terminate(w->watched, ISO_WALL_LIMIT);
-	}
+	/*
+	 * A thread cannot use more CPU than wall time, so the worker's CPU clock is read
+	 * only once the slice has run as long as its CPU budget: reading another thread's
+	 * CPU clock is a system call that takes that thread's run-queue lock.
+	 */
+	cpu = w->watched && now - w->wall_start_ns > w->cpu_limit_ns ?
+	      clock_ns(w->cpu_clock) - w->cpu_start_ns : 0;
+	if (w->watched && cpu > w->cpu_limit_ns)
+		iso_vm_terminate(w->watched, ISO_CPU_LIMIT);
+	else if (w->watched && now > w->wall_deadline_ns)
+		iso_vm_terminate(w->watched, ISO_WALL_LIMIT);
 	pthread_mutex_unlock(&w->lock);
 }
 
