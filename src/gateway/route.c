@@ -184,11 +184,11 @@ static int gw_copy_headers(struct inv_request *r, const h2o_req_t *req)
 	return 0;
 }
 
-static const char *gw_host(const h2o_req_t *req)
+/* The authority the function's URL carries; HTTP/1.0 requests may have none. */
+static h2o_iovec_t gw_host(const h2o_req_t *req)
 {
-	const char *auth = req->input.authority.len ? req->input.authority.base : "localhost";
-
-	return auth;
+	return req->input.authority.len ? req->input.authority :
+	       h2o_iovec_init(H2O_STRLIT("localhost"));
 }
 
 /* path is what the function sees (starting with '/'); q points at '?' or is NULL. */
@@ -197,11 +197,11 @@ static int gw_fill_request(struct inv_request *r, const h2o_req_t *req, const ch
 {
 	const char *q = memchr(path, '?', plen);
 	size_t path_len = q ? (size_t)(q - path) : plen;
-	size_t hlen = req->input.authority.len ? req->input.authority.len : 9;
+	h2o_iovec_t host = gw_host(req);
 	struct strbuf url = STRBUF_INIT;
 
 	sb_adds(&url, "http://");
-	sb_add(&url, gw_host(req), hlen);
+	sb_add(&url, host.base, host.len);
 	sb_add(&url, path, plen);
 	r->url = sb_detach(&url, NULL);
 	r->method = gw_dup(req->input.method.base, req->input.method.len);
@@ -399,6 +399,31 @@ static void gw_send_busy(h2o_req_t *req, const char *name)
 	gw_send_error(req, 429, "too_many_requests", msg);
 }
 
+/* Answers the request itself when the function cannot take it now; returns whether. */
+static int gw_refused(struct gw *gw, h2o_req_t *req, struct gw_entry *e, const struct fn *fn)
+{
+	char msg[160];
+
+	if (req->entity.len > gw->cfg->max_body) {
+		snprintf(msg, sizeof(msg), "request body over the %zu-byte limit",
+			 gw->cfg->max_body);
+		gw_send_error(req, 413, "body_too_large", msg);
+		return 1;
+	}
+	if (atomic_load(&gw->low_memory)) {
+		h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_RETRY_AFTER, NULL,
+			       H2O_STRLIT("5"));
+		gw_send_error(req, 503, "host_out_of_memory", "the host is short of memory; "
+			      "retry later");
+		return 1;
+	}
+	if (!gw_admit(e, fn)) {
+		gw_send_busy(req, e->name);
+		return 1;
+	}
+	return 0;
+}
+
 static void gw_route_fn(struct gw_thread *t, h2o_req_t *req, const char *name, size_t len,
 			const char *path, size_t plen)
 {
@@ -420,24 +445,8 @@ static void gw_route_fn(struct gw_thread *t, h2o_req_t *req, const char *name, s
 			      e && e->load_error ? e->load_error : msg);
 		return;
 	}
-	if (req->entity.len > gw->cfg->max_body) {
+	if (gw_refused(gw, req, e, fn)) {
 		fn_unref(fn);
-		snprintf(msg, sizeof(msg), "request body over the %zu-byte limit",
-			 gw->cfg->max_body);
-		gw_send_error(req, 413, "body_too_large", msg);
-		return;
-	}
-	if (atomic_load(&gw->low_memory)) {
-		fn_unref(fn);
-		h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_RETRY_AFTER, NULL,
-			       H2O_STRLIT("5"));
-		gw_send_error(req, 503, "host_out_of_memory", "the host is short of memory; "
-			      "retry later");
-		return;
-	}
-	if (!gw_admit(e, fn)) {
-		fn_unref(fn);
-		gw_send_busy(req, e->name);
 		return;
 	}
 	if (!plen) {
