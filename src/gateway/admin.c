@@ -728,20 +728,34 @@ static void admin_fn_route(struct gw *gw, struct inv *inv, const char *name, con
 	}
 }
 
+/* The read-only admin calls: one path, GET only. */
+static const struct {
+	const char *path;
+	void (*handle)(struct gw *gw, struct inv *inv);
+} admin_reads[] = {
+	{ "/_stoke/status", admin_status },
+	{ "/_stoke/metrics", admin_metrics },
+	{ "/_stoke/functions", admin_list },
+	{ "/_stoke/usage", admin_usage },
+};
+
 static void admin_handle(struct gw *gw, struct inv *inv)
 {
 	const char *path = inv->req.path, *sub;
 	char name[128];
+	size_t i;
 
-	if (!strcmp(path, "/_stoke/status") && admin_is(inv, "GET"))
-		admin_status(gw, inv);
-	else if (!strcmp(path, "/_stoke/metrics") && admin_is(inv, "GET"))
-		admin_metrics(gw, inv);
-	else if (!strcmp(path, "/_stoke/functions") && admin_is(inv, "GET"))
-		admin_list(gw, inv);
-	else if (!strcmp(path, "/_stoke/usage") && admin_is(inv, "GET"))
-		admin_usage(gw, inv);
-	else if (admin_fn_path(path, name, sizeof(name), &sub))
+	for (i = 0; i < sizeof(admin_reads) / sizeof(admin_reads[0]); i++) {
+		if (strcmp(path, admin_reads[i].path))
+			continue;
+		if (admin_is(inv, "GET"))
+			admin_reads[i].handle(gw, inv);
+		else
+			inv_fail(inv, 405, "method_not_allowed", "%s takes GET, not %s", path,
+				 inv->req.method);
+		return;
+	}
+	if (admin_fn_path(path, name, sizeof(name), &sub))
 		admin_fn_route(gw, inv, name, sub);
 	else
 		inv_fail(inv, 404, "not_found", "no admin call %s %s", inv->req.method, path);

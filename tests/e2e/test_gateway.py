@@ -389,3 +389,10 @@ def test_load_at_low_and_high_concurrency_keeps_connections(d):
         assert "Socket errors" not in out and "Non-2xx" not in out, out
         assert d.proc.poll() is None, d.logs()[-2000:]
     assert d.request("GET", "/_stoke/health").status == 200
+
+
+def test_admin_wrong_method_is_405(d):
+    r = d.admin("POST", "/functions")
+    assert r.status == 405 and r.json()["error"] == "method_not_allowed", r
+    assert d.admin("DELETE", "/metrics").status == 405
+    assert d.admin("GET", "/nothing-here").status == 404
