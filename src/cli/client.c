@@ -208,25 +208,49 @@ void cli_client_escape(struct strbuf *sb, const char *s)
 	}
 }
 
+/* Parses the client options of a verb taking nargs arguments and opens the client.
+ * Returns 1 to go on; 0 with *code set when the verb is done (help, usage, no daemon). */
+static int cli_client_begin(struct cli_client *c, const struct cli_verb *verb, int argc,
+			    char **argv, int nargs, int *code)
+{
+	static const struct option opts[] = { CLI_CLIENT_OPTIONS, { 0 } };
+
+	*code = 0;
+	cli_client_init(c, verb);
+	if (cli_client_getopt(c, argc, argv, ":h", opts, code) == -2)
+		return 0;
+	if (argc - optind != nargs) {
+		*code = cli_usage(c->verb, nargs ? "wants exactly one function name" :
+				  "takes no arguments");
+		return 0;
+	}
+	*code = cli_client_open(c);
+	return *code == 0;
+}
+
 int cli_client_fn_call(struct cli_client *c, const struct cli_verb *verb, int argc,
 		       char **argv, const char *method, cJSON **out)
 {
-	static const struct option opts[] = { CLI_CLIENT_OPTIONS, { 0 } };
 	struct strbuf target = STRBUF_INIT;
-	int code = 0;
+	int code;
 
-	cli_client_init(c, verb);
-	if (cli_client_getopt(c, argc, argv, ":h", opts, &code) == -2)
+	if (!cli_client_begin(c, verb, argc, argv, 1, &code))
 		return code;
-	if (argc - optind != 1)
-		return cli_usage(c->verb, "wants exactly one function name");
-	code = cli_client_open(c);
 	sb_adds(&target, "/_stoke/functions/");
 	cli_client_escape(&target, argv[optind]);
-	if (!code)
-		code = cli_client_api(c, method, target.buf, NULL, out);
+	code = cli_client_api(c, method, target.buf, NULL, out);
 	sb_free(&target);
 	return code;
+}
+
+int cli_client_get_call(struct cli_client *c, const struct cli_verb *verb, int argc,
+			char **argv, const char *target, cJSON **out)
+{
+	int code;
+
+	if (!cli_client_begin(c, verb, argc, argv, 0, &code))
+		return code;
+	return cli_client_api(c, "GET", target, NULL, out);
 }
 
 void cli_client_close(struct cli_client *c)

@@ -76,6 +76,10 @@ void cli_client_escape(struct strbuf *sb, const char *s);
 int cli_client_fn_call(struct cli_client *c, const struct cli_verb *verb, int argc,
 		       char **argv, const char *method, cJSON **out);
 
+/* The same for verbs without arguments (ls, status): GET target. */
+int cli_client_get_call(struct cli_client *c, const struct cli_verb *verb, int argc,
+			char **argv, const char *target, cJSON **out);
+
 void cli_client_close(struct cli_client *c);
 
 #endif

@@ -44,19 +44,10 @@ static int cli_ls_table(const cJSON *fns)
 
 static int cli_ls_run(int argc, char **argv)
 {
-	static const struct option opts[] = { CLI_CLIENT_OPTIONS, { 0 } };
 	struct cli_client c;
 	cJSON *doc = NULL;
-	int code = 0;
+	int code = cli_client_get_call(&c, &cli_verb_ls, argc, argv, "/_stoke/functions", &doc);
 
-	cli_client_init(&c, &cli_verb_ls);
-	if (cli_client_getopt(&c, argc, argv, ":h", opts, &code) == -2)
-		return code;
-	if (optind != argc)
-		return cli_usage(c.verb, "takes no arguments");
-	code = cli_client_open(&c);
-	if (!code)
-		code = cli_client_api(&c, "GET", "/_stoke/functions", NULL, &doc);
 	if (!code && c.json)
 		cli_out_json(doc);
 	else if (!code)

@@ -17,19 +17,10 @@ static void cli_status_uptime(const cJSON *doc)
 
 static int cli_status_run(int argc, char **argv)
 {
-	static const struct option opts[] = { CLI_CLIENT_OPTIONS, { 0 } };
 	struct cli_client c;
 	cJSON *doc = NULL;
-	int code = 0;
+	int code = cli_client_get_call(&c, &cli_verb_status, argc, argv, "/_stoke/status", &doc);
 
-	cli_client_init(&c, &cli_verb_status);
-	if (cli_client_getopt(&c, argc, argv, ":h", opts, &code) == -2)
-		return code;
-	if (optind != argc)
-		return cli_usage(c.verb, "takes no arguments");
-	code = cli_client_open(&c);
-	if (!code)
-		code = cli_client_api(&c, "GET", "/_stoke/status", NULL, &doc);
 	if (!code && c.json) {
 		cli_out_json(doc);
 	} else if (!code) {
