@@ -23,7 +23,7 @@ int log_enabled(enum log_level level)
 	return level <= log_max;
 }
 
-static void log_stamp(char *buf, size_t len)
+void log_timestamp(char *buf, size_t len)
 {
 	struct timespec ts;
 	struct tm tm;
@@ -46,7 +46,7 @@ void log_msg(enum log_level level, const char *file, int line, const char *fmt, 
 	va_start(ap, fmt);
 	sb_vprintf(&msg, fmt, ap);
 	va_end(ap);
-	log_stamp(stamp, sizeof(stamp));
+	log_timestamp(stamp, sizeof(stamp));
 	if (log_json) {
 		sb_printf(&out, "{\"ts\":\"%s\",\"level\":\"%s\",\"msg\":", stamp,
 			  log_names[level]);

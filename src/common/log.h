@@ -6,10 +6,14 @@
 #ifndef STOKE_LOG_H
 #define STOKE_LOG_H
 
+#include <stddef.h>
+
 enum log_level { LOG_ERROR, LOG_WARN, LOG_INFO, LOG_DEBUG };
 
 void log_setup(enum log_level max, int json);
 int log_enabled(enum log_level level);
+/* The current UTC time as 2026-12-04T18:00:00.123Z (len >= 32). */
+void log_timestamp(char *buf, size_t len);
 /* Messages are one line; in JSON mode they become the "msg" field. */
 void log_msg(enum log_level level, const char *file, int line, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));

@@ -1,6 +1,7 @@
 /* The table of function names: lookups on every request (read lock), changes from the
  * admin thread only (write lock). Also the per-function log rings. */
 #include "gateway.h"
+#include "common/log.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -132,7 +133,7 @@ static void gw_logring_add(struct gw_logring *r, const char *request_id, const c
 	l->seq = r->next_seq++;
 	l->msg = copy;
 	l->len = len;
-	gw_timestamp(l->ts, sizeof(l->ts));
+	log_timestamp(l->ts, sizeof(l->ts));
 	snprintf(l->request_id, sizeof(l->request_id), "%s", request_id ? request_id : "");
 	snprintf(l->stream, sizeof(l->stream), "%s", stream);
 	pthread_mutex_unlock(&r->lock);

@@ -91,7 +91,6 @@ struct gw {
 extern struct gw *gw_global;
 
 uint64_t gw_now_ns(void);
-void gw_timestamp(char *buf, size_t len);
 
 /* functab.c */
 int gw_table_init(struct gw *gw);
