@@ -88,29 +88,15 @@ static int admin_valid_relpath(const char *p)
 	return p[strlen(p) - 1] != '/';
 }
 
-static int admin_mkdirs(char *path)
-{
-	char *s;
-
-	for (s = strchr(path + 1, '/'); s; s = strchr(s + 1, '/')) {
-		*s = '\0';
-		if (mkdir(path, 0755) && errno != EEXIST) {
-			*s = '/';
-			return -errno;
-		}
-		*s = '/';
-	}
-	return 0;
-}
-
 static int admin_write_file(const char *dir, const char *rel, const void *data, size_t len)
 {
-	char path[4096];
+	char path[4200 + 1100];	/* a staging directory, then a path of up to 1024 */
 	ssize_t n;
 	int fd, ret;
 
-	snprintf(path, sizeof(path), "%s/%s", dir, rel);
-	ret = admin_mkdirs(path);
+	if ((size_t)snprintf(path, sizeof(path), "%s/%s", dir, rel) >= sizeof(path))
+		return -ENAMETOOLONG;
+	ret = gw_mkdir_parents(path, 0755);
 	if (ret)
 		return ret;
 	fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
@@ -241,8 +227,9 @@ static int admin_stage(struct gw *gw, struct admin_deploy *d, const cJSON *files
 	snprintf(tmp, sizeof(tmp), "%s.tmp", d->dir);
 	admin_rmtree(tmp);
 	admin_rmtree(d->dir);
-	ret = admin_mkdirs(strcat(tmp, "/"));
-	tmp[strlen(tmp) - 1] = '\0';
+	ret = gw_mkdir_parents(tmp, 0755);
+	if (!ret && mkdir(tmp, 0755))
+		ret = -errno;
 	if (!ret)
 		ret = admin_write_files(files, tmp, gw->cfg->max_deploy, &d->err);
 	if (!ret && rename(tmp, d->dir))

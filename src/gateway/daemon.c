@@ -68,18 +68,26 @@ int daemon_config_defaults(struct daemon_config *cfg)
 	return 0;
 }
 
-static int daemon_mkdir_p(const char *dir)
+int gw_mkdir_parents(const char *path, mode_t mode)
 {
-	char path[PATH_MAX], *s;
+	char buf[PATH_MAX], *s;
 
-	snprintf(path, sizeof(path), "%s/", dir);
-	for (s = strchr(path + 1, '/'); s; s = strchr(s + 1, '/')) {
+	if ((size_t)snprintf(buf, sizeof(buf), "%s", path) >= sizeof(buf))
+		return -ENAMETOOLONG;
+	for (s = strchr(buf + 1, '/'); s; s = strchr(s + 1, '/')) {
 		*s = '\0';
-		if (mkdir(path, 0700) && errno != EEXIST)
+		if (mkdir(buf, mode) && errno != EEXIST)
 			return -errno;
 		*s = '/';
 	}
 	return 0;
+}
+
+static int daemon_mkdir_p(const char *dir)
+{
+	int ret = gw_mkdir_parents(dir, 0700);
+
+	return ret || !mkdir(dir, 0700) || errno == EEXIST ? ret : -errno;
 }
 
 /* The admin token: created once (0600) and kept, so CLIs keep working across restarts. */

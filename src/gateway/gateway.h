@@ -8,6 +8,7 @@
 
 #include <h2o.h>
 #include <pthread.h>
+#include <sys/types.h>
 #include <stdatomic.h>
 
 #include "common/invoke.h"
@@ -91,6 +92,8 @@ struct gw {
 extern struct gw *gw_global;
 
 uint64_t gw_now_ns(void);
+/* Creates every directory named before a '/' in path (not its last component). */
+int gw_mkdir_parents(const char *path, mode_t mode);
 
 /* functab.c */
 int gw_table_init(struct gw *gw);
