@@ -91,6 +91,18 @@ static void inv_resp_clear(struct inv_response *r)
 	memset(r, 0, sizeof(*r));
 }
 
+void inv_error_json(struct strbuf *sb, const char *kind, const char *msg,
+		    const char *request_id)
+{
+	sb_adds(sb, "{\"error\":");
+	sb_json_str(sb, kind, strlen(kind));
+	sb_adds(sb, ",\"message\":");
+	sb_json_str(sb, msg, strlen(msg));
+	sb_adds(sb, ",\"request_id\":");
+	sb_json_str(sb, request_id, strlen(request_id));
+	sb_adds(sb, "}\n");
+}
+
 void inv_fail(struct inv *inv, int status, const char *kind, const char *fmt, ...)
 {
 	struct strbuf msg = STRBUF_INIT, body = STRBUF_INIT;
@@ -101,13 +113,7 @@ void inv_fail(struct inv *inv, int status, const char *kind, const char *fmt, ..
 	sb_vprintf(&msg, fmt, ap);
 	va_end(ap);
 	inv_resp_clear(&inv->resp);
-	sb_adds(&body, "{\"error\":");
-	sb_json_str(&body, kind, strlen(kind));
-	sb_adds(&body, ",\"message\":");
-	sb_json_str(&body, msg.buf ? msg.buf : "", msg.len);
-	sb_adds(&body, ",\"request_id\":");
-	sb_json_str(&body, inv->request_id, strlen(inv->request_id));
-	sb_adds(&body, "}\n");
+	inv_error_json(&body, kind, msg.buf ? msg.buf : "", inv->request_id);
 	sb_free(&msg);
 	inv->resp.status = status;
 	inv->resp.error_kind = kind;

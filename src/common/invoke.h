@@ -105,6 +105,10 @@ void inv_resp_set_body(struct inv *inv, char *body, size_t len);
  */
 void inv_fail(struct inv *inv, int status, const char *kind, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));
+/* Appends the body of every error stoke produces:
+ * {"error":kind,"message":msg,"request_id":id} and a newline. */
+void inv_error_json(struct strbuf *sb, const char *kind, const char *msg,
+		    const char *request_id);
 /* Hands the finished invocation back to the gateway. Call exactly once, any thread. */
 void inv_done(struct inv *inv);
 /* Frees request and response memory (the gateway calls this). */

@@ -100,11 +100,7 @@ void gw_send_error(h2o_req_t *req, int status, const char *kind, const char *msg
 	gw_new_request_id(rid);
 	h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-stoke-request-id"),
 			      0, NULL, rid, 16);
-	sb_adds(&sb, "{\"error\":");
-	sb_json_str(&sb, kind, strlen(kind));
-	sb_adds(&sb, ",\"message\":");
-	sb_json_str(&sb, msg, strlen(msg));
-	sb_printf(&sb, ",\"request_id\":\"%s\"}\n", rid);
+	inv_error_json(&sb, kind, msg, rid);
 	if (sb_failed(&sb))
 		h2o_send_error_generic(req, 500, "Internal Server Error", "out of memory\n", 0);
 	else
