@@ -23,14 +23,6 @@ _Static_assert(sizeof(struct kv) == sizeof(struct iso_kv) &&
 
 enum slice_start { SLICE_CONTINUE, SLICE_CALL, SLICE_DRAIN };
 
-static uint64_t thread_cpu_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + ts.tv_nsec;
-}
-
 static uint32_t or_default(uint32_t v, uint32_t def)
 {
 	return v ? v : def;
@@ -198,7 +190,7 @@ static int call_slice(struct iso_call *c, enum slice_start start, int *status,
 		      char *err, size_t errlen)
 {
 	struct iso_vm *vm = c->tn->vm;
-	uint64_t cpu0 = thread_cpu_ns();
+	uint64_t cpu0 = c->w->cpu_mark_ns;
 	uint64_t left = c->cpu_limit_ns > c->cpu_used_ns ? c->cpu_limit_ns - c->cpu_used_ns : 0;
 	struct iso_req req;
 	int rc = ISO_PENDING;
@@ -215,7 +207,7 @@ static int call_slice(struct iso_call *c, enum slice_start start, int *status,
 		rc = iso_vm_step(vm, status, &c->wake_ns, err, errlen);
 	iso__watch_end(c->w);
 	iso_vm_set_io(vm, NULL);
-	c->cpu_used_ns += thread_cpu_ns() - cpu0;
+	c->cpu_used_ns += iso__cpu_mark(c->w) - cpu0;
 	return rc;
 }
 
@@ -407,6 +399,7 @@ static void call_start(struct iso_worker *w, struct inv *inv, struct iso_tenant 
 	if (!tn) {
 		inv->cold = 1;
 		rc = tenant_create(c, fn, &tn, err, sizeof(err));
+		iso__cpu_mark(w);	/* the platform's work, not the request's */
 	}
 	if (rc != ISO_OK) {
 		answer(c, rc, 0, err);

@@ -101,6 +101,7 @@ struct iso_worker {
 	uint64_t cpu_start_ns, wall_start_ns, cpu_limit_ns, wall_deadline_ns;
 
 	/* Worker thread only. */
+	uint64_t cpu_mark_ns;		/* its CPU clock at the last mark */
 	struct iso_vm **pool;
 	int npool;
 	struct iso_call *calls;		/* in flight, any order */
@@ -138,6 +139,7 @@ struct iso_tier {
 };
 
 /* tier.c */
+uint64_t iso__cpu_mark(struct iso_worker *w);
 void iso__watch_begin(struct iso_worker *w, struct iso_vm *vm, uint64_t cpu_limit_ns,
 		      uint64_t wall_deadline);
 void iso__watch_end(struct iso_worker *w);
