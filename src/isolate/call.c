@@ -21,7 +21,7 @@ _Static_assert(sizeof(struct kv) == sizeof(struct iso_kv) &&
 	       offsetof(struct kv, value_len) == offsetof(struct iso_kv, value_len),
 	       "struct kv and struct iso_kv differ");
 
-enum slice_start { SLICE_CONTINUE, SLICE_CALL, SLICE_DRAIN };
+enum slice_start { SLICE_CONTINUE, SLICE_CALL };
 
 static uint32_t or_default(uint32_t v, uint32_t def)
 {
@@ -200,8 +200,6 @@ static int call_slice(struct iso_call *c, enum slice_start start, int *status,
 	if (start == SLICE_CALL) {
 		fill_req(&req, c->inv, c->deadline_ns);
 		rc = iso_vm_call_start(vm, &req, err, errlen);
-	} else if (start == SLICE_DRAIN) {
-		rc = iso_vm_drain_start(vm, c->deadline_ns, err, errlen);
 	}
 	if (rc == ISO_PENDING)
 		rc = iso_vm_step(vm, status, &c->wake_ns, err, errlen);
@@ -360,12 +358,12 @@ static void call_after(struct iso_call *c, int rc, int status, const char *err)
 		return;
 	if (!c->draining) {
 		answer(c, rc, status, err);
-		if (rc != ISO_OK) {
+		if (rc != ISO_OK || !iso_vm_busy(c->tn->vm)) {
 			call_end(c, rc);
 			return;
 		}
-		c->draining = 1;
-		rc = call_slice(c, SLICE_DRAIN, &status, err2, sizeof(err2));
+		c->draining = 1;	/* answered; waitUntil work goes on */
+		rc = call_slice(c, SLICE_CONTINUE, &status, err2, sizeof(err2));
 		if (rc == ISO_PENDING)
 			return;
 		err = err2;

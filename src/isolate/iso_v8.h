@@ -99,17 +99,18 @@ int iso_vm_load(struct iso_vm *vm, const struct iso_code *code, const struct iso
  */
 int iso_vm_call_start(struct iso_vm *vm, const struct iso_req *req, char *err,
 		      size_t errlen);
-/* Starts waiting for ctx.waitUntil() work after the response; leftover timers are
- * dropped when it is done. Returns ISO_PENDING or a failure. */
-int iso_vm_drain_start(struct iso_vm *vm, uint64_t deadline, char *err, size_t errlen);
 /*
  * Runs the pending call or drain for a while: microtasks, due timers, background tasks.
  * Returns ISO_PENDING with *wake_ns (CLOCK_MONOTONIC) when it is waiting for a timer or
  * background work, ISO_OK when done (a call has emitted the response through the io
- * callbacks and set *status), or a failure.
+ * callbacks and set *status), or a failure. A call that emitted its response leaves
+ * its ctx.waitUntil() work pending (see iso_vm_busy); its leftover timers are dropped
+ * when that is done.
  */
 int iso_vm_step(struct iso_vm *vm, int *status, uint64_t *wake_ns, char *err,
 		size_t errlen);
+/* Whether work is pending: after an answered call, waitUntil work to step through. */
+int iso_vm_busy(struct iso_vm *vm);
 /* Any thread: stops running JavaScript; the call returns `why`. */
 void iso_vm_terminate(struct iso_vm *vm, enum iso_status why);
 /* Heap bytes in use (V8's used_heap_size plus external ArrayBuffer memory). */

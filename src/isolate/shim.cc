@@ -1197,19 +1197,28 @@ int iso_vm_call_start(struct iso_vm *vm, const struct iso_req *req, char *err,
 	return rc;
 }
 
-int iso_vm_drain_start(struct iso_vm *vm, uint64_t deadline, char *err, size_t errlen)
+int iso_vm_busy(struct iso_vm *vm)
+{
+	return !vm->pending.IsEmpty();
+}
+
+/*
+ * Right after the response, in the same slice: ctx.waitUntil() work becomes the pending
+ * work; with none, leftover timers are dropped at once and the call is over, so a plain
+ * request costs one slice. A failure here cannot change the answer already emitted;
+ * the next request resets the isolate (reset_request).
+ */
+static void drain_begin(iso_vm *vm, Local<Context> ctx)
 {
 	Isolate *iso = vm->isolate;
-	Isolate::Scope is(iso);
-	HandleScope hs(iso);
-	Local<Context> ctx = vm->ctx.Get(iso);
-	Context::Scope cs(ctx);
 	TryCatch tc(iso);
+	Local<Value> v;
 
-	reset_request(vm);
-	return begin(vm, ctx, tc, vm->hooks[HOOK_DRAIN].Get(iso)->Call(ctx, Undefined(iso), 0,
-								       nullptr),
-		     false, deadline, err, errlen);
+	if (vm->hooks[HOOK_DRAIN].Get(iso)->Call(ctx, Undefined(iso), 0, nullptr).ToLocal(&v) &&
+	    v->IsPromise()) {
+		vm->pending.Reset(iso, v.As<Promise>());
+		vm->pending_is_call = false;
+	}
 }
 
 /* The pending promise settled: the response of a call, or the end of waitUntil work. */
@@ -1226,6 +1235,8 @@ static int finish(iso_vm *vm, Local<Context> ctx, Local<Promise> p, int *status,
 	if (rc)
 		errf(err, errlen, "fetch() resolved to a Response with an invalid status or "
 		     "header");
+	else
+		drain_begin(vm, ctx);
 	return rc;
 }
 

@@ -38,9 +38,10 @@ function heapPop() {
 	return top;
 }
 
+/* Cheap when there is nothing to clear: it runs twice per request. */
 function clearTimers() {
-	timers.clear();
-	heap = [];
+	if (timers.size) timers.clear();
+	if (heap.length) heap = [];
 }
 
 function addTimer(fn, delay, args, repeat) {

@@ -24,7 +24,7 @@ function toWire(r) {
 /* dispatch(handler, method, url, [name, value...], bodyLength|null, env) */
 function dispatch(handler, method, url, flat, bodyLen, env) {
 	clearTimers();
-	waitList = [];
+	if (waitList.length) waitList = [];
 	let body = null;
 	if (bodyLen !== null) {
 		body = new Uint8Array(bodyLen);
@@ -34,7 +34,13 @@ function dispatch(handler, method, url, flat, bodyLen, env) {
 	return Promise.resolve(handler.fetch(req, env, new ExecutionContext())).then(toWire);
 }
 
+/* After the response: a promise for the waitUntil work, or nothing when there is none
+ * (then timers the request left behind are dropped now). */
 function drain() {
+	if (!waitList.length) {
+		clearTimers();
+		return undefined;
+	}
 	const list = waitList;
 	waitList = [];
 	return Promise.allSettled(list).then(clearTimers);
