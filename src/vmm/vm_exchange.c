@@ -88,7 +88,12 @@ static void add_field(struct strbuf *sb, const char *name, const char *val)
 	sb_json_str(sb, val ? val : "", val ? strlen(val) : 0);
 }
 
-/* Builds the request frame: header then JSON. Returns NULL on allocation failure. */
+/*
+ * Builds the request frame: header then JSON. deadline_ms is the function's own limit
+ * from now (the VMM starts the same clock when the guest reads the request), not the
+ * daemon's backstop, which adds grace and a cold start's boot time.
+ * Returns NULL on allocation failure.
+ */
 static char *request_frame(struct inv *inv, uint32_t wall_ms, size_t *len)
 {
 	struct strbuf sb = STRBUF_INIT;
@@ -103,7 +108,7 @@ static char *request_frame(struct inv *inv, uint32_t wall_ms, size_t *len)
 	add_field(&sb, "function", inv->fn->name);
 	sb_printf(&sb, ",\"version\":%lld,\"memory_limit_mb\":%u,\"deadline_ms\":%lld",
 		  (long long)inv->fn->version, inv->fn->limits.memory_mb,
-		  (long long)now.tv_sec * 1000 + now.tv_nsec / 1000000 + wall_ms);
+		  wall_ms ? (long long)now.tv_sec * 1000 + now.tv_nsec / 1000000 + wall_ms : 0);
 	add_field(&sb, "method", inv->req.method);
 	add_field(&sb, "path", inv->req.path);
 	add_field(&sb, "query", inv->req.query);
@@ -478,7 +483,7 @@ enum vm_outcome vm_proc_invoke(struct vm_proc *p, struct inv *inv, uint32_t budg
 	*status = 0;
 	p->tail_len = 0;
 	p->tail[0] = '\0';
-	x.out = request_frame(inv, budget_ms, &x.out_len);
+	x.out = request_frame(inv, p->wall_ms, &x.out_len);
 	if (!x.out)
 		return VM_FAILED;
 	r = exchange_loop(p, &x, inv, vm_now_ns() + (uint64_t)budget_ms * 1000000ULL, hooks);

@@ -201,7 +201,9 @@ static pthread_once_t clean_signals_once = PTHREAD_ONCE_INIT;
 
 /*
  * The daemon blocks or catches signals its own way; the VMM needs SIGTERM (cleanup) and
- * SIGALRM (the wall clock) as a fresh process has them.
+ * SIGALRM (the wall clock) as a fresh process has them. Each VMM leads its own process
+ * group: Ctrl-C in the daemon's terminal signals the whole foreground group, and the
+ * daemon, not the terminal, decides when a VM with a request in flight stops.
  */
 static void init_clean_signals(void)
 {
@@ -212,7 +214,9 @@ static void init_clean_signals(void)
 	posix_spawnattr_init(&clean_signals);
 	posix_spawnattr_setsigmask(&clean_signals, &none);
 	posix_spawnattr_setsigdefault(&clean_signals, &all);
-	posix_spawnattr_setflags(&clean_signals, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+	posix_spawnattr_setpgroup(&clean_signals, 0);
+	posix_spawnattr_setflags(&clean_signals, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF |
+				 POSIX_SPAWN_SETPGROUP);
 }
 
 int vm_proc_spawn(struct vm_proc *p, const struct vm_launch *l, const char *vmm_path)
@@ -224,6 +228,7 @@ int vm_proc_spawn(struct vm_proc *p, const struct vm_launch *l, const char *vmm_
 	memset(p, 0, sizeof(*p));
 	p->chan = p->out = p->err = -1;
 	p->mem_mb = l->mem_mb;
+	p->wall_ms = l->wall_ms;
 	/* Far above 2: dup2 onto an equal fd would keep close-on-exec set. */
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0 ||
 	    pipe2(po, O_CLOEXEC) < 0 || pipe2(pe, O_CLOEXEC) < 0) {

@@ -22,6 +22,7 @@ struct vm_proc {
 	unsigned served;	/* requests answered */
 	int restored;		/* started from a snapshot rather than booted */
 	uint32_t mem_mb;
+	uint32_t wall_ms;	/* the function's limit, told to the guest per request */
 	char tail[1024];	/* the last stderr bytes, for crash reports */
 	size_t tail_len;
 	char line[2][16384];	/* a partial stdout / stderr line, joined before logging */

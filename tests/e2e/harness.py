@@ -76,7 +76,8 @@ class Response:
 
 
 class Daemon:
-    def __init__(self, *args, data_dir=None, env=None):
+    def __init__(self, *args, data_dir=None, env=None, session=False):
+        self.session = session  # own process group, as a shell's foreground job has
         self.port = free_port()
         self.tmp = tempfile.TemporaryDirectory(prefix="stoke-e2e-")
         self.data_dir = data_dir or os.path.join(self.tmp.name, "data")
@@ -94,7 +95,7 @@ class Daemon:
         cmd = [STOKE, "serve", "--listen", "127.0.0.1:%d" % self.port,
                "--data-dir", self.data_dir] + self.args
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
-                                     env=self.env)
+                                     env=self.env, start_new_session=self.session)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -3,12 +3,13 @@ import http.client
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
 import time
 
-from harness import EXAMPLES, Skip, kvm_usable
+from harness import EXAMPLES, Daemon, Skip, kvm_usable
 
 ROOTFS = os.path.join(os.environ.get("STOKE_CACHE", os.path.expanduser("~/.cache/stoke")),
                       "rootfs", "python3")
@@ -258,3 +259,42 @@ def test_python_import_errors_fail_the_deploy(d):
                        {"tier": "vm", "runtime": "python3"}, expect=400)
     assert "no callable 'handler'" in r.json()["message"], r
     assert d.invoke("pysyntax").status == 404  # nothing half-deployed
+
+
+REMAINING = """
+import time
+def handler(event, context):
+    if event["path"] == "/sleep":
+        time.sleep(1.5)
+    return str(context.get_remaining_time_in_millis())
+"""
+
+
+def test_remaining_time_is_the_wall_limit(d):
+    """The guest's deadline is the function's wall_s from the request, not the daemon's
+    backstop (which adds a grace second, and a cold start's boot allowance)."""
+    need_vm()
+    d.deploy_files("pyleft", {"handler.py": REMAINING},
+                   {"tier": "vm", "runtime": "python3", "limits": {"wall_s": 3}})
+    for what in ("cold", "warm"):
+        r = d.invoke("pyleft")
+        assert r.status == 200, r
+        assert 2000 < int(r.text) <= 3000, (what, r.text)
+
+
+def test_ctrl_c_finishes_inflight_vm_request():
+    """Ctrl-C signals the terminal's whole foreground process group; the VMs must not
+    die with it while the daemon drains in-flight requests."""
+    need_vm()
+    with Daemon(session=True) as d:
+        d.deploy_files("pyctrlc", {"handler.py": REMAINING},
+                       {"tier": "vm", "runtime": "python3", "limits": {"wall_s": 10}})
+        assert d.invoke("pyctrlc").status == 200
+        results = []
+        t = threading.Thread(target=lambda: results.append(d.invoke("pyctrlc", "/sleep")))
+        t.start()
+        time.sleep(0.5)
+        os.killpg(d.proc.pid, signal.SIGINT)
+        t.join(20)
+        assert results and results[0].status == 200, results
+        assert d.proc.wait(20) == 0
