@@ -6,6 +6,7 @@
 #include "common/strbuf.h"
 
 #include <cjson/cJSON.h>
+#include <elf.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -80,6 +81,36 @@ static int check_file(const char *path, char *err, size_t errlen, const char *wh
 		return 0;
 	snprintf(err, errlen, "%s not found: %s", what, path);
 	return -ENOENT;
+}
+
+/*
+ * A prebuilt native entry must be a 64-bit x86 ELF program: anything else would deploy
+ * and then fail every request with "Exec format error".
+ */
+static int check_native(const struct fn *fn, const char *path, char *err, size_t errlen)
+{
+	unsigned char h[20];
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	ssize_t n = fd < 0 ? -1 : read(fd, h, sizeof(h));
+
+	if (fd >= 0)
+		close(fd);
+	if (n == (ssize_t)sizeof(h) && !memcmp(h, ELFMAG, SELFMAG) && h[EI_CLASS] == ELFCLASS64 &&
+	    h[EI_DATA] == ELFDATA2LSB && (h[18] | h[19] << 8) == EM_X86_64)
+		return 0;
+	snprintf(err, errlen, "%s is not an x86-64 ELF program: a native function is a "
+		 "Linux x86-64 executable or one C file (.c), compiled at deploy", fn->entry);
+	return -ENOEXEC;
+}
+
+/* native_dir holds the program compiled from a C entry; else the entry is the program. */
+static int launch_native(struct vm_launch *l, const struct fn *fn, const char *path,
+			 const char *native_dir, char *err, size_t errlen)
+{
+	int r = native_dir ? 0 : check_native(fn, path, err, errlen);
+
+	r = r ? r : add_arg(l, "--rootfs=%s", fn->dir);
+	return r || !native_dir ? r : add_arg(l, "--runtime=%s", native_dir);
 }
 
 static int launch_python(struct vm_launch *l, const struct fn *fn, const char *rootfs_dir,
@@ -157,12 +188,10 @@ int vm_launch_build(struct vm_launch *l, const struct fn *fn, const char *rootfs
 	if (!strcmp(fn->runtime, "python3"))
 		r = launch_python(l, fn, rootfs_dir, vmm_path, err, errlen);
 	else if (!strcmp(fn->runtime, "native"))
-		r = add_arg(l, "--rootfs=%s", fn->dir);
+		r = launch_native(l, fn, path, native_dir, err, errlen);
 	else
 		snprintf(err, errlen, "runtime '%s' is not served by the vm tier "
 			 "(python3, native)", fn->runtime), r = -EINVAL;
-	if (!r && native_dir)
-		r = add_arg(l, "--runtime=%s", native_dir);
 	return r ? r : add_program(l, fn, native_dir);
 }
 

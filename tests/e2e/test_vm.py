@@ -298,3 +298,14 @@ def test_ctrl_c_finishes_inflight_vm_request():
         t.join(20)
         assert results and results[0].status == 200, results
         assert d.proc.wait(20) == 0
+
+
+def test_native_entry_that_is_not_a_program_fails_the_deploy(d):
+    """A text file deployed as a native function used to deploy and then answer every
+    request with 502 'Exec format error'."""
+    need_vm()
+    r = d.deploy_files("notes", {"notes.txt": "remember the milk\n"},
+                       {"entry": "notes.txt"}, expect=400)
+    assert r.json()["field"] == "entry", r
+    assert "not an x86-64 ELF program" in r.json()["message"], r
+    assert d.invoke("notes").status == 404
