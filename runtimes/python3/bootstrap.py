@@ -162,8 +162,12 @@ def as_response(result):
 def handler_error(req, exc):
     import traceback  # only on the error path: it costs a few hundred system calls
     traceback.print_exception(exc, file=sys.stderr)
-    body = json.dumps({"error": "handler_error", "message": f"{type(exc).__name__}: {exc}",
-                       "request_id": req.get("request_id", "")})
+    # The traceback (above) is in the function's logs; the caller is not the owner and
+    # gets the exception's type only: its text can hold the function's internals.
+    message = (f"the handler raised {type(exc).__name__}; the traceback is in the "
+               f"function's logs: stoke logs {req.get('function', '')}")
+    body = json.dumps({"error": "handler_error", "message": message,
+                       "request_id": req.get("request_id", "")}) + "\n"
     return {"statusCode": 500, "headers": {"content-type": "application/json"},
             "body": body, "isBase64Encoded": False}
 

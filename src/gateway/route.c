@@ -434,11 +434,16 @@ static void gw_route_fn(struct gw_thread *t, h2o_req_t *req, const char *name, s
 		return;
 	}
 	fn = gw_fn_lookup(gw, name, len, &e);
+	if (!fn && e && e->load_error) {
+		/* The reason (a traceback, host paths) is for the function's owner. */
+		snprintf(msg, sizeof(msg), "%.*s could not be loaded when the daemon started; "
+			 "stoke show %.*s says why", (int)len, name, (int)len, name);
+		gw_send_error(req, 503, "unavailable", msg);
+		return;
+	}
 	if (!fn) {
 		snprintf(msg, sizeof(msg), "no function named %.*s", (int)len, name);
-		gw_send_error(req, e && e->load_error ? 503 : 404,
-			      e && e->load_error ? "unavailable" : "not_found",
-			      e && e->load_error ? e->load_error : msg);
+		gw_send_error(req, 404, "not_found", msg);
 		return;
 	}
 	if (gw_refused(gw, req, e, fn)) {
@@ -665,6 +670,20 @@ static void gw_meter(struct gw *gw, const struct gw_inv *gi, const char *tier)
 	meter_record(gw->meter, &rec);
 }
 
+/*
+ * An exception's text can hold the tenant's internals (paths, data, stack frames): the
+ * caller gets the kind and the request id, the function's logs (where the isolate tier
+ * writes every exception) have the text.
+ */
+static void gw_redact(struct inv *inv)
+{
+	const char *kind = inv->resp.error_kind;
+
+	if (kind && !strcmp(kind, "exception"))
+		inv_fail(inv, inv->resp.status, kind, "the function threw an exception; its "
+			 "logs have the details: stoke logs %s", inv->fn->name);
+}
+
 static void gw_finish(struct gw_inv *gi)
 {
 	struct gw *gw = gi->thread->gw;
@@ -675,6 +694,8 @@ static void gw_finish(struct gw_inv *gi)
 		inv_fail(&gi->inv, 500, "internal", "the tier returned no response");
 	else if (gi->inv.fn)
 		gw_check_response(&gi->inv);
+	if (gi->inv.fn)
+		gw_redact(&gi->inv);
 	if (gi->entry) {
 		gw_stats_record(&gi->entry->stats, gi->inv.resp.status,
 				gw_now_ns() - gi->inv.start_ns, gi->inv.cold);

@@ -270,15 +270,11 @@ static struct vm_proc *get_vm(struct tier *t, struct vm_fn *vf, struct inv *inv,
 	return p;
 }
 
-static void report_crash(struct vm_tier *vt, struct inv *inv, struct vm_proc *p, int status)
+static void report_crash(struct vm_tier *vt, struct inv *inv, int status)
 {
-	const char *last = p->tail_len ? p->tail : "";
-	const char *nl;
-	char how[64];
+	char how[64], line[128];
+	int n;
 
-	/* The last stderr line usually names the fault or the uncaught exception. */
-	while ((nl = strchr(last, '\n')) && nl[1])
-		last = nl + 1;
 	if (WIFSIGNALED(status))
 		snprintf(how, sizeof(how), "killed by signal %d", WTERMSIG(status));
 	else if (WEXITSTATUS(status) > 128 && WEXITSTATUS(status) < 125 + 65)
@@ -287,7 +283,12 @@ static void report_crash(struct vm_tier *vt, struct inv *inv, struct vm_proc *p,
 	else
 		snprintf(how, sizeof(how), "exited with status %d", WEXITSTATUS(status));
 	atomic_fetch_add(&vt->crashes, 1);
-	inv_fail(inv, 502, "crash", "the function's VM %s: %.200s", how, last);
+	/* The VM's stderr is in the function's logs already and can hold the tenant's
+	 * internals: the caller learns how the VM ended, the logs get that too. */
+	n = snprintf(line, sizeof(line), "stoke: the function's VM %s", how);
+	fnlog_write(inv->fn->name, inv->request_id, "stderr", line, (size_t)n);
+	inv_fail(inv, 502, "crash", "the function's VM %s; its output is in the function's logs "
+		 "(stoke logs %s)", how, inv->fn->name);
 }
 
 static void run_invocation(struct tier *t, struct inv *inv)
@@ -331,7 +332,7 @@ static void run_invocation(struct tier *t, struct inv *inv)
 			vf->snap.ready = 0;
 			atomic_fetch_add(&vt->restore_failures, 1);
 		}
-		report_crash(vt, inv, p, status);
+		report_crash(vt, inv, status);
 		break;
 	case VM_CANCELLED:
 		inv_fail(inv, 503, "shutting_down", "the daemon is stopping");

@@ -826,7 +826,9 @@ def test_isolate_top_level_throw_and_missing_handler(d):
         for _ in range(3):
             r = d.invoke("toplevel")
             assert r.status == 500 and r.json()["error"] == "exception", r
-            assert "at load" in r.json()["message"]
+            assert "at load" not in r.json()["message"], r  # the text is for the owner
+        lines = _logs_json(d, "toplevel", r.headers["x-stoke-request-id"], 1)
+        assert any("at load" in l["msg"] for l in lines), lines
     else:
         assert r.status == 400, r
     r = d.deploy_files("nohandler", {"index.js": "export default {};\n"}, expect=None)

@@ -124,3 +124,26 @@ def main():
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _log_text(d, name, rid, want, timeout=5):
+    """The function's log lines of request rid, joined, once `want` appears (bounded)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = d.admin("GET", "/functions/%s/logs" % name).json()["lines"]
+        text = "\n".join(l["msg"] for l in lines if l["request_id"] == rid)
+        if want in text or time.monotonic() > deadline:
+            return text
+        time.sleep(0.1)
+
+
+def test_exception_text_goes_to_logs_not_to_the_caller(d):
+    """An exception's message can hold internals (here a password): the caller gets the
+    kind and request id, `stoke logs` the text."""
+    d.deploy_files("leaky", {"index.js": "export default { fetch() { "
+                             "throw new Error('db password hunter2'); } };\n"})
+    r = d.invoke("leaky")
+    assert r.status == 500 and r.json()["error"] == "exception", r
+    assert "hunter2" not in r.text and "stoke logs leaky" in r.json()["message"], r
+    rid = r.headers["x-stoke-request-id"]
+    assert "hunter2" in _log_text(d, "leaky", rid, "hunter2")

@@ -309,3 +309,22 @@ def test_native_entry_that_is_not_a_program_fails_the_deploy(d):
     assert r.json()["field"] == "entry", r
     assert "not an x86-64 ELF program" in r.json()["message"], r
     assert d.invoke("notes").status == 404
+
+
+def test_python_exception_text_goes_to_logs_not_to_the_caller(d):
+    need_vm()
+    d.deploy_files("pyleaky", {"handler.py": "def handler(event, context):\n"
+                               "    raise ValueError('db password hunter2')\n"},
+                   {"tier": "vm", "runtime": "python3"})
+    r = d.invoke("pyleaky")
+    assert r.status == 500 and r.json()["error"] == "handler_error", r
+    assert "hunter2" not in r.text and "ValueError" in r.json()["message"], r
+    rid = r.headers["x-stoke-request-id"]
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        lines = d.admin("GET", "/functions/pyleaky/logs").json()["lines"]
+        if any("hunter2" in l["msg"] for l in lines if l["request_id"] == rid):
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the traceback is not in the function's logs: %r" % lines)
