@@ -89,6 +89,14 @@ struct gw {
 	size_t nlive;
 };
 
+/* Requests in flight besides the admin call asking (it is counted while it runs). */
+static inline uint64_t gw_inflight_others(struct gw *gw)
+{
+	uint64_t n = atomic_load(&gw->inflight);
+
+	return n ? n - 1 : 0;
+}
+
 extern struct gw *gw_global;
 
 uint64_t gw_now_ns(void);

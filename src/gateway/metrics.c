@@ -111,9 +111,10 @@ void gw_metrics_render(struct gw *gw, struct strbuf *out)
 	gw_metric_head(out, "stoke_functions", "gauge", "Functions deployed and routed.");
 	sb_printf(out, "stoke_functions %zu\n", gw->nlive);
 	pthread_rwlock_unlock(&gw->lock);
-	gw_metric_head(out, "stoke_inflight_requests", "gauge", "Requests being served.");
+	gw_metric_head(out, "stoke_inflight_requests", "gauge",
+		       "Requests being served, not counting this scrape.");
 	sb_printf(out, "stoke_inflight_requests %llu\n",
-		  (unsigned long long)atomic_load(&gw->inflight));
+		  (unsigned long long)gw_inflight_others(gw));
 	gw_metric_head(out, "stoke_process_resident_bytes", "gauge",
 		       "Resident memory of the daemon process.");
 	sb_printf(out, "stoke_process_resident_bytes %ld\n", gw_rss_bytes());

@@ -250,6 +250,7 @@ def test_metrics_prometheus(d):
     assert 'stoke_request_duration_seconds_count{function="counted",tier="isolate"} 3' in text
     assert "# TYPE stoke_request_duration_seconds histogram" in text
     assert "stoke_process_resident_bytes" in text
+    assert "\nstoke_inflight_requests 0\n" in text, "the scrape counts itself"
 
 
 def test_status(d):
