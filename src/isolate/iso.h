@@ -30,6 +30,13 @@
 #define ISO_MAPS_RESERVED 16384
 /* A bigger heap takes one more mapping per V8 page (256 KiB) beyond the first MiB. */
 #define ISO_HEAP_PAGE (256u << 10)
+/*
+ * A slice of JavaScript that has run this long while its worker has other work waiting
+ * gives the worker to another thread (see tier.c); the slice goes on, on its own thread.
+ */
+#define ISO_HANDOFF_NS (2 * 1000000u)
+/* Threads per worker: one runs the worker, the others run such long slices. */
+#define ISO_MAX_THREADS 32
 /* A tenant idle this long gets a garbage collection that gives memory back. */
 #define ISO_TRIM_IDLE_NS (1000ull * 1000000u)
 
@@ -73,6 +80,7 @@ struct iso_call {
 	struct iso_io io;
 	int draining;
 	unsigned round;			/* last round of iso__calls_run() it ran in */
+	int running;			/* in a slice, maybe on another thread */
 	uint64_t deadline_ns, wake_ns, cpu_limit_ns, cpu_used_ns;
 };
 
@@ -85,22 +93,48 @@ struct iso_msg {
 };
 
 struct iso_tier;
+struct iso_worker;
 
+/* One OS thread of a worker. */
+struct iso_thread {
+	struct iso_interrupt handoff;	/* asks the thread to give its worker away */
+	struct iso_worker *w;
+	pthread_t thread;
+	clockid_t cpu_clock;
+	/* Guarded by w->lock: JavaScript running under the watchdog. */
+	struct iso_vm *watched;
+	uint64_t cpu_start_ns, wall_start_ns, cpu_limit_ns, wall_deadline_ns;
+	unsigned slice, asked;		/* slice count; the slice a hand-off was asked in */
+	int detached;			/* gave the worker away during this slice */
+	int pumping;			/* w->pumping when it did */
+};
+
+/*
+ * A worker: a queue, a pool, tenants and calls, run by whichever of its threads holds
+ * `run`. Normally that is always the same thread.
+ */
 struct iso_worker {
 	struct iso_tier *tier;
 	int idx;
-	pthread_t thread;
-	clockid_t cpu_clock;
+	pthread_mutex_t run;
 
-	pthread_mutex_t lock;		/* guards the queue and the watch fields */
-	pthread_cond_t cond;
+	pthread_mutex_t lock;		/* guards the queue, the threads and hand-offs */
+	pthread_cond_t cond;		/* messages, stop, want_back */
+	pthread_cond_t spare_cond;	/* handoffs, stop */
 	struct iso_msg *q;
 	size_t qhead, qlen, qcap;
 	int stop;
-	struct iso_vm *watched;		/* JavaScript running under the watchdog */
-	uint64_t cpu_start_ns, wall_start_ns, cpu_limit_ns, wall_deadline_ns;
+	struct iso_thread threads[ISO_MAX_THREADS];
+	int nthreads;
+	int nspare;			/* threads waiting for a hand-off */
+	int handoffs;			/* hand-offs no thread took yet */
+	int nready;			/* threads that took one, waiting for `run` */
+	int want_back;			/* detached threads whose slice ended */
+	int ndetached;			/* threads in a slice without `run` */
+	int cleaned;
+	atomic_int ncalls;		/* calls in flight */
 
-	/* Worker thread only. */
+	/* The thread holding `run` only. */
 	struct iso_vm **pool;
 	int npool;
 	struct iso_call *calls;		/* in flight, any order */
@@ -142,7 +176,7 @@ void iso__watch_begin(struct iso_worker *w, struct iso_vm *vm, uint64_t cpu_limi
 		      uint64_t wall_deadline);
 void iso__watch_end(struct iso_worker *w);
 
-/* tenant.c: worker thread only */
+/* tenant.c: the thread holding w->run only */
 struct iso_vm *iso__pool_take(struct iso_worker *w);
 void iso__pool_refill_one(struct iso_worker *w);
 void iso__tenant_add(struct iso_worker *w, struct iso_tenant *tn);
@@ -153,7 +187,7 @@ void iso__tenant_account(struct iso_worker *w, struct iso_tenant *tn);
 int iso__tenants_trim_one(struct iso_worker *w);
 void iso__tenants_evict(struct iso_worker *w, struct iso_tenant *keep);
 
-/* call.c: worker thread only */
+/* call.c: the thread holding w->run only */
 void iso__invoke(struct iso_worker *w, struct inv *inv);
 /* Steps every call that is due; returns the earliest wake-up time of the rest
  * (UINT64_MAX if none). */
