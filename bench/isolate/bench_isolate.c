@@ -336,16 +336,19 @@ static void json_density(FILE *f, struct density d, int last)
 		d.per_tenant_kib, last ? "" : ",");
 }
 
+/* The value of a sample line "NAME VALUE" (not its "# TYPE NAME gauge" line). */
 static unsigned long metric(const char *name)
 {
 	struct strbuf m = STRBUF_INIT;
+	char line[128];
 	const char *p;
 	unsigned long v = 0;
 
 	T.ops->metrics(&T, &m);
-	p = m.buf ? strstr(m.buf, name) : NULL;
+	snprintf(line, sizeof(line), "\n%s ", name);
+	p = m.buf ? strstr(m.buf, line) : NULL;
 	if (p)
-		v = strtoul(p + strlen(name) + 1, NULL, 10);
+		v = strtoul(p + strlen(line), NULL, 10);
 	sb_free(&m);
 	return v;
 }

@@ -8,6 +8,7 @@
  * gateway's thread only queues messages; JavaScript never runs on it.
  */
 #include "isolate/iso.h"
+#include "common/log.h"
 #include "common/strbuf.h"
 
 #include <errno.h>
@@ -451,11 +452,9 @@ static uint64_t default_budget(void)
 	return pages > 0 && psize > 0 ? (uint64_t)pages * (uint64_t)psize / 2 : 1ull << 30;
 }
 
-/* Live isolates per worker that keep the process under vm.max_map_count (isolates
- * with bigger heaps count as several; see tenant.c). */
-static int max_live(int nworkers, int pool)
+static long read_max_map_count(void)
 {
-	long maps = 65530, n;
+	long maps = 65530;
 	FILE *f = fopen("/proc/sys/vm/max_map_count", "r");
 
 	if (f) {
@@ -463,8 +462,27 @@ static int max_live(int nworkers, int pool)
 			maps = 65530;
 		fclose(f);
 	}
-	n = (maps - ISO_MAPS_RESERVED) / ISO_MAPS_PER_ISOLATE / nworkers - pool;
+	return maps;
+}
+
+/* Live isolates per worker that keep the process under vm.max_map_count (isolates
+ * with bigger heaps count as several; see tenant.c). */
+static int max_live(long maps, int nworkers, int pool)
+{
+	long n = (maps - ISO_MAPS_RESERVED) / ISO_MAPS_PER_ISOLATE / nworkers - pool;
+
 	return n > 16 ? (int)n : 16;
+}
+
+/* Once at start: the operator learns why tenants beyond the cap keep cold-starting. */
+static void warn_map_count(long maps, long cap)
+{
+	if (cap >= ISO_WANT_LIVE || getenv("STOKE_ISO_MAX_LIVE"))
+		return;
+	log_warn("isolate tier: vm.max_map_count is %ld, so at most %ld isolates stay live "
+		 "(the rest are evicted and cold-start again); for %d run scripts/setup as "
+		 "root or sysctl -w vm.max_map_count=%d", maps, cap, ISO_WANT_LIVE,
+		 ISO_WANT_MAP_COUNT);
 }
 
 static void worker_init(struct iso_tier *it, int i)
@@ -492,7 +510,7 @@ static int iso_start(struct tier *t)
 {
 	struct iso_tier *it;
 	char err[1024];
-	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+	long ncpu = sysconf(_SC_NPROCESSORS_ONLN), maps;
 	int i, rc;
 
 	rc = iso_v8_init(err, sizeof(err));
@@ -508,9 +526,11 @@ static int iso_start(struct tier *t)
 	it->pool_target = env_int("STOKE_ISO_POOL", ISO_DEFAULT_POOL);
 	it->budget_per_worker = (t->memory_budget ? t->memory_budget : default_budget()) /
 				it->nworkers;
+	maps = read_max_map_count();
 	it->max_live_per_worker = env_int("STOKE_ISO_MAX_LIVE",
-					  max_live(it->nworkers, it->pool_target) *
+					  max_live(maps, it->nworkers, it->pool_target) *
 					  it->nworkers) / it->nworkers;
+	warn_map_count(maps, (long)it->max_live_per_worker * it->nworkers);
 	it->workers = calloc(it->nworkers, sizeof(*it->workers));
 	pthread_mutex_init(&it->wd_lock, NULL);
 	pthread_cond_init(&it->wd_cond, NULL);
