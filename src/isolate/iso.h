@@ -172,7 +172,8 @@ struct iso_tier {
 	atomic_int wd_sleeping;		/* the watchdog waits for a wake-up */
 
 	atomic_long live, pool_size, mem_bytes;
-	atomic_ulong cold_starts, invocations, evictions, pool_misses, trims;
+	atomic_ulong cold_starts, invocations, evictions, pool_misses, trims, handoffs;
+	atomic_long threads;
 	atomic_long trim_pending;
 	atomic_ulong kills_cpu, kills_wall, kills_memory, kills_stack, exceptions;
 };

@@ -1,11 +1,13 @@
 /*
- * The isolate tier: worker threads that own V8 isolates, a pool of blank isolates per
- * worker refilled between requests, per-function tenants kept warm in LRU order under
- * the memory budget, and a watchdog thread that enforces CPU and wall time.
+ * The isolate tier: workers that own V8 isolates, a pool of blank isolates per worker
+ * refilled between requests, per-function tenants kept warm in LRU order under the
+ * memory budget, and a watchdog thread that enforces CPU and wall time and hands a
+ * worker to another of its threads while one slice of JavaScript runs long.
  *
- * Each function version is pinned to one worker on its first request, so an isolate is
- * only ever touched by the thread that created it and no V8 Locker is needed. The
- * gateway's thread only queues messages; JavaScript never runs on it.
+ * Each function version is pinned to one worker on its first request. A worker's state
+ * is touched only by the thread holding its `run` mutex; isolates move between the
+ * worker's threads under v8::Locker (see the shim). The gateway's thread only queues
+ * messages; JavaScript never runs on it.
  */
 #include "isolate/iso.h"
 #include "common/log.h"
@@ -111,6 +113,7 @@ static int spare_ready(struct iso_worker *w)
 		return 0;
 	}
 	w->nthreads++;
+	atomic_fetch_add(&w->tier->threads, 1);
 	return 1;
 }
 
@@ -142,6 +145,7 @@ static void on_handoff(struct iso_interrupt *in)
 	pthread_mutex_unlock(&w->lock);
 	if (!go)
 		return;
+	atomic_fetch_add(&w->tier->handoffs, 1);
 	iso_v8_release(vm);
 	pthread_mutex_unlock(&w->run);
 }
@@ -607,6 +611,9 @@ static void iso_metrics(struct tier *t, struct strbuf *out)
 	iso_metric(out, "stoke_isolate_idle_trims_total", "counter",
 		   (long long)atomic_load(&it->trims));
 	iso_metric(out, "stoke_isolate_trim_pending", "gauge", atomic_load(&it->trim_pending));
+	iso_metric(out, "stoke_isolate_threads", "gauge", atomic_load(&it->threads));
+	iso_metric(out, "stoke_isolate_handoffs_total", "counter",
+		   (long long)atomic_load(&it->handoffs));
 	iso_metric(out, "stoke_isolate_exceptions_total", "counter",
 		   (long long)atomic_load(&it->exceptions));
 	sb_adds(out, "# TYPE stoke_isolate_limit_kills_total counter\n");

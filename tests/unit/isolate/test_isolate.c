@@ -1017,6 +1017,146 @@ static void test_memory_budget(void)
 	cur_tier = &T;
 }
 
+static long tier_metric(struct tier *t, const char *name)
+{
+	struct strbuf m = STRBUF_INIT;
+	char line[128];
+	const char *p;
+	long v = -1;
+
+	t->ops->metrics(t, &m);
+	snprintf(line, sizeof(line), "\n%s ", name);
+	p = m.buf ? strstr(m.buf, line) : NULL;
+	if (p)
+		v = strtol(p + strlen(line), NULL, 10);
+	sb_free(&m);
+	return v;
+}
+
+static int is_done(struct waiter *w)
+{
+	int done;
+
+	pthread_mutex_lock(&w->lock);
+	done = w->done;
+	pthread_mutex_unlock(&w->lock);
+	return done;
+}
+
+/* Polls the function logs (at most 10 s) for a line. */
+static int wait_log(const char *needle)
+{
+	int i;
+
+	for (i = 0; i < 2000 && !log_has(needle); i++)
+		usleep(5000);
+	return log_has(needle);
+}
+
+static const char spin_src[] =
+	"export default { fetch(request) {\n"
+	"  const ms = Number(new URL(request.url).searchParams.get('ms'));\n"
+	"  console.log('spinning ' + ms); const end = Date.now() + ms;\n"
+	"  while (Date.now() < end) {} return new Response('spun'); } };\n";
+
+/*
+ * On a tier with one worker, a tenant spinning for 1.5 s of CPU must not hold up a warm
+ * tenant or a cold start on that worker: they are answered while it still spins (the
+ * worker went on on another thread), and every isolate works on whichever thread
+ * serves it afterwards.
+ */
+static void test_handoff(void)
+{
+	struct tier one = { .ops = &iso_tier_ops, .nworkers = 1 };
+	struct waiter w = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0 };
+	struct fn_limits lim = { .cpu_ms = 10000, .wall_ms = 20000 };
+	struct fn *spin, *warm, *cold;
+	struct inv *s;
+
+	if (!want("handoff"))
+		return;
+	one.data_dir = tmp;
+	CHECK(one.ops->start(&one) == 0, "one-worker tier starts");
+	cur_tier = &one;
+	spin = deploy_limits("spinner", &lim, errbuf, sizeof(errbuf), "index.js", spin_src,
+			     NULL);
+	warm = deploy("warmone", "index.js", "let n = 0; export default { fetch() {\n"
+		      "  return new Response(String(++n)); } };\n");
+	cold = deploy("coldone", "index.js", "export default { fetch() {\n"
+		      "  return new Response('cold'); } };\n");
+	CHECK(spin && warm && cold, "deploy: %s", errbuf);
+	if (!spin || !warm || !cold)
+		goto out;
+	expect_body(warm, "/", "1");
+	s = call_async(spin, "GET", "/?ms=1500", NULL, NULL, NULL, &w);
+	CHECK(wait_log("spinning 1500"), "the spinner started");
+	expect_body(warm, "/", "2");
+	expect_body(cold, "/", "cold");
+	CHECK(!is_done(&w), "warm and cold tenants answered while the spinner spins");
+	CHECK(tier_metric(&one, "stoke_isolate_handoffs_total") >= 1 &&
+	      tier_metric(&one, "stoke_isolate_threads") >= 2, "handoffs %ld, threads %ld",
+	      tier_metric(&one, "stoke_isolate_handoffs_total"),
+	      tier_metric(&one, "stoke_isolate_threads"));
+	wait_done(s);
+	CHECK(s->resp.status == 200 && !strcmp(body_of(s), "spun"), "spinner: %d %s",
+	      s->resp.status, body_of(s));
+	inv_free(s);
+	/* Each isolate again, now that they have moved between threads. */
+	expect_body(warm, "/", "3");
+	expect_body(spin, "/?ms=1", "spun");
+	expect_body(cold, "/", "cold");
+out:
+	if (spin)
+		fn_unref(spin);
+	if (warm)
+		fn_unref(warm);
+	if (cold)
+		fn_unref(cold);
+	one.ops->stop(&one);
+	cur_tier = &T;
+}
+
+/* stop() while a handed-off slice still spins: it is cut short and answered. */
+static void test_handoff_stop(void)
+{
+	struct tier one = { .ops = &iso_tier_ops, .nworkers = 1 };
+	struct waiter w = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0 };
+	struct fn_limits lim = { .cpu_ms = 20000, .wall_ms = 20000 };
+	struct fn *spin, *warm;
+	struct inv *s;
+	uint64_t t0;
+
+	if (!want("handoff"))
+		return;
+	one.data_dir = tmp;
+	CHECK(one.ops->start(&one) == 0, "one-worker tier starts");
+	cur_tier = &one;
+	spin = deploy_limits("spinstop", &lim, errbuf, sizeof(errbuf), "index.js", spin_src,
+			     NULL);
+	warm = deploy("warmstop", "index.js", "export default { fetch() {\n"
+		      "  return new Response('w'); } };\n");
+	CHECK(spin && warm, "deploy: %s", errbuf);
+	if (spin && warm) {
+		s = call_async(spin, "GET", "/?ms=15000", NULL, NULL, NULL, &w);
+		CHECK(wait_log("spinning 15000"), "the spinner started");
+		expect_body(warm, "/", "w");
+		t0 = mono_ms();
+		one.ops->stop(&one);
+		wait_done(s);
+		CHECK((s->resp.status == 503 || s->resp.status == 504) && mono_ms() - t0 < 5000,
+		      "spinning at stop: %d after %llu ms", s->resp.status,
+		      (unsigned long long)(mono_ms() - t0));
+		inv_free(s);
+	} else {
+		one.ops->stop(&one);
+	}
+	if (spin)
+		fn_unref(spin);
+	if (warm)
+		fn_unref(warm);
+	cur_tier = &T;
+}
+
 static void test_metrics(void)
 {
 	struct strbuf m = STRBUF_INIT;
@@ -1108,6 +1248,8 @@ int main(int argc, char **argv)
 	test_retire();
 	test_live_cap();
 	test_memory_budget();
+	test_handoff();
+	test_handoff_stop();
 	test_metrics();
 	stop_with_request_in_flight();
 	remove_tree(tmp);
