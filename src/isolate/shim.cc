@@ -449,7 +449,7 @@ static int run_runtime(Isolate *iso, Local<Context> ctx, Local<Array> *hooks,
 static const char iso_warmup_js[] =
 	"({ async fetch(req, env, ctx) {\n"
 	"  const u = new URL(req.url); u.searchParams.get('q');\n"
-	"  req.headers.get('host'); await req.text(); console.log;\n"
+	"  req.headers.get('host'); req.method; await req.text(); console.log;\n"
 	"  ctx.waitUntil(Promise.resolve());\n"
 	"  if (u.pathname === '/json') return Response.json({ a: 1 }, { status: 201 });\n"
 	"  return new Response('hi ' + u.pathname, { headers: { 'x-a': 'b' } });\n"
