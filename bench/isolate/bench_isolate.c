@@ -3,6 +3,8 @@
  *
  *   cold start   request in -> response out for a deployed function's first request
  *                (pooled isolate, context from the snapshot, modules from the code cache)
+ *   cold again   a later cold start of a function that has served before (its code
+ *                caches were remade after its first request)
  *   warm         the next requests to the same tenant
  *   bundle       cold start of a ~70 KB bundle
  *   density      RSS per live idle tenant with 1,000 and 10,000 tenants
@@ -209,6 +211,33 @@ static struct dist bench_cold(const char *src, int n, struct fn *hot)
 	return d;
 }
 
+/*
+ * A later cold start of a function that has served before (a new instance, or one
+ * evicted and started again): its code caches were remade after its first request.
+ * Retiring the function drops its instance, and the next request starts a fresh one.
+ */
+static struct dist bench_cold_again(const char *src, int n)
+{
+	double *v = calloc(n, sizeof(*v));
+	struct fn *fn;
+	struct dist d;
+	int i, cold;
+
+	for (i = 0; i < n; i++) {
+		fn = deploy(src);
+		request(fn, NULL);
+		T.ops->retire(&T, fn);
+		let_pool_refill(NULL);
+		v[i] = request(fn, &cold);
+		if (!cold || v[i] < 0)
+			fprintf(stderr, "sample %d was not a good cold start\n", i);
+		fn_unref(fn);
+	}
+	d = summarize(v, n);
+	free(v);
+	return d;
+}
+
 static struct dist bench_warm(int n)
 {
 	double *v = calloc(n, sizeof(*v));
@@ -355,7 +384,7 @@ static unsigned long metric(const char *name)
 
 /* Everything one run measures. */
 struct results {
-	struct dist cold, cold_busy, warm, bundle;
+	struct dist cold, cold_busy, cold_again, warm, bundle;
 	struct density d1, d2;
 	double rss0, churn_rss[CHURN_STEPS];
 	unsigned long misses, live_max;
@@ -373,6 +402,7 @@ static void print_table(const struct results *r)
 	       "p50 ms", "p99 ms", "max ms", "target");
 	print_dist("cold start, small fn, idle host", r->cold, "p50 <= 0.4, p99 <= 1.1");
 	print_dist("cold start, small fn, busy host", r->cold_busy, "p50 <= 0.4, p99 <= 1.1");
+	print_dist("cold start again, small fn, idle host", r->cold_again, "");
 	print_dist("cold start, 70 KB bundle, idle host", r->bundle, "");
 	print_dist("warm request", r->warm, "");
 	printf("pool misses during cold starts: %lu of %d\n\n", r->misses, 2 * r->n + 20);
@@ -401,6 +431,7 @@ static int write_json(const char *path, const struct results *r)
 	fprintf(f, "{\n  \"tier\": \"isolate\",\n  \"workers\": 1,\n  \"latency\": {\n");
 	json_dist(f, "cold_start_small_idle_host", r->cold, 0);
 	json_dist(f, "cold_start_small_busy_host", r->cold_busy, 0);
+	json_dist(f, "cold_start_again_small_idle_host", r->cold_again, 0);
 	json_dist(f, "cold_start_bundle_70k", r->bundle, 0);
 	json_dist(f, "warm", r->warm, 1);
 	fprintf(f, "  },\n  \"pool_misses\": %lu,\n  \"bundle_bytes\": %zu,\n", r->misses,
@@ -429,6 +460,7 @@ static void run_latency(struct results *r)
 	T.ops->retire(&T, hot);
 	fn_unref(hot);
 	r->misses = metric("stoke_isolate_pool_misses_total");
+	r->cold_again = bench_cold_again(small_src, r->n);
 	r->warm = bench_warm(r->n);
 	big = bundle_src();
 	r->bundle_bytes = strlen(big);

@@ -54,6 +54,7 @@ struct iso_fn {
 	struct iso_tenant *instances;	/* live instances, linked by `sibling` */
 	int ninstances;
 	int retired;			/* drop instances as soon as they are idle */
+	int code_refreshed;		/* caches remade after a first request */
 	struct inv **waiting;		/* requests waiting for an instance (FIFO) */
 	size_t nwaiting, waitcap;
 };

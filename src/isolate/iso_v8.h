@@ -6,7 +6,8 @@
  * thread at a time; it may move to another thread once the thread that used it last
  * has called iso_v8_release() (the caller keeps two threads from using it at once).
  * The only calls allowed while another thread uses it are iso_vm_terminate() and
- * iso_vm_interrupt(). An iso_code is immutable once compiled and shared by all threads.
+ * iso_vm_interrupt(). An iso_code is shared by all threads; it changes only in
+ * iso_vm_code_refresh(), which the caller keeps from running alongside loads of it.
  */
 #ifndef STOKE_ISO_V8_H
 #define STOKE_ISO_V8_H
@@ -125,6 +126,12 @@ void iso_vm_terminate(struct iso_vm *vm, enum iso_status why);
 void iso_vm_interrupt(struct iso_vm *vm, struct iso_interrupt *in);
 /* Lets other threads use every vm this thread used, except `keep` (may be NULL). */
 void iso_v8_release(struct iso_vm *keep);
+/*
+ * After a successful request: replaces code's caches with ones made from the vm's
+ * modules, which now hold the functions that request compiled. Only for the vm's own
+ * code, and only while no other thread loads from it. Returns the bytes the caches grew.
+ */
+long iso_vm_code_refresh(struct iso_vm *vm, struct iso_code *code);
 /* Heap bytes in use (V8's used_heap_size plus external ArrayBuffer memory). */
 size_t iso_vm_memory(struct iso_vm *vm);
 /* A full garbage collection that shrinks an idle isolate's heap (about a millisecond). */

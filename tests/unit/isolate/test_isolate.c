@@ -8,6 +8,7 @@
 #include "common/fnlog.h"
 #include "common/invoke.h"
 #include "common/strbuf.h"
+#include "isolate/iso_v8.h"
 
 #include <errno.h>
 #include <ftw.h>
@@ -1157,6 +1158,74 @@ static void test_handoff_stop(void)
 	cur_tier = &T;
 }
 
+static int shim_header(void *opaque, const char *n, size_t nl, const char *v, size_t vl)
+{
+	return 0;
+}
+
+static void shim_body(void *opaque, char *body, size_t len)
+{
+	snprintf(opaque, 64, "%.*s", (int)len, body);
+	free(body);
+}
+
+/* Loads code into a fresh vm and runs one GET; the body goes to out (64 bytes). */
+static struct iso_vm *shim_run(struct iso_code *code, char *out)
+{
+	struct iso_io io = { .opaque = out, .add_header = shim_header, .set_body = shim_body };
+	struct iso_kv host = { "host", "fn.test", 4, 7 };
+	uint64_t deadline = iso_v8_now_ns() + 10000000000ull, wake;
+	struct iso_req req = { "GET", "http://fn.test/a/b", &host, 1, NULL, 0, deadline };
+	struct iso_vm *vm = iso_vm_new();
+	int rc, status = 0;
+
+	out[0] = '\0';
+	iso_vm_set_io(vm, &io);
+	rc = iso_vm_load(vm, code, NULL, 0, deadline, errbuf, sizeof(errbuf));
+	if (rc == ISO_OK)
+		rc = iso_vm_call_start(vm, &req, errbuf, sizeof(errbuf));
+	while (rc == ISO_PENDING)
+		rc = iso_vm_step(vm, &status, &wake, errbuf, sizeof(errbuf));
+	CHECK(rc == ISO_OK && status == 200, "shim call: rc %d status %d %s", rc, status,
+	      errbuf);
+	return vm;
+}
+
+/* After a first request the caches are remade with the functions it compiled, and a
+ * fresh isolate loads from them and answers the same. */
+static void test_code_refresh(void)
+{
+	static const char entry[] = "import { greet } from './lib.js';\n"
+		"export default { fetch(r) {\n"
+		"  return new Response(greet(new URL(r.url).pathname)); } };\n";
+	static const char lib[] = "export function greet(p) { return 'hi ' + p; }\n";
+	char dir[512], a[64], b[64];
+	struct iso_code *code = NULL;
+	struct iso_vm *vm;
+	size_t before;
+	long grew;
+
+	if (!want("refresh"))
+		return;
+	snprintf(dir, sizeof(dir), "%s/refresh", tmp);
+	mkdir(dir, 0755);
+	write_file(dir, "index.js", entry, strlen(entry));
+	write_file(dir, "lib.js", lib, strlen(lib));
+	CHECK(iso_code_compile(dir, "index.js", &code, errbuf, sizeof(errbuf)) == 0,
+	      "compile: %s", errbuf);
+	if (!code)
+		return;
+	before = iso_code_size(code);
+	vm = shim_run(code, a);
+	grew = iso_vm_code_refresh(vm, code);
+	CHECK(grew > 0 && iso_code_size(code) == before + (size_t)grew,
+	      "caches grew by %ld bytes", grew);
+	iso_vm_free(vm);
+	iso_vm_free(shim_run(code, b));
+	CHECK(!strcmp(a, "hi /a/b") && !strcmp(b, a), "before '%s', after '%s'", a, b);
+	iso_code_free(code);
+}
+
 static void test_metrics(void)
 {
 	struct strbuf m = STRBUF_INIT;
@@ -1250,6 +1319,7 @@ int main(int argc, char **argv)
 	test_memory_budget();
 	test_handoff();
 	test_handoff_stop();
+	test_code_refresh();
 	test_metrics();
 	stop_with_request_in_flight();
 	remove_tree(tmp);
