@@ -190,7 +190,13 @@ static const char small_src[] =
 	"  const url = new URL(request.url);\n"
 	"  return new Response(`Hello from ${request.method} ${url.pathname}`);\n} };\n";
 
-static struct dist bench_cold(const char *src, int n, struct fn *hot)
+/*
+ * Cold starts, each of a function deployed for it. With `again`, of a function that
+ * has served once before (as a new instance, or one evicted and started again, gets):
+ * its code caches were remade after its first request, and retiring it drops its
+ * instance, so the next request starts a fresh one.
+ */
+static struct dist bench_cold(const char *src, int n, struct fn *hot, int again)
 {
 	double *v = calloc(n, sizeof(*v));
 	struct fn *fn;
@@ -199,38 +205,15 @@ static struct dist bench_cold(const char *src, int n, struct fn *hot)
 
 	for (i = 0; i < n; i++) {
 		fn = deploy(src);
+		if (again) {
+			request(fn, NULL);
+			T.ops->retire(&T, fn);
+		}
 		let_pool_refill(hot);
 		v[i] = request(fn, &cold);
 		if (!cold || v[i] < 0)
 			fprintf(stderr, "sample %d was not a good cold start\n", i);
 		T.ops->retire(&T, fn);
-		fn_unref(fn);
-	}
-	d = summarize(v, n);
-	free(v);
-	return d;
-}
-
-/*
- * A later cold start of a function that has served before (a new instance, or one
- * evicted and started again): its code caches were remade after its first request.
- * Retiring the function drops its instance, and the next request starts a fresh one.
- */
-static struct dist bench_cold_again(const char *src, int n)
-{
-	double *v = calloc(n, sizeof(*v));
-	struct fn *fn;
-	struct dist d;
-	int i, cold;
-
-	for (i = 0; i < n; i++) {
-		fn = deploy(src);
-		request(fn, NULL);
-		T.ops->retire(&T, fn);
-		let_pool_refill(NULL);
-		v[i] = request(fn, &cold);
-		if (!cold || v[i] < 0)
-			fprintf(stderr, "sample %d was not a good cold start\n", i);
 		fn_unref(fn);
 	}
 	d = summarize(v, n);
@@ -453,18 +436,18 @@ static void run_latency(struct results *r)
 	struct fn *hot;
 	char *big;
 
-	bench_cold(small_src, 20, NULL);
-	r->cold = bench_cold(small_src, r->n, NULL);
+	bench_cold(small_src, 20, NULL, 0);
+	r->cold = bench_cold(small_src, r->n, NULL, 0);
 	hot = deploy(small_src);
-	r->cold_busy = bench_cold(small_src, r->n, hot);
+	r->cold_busy = bench_cold(small_src, r->n, hot, 0);
 	T.ops->retire(&T, hot);
 	fn_unref(hot);
 	r->misses = metric("stoke_isolate_pool_misses_total");
-	r->cold_again = bench_cold_again(small_src, r->n);
+	r->cold_again = bench_cold(small_src, r->n, NULL, 1);
 	r->warm = bench_warm(r->n);
 	big = bundle_src();
 	r->bundle_bytes = strlen(big);
-	r->bundle = bench_cold(big, r->n / 4 > 100 ? r->n / 4 : 100, NULL);
+	r->bundle = bench_cold(big, r->n / 4 > 100 ? r->n / 4 : 100, NULL, 0);
 	free(big);
 }
 

@@ -923,21 +923,11 @@ static void test_retire(void)
 	fn_unref(fn);
 }
 
+static long tier_metric(struct tier *t, const char *name);
+
 static long metric_value(const char *name)
 {
-	struct strbuf m = STRBUF_INIT;
-	const char *p;
-	long v = -1;
-
-	T.ops->metrics(&T, &m);
-	/* The sample line, not the "# TYPE name ..." line before it. */
-	for (p = m.buf; p && (p = strstr(p, name)); p += strlen(name))
-		if ((p == m.buf || p[-1] == '\n') && p[strlen(name)] == ' ')
-			break;
-	if (p)
-		v = strtol(p + strlen(name) + 1, NULL, 10);
-	sb_free(&m);
-	return v;
+	return tier_metric(&T, name);
 }
 
 /* main() caps live isolates at 40: more tenants evict the least recently used. */
@@ -1054,6 +1044,18 @@ static int wait_log(const char *needle)
 	return log_has(needle);
 }
 
+/* Starts a second tier with one worker and sends call_async() there. */
+static int start_one_worker(struct tier *one)
+{
+	*one = (struct tier){ .ops = &iso_tier_ops, .nworkers = 1, .data_dir = tmp };
+	if (one->ops->start(one)) {
+		CHECK(0, "one-worker tier starts");
+		return -1;
+	}
+	cur_tier = one;
+	return 0;
+}
+
 static const char spin_src[] =
 	"export default { fetch(request) {\n"
 	"  const ms = Number(new URL(request.url).searchParams.get('ms'));\n"
@@ -1068,17 +1070,14 @@ static const char spin_src[] =
  */
 static void test_handoff(void)
 {
-	struct tier one = { .ops = &iso_tier_ops, .nworkers = 1 };
+	struct tier one;
 	struct waiter w = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0 };
 	struct fn_limits lim = { .cpu_ms = 10000, .wall_ms = 20000 };
 	struct fn *spin, *warm, *cold;
 	struct inv *s;
 
-	if (!want("handoff"))
+	if (!want("handoff") || start_one_worker(&one))
 		return;
-	one.data_dir = tmp;
-	CHECK(one.ops->start(&one) == 0, "one-worker tier starts");
-	cur_tier = &one;
 	spin = deploy_limits("spinner", &lim, errbuf, sizeof(errbuf), "index.js", spin_src,
 			     NULL);
 	warm = deploy("warmone", "index.js", "let n = 0; export default { fetch() {\n"
@@ -1120,18 +1119,15 @@ out:
 /* stop() while a handed-off slice still spins: it is cut short and answered. */
 static void test_handoff_stop(void)
 {
-	struct tier one = { .ops = &iso_tier_ops, .nworkers = 1 };
+	struct tier one;
 	struct waiter w = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0 };
 	struct fn_limits lim = { .cpu_ms = 20000, .wall_ms = 20000 };
 	struct fn *spin, *warm;
 	struct inv *s;
 	uint64_t t0;
 
-	if (!want("handoff"))
+	if (!want("handoff") || start_one_worker(&one))
 		return;
-	one.data_dir = tmp;
-	CHECK(one.ops->start(&one) == 0, "one-worker tier starts");
-	cur_tier = &one;
 	spin = deploy_limits("spinstop", &lim, errbuf, sizeof(errbuf), "index.js", spin_src,
 			     NULL);
 	warm = deploy("warmstop", "index.js", "export default { fetch() {\n"
