@@ -1222,6 +1222,43 @@ static void test_code_refresh(void)
 	iso_code_free(code);
 }
 
+/* Long modules: an ASCII one is shared by the isolates as an external string (its
+ * functions' source text still reads back), a non-ASCII one is copied. */
+static void test_long_sources(void)
+{
+	static const char *const tails[] = { "'long ok'", "'long \u00e9 ok'" };
+	const char *const want_body[] = { "function f() { return 'long ok'; }",
+					  "function f() { return 'long \u00e9 ok'; }" };
+	struct strbuf src = STRBUF_INIT;
+	struct fn *fn;
+	struct inv *inv;
+	int i, k;
+
+	if (!want("longsource"))
+		return;
+	for (k = 0; k < 2; k++) {
+		sb_adds(&src, "/*");
+		for (i = 0; i < 40; i++)
+			sb_adds(&src, " padding to make the module longer than one KiB.\n");
+		sb_printf(&src, "*/\nfunction f() { return %s; }\n"
+			  "export default { fetch() { return new Response(f.toString()); } };\n",
+			  tails[k]);
+		fn = deploy(k ? "longsrc2" : "longsrc1", "index.js", src.buf);
+		CHECK(fn, "deploy: %s", errbuf);
+		if (!fn)
+			return;
+		expect_body(fn, "/", want_body[k]);
+		T.ops->retire(&T, fn);
+		/* A second isolate over the same source. */
+		inv = call(fn, "GET", "/", NULL);
+		CHECK(inv->cold && !strcmp(body_of(inv), want_body[k]), "again: %s",
+		      body_of(inv));
+		inv_free(inv);
+		fn_unref(fn);
+		sb_free(&src);
+	}
+}
+
 static void test_metrics(void)
 {
 	struct strbuf m = STRBUF_INIT;
@@ -1316,6 +1353,7 @@ int main(int argc, char **argv)
 	test_handoff();
 	test_handoff_stop();
 	test_code_refresh();
+	test_long_sources();
 	test_metrics();
 	stop_with_request_in_flight();
 	remove_tree(tmp);
