@@ -190,12 +190,13 @@ static int call_slice(struct iso_call *c, enum slice_start start, int *status,
 		      char *err, size_t errlen)
 {
 	struct iso_vm *vm = c->tn->vm;
-	uint64_t cpu0 = c->w->cpu_mark_ns;
+	uint64_t cpu0 = iso__cpu_marked();
 	uint64_t left = c->cpu_limit_ns > c->cpu_used_ns ? c->cpu_limit_ns - c->cpu_used_ns : 0;
 	struct iso_req req;
 	int rc = ISO_PENDING;
 
 	iso_vm_set_io(vm, &c->io);
+	c->running = 1;
 	iso__watch_begin(c->w, vm, left, c->deadline_ns);
 	if (start == SLICE_CALL) {
 		fill_req(&req, c->inv, c->deadline_ns);
@@ -204,8 +205,9 @@ static int call_slice(struct iso_call *c, enum slice_start start, int *status,
 	if (rc == ISO_PENDING)
 		rc = iso_vm_step(vm, status, &c->wake_ns, err, errlen);
 	iso__watch_end(c->w);
+	c->running = 0;
 	iso_vm_set_io(vm, NULL);
-	c->cpu_used_ns += iso__cpu_mark(c->w) - cpu0;
+	c->cpu_used_ns += iso__cpu_mark() - cpu0;
 	return rc;
 }
 
@@ -215,6 +217,7 @@ static void list_add(struct iso_worker *w, struct iso_call *c)
 {
 	c->next = w->calls;
 	w->calls = c;
+	atomic_fetch_add(&w->ncalls, 1);
 }
 
 static void list_remove(struct iso_worker *w, struct iso_call *c)
@@ -224,6 +227,7 @@ static void list_remove(struct iso_worker *w, struct iso_call *c)
 	for (p = &w->calls; *p; p = &(*p)->next) {
 		if (*p == c) {
 			*p = c->next;
+			atomic_fetch_sub(&w->ncalls, 1);
 			return;
 		}
 	}
@@ -397,7 +401,7 @@ static void call_start(struct iso_worker *w, struct inv *inv, struct iso_tenant 
 	if (!tn) {
 		inv->cold = 1;
 		rc = tenant_create(c, fn, &tn, err, sizeof(err));
-		iso__cpu_mark(w);	/* the platform's work, not the request's */
+		iso__cpu_mark();	/* the platform's work, not the request's */
 	}
 	if (rc != ISO_OK) {
 		answer(c, rc, 0, err);
@@ -455,11 +459,12 @@ uint64_t iso__calls_run(struct iso_worker *w)
 	int rc, status;
 
 	/* Each call gets at most one slice per round, so the queue is looked at again
-	 * soon even when a call keeps being due. */
+	 * soon even when a call keeps being due. A running call is in a slice on a
+	 * thread the worker was handed away from. */
 	for (;;) {
 		now = iso_v8_now_ns();
 		for (c = w->calls; c; c = c->next)
-			if (c->round != round && c->wake_ns <= now)
+			if (!c->running && c->round != round && c->wake_ns <= now)
 				break;
 		if (!c)
 			break;
@@ -470,7 +475,8 @@ uint64_t iso__calls_run(struct iso_worker *w)
 		call_after(c, rc, status, err);
 	}
 	for (c = w->calls; c; c = c->next)
-		wake = c->wake_ns < wake ? c->wake_ns : wake;
+		if (!c->running)
+			wake = c->wake_ns < wake ? c->wake_ns : wake;
 	return wake;
 }
 

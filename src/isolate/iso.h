@@ -22,14 +22,27 @@
 /* Instances (isolates) one function version may have at once when limits say 0. */
 #define ISO_DEFAULT_MAX_INSTANCES 16
 /*
- * Each isolate costs about 10 memory mappings (measured: heap pages and their guards),
- * and V8 aborts the process when mmap fails, so live isolates are capped to stay under
- * vm.max_map_count with room left for the rest of the daemon.
+ * Each idle isolate holds 7 memory mappings (measured: two old-space pages, one
+ * new-space page, the new large-object space, a code page and its guard, one more
+ * small area), one per page beyond that as its heap grows. V8 aborts the process when
+ * mmap fails, so live isolates are capped to stay under vm.max_map_count with room left
+ * for the rest of the daemon.
  */
-#define ISO_MAPS_PER_ISOLATE 11
+#define ISO_MAPS_PER_ISOLATE 8
 #define ISO_MAPS_RESERVED 16384
+/* Live tenants a host should hold, and the vm.max_map_count that allows it (the value
+ * scripts/setup sets; Elasticsearch asks operators for the same). */
+#define ISO_WANT_LIVE 10000
+#define ISO_WANT_MAP_COUNT 262144
 /* A bigger heap takes one more mapping per V8 page (256 KiB) beyond the first MiB. */
 #define ISO_HEAP_PAGE (256u << 10)
+/*
+ * A slice of JavaScript that has run this long while its worker has other work waiting
+ * gives the worker to another thread (see tier.c); the slice goes on, on its own thread.
+ */
+#define ISO_HANDOFF_NS (2 * 1000000u)
+/* Threads per worker: one runs the worker, the others run such long slices. */
+#define ISO_MAX_THREADS 32
 /* A tenant idle this long gets a garbage collection that gives memory back. */
 #define ISO_TRIM_IDLE_NS (1000ull * 1000000u)
 
@@ -41,6 +54,7 @@ struct iso_fn {
 	struct iso_tenant *instances;	/* live instances, linked by `sibling` */
 	int ninstances;
 	int retired;			/* drop instances as soon as they are idle */
+	int code_refreshed;		/* caches remade after a first request */
 	struct inv **waiting;		/* requests waiting for an instance (FIFO) */
 	size_t nwaiting, waitcap;
 };
@@ -73,6 +87,7 @@ struct iso_call {
 	struct iso_io io;
 	int draining;
 	unsigned round;			/* last round of iso__calls_run() it ran in */
+	int running;			/* in a slice, maybe on another thread */
 	uint64_t deadline_ns, wake_ns, cpu_limit_ns, cpu_used_ns;
 };
 
@@ -85,23 +100,49 @@ struct iso_msg {
 };
 
 struct iso_tier;
+struct iso_worker;
 
+/* One OS thread of a worker. */
+struct iso_thread {
+	struct iso_interrupt handoff;	/* asks the thread to give its worker away */
+	struct iso_worker *w;
+	pthread_t thread;
+	clockid_t cpu_clock;
+	uint64_t cpu_mark_ns;		/* its CPU clock at its last mark (iso__cpu_mark) */
+	/* Guarded by w->lock: JavaScript running under the watchdog. */
+	struct iso_vm *watched;
+	uint64_t cpu_start_ns, wall_start_ns, cpu_limit_ns, wall_deadline_ns;
+	unsigned slice, asked;		/* slice count; the slice a hand-off was asked in */
+	int detached;			/* gave the worker away during this slice */
+	int pumping;			/* w->pumping when it did */
+};
+
+/*
+ * A worker: a queue, a pool, tenants and calls, run by whichever of its threads holds
+ * `run`. Normally that is always the same thread.
+ */
 struct iso_worker {
 	struct iso_tier *tier;
 	int idx;
-	pthread_t thread;
-	clockid_t cpu_clock;
+	pthread_mutex_t run;
 
-	pthread_mutex_t lock;		/* guards the queue and the watch fields */
-	pthread_cond_t cond;
+	pthread_mutex_t lock;		/* guards the queue, the threads and hand-offs */
+	pthread_cond_t cond;		/* messages, stop, want_back */
+	pthread_cond_t spare_cond;	/* handoffs, stop */
 	struct iso_msg *q;
 	size_t qhead, qlen, qcap;
 	int stop;
-	struct iso_vm *watched;		/* JavaScript running under the watchdog */
-	uint64_t cpu_start_ns, wall_start_ns, cpu_limit_ns, wall_deadline_ns;
+	struct iso_thread threads[ISO_MAX_THREADS];
+	int nthreads;
+	int nspare;			/* threads waiting for a hand-off */
+	int handoffs;			/* hand-offs no thread took yet */
+	int nready;			/* threads that took one, waiting for `run` */
+	int want_back;			/* detached threads whose slice ended */
+	int ndetached;			/* threads in a slice without `run` */
+	int cleaned;
+	atomic_int ncalls;		/* calls in flight */
 
-	/* Worker thread only. */
-	uint64_t cpu_mark_ns;		/* its CPU clock at the last mark */
+	/* The thread holding `run` only. */
 	struct iso_vm **pool;
 	int npool;
 	struct iso_call *calls;		/* in flight, any order */
@@ -133,18 +174,20 @@ struct iso_tier {
 	atomic_int wd_sleeping;		/* the watchdog waits for a wake-up */
 
 	atomic_long live, pool_size, mem_bytes;
-	atomic_ulong cold_starts, invocations, evictions, pool_misses, trims;
+	atomic_ulong cold_starts, invocations, evictions, pool_misses, trims, handoffs;
+	atomic_long threads;
 	atomic_long trim_pending;
 	atomic_ulong kills_cpu, kills_wall, kills_memory, kills_stack, exceptions;
 };
 
 /* tier.c */
-uint64_t iso__cpu_mark(struct iso_worker *w);
+uint64_t iso__cpu_mark(void);
+uint64_t iso__cpu_marked(void);
 void iso__watch_begin(struct iso_worker *w, struct iso_vm *vm, uint64_t cpu_limit_ns,
 		      uint64_t wall_deadline);
 void iso__watch_end(struct iso_worker *w);
 
-/* tenant.c: worker thread only */
+/* tenant.c: the thread holding w->run only */
 struct iso_vm *iso__pool_take(struct iso_worker *w);
 void iso__pool_refill_one(struct iso_worker *w);
 void iso__tenant_add(struct iso_worker *w, struct iso_tenant *tn);
@@ -155,7 +198,7 @@ void iso__tenant_account(struct iso_worker *w, struct iso_tenant *tn);
 int iso__tenants_trim_one(struct iso_worker *w);
 void iso__tenants_evict(struct iso_worker *w, struct iso_tenant *keep);
 
-/* call.c: worker thread only */
+/* call.c: the thread holding w->run only */
 void iso__invoke(struct iso_worker *w, struct inv *inv);
 /* Steps every call that is due; returns the earliest wake-up time of the rest
  * (UINT64_MAX if none). */

@@ -2,9 +2,12 @@
  * The C face of the V8 shim (shim.cc, the only C++ in stoke). Everything else in the
  * isolate tier is C and sees V8 only through these calls.
  *
- * Threading: iso_v8_init() once per process. An iso_vm (one V8 isolate) is created,
- * used and freed by one thread only; the only call allowed from another thread is
- * iso_vm_terminate(). An iso_code is immutable once compiled and shared by all threads.
+ * Threading: iso_v8_init() once per process. An iso_vm (one V8 isolate) is used by one
+ * thread at a time; it may move to another thread once the thread that used it last
+ * has called iso_v8_release() (the caller keeps two threads from using it at once).
+ * The only calls allowed while another thread uses it are iso_vm_terminate() and
+ * iso_vm_interrupt(). An iso_code is shared by all threads; it changes only in
+ * iso_vm_code_refresh(), which the caller keeps from running alongside loads of it.
  */
 #ifndef STOKE_ISO_V8_H
 #define STOKE_ISO_V8_H
@@ -61,6 +64,12 @@ struct iso_req {
 struct iso_code;
 struct iso_vm;
 
+/* Work to run on the thread executing a vm's JavaScript, at its next interrupt check;
+ * embed it in the caller's own structure. */
+struct iso_interrupt {
+	void (*fn)(struct iso_interrupt *in);
+};
+
 /* Starts V8 and builds the startup snapshot holding the Web API runtime. 0 or -errno. */
 int iso_v8_init(char *err, size_t errlen);
 /* The runtime snapshot's size in bytes (for metrics). */
@@ -113,6 +122,17 @@ int iso_vm_step(struct iso_vm *vm, int *status, uint64_t *wake_ns, char *err,
 int iso_vm_busy(struct iso_vm *vm);
 /* Any thread: stops running JavaScript; the call returns `why`. */
 void iso_vm_terminate(struct iso_vm *vm, enum iso_status why);
+/* Any thread: runs in->fn on the thread running vm's JavaScript, soon, or whenever the
+ * vm next runs JavaScript (so in->fn must check that it is still wanted). */
+void iso_vm_interrupt(struct iso_vm *vm, struct iso_interrupt *in);
+/* Lets other threads use every vm this thread used, except `keep` (may be NULL). */
+void iso_v8_release(struct iso_vm *keep);
+/*
+ * After a successful request: replaces code's caches with ones made from the vm's
+ * modules, which now hold the functions that request compiled. Only for the vm's own
+ * code, and only while no other thread loads from it. Returns the bytes the caches grew.
+ */
+long iso_vm_code_refresh(struct iso_vm *vm, struct iso_code *code);
 /* Heap bytes in use (V8's used_heap_size plus external ArrayBuffer memory). */
 size_t iso_vm_memory(struct iso_vm *vm);
 /* A full garbage collection that shrinks an idle isolate's heap (about a millisecond). */

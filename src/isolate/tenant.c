@@ -162,9 +162,16 @@ void iso__tenant_touch(struct iso_worker *w, struct iso_tenant *tn)
 	lru_push_front(w, tn);
 }
 
-/* A request (and its waitUntil work) finished: account memory, schedule a trim. */
+/* A request (and its waitUntil work) finished: account memory, schedule a trim. The
+ * first one of a function version refreshes its code caches (see the shim). */
 void iso__tenant_idle(struct iso_worker *w, struct iso_tenant *tn)
 {
+	struct iso_fn *f = tn->fn->tier_data;
+
+	if (!f->code_refreshed) {
+		f->code_refreshed = 1;
+		iso_vm_code_refresh(tn->vm, f->code);
+	}
 	tn->last_used_ns = mono_ns();
 	set_trimmed(w, tn, 0);
 	iso__tenant_account(w, tn);

@@ -1,13 +1,16 @@
 /*
- * The isolate tier: worker threads that own V8 isolates, a pool of blank isolates per
- * worker refilled between requests, per-function tenants kept warm in LRU order under
- * the memory budget, and a watchdog thread that enforces CPU and wall time.
+ * The isolate tier: workers that own V8 isolates, a pool of blank isolates per worker
+ * refilled between requests, per-function tenants kept warm in LRU order under the
+ * memory budget, and a watchdog thread that enforces CPU and wall time and hands a
+ * worker to another of its threads while one slice of JavaScript runs long.
  *
- * Each function version is pinned to one worker on its first request, so an isolate is
- * only ever touched by the thread that created it and no V8 Locker is needed. The
- * gateway's thread only queues messages; JavaScript never runs on it.
+ * Each function version is pinned to one worker on its first request. A worker's state
+ * is touched only by the thread holding its `run` mutex; isolates move between the
+ * worker's threads under v8::Locker (see the shim). The gateway's thread only queues
+ * messages; JavaScript never runs on it.
  */
 #include "isolate/iso.h"
+#include "common/log.h"
 #include "common/strbuf.h"
 
 #include <errno.h>
@@ -30,17 +33,25 @@ static uint64_t clock_ns(clockid_t clk)
 	return (uint64_t)ts.tv_sec * 1000000000u + ts.tv_nsec;
 }
 
+/* The worker thread this thread is, NULL on other threads. */
+static __thread struct iso_thread *iso_self;
+
 /*
- * A worker reads its CPU clock once per slice of JavaScript, at the end: the slice is
- * charged what the worker used since the previous mark, which includes taking the
+ * A thread reads its CPU clock once per slice of JavaScript, at the end: the slice is
+ * charged what the thread used since its previous mark, which includes taking the
  * request off the queue. Reading a thread's CPU clock is a system call that takes the
  * run-queue lock; three of them per request cost more than a trivial request. Work
  * done for no request (idle steps, retiring, creating a tenant) moves the mark.
  */
-uint64_t iso__cpu_mark(struct iso_worker *w)
+uint64_t iso__cpu_mark(void)
 {
-	w->cpu_mark_ns = clock_ns(CLOCK_THREAD_CPUTIME_ID);
-	return w->cpu_mark_ns;
+	iso_self->cpu_mark_ns = clock_ns(CLOCK_THREAD_CPUTIME_ID);
+	return iso_self->cpu_mark_ns;
+}
+
+uint64_t iso__cpu_marked(void)
+{
+	return iso_self->cpu_mark_ns;
 }
 
 /* ---- the watchdog ---- */
@@ -49,13 +60,15 @@ void iso__watch_begin(struct iso_worker *w, struct iso_vm *vm, uint64_t cpu_limi
 		      uint64_t wall_deadline)
 {
 	struct iso_tier *it = w->tier;
+	struct iso_thread *th = iso_self;
 
 	pthread_mutex_lock(&w->lock);
-	w->watched = vm;
-	w->cpu_start_ns = w->cpu_mark_ns;
-	w->wall_start_ns = clock_ns(CLOCK_MONOTONIC);
-	w->cpu_limit_ns = cpu_limit_ns;
-	w->wall_deadline_ns = wall_deadline;
+	th->watched = vm;
+	th->slice++;
+	th->cpu_start_ns = th->cpu_mark_ns;
+	th->wall_start_ns = clock_ns(CLOCK_MONOTONIC);
+	th->cpu_limit_ns = cpu_limit_ns;
+	th->wall_deadline_ns = wall_deadline;
 	pthread_mutex_unlock(&w->lock);
 	if (atomic_fetch_add(&it->nbusy, 1) == 0 && atomic_load(&it->wd_sleeping)) {
 		pthread_mutex_lock(&it->wd_lock);
@@ -64,30 +77,133 @@ void iso__watch_begin(struct iso_worker *w, struct iso_vm *vm, uint64_t cpu_limi
 	}
 }
 
-void iso__watch_end(struct iso_worker *w)
+/* After a slice that gave the worker away: take it back once its thread lets go. */
+static void rejoin(struct iso_worker *w)
 {
 	pthread_mutex_lock(&w->lock);
-	w->watched = NULL;
+	w->want_back++;
+	pthread_cond_signal(&w->cond);
 	pthread_mutex_unlock(&w->lock);
-	atomic_fetch_sub(&w->tier->nbusy, 1);
+	pthread_mutex_lock(&w->run);
+	pthread_mutex_lock(&w->lock);
+	w->want_back--;
+	w->ndetached--;
+	pthread_mutex_unlock(&w->lock);
+	w->pumping = iso_self->pumping;
 }
 
-static void watch_check(struct iso_worker *w, uint64_t now)
+void iso__watch_end(struct iso_worker *w)
 {
-	uint64_t cpu;
+	struct iso_thread *th = iso_self;
+	int detached;
 
 	pthread_mutex_lock(&w->lock);
+	th->watched = NULL;
+	detached = th->detached;
+	th->detached = 0;
+	pthread_mutex_unlock(&w->lock);
+	atomic_fetch_sub(&w->tier->nbusy, 1);
+	if (detached)
+		rejoin(w);
+}
+
+static void *thread_main(void *arg);
+static void on_handoff(struct iso_interrupt *in);
+
+/* Under w->lock: makes sure a thread will take `run` once it is let go. */
+static int spare_ready(struct iso_worker *w)
+{
+	struct iso_thread *th;
+
+	if (w->nready > 0)
+		return 1;
+	w->handoffs++;
+	if (w->nspare >= w->handoffs) {
+		pthread_cond_signal(&w->spare_cond);
+		return 1;
+	}
+	th = &w->threads[w->nthreads];
+	th->w = w;
+	th->handoff.fn = on_handoff;
+	if (w->nthreads == ISO_MAX_THREADS || w->stop ||
+	    pthread_create(&th->thread, NULL, thread_main, th)) {
+		w->handoffs--;
+		return 0;
+	}
+	w->nthreads++;
+	atomic_fetch_add(&w->tier->threads, 1);
+	return 1;
+}
+
+/*
+ * Runs inside the long slice's JavaScript, on its thread: gives the worker to another
+ * thread so the queue, the pool and the other tenants are served meanwhile. The slice
+ * keeps only its own isolate.
+ */
+static void on_handoff(struct iso_interrupt *in)
+{
+	struct iso_thread *th = (struct iso_thread *)in;
+	struct iso_worker *w = th->w;
+	struct iso_vm *vm;
+	int go;
+
+	if (th != iso_self)
+		return;
+	pthread_mutex_lock(&w->lock);
+	vm = th->watched;
+	go = vm && !th->detached && th->asked == th->slice && spare_ready(w);
+	if (go) {
+		th->detached = 1;
+		w->ndetached++;
+		/* The pump loop this slice runs in is parked on this thread's stack: the
+		 * next holder of `run` pumps on its own. */
+		th->pumping = w->pumping;
+		w->pumping = 0;
+	}
+	pthread_mutex_unlock(&w->lock);
+	if (!go)
+		return;
+	atomic_fetch_add(&w->tier->handoffs, 1);
+	iso_v8_release(vm);
+	pthread_mutex_unlock(&w->run);
+}
+
+/* Under w->lock: is anything else waiting for the worker? */
+static int worker_has_work(struct iso_worker *w)
+{
+	return w->qlen || w->want_back || atomic_load(&w->ncalls) > 1;
+}
+
+static void watch_check(struct iso_thread *th, uint64_t now)
+{
+	struct iso_worker *w = th->w;
+	uint64_t cpu;
+
 	/*
 	 * A thread cannot use more CPU than wall time, so the worker's CPU clock is read
 	 * only once the slice has run as long as its CPU budget: reading another thread's
 	 * CPU clock is a system call that takes that thread's run-queue lock.
 	 */
-	cpu = w->watched && now - w->wall_start_ns > w->cpu_limit_ns ?
-	      clock_ns(w->cpu_clock) - w->cpu_start_ns : 0;
-	if (w->watched && cpu > w->cpu_limit_ns)
-		iso_vm_terminate(w->watched, ISO_CPU_LIMIT);
-	else if (w->watched && now > w->wall_deadline_ns)
-		iso_vm_terminate(w->watched, ISO_WALL_LIMIT);
+	cpu = th->watched && now - th->wall_start_ns > th->cpu_limit_ns ?
+	      clock_ns(th->cpu_clock) - th->cpu_start_ns : 0;
+	if (th->watched && cpu > th->cpu_limit_ns) {
+		iso_vm_terminate(th->watched, ISO_CPU_LIMIT);
+	} else if (th->watched && now > th->wall_deadline_ns) {
+		iso_vm_terminate(th->watched, ISO_WALL_LIMIT);
+	} else if (th->watched && !th->detached && th->asked != th->slice &&
+		   now - th->wall_start_ns > ISO_HANDOFF_NS && worker_has_work(w)) {
+		th->asked = th->slice;
+		iso_vm_interrupt(th->watched, &th->handoff);
+	}
+}
+
+static void watch_worker(struct iso_worker *w)
+{
+	int i;
+
+	pthread_mutex_lock(&w->lock);
+	for (i = 0; i < w->nthreads; i++)
+		watch_check(&w->threads[i], clock_ns(CLOCK_MONOTONIC));
 	pthread_mutex_unlock(&w->lock);
 }
 
@@ -112,7 +228,7 @@ static void *watchdog_main(void *arg)
 		}
 		pthread_mutex_unlock(&it->wd_lock);
 		for (i = 0; i < it->nworkers; i++)
-			watch_check(&it->workers[i], clock_ns(CLOCK_MONOTONIC));
+			watch_worker(&it->workers[i]);
 		nanosleep(&nap, NULL);
 		pthread_mutex_lock(&it->wd_lock);
 	}
@@ -170,28 +286,30 @@ static void deadline_after(struct timespec *ts, uint64_t ns)
 	}
 }
 
+enum pop { POP_STOP, POP_MSG, POP_YIELD };
+
 /*
  * Waits for the next message. Meanwhile it runs calls whose timers are due and, when
  * no call is in flight, does idle work (off the request path: only when nothing is
- * waiting). 0 means stop.
+ * waiting). A thread whose long slice ended wants the worker back: then it yields.
  */
-static int queue_pop(struct iso_worker *w, struct iso_msg *m)
+static enum pop queue_pop(struct iso_worker *w, struct iso_msg *m)
 {
 	struct timespec until;
 	uint64_t wake, now;
 
 	pthread_mutex_lock(&w->lock);
-	while (!w->qlen && !w->stop) {
+	while (!w->qlen && !w->stop && !w->want_back) {
 		pthread_mutex_unlock(&w->lock);
 		wake = w->calls ? iso__calls_run(w) : UINT64_MAX;
 		if (!w->calls && idle_step(w)) {
-			iso__cpu_mark(w);
+			iso__cpu_mark();
 			pthread_mutex_lock(&w->lock);
 			continue;
 		}
 		now = iso_v8_now_ns();
 		pthread_mutex_lock(&w->lock);
-		if (w->qlen || w->stop)
+		if (w->qlen || w->stop || w->want_back)
 			break;
 		if (wake != UINT64_MAX) {
 			if (wake > now) {
@@ -206,15 +324,15 @@ static int queue_pop(struct iso_worker *w, struct iso_msg *m)
 			pthread_cond_wait(&w->cond, &w->lock);
 		}
 	}
-	if (w->stop) {
+	if (w->stop || w->want_back) {
 		pthread_mutex_unlock(&w->lock);
-		return 0;
+		return w->stop ? POP_STOP : POP_YIELD;
 	}
 	*m = w->q[w->qhead];
 	w->qhead = (w->qhead + 1) % w->qcap;
 	w->qlen--;
 	pthread_mutex_unlock(&w->lock);
-	return 1;
+	return POP_MSG;
 }
 
 static void handle_retire(struct iso_worker *w, struct fn *fn)
@@ -238,38 +356,96 @@ static void worker_cleanup(struct iso_worker *w)
 		atomic_fetch_sub(&w->tier->pool_size, 1);
 	}
 	/* Messages that arrived after stop: fail them so the gateway can answer. */
+	pthread_mutex_lock(&w->lock);
 	while (w->qlen) {
 		m = w->q[w->qhead];
 		w->qhead = (w->qhead + 1) % w->qcap;
 		w->qlen--;
+		pthread_mutex_unlock(&w->lock);
 		if (m.kind == ISO_MSG_RETIRE) {
 			fn_unref(m.fn);
-			continue;
+		} else {
+			inv_fail(m.inv, 503, "shutting_down", "the isolate tier is stopping");
+			inv_done(m.inv);
 		}
-		inv_fail(m.inv, 503, "shutting_down", "the isolate tier is stopping");
-		inv_done(m.inv);
+		pthread_mutex_lock(&w->lock);
 	}
+	pthread_mutex_unlock(&w->lock);
 }
 
-static void *worker_main(void *arg)
+/* Serves the worker until it stops or a thread wants it back. */
+static enum pop serve(struct iso_worker *w)
 {
-	struct iso_worker *w = arg;
 	struct iso_msg m;
+	enum pop r;
 
-	pthread_getcpuclockid(pthread_self(), &w->cpu_clock);
-	iso__cpu_mark(w);
-	while (queue_pop(w, &m)) {
+	while ((r = queue_pop(w, &m)) == POP_MSG) {
 		if (m.kind == ISO_MSG_INVOKE) {
 			iso__invoke(w, m.inv);
 		} else {
 			handle_retire(w, m.fn);
-			iso__cpu_mark(w);
+			iso__cpu_mark();
 		}
 		/* Under a steady stream of messages, calls waiting on timers still run. */
 		if (w->calls)
 			iso__calls_run(w);
 	}
-	worker_cleanup(w);
+	return r;
+}
+
+/* Waits for a hand-off (the first thread finds one waiting), then holds `run`.
+ * 0 means stop. */
+static int take_run(struct iso_worker *w)
+{
+	pthread_mutex_lock(&w->lock);
+	w->nspare++;
+	while (!w->handoffs && !w->stop)
+		pthread_cond_wait(&w->spare_cond, &w->lock);
+	w->nspare--;
+	if (!w->handoffs) {
+		pthread_mutex_unlock(&w->lock);
+		return 0;
+	}
+	w->handoffs--;
+	w->nready++;
+	pthread_mutex_unlock(&w->lock);
+	pthread_mutex_lock(&w->run);
+	pthread_mutex_lock(&w->lock);
+	w->nready--;
+	pthread_mutex_unlock(&w->lock);
+	return 1;
+}
+
+/*
+ * Every thread of a worker runs this. One holds `run` and serves the worker; when its
+ * JavaScript runs long while other work waits, on_handoff() passes `run` to a spare
+ * thread, and the long slice's thread takes it back when the slice ends. The worker's
+ * state is only ever touched by the holder of `run`.
+ */
+static void *thread_main(void *arg)
+{
+	struct iso_thread *th = arg;
+	struct iso_worker *w = th->w;
+	int last;
+
+	iso_self = th;
+	pthread_getcpuclockid(pthread_self(), &th->cpu_clock);
+	iso__cpu_mark();
+	while (take_run(w)) {
+		if (serve(w) == POP_STOP) {
+			/* The last thread out cleans up; slices still running elsewhere
+			 * come back for their calls first. */
+			pthread_mutex_lock(&w->lock);
+			last = !w->ndetached && !w->cleaned;
+			w->cleaned |= last;
+			pthread_mutex_unlock(&w->lock);
+			if (last)
+				worker_cleanup(w);
+		}
+		iso_v8_release(NULL);
+		pthread_mutex_unlock(&w->run);
+	}
+	iso_v8_release(NULL);
 	return NULL;
 }
 
@@ -302,11 +478,9 @@ static uint64_t default_budget(void)
 	return pages > 0 && psize > 0 ? (uint64_t)pages * (uint64_t)psize / 2 : 1ull << 30;
 }
 
-/* Live isolates per worker that keep the process under vm.max_map_count (isolates
- * with bigger heaps count as several; see tenant.c). */
-static int max_live(int nworkers, int pool)
+static long read_max_map_count(void)
 {
-	long maps = 65530, n;
+	long maps = 65530;
 	FILE *f = fopen("/proc/sys/vm/max_map_count", "r");
 
 	if (f) {
@@ -314,8 +488,27 @@ static int max_live(int nworkers, int pool)
 			maps = 65530;
 		fclose(f);
 	}
-	n = (maps - ISO_MAPS_RESERVED) / ISO_MAPS_PER_ISOLATE / nworkers - pool;
+	return maps;
+}
+
+/* Live isolates per worker that keep the process under vm.max_map_count (isolates
+ * with bigger heaps count as several; see tenant.c). */
+static int max_live(long maps, int nworkers, int pool)
+{
+	long n = (maps - ISO_MAPS_RESERVED) / ISO_MAPS_PER_ISOLATE / nworkers - pool;
+
 	return n > 16 ? (int)n : 16;
+}
+
+/* Once at start: the operator learns why tenants beyond the cap keep cold-starting. */
+static void warn_map_count(long maps, long cap)
+{
+	if (cap >= ISO_WANT_LIVE || getenv("STOKE_ISO_MAX_LIVE"))
+		return;
+	log_warn("isolate tier: vm.max_map_count is %ld, so at most %ld isolates stay live "
+		 "(the rest are evicted and cold-start again); for %d run scripts/setup as "
+		 "root or sysctl -w vm.max_map_count=%d", maps, cap, ISO_WANT_LIVE,
+		 ISO_WANT_MAP_COUNT);
 }
 
 static void worker_init(struct iso_tier *it, int i)
@@ -324,16 +517,26 @@ static void worker_init(struct iso_tier *it, int i)
 
 	w->tier = it;
 	w->idx = i;
+	pthread_mutex_init(&w->run, NULL);
 	pthread_mutex_init(&w->lock, NULL);
 	pthread_cond_init(&w->cond, NULL);
+	pthread_cond_init(&w->spare_cond, NULL);
 	w->pool = calloc(it->pool_target ? it->pool_target : 1, sizeof(*w->pool));
+}
+
+/* The worker's first thread, which finds a hand-off waiting. */
+static void worker_launch(struct iso_worker *w)
+{
+	pthread_mutex_lock(&w->lock);
+	spare_ready(w);
+	pthread_mutex_unlock(&w->lock);
 }
 
 static int iso_start(struct tier *t)
 {
 	struct iso_tier *it;
 	char err[1024];
-	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+	long ncpu = sysconf(_SC_NPROCESSORS_ONLN), maps;
 	int i, rc;
 
 	rc = iso_v8_init(err, sizeof(err));
@@ -349,9 +552,11 @@ static int iso_start(struct tier *t)
 	it->pool_target = env_int("STOKE_ISO_POOL", ISO_DEFAULT_POOL);
 	it->budget_per_worker = (t->memory_budget ? t->memory_budget : default_budget()) /
 				it->nworkers;
+	maps = read_max_map_count();
 	it->max_live_per_worker = env_int("STOKE_ISO_MAX_LIVE",
-					  max_live(it->nworkers, it->pool_target) *
+					  max_live(maps, it->nworkers, it->pool_target) *
 					  it->nworkers) / it->nworkers;
+	warn_map_count(maps, (long)it->max_live_per_worker * it->nworkers);
 	it->workers = calloc(it->nworkers, sizeof(*it->workers));
 	pthread_mutex_init(&it->wd_lock, NULL);
 	pthread_cond_init(&it->wd_cond, NULL);
@@ -360,7 +565,7 @@ static int iso_start(struct tier *t)
 	t->priv = it;
 	pthread_create(&it->watchdog, NULL, watchdog_main, it);
 	for (i = 0; i < it->nworkers; i++)
-		pthread_create(&it->workers[i].thread, NULL, worker_main, &it->workers[i]);
+		worker_launch(&it->workers[i]);
 	return 0;
 }
 
@@ -428,6 +633,9 @@ static void iso_metrics(struct tier *t, struct strbuf *out)
 	iso_metric(out, "stoke_isolate_idle_trims_total", "counter",
 		   (long long)atomic_load(&it->trims));
 	iso_metric(out, "stoke_isolate_trim_pending", "gauge", atomic_load(&it->trim_pending));
+	iso_metric(out, "stoke_isolate_threads", "gauge", atomic_load(&it->threads));
+	iso_metric(out, "stoke_isolate_handoffs_total", "counter",
+		   (long long)atomic_load(&it->handoffs));
 	iso_metric(out, "stoke_isolate_exceptions_total", "counter",
 		   (long long)atomic_load(&it->exceptions));
 	sb_adds(out, "# TYPE stoke_isolate_limit_kills_total counter\n");
@@ -436,25 +644,43 @@ static void iso_metrics(struct tier *t, struct strbuf *out)
 			  kills[i]);
 }
 
+static void worker_stop(struct iso_worker *w)
+{
+	int i;
+
+	pthread_mutex_lock(&w->lock);
+	w->stop = 1;
+	for (i = 0; i < w->nthreads; i++)
+		if (w->threads[i].watched)
+			iso_vm_terminate(w->threads[i].watched, ISO_WALL_LIMIT);
+	pthread_cond_broadcast(&w->cond);
+	pthread_cond_broadcast(&w->spare_cond);
+	pthread_mutex_unlock(&w->lock);
+}
+
+/* No thread starts after stop, so nthreads is final. */
+static void worker_join(struct iso_worker *w)
+{
+	int i, n;
+
+	pthread_mutex_lock(&w->lock);
+	n = w->nthreads;
+	pthread_mutex_unlock(&w->lock);
+	for (i = 0; i < n; i++)
+		pthread_join(w->threads[i].thread, NULL);
+}
+
 static void iso_stop(struct tier *t)
 {
 	struct iso_tier *it = t->priv;
-	struct iso_worker *w;
 	int i;
 
 	if (!it)
 		return;
-	for (i = 0; i < it->nworkers; i++) {
-		w = &it->workers[i];
-		pthread_mutex_lock(&w->lock);
-		w->stop = 1;
-		if (w->watched)
-			iso_vm_terminate(w->watched, ISO_WALL_LIMIT);
-		pthread_cond_signal(&w->cond);
-		pthread_mutex_unlock(&w->lock);
-	}
 	for (i = 0; i < it->nworkers; i++)
-		pthread_join(it->workers[i].thread, NULL);
+		worker_stop(&it->workers[i]);
+	for (i = 0; i < it->nworkers; i++)
+		worker_join(&it->workers[i]);
 	pthread_mutex_lock(&it->wd_lock);
 	it->wd_stop = 1;
 	pthread_cond_signal(&it->wd_cond);

@@ -8,6 +8,7 @@
 #include "common/fnlog.h"
 #include "common/invoke.h"
 #include "common/strbuf.h"
+#include "isolate/iso_v8.h"
 
 #include <errno.h>
 #include <ftw.h>
@@ -922,21 +923,11 @@ static void test_retire(void)
 	fn_unref(fn);
 }
 
+static long tier_metric(struct tier *t, const char *name);
+
 static long metric_value(const char *name)
 {
-	struct strbuf m = STRBUF_INIT;
-	const char *p;
-	long v = -1;
-
-	T.ops->metrics(&T, &m);
-	/* The sample line, not the "# TYPE name ..." line before it. */
-	for (p = m.buf; p && (p = strstr(p, name)); p += strlen(name))
-		if ((p == m.buf || p[-1] == '\n') && p[strlen(name)] == ' ')
-			break;
-	if (p)
-		v = strtol(p + strlen(name) + 1, NULL, 10);
-	sb_free(&m);
-	return v;
+	return tier_metric(&T, name);
 }
 
 /* main() caps live isolates at 40: more tenants evict the least recently used. */
@@ -1015,6 +1006,257 @@ static void test_memory_budget(void)
 	}
 	small.ops->stop(&small);
 	cur_tier = &T;
+}
+
+static long tier_metric(struct tier *t, const char *name)
+{
+	struct strbuf m = STRBUF_INIT;
+	char line[128];
+	const char *p;
+	long v = -1;
+
+	t->ops->metrics(t, &m);
+	snprintf(line, sizeof(line), "\n%s ", name);
+	p = m.buf ? strstr(m.buf, line) : NULL;
+	if (p)
+		v = strtol(p + strlen(line), NULL, 10);
+	sb_free(&m);
+	return v;
+}
+
+static int is_done(struct waiter *w)
+{
+	int done;
+
+	pthread_mutex_lock(&w->lock);
+	done = w->done;
+	pthread_mutex_unlock(&w->lock);
+	return done;
+}
+
+/* Polls the function logs (at most 10 s) for a line. */
+static int wait_log(const char *needle)
+{
+	int i;
+
+	for (i = 0; i < 2000 && !log_has(needle); i++)
+		usleep(5000);
+	return log_has(needle);
+}
+
+/* Starts a second tier with one worker and sends call_async() there. */
+static int start_one_worker(struct tier *one)
+{
+	*one = (struct tier){ .ops = &iso_tier_ops, .nworkers = 1, .data_dir = tmp };
+	if (one->ops->start(one)) {
+		CHECK(0, "one-worker tier starts");
+		return -1;
+	}
+	cur_tier = one;
+	return 0;
+}
+
+static const char spin_src[] =
+	"export default { fetch(request) {\n"
+	"  const ms = Number(new URL(request.url).searchParams.get('ms'));\n"
+	"  console.log('spinning ' + ms); const end = Date.now() + ms;\n"
+	"  while (Date.now() < end) {} return new Response('spun'); } };\n";
+
+/*
+ * On a tier with one worker, a tenant spinning for 1.5 s of CPU must not hold up a warm
+ * tenant or a cold start on that worker: they are answered while it still spins (the
+ * worker went on on another thread), and every isolate works on whichever thread
+ * serves it afterwards.
+ */
+static void test_handoff(void)
+{
+	struct tier one;
+	struct waiter w = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0 };
+	struct fn_limits lim = { .cpu_ms = 10000, .wall_ms = 20000 };
+	struct fn *spin, *warm, *cold;
+	struct inv *s;
+
+	if (!want("handoff") || start_one_worker(&one))
+		return;
+	spin = deploy_limits("spinner", &lim, errbuf, sizeof(errbuf), "index.js", spin_src,
+			     NULL);
+	warm = deploy("warmone", "index.js", "let n = 0; export default { fetch() {\n"
+		      "  return new Response(String(++n)); } };\n");
+	cold = deploy("coldone", "index.js", "export default { fetch() {\n"
+		      "  return new Response('cold'); } };\n");
+	CHECK(spin && warm && cold, "deploy: %s", errbuf);
+	if (!spin || !warm || !cold)
+		goto out;
+	expect_body(warm, "/", "1");
+	s = call_async(spin, "GET", "/?ms=1500", NULL, NULL, NULL, &w);
+	CHECK(wait_log("spinning 1500"), "the spinner started");
+	expect_body(warm, "/", "2");
+	expect_body(cold, "/", "cold");
+	CHECK(!is_done(&w), "warm and cold tenants answered while the spinner spins");
+	CHECK(tier_metric(&one, "stoke_isolate_handoffs_total") >= 1 &&
+	      tier_metric(&one, "stoke_isolate_threads") >= 2, "handoffs %ld, threads %ld",
+	      tier_metric(&one, "stoke_isolate_handoffs_total"),
+	      tier_metric(&one, "stoke_isolate_threads"));
+	wait_done(s);
+	CHECK(s->resp.status == 200 && !strcmp(body_of(s), "spun"), "spinner: %d %s",
+	      s->resp.status, body_of(s));
+	inv_free(s);
+	/* Each isolate again, now that they have moved between threads. */
+	expect_body(warm, "/", "3");
+	expect_body(spin, "/?ms=1", "spun");
+	expect_body(cold, "/", "cold");
+out:
+	if (spin)
+		fn_unref(spin);
+	if (warm)
+		fn_unref(warm);
+	if (cold)
+		fn_unref(cold);
+	one.ops->stop(&one);
+	cur_tier = &T;
+}
+
+/* stop() while a handed-off slice still spins: it is cut short and answered. */
+static void test_handoff_stop(void)
+{
+	struct tier one;
+	struct waiter w = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0 };
+	struct fn_limits lim = { .cpu_ms = 20000, .wall_ms = 20000 };
+	struct fn *spin, *warm;
+	struct inv *s;
+	uint64_t t0;
+
+	if (!want("handoff") || start_one_worker(&one))
+		return;
+	spin = deploy_limits("spinstop", &lim, errbuf, sizeof(errbuf), "index.js", spin_src,
+			     NULL);
+	warm = deploy("warmstop", "index.js", "export default { fetch() {\n"
+		      "  return new Response('w'); } };\n");
+	CHECK(spin && warm, "deploy: %s", errbuf);
+	if (spin && warm) {
+		s = call_async(spin, "GET", "/?ms=15000", NULL, NULL, NULL, &w);
+		CHECK(wait_log("spinning 15000"), "the spinner started");
+		expect_body(warm, "/", "w");
+		t0 = mono_ms();
+		one.ops->stop(&one);
+		wait_done(s);
+		CHECK((s->resp.status == 503 || s->resp.status == 504) && mono_ms() - t0 < 5000,
+		      "spinning at stop: %d after %llu ms", s->resp.status,
+		      (unsigned long long)(mono_ms() - t0));
+		inv_free(s);
+	} else {
+		one.ops->stop(&one);
+	}
+	if (spin)
+		fn_unref(spin);
+	if (warm)
+		fn_unref(warm);
+	cur_tier = &T;
+}
+
+static int shim_header(void *opaque, const char *n, size_t nl, const char *v, size_t vl)
+{
+	return 0;
+}
+
+static void shim_body(void *opaque, char *body, size_t len)
+{
+	snprintf(opaque, 64, "%.*s", (int)len, body);
+	free(body);
+}
+
+/* Loads code into a fresh vm and runs one GET; the body goes to out (64 bytes). */
+static struct iso_vm *shim_run(struct iso_code *code, char *out)
+{
+	struct iso_io io = { .opaque = out, .add_header = shim_header, .set_body = shim_body };
+	struct iso_kv host = { "host", "fn.test", 4, 7 };
+	uint64_t deadline = iso_v8_now_ns() + 10000000000ull, wake;
+	struct iso_req req = { "GET", "http://fn.test/a/b", &host, 1, NULL, 0, deadline };
+	struct iso_vm *vm = iso_vm_new();
+	int rc, status = 0;
+
+	out[0] = '\0';
+	iso_vm_set_io(vm, &io);
+	rc = iso_vm_load(vm, code, NULL, 0, deadline, errbuf, sizeof(errbuf));
+	if (rc == ISO_OK)
+		rc = iso_vm_call_start(vm, &req, errbuf, sizeof(errbuf));
+	while (rc == ISO_PENDING)
+		rc = iso_vm_step(vm, &status, &wake, errbuf, sizeof(errbuf));
+	CHECK(rc == ISO_OK && status == 200, "shim call: rc %d status %d %s", rc, status,
+	      errbuf);
+	return vm;
+}
+
+/* After a first request the caches are remade with the functions it compiled, and a
+ * fresh isolate loads from them and answers the same. */
+static void test_code_refresh(void)
+{
+	static const char entry[] = "import { greet } from './lib.js';\n"
+		"export default { fetch(r) {\n"
+		"  return new Response(greet(new URL(r.url).pathname)); } };\n";
+	static const char lib[] = "export function greet(p) { return 'hi ' + p; }\n";
+	char dir[512], a[64], b[64];
+	struct iso_code *code = NULL;
+	struct iso_vm *vm;
+	size_t before;
+	long grew;
+
+	if (!want("refresh"))
+		return;
+	snprintf(dir, sizeof(dir), "%s/refresh", tmp);
+	mkdir(dir, 0755);
+	write_file(dir, "index.js", entry, strlen(entry));
+	write_file(dir, "lib.js", lib, strlen(lib));
+	CHECK(iso_code_compile(dir, "index.js", &code, errbuf, sizeof(errbuf)) == 0,
+	      "compile: %s", errbuf);
+	if (!code)
+		return;
+	before = iso_code_size(code);
+	vm = shim_run(code, a);
+	grew = iso_vm_code_refresh(vm, code);
+	CHECK(grew > 0 && iso_code_size(code) == before + (size_t)grew,
+	      "caches grew by %ld bytes", grew);
+	iso_vm_free(vm);
+	iso_vm_free(shim_run(code, b));
+	CHECK(!strcmp(a, "hi /a/b") && !strcmp(b, a), "before '%s', after '%s'", a, b);
+	iso_code_free(code);
+}
+
+/* Long modules: an ASCII one is shared by the isolates as an external string (its
+ * functions' source text still reads back), a non-ASCII one is copied. */
+static void test_long_sources(void)
+{
+	static const char *const tails[] = { "'long ok'", "'long \u00e9 ok'" };
+	const char *const want_body[] = { "function f() { return 'long ok'; }",
+					  "function f() { return 'long \u00e9 ok'; }" };
+	struct strbuf src = STRBUF_INIT;
+	struct fn *fn;
+	struct inv *inv;
+	int i, k;
+
+	if (!want("longsource"))
+		return;
+	for (k = 0; k < 2; k++) {
+		sb_adds(&src, "/*");
+		for (i = 0; i < 40; i++)
+			sb_adds(&src, " padding to make the module longer than one KiB.\n");
+		sb_printf(&src, "*/\nfunction f() { return %s; }\n"
+			  "export default { fetch() { return new Response(f.toString()); } };\n",
+			  tails[k]);
+		fn = deploy(k ? "longsrc2" : "longsrc1", "index.js", src.buf);
+		CHECK(fn, "deploy: %s", errbuf);
+		if (!fn)
+			return;
+		expect_body(fn, "/", want_body[k]);
+		T.ops->retire(&T, fn);
+		/* A second isolate over the same source. */
+		inv = call(fn, "GET", "/", NULL);
+		CHECK(inv->cold && !strcmp(body_of(inv), want_body[k]), "again: %s",
+		      body_of(inv));
+		inv_free(inv);
+		fn_unref(fn);
+		sb_free(&src);
+	}
 }
 
 static void test_metrics(void)
@@ -1108,6 +1350,10 @@ int main(int argc, char **argv)
 	test_retire();
 	test_live_cap();
 	test_memory_budget();
+	test_handoff();
+	test_handoff_stop();
+	test_code_refresh();
+	test_long_sources();
 	test_metrics();
 	stop_with_request_in_flight();
 	remove_tree(tmp);
