@@ -25,12 +25,6 @@ void gw_stats_record(struct gw_stats *st, int status, uint64_t dur_ns, int cold)
 	atomic_fetch_add(&st->dur_us_sum, dur_ns / 1000);
 }
 
-static void gw_metric_head(struct strbuf *out, const char *name, const char *type,
-			   const char *help)
-{
-	sb_printf(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
-}
-
 static void gw_metric_hist(struct strbuf *out, const struct gw_stats *st, const char *labels)
 {
 	uint64_t cum = 0, n;
@@ -103,19 +97,19 @@ void gw_metrics_render(struct gw *gw, struct strbuf *out)
 
 	pthread_rwlock_rdlock(&gw->lock);
 	for (part = 0; part < 4; part++) {
-		gw_metric_head(out, gw_parts[part][0], gw_parts[part][1], gw_parts[part][2]);
+		sb_metric_head(out, gw_parts[part][0], gw_parts[part][1], gw_parts[part][2]);
 		for (i = 0; i < gw->nbuckets; i++)
 			for (e = gw->buckets[i]; e; e = e->next)
 				gw_metric_entry(gw, out, e, part);
 	}
-	gw_metric_head(out, "stoke_functions", "gauge", "Functions deployed and routed.");
+	sb_metric_head(out, "stoke_functions", "gauge", "Functions deployed and routed.");
 	sb_printf(out, "stoke_functions %zu\n", gw->nlive);
 	pthread_rwlock_unlock(&gw->lock);
-	gw_metric_head(out, "stoke_inflight_requests", "gauge",
+	sb_metric_head(out, "stoke_inflight_requests", "gauge",
 		       "Requests being served, not counting this scrape.");
 	sb_printf(out, "stoke_inflight_requests %llu\n",
 		  (unsigned long long)gw_inflight_others(gw));
-	gw_metric_head(out, "stoke_process_resident_bytes", "gauge",
+	sb_metric_head(out, "stoke_process_resident_bytes", "gauge",
 		       "Resident memory of the daemon process.");
 	sb_printf(out, "stoke_process_resident_bytes %ld\n", gw_rss_bytes());
 	for (i = 0; i < TIER_COUNT; i++)
