@@ -202,6 +202,7 @@ static int call_slice(struct iso_call *c, enum slice_start start, int *status,
 	uint64_t left = c->cpu_limit_ns > c->cpu_used_ns ? c->cpu_limit_ns - c->cpu_used_ns : 0;
 	struct iso_req req;
 	int rc = ISO_PENDING;
+	uint64_t mem;
 
 	iso_vm_set_io(vm, &c->io);
 	iso__watch_begin(c->w, vm, left, c->deadline_ns);
@@ -216,6 +217,10 @@ static int call_slice(struct iso_call *c, enum slice_start start, int *status,
 	iso__watch_end(c->w);
 	iso_vm_set_io(vm, NULL);
 	c->cpu_used_ns += thread_cpu_ns() - cpu0;
+	/* Sampled where the call pauses: the metered peak, not every allocation's. */
+	mem = iso_vm_memory(vm);
+	if (mem > c->peak_mem)
+		c->peak_mem = mem;
 	return rc;
 }
 
@@ -244,6 +249,7 @@ static void answer(struct iso_call *c, int rc, int status, const char *err)
 	struct inv *inv = c->inv;
 
 	inv->cpu_ns = c->cpu_used_ns;
+	inv->peak_mem_bytes = c->peak_mem;
 	if (rc == ISO_OK) {
 		inv->resp.status = status;
 	} else {

@@ -74,6 +74,7 @@ struct iso_call {
 	int draining;
 	unsigned round;			/* last round of iso__calls_run() it ran in */
 	uint64_t deadline_ns, wake_ns, cpu_limit_ns, cpu_used_ns;
+	uint64_t peak_mem;		/* heap in use, highest at the end of a slice */
 };
 
 enum iso_msg_kind { ISO_MSG_INVOKE, ISO_MSG_RETIRE };
