@@ -173,11 +173,24 @@ int vm_state_check(struct vm_state *st, struct vm_slot *sl, char *why, size_t le
 	return r;
 }
 
-static int ask_dump(struct vm_proc *p)
+/*
+ * The VMM keeps its dump file open for its whole life (it was opened before the jail),
+ * so the file is never unlinked while the VM lives; a refused dump left "STOKNONE" at
+ * its start, which must not be read as the answer to the next request for a dump.
+ */
+static int ask_dump(struct vm_proc *p, const char *dump)
 {
+	static const char blank[8];
 	uint8_t hdr[FRAME_HDR_SIZE];
+	int fd = open(dump, O_WRONLY | O_CLOEXEC);
 	ssize_t n;
 
+	if (fd < 0)
+		return -errno;
+	n = pwrite(fd, blank, sizeof(blank), 0);
+	close(fd);
+	if (n != (ssize_t)sizeof(blank))
+		return -EIO;
 	frame_hdr_pack(hdr, 0, FRAME_STATE_DUMP);
 	/* An idle channel is empty: eight bytes fit in the socket buffer at once. */
 	n = write(p->chan, hdr, sizeof(hdr));
@@ -191,13 +204,11 @@ int vm_state_save(struct vm_state *st, struct vm_slot *sl, struct vm_proc *p,
 	int r;
 
 	*had_old = 0;
-	r = ask_dump(p);
+	r = ask_dump(p, sl->dump);
 	r = r ? r : vm_tier_snap_wait_dump(p, sl->dump);
-	if (r == -ENOTSUP) {
-		snprintf(why, len, "the VM refused the dump (files in /tmp are not kept)");
-		unlink(sl->dump);
-		return r;
-	}
+	if (r == -ENOTSUP)
+		return snprintf(why, len, "the VM refused the dump (files in /tmp are not "
+				"kept)"), r;
 	vm_proc_kill(p);
 	if (r) {
 		unlink(sl->dump);
