@@ -1249,6 +1249,9 @@ static void vm_stop(struct tier *t)
 		pthread_join(vt->reaper, NULL);
 	for (vf = vt->fns; vf; vf = vf->next) {
 		drain_idle(vt, vf);
+		/* Requests that queued behind a save the reaper finished while stopping. */
+		for (i = 0; vf->state && i < (int)vf->state->nslots; i++)
+			fail_slot(&vf->state->slots[i]);
 		while ((p = take_slot_vm(vf))) {
 			atomic_fetch_sub(&vt->idle_bytes, (uint64_t)p->mem_mb << 20);
 			drop(vt, p);
