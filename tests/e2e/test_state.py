@@ -52,7 +52,7 @@ def count(d, name, key=None, path="/"):
     return r.json()["n"]
 
 
-def wait_for(what, timeout=20):
+def wait_for(what, timeout=60):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         v = what()
@@ -163,7 +163,8 @@ def test_corrupt_saved_state_is_a_clear_error_then_fresh(d):
         # Recovery: the instance starts fresh and is saved again as usual.
         assert [count(sd, "damaged") for _ in range(2)] == [1, 2]
         saves = metric(sd, "stoke_vm_state_saves_total")
-        assert wait_for(lambda: metric(sd, "stoke_vm_state_saves_total") > saves)
+        assert wait_for(lambda: metric(sd, "stoke_vm_state_saves_total") > saves), \
+            sd.logs()[-4000:]
         assert count(sd, "damaged") == 3
 
 
