@@ -778,6 +778,27 @@ static void reap_idle(struct vm_tier *vt)
 	}
 }
 
+/*
+ * Layers are named by their contents, so two instance slots whose memory is equal (a
+ * deterministic native function, say) save the same layer: one slot's old layer may
+ * be another's current one. Called with vt->lock held.
+ */
+static int layer_in_use(struct vm_tier *vt, const struct snap_id *id)
+{
+	struct vm_fn *vf;
+	uint32_t i;
+
+	for (vf = vt->fns; vf; vf = vf->next) {
+		if (vf->snap.ready && !memcmp(&vf->snap.top, id, sizeof(*id)))
+			return 1;
+		for (i = 0; vf->state && i < vf->state->nslots; i++)
+			if (vf->state->slots[i].has_state &&
+			    !memcmp(&vf->state->slots[i].layer, id, sizeof(*id)))
+				return 1;
+	}
+	return 0;
+}
+
 /* Deletes released versions' layers and their pages (gc locks the store: not on the loop). */
 static void collect_layers(struct vm_tier *vt)
 {
@@ -785,11 +806,16 @@ static void collect_layers(struct vm_tier *vt)
 	char store[4200];
 	int n;
 
+	int i, k = 0;
+
 	pthread_mutex_lock(&vt->lock);
 	n = vt->ndead;
-	memcpy(ids, vt->dead_layers, (size_t)n * sizeof(ids[0]));
+	for (i = 0; i < n; i++)
+		if (!layer_in_use(vt, &vt->dead_layers[i]))
+			ids[k++] = vt->dead_layers[i];
 	vt->ndead = 0;
 	pthread_mutex_unlock(&vt->lock);
+	n = k;
 	if (!n)
 		return;
 	snprintf(store, sizeof(store), "%s/store", vt->snap_dir);
