@@ -408,6 +408,11 @@ static void state_log(const struct vm_fn *vf, const char *request_id, int warn,
 static void state_lost(struct vm_tier *vt, struct vm_fn *vf, struct vm_slot *sl,
 		       struct inv *inv, const char *why)
 {
+	size_t n = strlen(sl->file);
+	/* The client learns the reason, not where the daemon keeps its files. */
+	const char *reason = !strncmp(why, sl->file, n) && !strncmp(why + n, ": ", 2) ?
+			     why + n + 2 : why;
+
 	pthread_mutex_lock(&vt->lock);
 	if (!snap_id_is_zero(&sl->layer))
 		bury_layer(vt, &sl->layer);
@@ -419,7 +424,7 @@ static void state_lost(struct vm_tier *vt, struct vm_fn *vf, struct vm_slot *sl,
 		  sl->file);
 	inv_fail(inv, 500, "state_corrupt", "the saved state of instance %u could not be "
 		 "restored (%.300s); it was set aside and the next request starts with fresh "
-		 "state", sl->index, why);
+		 "state", sl->index, reason);
 }
 
 /* Starts the slot's VM: from its saved state, else as any cold start plus the dump option. */

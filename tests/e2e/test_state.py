@@ -157,7 +157,9 @@ def test_corrupt_saved_state_is_a_clear_error_then_fresh(d):
         r = sd.invoke("damaged")
         assert r.status == 500, r
         assert r.json()["error"] == "state_corrupt", r.json()
-        assert "instance 0" in r.json()["message"] and "fresh" in r.json()["message"]
+        msg = r.json()["message"]
+        assert "instance 0" in msg and "fresh" in msg and "checksum" in msg, msg
+        assert sd.data_dir not in msg, msg
         assert os.path.exists(snap + ".corrupt") and not os.path.exists(snap)
         assert metric(sd, "stoke_vm_state_corrupt_total") == 1
         # Recovery: the instance starts fresh and is saved again as usual.
