@@ -35,6 +35,12 @@ def pct(xs, p):
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))] if xs else 0.0
 
 
+def dist(xs):
+    """In the shape bench/report reads: one row per distribution."""
+    return {"p50": pct(xs, 50), "p99": pct(xs, 99), "min": min(xs), "max": max(xs),
+            "samples": len(xs)}
+
+
 def metric(d, name):
     for line in d.request("GET", "/_stoke/metrics", auth=True).text.splitlines():
         if line.startswith(name + " "):
@@ -95,8 +101,8 @@ def main():
     for name, code in (("small", SMALL), ("large", LARGE)):
         restore, saves, snap_bytes = cycle("state-" + name, code, a.rounds)
         lat, peak_max, peak_avg = warm("warm-" + name, code, a.warm)
-        out[name] = {"restore_request_ms": restore, "save_ms": saves,
-                     "warm_request_ms": lat, "snapshot_file_bytes": snap_bytes,
+        out[name] = {"restore_request_ms": dist(restore), "save_ms": dist(saves),
+                     "warm_request_ms": dist(lat), "snapshot_file_bytes": snap_bytes,
                      "peak_memory_mb_max": peak_max, "peak_memory_mb_avg": peak_avg}
         rows.append((name, "request that restores the state", restore))
         rows.append((name, "save (dump + layer + file)", saves))
