@@ -14,18 +14,25 @@ struct cli_usage {
 	long long since;	/* Unix seconds; -1 when --since was not given */
 };
 
+/* How the total row combines a column: sum, highest, or mean weighted by invocations. */
+enum cli_usage_agg { CLI_USAGE_SUM, CLI_USAGE_MAX, CLI_USAGE_MEAN };
+
 /* The numeric columns, in table order, and their formats. */
 static const struct {
 	const char *key, *title, *fmt;
+	enum cli_usage_agg agg;
 } cli_usage_nums[] = {
-	{ "invocations", "INVOCATIONS", "%.0f" },
-	{ "cold_starts", "COLD", "%.0f" },
-	{ "errors", "ERRORS", "%.0f" },
-	{ "gb_s", "GB-S", "%.6f" },
-	{ "cpu_ms", "CPU-MS", "%.1f" },
+	{ "invocations", "INVOCATIONS", "%.0f", CLI_USAGE_SUM },
+	{ "cold_starts", "COLD", "%.0f", CLI_USAGE_SUM },
+	{ "errors", "ERRORS", "%.0f", CLI_USAGE_SUM },
+	{ "gb_s", "GB-S", "%.6f", CLI_USAGE_SUM },
+	{ "cpu_ms", "CPU-MS", "%.1f", CLI_USAGE_SUM },
+	/* Memory high-water per invocation: isolate heap, or the VM's resident set. */
+	{ "peak_memory_mb_max", "PEAK-MB", "%.1f", CLI_USAGE_MAX },
+	{ "peak_memory_mb_avg", "AVG-PEAK-MB", "%.1f", CLI_USAGE_MEAN },
 	/* A function's cost is often micro-dollars: enough places to see it. */
-	{ "cost_lambda_usd", "AS LAMBDA", "$%.8f" },
-	{ "cost_workers_usd", "AS WORKERS", "$%.8f" },
+	{ "cost_lambda_usd", "AS LAMBDA", "$%.8f", CLI_USAGE_SUM },
+	{ "cost_workers_usd", "AS WORKERS", "$%.8f", CLI_USAGE_SUM },
 };
 #define CLI_USAGE_NUMS (sizeof(cli_usage_nums) / sizeof(cli_usage_nums[0]))
 
@@ -65,6 +72,15 @@ static double cli_usage_num(const cJSON *obj, const char *key)
 	return cJSON_IsNumber(item) ? item->valuedouble : 0;
 }
 
+/* Adds one row's value of column i into the totals. */
+static void cli_usage_total(double *sums, size_t i, double v, double invocations)
+{
+	if (cli_usage_nums[i].agg == CLI_USAGE_MAX)
+		sums[i] = v > sums[i] ? v : sums[i];
+	else
+		sums[i] += cli_usage_nums[i].agg == CLI_USAGE_MEAN ? v * invocations : v;
+}
+
 /* One row per function and tier, then the totals (costs as the daemon summed them). */
 static void cli_usage_rows(struct cli_out_table *t, const cJSON *doc)
 {
@@ -80,11 +96,15 @@ static void cli_usage_rows(struct cli_out_table *t, const cJSON *doc)
 		cli_out_table_add(t, "%s", cli_out_str(row, "function", "?"));
 		cli_out_table_add(t, "%s", cli_out_str(row, "tier", "?"));
 		for (i = 0; i < CLI_USAGE_NUMS; i++) {
-			sums[i] += cli_usage_num(row, cli_usage_nums[i].key);
+			cli_usage_total(sums, i, cli_usage_num(row, cli_usage_nums[i].key),
+					cli_usage_num(row, "invocations"));
 			cli_out_table_add(t, cli_usage_nums[i].fmt,
 					  cli_usage_num(row, cli_usage_nums[i].key));
 		}
 	}
+	for (i = 0; i < CLI_USAGE_NUMS; i++)
+		if (cli_usage_nums[i].agg == CLI_USAGE_MEAN && sums[0] > 0)
+			sums[i] /= sums[0];
 	sums[CLI_USAGE_NUMS - 2] = cli_usage_num(doc, "cost_lambda_usd");
 	sums[CLI_USAGE_NUMS - 1] = cli_usage_num(doc, "cost_workers_usd");
 	cli_out_table_add(t, "total");
@@ -121,7 +141,7 @@ static int cli_usage_print(const struct cli_usage *u, const cJSON *doc)
 		       u->name ? u->name : "");
 		return CLI_EXIT_OK;
 	}
-	cli_out_table_init(&t, 2 + CLI_USAGE_NUMS, "llrrrrrrr");
+	cli_out_table_init(&t, 2 + CLI_USAGE_NUMS, "llrrrrrrrrr");
 	cli_usage_rows(&t, doc);
 	ret = cli_out_table_print(&t);
 	cli_out_table_free(&t);

@@ -90,6 +90,9 @@ struct inv {
 	int cold;			/* set by the tier: a new instance served it */
 	uint64_t start_ns;		/* set by the gateway (monotonic) */
 	uint64_t cpu_ns;		/* set by the tier when it knows */
+	/* Set by the tier: memory high-water of the instance that served it (isolate:
+	 * heap in use; VM: the VMM's resident set, guest memory included); 0 unknown. */
+	uint64_t peak_mem_bytes;
 	void (*on_done)(struct inv *inv);	/* gateway's; do not call directly */
 	void *gw;			/* gateway's */
 };

@@ -626,6 +626,8 @@ static int admin_usage_row(void *arg, const struct meter_usage *u)
 	cJSON_AddNumberToObject(o, "wall_ms", u->wall_ms);
 	cJSON_AddNumberToObject(o, "cpu_ms", u->cpu_ms);
 	cJSON_AddNumberToObject(o, "gb_s", u->gb_s);
+	cJSON_AddNumberToObject(o, "peak_memory_mb_max", u->peak_mb_max);
+	cJSON_AddNumberToObject(o, "peak_memory_mb_avg", u->peak_mb_avg);
 	cJSON_AddNumberToObject(o, "cost_lambda_usd", lambda);
 	cJSON_AddNumberToObject(o, "cost_workers_usd", workers);
 	cJSON_AddItemToArray(a->rows, o);

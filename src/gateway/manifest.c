@@ -313,7 +313,8 @@ static int mf_choose_tier(struct fn *fn, const char *tier, char *reasons, size_t
 	return ret;
 }
 
-static void mf_default_limits(struct fn_limits *l, enum fn_tier tier)
+/* A stateful function runs one instance (one state) unless it asks for more. */
+static void mf_default_limits(struct fn_limits *l, enum fn_tier tier, int keep_state)
 {
 	if (!l->cpu_ms)
 		l->cpu_ms = 50;
@@ -322,7 +323,7 @@ static void mf_default_limits(struct fn_limits *l, enum fn_tier tier)
 	if (!l->memory_mb)
 		l->memory_mb = tier == TIER_VM ? 256 : 128;
 	if (!l->max_instances)
-		l->max_instances = 16;
+		l->max_instances = keep_state ? 1 : 16;
 	if (!l->concurrency)
 		l->concurrency = 1;
 	if (l->tmp_mb == MF_UNSET)
@@ -349,7 +350,12 @@ static int mf_finish(struct fn *fn, const struct mf_fields *f, const char *dir,
 	ret = mf_choose_tier(fn, f->tier ? f->tier : "auto", reasons, rlen, err);
 	if (ret)
 		return ret;
-	mf_default_limits(&fn->limits, fn->tier);
+	mf_default_limits(&fn->limits, fn->tier, fn->keep_state);
+	if (fn->tier == TIER_VM && fn->limits.concurrency > 1)
+		return mf_fail(err, "limits.concurrency", "limits.concurrency %u is not possible "
+			       "in a micro-VM: its guest is one single-threaded process that "
+			       "serves one request at a time; raise limits.max_instances instead",
+			       fn->limits.concurrency);
 	fn->dir = strdup(dir);
 	return fn->dir ? 0 : -ENOMEM;
 }

@@ -662,6 +662,7 @@ static void gw_meter(struct gw *gw, const struct gw_inv *gi, const char *tier)
 		.wall_us = (gw_now_ns() - gi->inv.start_ns) / 1000,
 		.cpu_us = gi->inv.cpu_ns / 1000,
 		.memory_mb = gi->inv.fn->limits.memory_mb,
+		.peak_kb = gi->inv.peak_mem_bytes >> 10,
 	};
 
 	if (!gw->meter)

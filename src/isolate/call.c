@@ -194,6 +194,7 @@ static int call_slice(struct iso_call *c, enum slice_start start, int *status,
 	uint64_t left = c->cpu_limit_ns > c->cpu_used_ns ? c->cpu_limit_ns - c->cpu_used_ns : 0;
 	struct iso_req req;
 	int rc = ISO_PENDING;
+	uint64_t mem;
 
 	iso_vm_set_io(vm, &c->io);
 	c->running = 1;
@@ -208,6 +209,11 @@ static int call_slice(struct iso_call *c, enum slice_start start, int *status,
 	c->running = 0;
 	iso_vm_set_io(vm, NULL);
 	c->cpu_used_ns += iso__cpu_mark() - cpu0;
+	/* Sampled where the call pauses: the metered peak, not every allocation's. A
+	 * call that ends here is sampled once, by answer(). */
+	mem = rc == ISO_PENDING ? iso_vm_memory(vm) : 0;
+	if (mem > c->peak_mem)
+		c->peak_mem = mem;
 	return rc;
 }
 
@@ -236,8 +242,10 @@ static void list_remove(struct iso_worker *w, struct iso_call *c)
 static void answer(struct iso_call *c, int rc, int status, const char *err)
 {
 	struct inv *inv = c->inv;
+	uint64_t mem = c->tn ? iso_vm_memory(c->tn->vm) : 0;
 
 	inv->cpu_ns = c->cpu_used_ns;
+	inv->peak_mem_bytes = mem > c->peak_mem ? mem : c->peak_mem;
 	if (rc == ISO_OK) {
 		inv->resp.status = status;
 	} else {

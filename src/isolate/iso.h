@@ -89,6 +89,7 @@ struct iso_call {
 	unsigned round;			/* last round of iso__calls_run() it ran in */
 	int running;			/* in a slice, maybe on another thread */
 	uint64_t deadline_ns, wake_ns, cpu_limit_ns, cpu_used_ns;
+	uint64_t peak_mem;		/* heap in use, highest at the end of a slice */
 };
 
 enum iso_msg_kind { ISO_MSG_INVOKE, ISO_MSG_RETIRE };

@@ -31,16 +31,32 @@ static const char meter_schema[] =
 	" wall_us INTEGER NOT NULL, cpu_us INTEGER NOT NULL, mb_us INTEGER NOT NULL,"
 	" PRIMARY KEY (function, minute, tier));";
 
+/*
+ * Peak memory came later: a registry written before it gets the columns added (the
+ * error of adding one that exists is ignored). peak_n counts the invocations that
+ * reported a peak, so the average is over those.
+ */
+static const char *const meter_peak_columns[] = {
+	"ALTER TABLE usage ADD COLUMN peak_kb_max INTEGER NOT NULL DEFAULT 0",
+	"ALTER TABLE usage ADD COLUMN peak_kb_sum INTEGER NOT NULL DEFAULT 0",
+	"ALTER TABLE usage ADD COLUMN peak_n INTEGER NOT NULL DEFAULT 0",
+};
+
 static const char meter_upsert[] =
-	"INSERT INTO usage VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT DO UPDATE SET"
+	"INSERT INTO usage (function, minute, tier, invocations, cold, errors, wall_us,"
+	" cpu_us, mb_us, peak_kb_max, peak_kb_sum, peak_n)"
+	" VALUES (?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO UPDATE SET"
 	" invocations = invocations + excluded.invocations, cold = cold + excluded.cold,"
 	" errors = errors + excluded.errors, wall_us = wall_us + excluded.wall_us,"
-	" cpu_us = cpu_us + excluded.cpu_us, mb_us = mb_us + excluded.mb_us";
+	" cpu_us = cpu_us + excluded.cpu_us, mb_us = mb_us + excluded.mb_us,"
+	" peak_kb_max = MAX(peak_kb_max, excluded.peak_kb_max),"
+	" peak_kb_sum = peak_kb_sum + excluded.peak_kb_sum, peak_n = peak_n + excluded.peak_n";
 
 /* A batch's records summed per function and tier: one upsert each. */
 struct meter_sum {
 	const struct meter_rec *rec;	/* the first of the run: its names */
 	int64_t invocations, cold, errors, wall_us, cpu_us, mb_us;
+	int64_t peak_kb_max, peak_kb_sum, peak_n;
 };
 
 static int meter_cmp(const void *a, const void *b)
@@ -59,6 +75,12 @@ static void meter_add(struct meter_sum *s, const struct meter_rec *r)
 	s->wall_us += (int64_t)r->wall_us;
 	s->cpu_us += (int64_t)r->cpu_us;
 	s->mb_us += (int64_t)(r->wall_us * r->memory_mb);
+	if (!r->peak_kb)
+		return;
+	if ((int64_t)r->peak_kb > s->peak_kb_max)
+		s->peak_kb_max = (int64_t)r->peak_kb;
+	s->peak_kb_sum += (int64_t)r->peak_kb;
+	s->peak_n++;
 }
 
 static int meter_upsert_sum(sqlite3_stmt *st, const struct meter_sum *s, int64_t minute)
@@ -74,6 +96,9 @@ static int meter_upsert_sum(sqlite3_stmt *st, const struct meter_sum *s, int64_t
 	sqlite3_bind_int64(st, 7, s->wall_us);
 	sqlite3_bind_int64(st, 8, s->cpu_us);
 	sqlite3_bind_int64(st, 9, s->mb_us);
+	sqlite3_bind_int64(st, 10, s->peak_kb_max);
+	sqlite3_bind_int64(st, 11, s->peak_kb_sum);
+	sqlite3_bind_int64(st, 12, s->peak_n);
 	ok = sqlite3_step(st) == SQLITE_DONE;
 	sqlite3_reset(st);
 	return ok;
@@ -149,6 +174,17 @@ static void *meter_main(void *arg)
 	return NULL;
 }
 
+static int meter_schema_init(sqlite3 *db)
+{
+	size_t i;
+
+	if (sqlite3_exec(db, meter_schema, NULL, NULL, NULL) != SQLITE_OK)
+		return -EIO;
+	for (i = 0; i < sizeof(meter_peak_columns) / sizeof(meter_peak_columns[0]); i++)
+		sqlite3_exec(db, meter_peak_columns[i], NULL, NULL, NULL);
+	return 0;
+}
+
 int meter_start(const char *db_path, struct meter **out)
 {
 	struct meter *m = calloc(1, sizeof(*m));
@@ -157,7 +193,7 @@ int meter_start(const char *db_path, struct meter **out)
 		return -ENOMEM;
 	if (sqlite3_open(db_path, &m->db) != SQLITE_OK ||
 	    sqlite3_busy_timeout(m->db, 5000) != SQLITE_OK ||
-	    sqlite3_exec(m->db, meter_schema, NULL, NULL, NULL) != SQLITE_OK) {
+	    meter_schema_init(m->db)) {
 		sqlite3_close(m->db);
 		free(m);
 		return -EIO;
@@ -224,7 +260,8 @@ int meter_usage(struct meter *m, const char *function, int64_t since,
 {
 	static const char sql[] =
 		"SELECT function, tier, SUM(invocations), SUM(cold), SUM(errors), SUM(wall_us),"
-		" SUM(cpu_us), SUM(mb_us) FROM usage WHERE minute >= ?1 / 60 * 60"
+		" SUM(cpu_us), SUM(mb_us), MAX(peak_kb_max), SUM(peak_kb_sum), SUM(peak_n)"
+		" FROM usage WHERE minute >= ?1 / 60 * 60"
 		" AND (?2 IS NULL OR function = ?2) GROUP BY function, tier ORDER BY function";
 	sqlite3_stmt *st;
 	int rc, ret = 0;
@@ -246,6 +283,10 @@ int meter_usage(struct meter *m, const char *function, int64_t since,
 		u.cpu_ms = (double)sqlite3_column_int64(st, 6) / 1e3;
 		/* MB x us -> GB x s, with 1 GB = 1024 MB as Lambda bills */
 		u.gb_s = (double)sqlite3_column_int64(st, 7) / 1024.0 / 1e6;
+		u.peak_mb_max = (double)sqlite3_column_int64(st, 8) / 1024.0;
+		if (sqlite3_column_int64(st, 10) > 0)
+			u.peak_mb_avg = (double)sqlite3_column_int64(st, 9) / 1024.0 /
+					(double)sqlite3_column_int64(st, 10);
 		ret = each(arg, &u);
 	}
 	if (!ret && rc != SQLITE_DONE)

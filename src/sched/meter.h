@@ -1,7 +1,7 @@
 /*
- * Metering: every invocation's tier, cold/warm, wall time, CPU time, memory and
- * GB-seconds, summed per function and minute into the registry by a background thread,
- * so the request path only appends to an in-memory batch.
+ * Metering: every invocation's tier, cold/warm, wall time, CPU time, memory, GB-seconds
+ * and peak memory, summed per function and minute into the registry by a background
+ * thread, so the request path only appends to an in-memory batch.
  */
 #ifndef STOKE_METER_H
 #define STOKE_METER_H
@@ -18,6 +18,7 @@ struct meter_rec {
 	uint64_t wall_us;
 	uint64_t cpu_us;
 	uint32_t memory_mb;	/* configured memory: what GB-s are billed on */
+	uint64_t peak_kb;	/* memory high-water the tier measured (0: none) */
 };
 
 /* Opens its own connection to the registry database at path and starts the writer. */
@@ -34,6 +35,8 @@ struct meter_usage {
 	char tier[16];
 	uint64_t invocations, cold, errors;
 	double wall_ms, cpu_ms, gb_s;
+	double peak_mb_max;	/* highest peak of any invocation */
+	double peak_mb_avg;	/* mean of the invocations' peaks (those that had one) */
 };
 
 /* Sums usage per function since a Unix time (0: all), optionally for one function.

@@ -10,8 +10,10 @@
 #include "vmsnap.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -86,9 +88,35 @@ static int write_all(int fd, const void *buf, size_t len)
 	return 0;
 }
 
+void chan_open_status(struct vm *vm)
+{
+	vm->status_fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
+}
+
 /*
- * {"syscalls":N,"cpu_ns":N,"enosys":{"name":count,...}}: system calls so far, CPU time
- * of this request, and unimplemented calls new since the last report.
+ * This process's resident high-water in KiB (VmHWM: guest memory is mapped here, so it
+ * is the VM's), or 0 when unknown. /proc is gone after the jail: the file was opened
+ * before it, and each pread at 0 reads it afresh.
+ */
+static unsigned long long hwm_kb(struct vm *vm)
+{
+	char buf[4096], *p;
+	ssize_t n;
+
+	if (vm->status_fd <= 0)
+		return 0;
+	n = pread(vm->status_fd, buf, sizeof(buf) - 1, 0);
+	if (n <= 0)
+		return 0;
+	buf[n] = '\0';
+	p = strstr(buf, "\nVmHWM:");
+	return p ? strtoull(p + 7, NULL, 10) : 0;
+}
+
+/*
+ * {"syscalls":N,"cpu_ns":N,"hwm_kb":N,"enosys":{"name":count,...}}: system calls so
+ * far, CPU time of this request, the VM's resident high-water, and unimplemented calls
+ * new since the last report.
  */
 static int send_stats(struct vm *vm)
 {
@@ -97,9 +125,10 @@ static int send_stats(struct vm *vm)
 	int i, first = 1;
 
 	off += (size_t)snprintf(buf + off, sizeof(buf) - off,
-				"{\"syscalls\":%llu,\"cpu_ns\":%llu,\"enosys\":{",
-				(unsigned long long)vm->nr_syscalls,
-				(unsigned long long)(cpu_ns() - vm->request_cpu_ns));
+				"{\"syscalls\":%llu,\"cpu_ns\":%llu,\"hwm_kb\":%llu,"
+				"\"enosys\":{", (unsigned long long)vm->nr_syscalls,
+				(unsigned long long)(cpu_ns() - vm->request_cpu_ns),
+				hwm_kb(vm));
 	for (i = 0; i < VM_NR_SYSCALLS && off < sizeof(buf) - 64; i++) {
 		uint64_t d = vm->enosys[i] - vm->enosys_reported[i];
 
@@ -116,16 +145,76 @@ static int send_stats(struct vm *vm)
 	return write_all(vm->cfg->channel_fd, buf, off);
 }
 
+/* Reads up to len bytes, retrying when a signal interrupts before anything arrived. */
+static ssize_t read_host(struct vm *vm, void *buf, size_t len)
+{
+	ssize_t n;
+
+	do
+		n = read(vm->cfg->channel_fd, buf, len);
+	while (n < 0 && errno == EINTR && !vm->run->immediate_exit);
+	return n;
+}
+
+/*
+ * With --state-dump, the VMM reads each frame header that arrives while the guest
+ * waits for a request (and hands it on from vm->stash): a FRAME_STATE_DUMP is the
+ * daemon asking to dump the idle VM. Returns 1 to go on reading, 0 for end of file
+ * (the daemon closed, or the dump is taken and the guest should end), or -errno.
+ */
+static long chan_control(struct vm *vm)
+{
+	struct frame_hdr h;
+	uint8_t skip[256];
+	ssize_t n;
+
+	while (vm->stash_off >= vm->stash_len) {
+		vm->stash_len = vm->stash_off = 0;
+		while (vm->stash_len < FRAME_HDR_SIZE) {
+			n = read_host(vm, vm->stash + vm->stash_len,
+				      FRAME_HDR_SIZE - vm->stash_len);
+			if (n <= 0)
+				return vm->stash_len ? 1 : n < 0 && errno != ECONNRESET ? -errno : 0;
+			vm->stash_len += (uint32_t)n;
+		}
+		frame_hdr_unpack(vm->stash, &h);
+		if (h.type != FRAME_STATE_DUMP)
+			return 1;
+		vm->stash_len = 0;
+		for (; h.len; h.len -= (uint32_t)n) {
+			n = read_host(vm, skip, h.len < sizeof(skip) ? h.len : sizeof(skip));
+			if (n <= 0)
+				return 0;
+		}
+		/* Dumped: the guest sees the channel end and exits. Refused: serve on. */
+		if (vmsnap_dump_state(vm) == 0)
+			return 0;
+	}
+	return 1;
+}
+
 long chan_read(struct vm *vm, void *buf, size_t len)
 {
 	ssize_t n;
+	long c;
 
 	/* The runtime waits for its first request: the point a snapshot is taken at. */
 	if (!vm->in_request)
 		vmsnap_at_read(vm);
-	do
-		n = read(vm->cfg->channel_fd, buf, len);
-	while (n < 0 && errno == EINTR && !vm->run->immediate_exit);
+	if (!vm->in_request && vm->cfg->state_dump) {
+		c = chan_control(vm);
+		if (c <= 0)
+			return c;
+	}
+	if (vm->stash_off < vm->stash_len) {
+		n = (ssize_t)(vm->stash_len - vm->stash_off);
+		if ((size_t)n > len)
+			n = (ssize_t)len;
+		memcpy(buf, vm->stash + vm->stash_off, (size_t)n);
+		vm->stash_off += (uint32_t)n;
+	} else {
+		n = read_host(vm, buf, len);
+	}
 	/* A daemon that closed with frames unread resets the socket: that is still EOF. */
 	if (n < 0 && errno == ECONNRESET)
 		return 0;

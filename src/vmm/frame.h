@@ -16,6 +16,9 @@ enum frame_type {
 	FRAME_REQUEST = 1,	/* daemon -> function: one invocation */
 	FRAME_RESPONSE = 2,	/* function -> daemon: its answer */
 	FRAME_VMM_STATS = 3,	/* stoke-vmm -> daemon, after each response; never guest */
+	/* daemon -> stoke-vmm between requests (--state-dump): dump the VM and end; the
+	 * guest never sees it. */
+	FRAME_STATE_DUMP = 4,
 };
 
 struct frame_hdr {

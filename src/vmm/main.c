@@ -47,12 +47,15 @@ static const char usage[] =
 	"  --ws-out F       record the first request's working set to F (raw)\n"
 	"  --snap-huge      restore the working set's 2 MiB regions into private huge\n"
 	"                   pages (fewer guest page faults, more private memory)\n"
+	"  --state-dump F   when the daemon sends a state-dump frame while the guest waits\n"
+	"                   for a request, dump the whole VM to F and end (state: keep)\n"
+	"  --restore-strict a failed --restore ends the VMM (status 125) instead of booting\n"
 	"   or: stoke-vmm --build-snapshot DUMP STORE_DIR SNAPSHOT_FILE\n"
 	"   or: stoke-vmm --commit-ws RAW STORE_DIR\n";
 
 enum { OPT_ROOTFS = 256, OPT_TASK, OPT_RUNTIME, OPT_MEM, OPT_TMP, OPT_WALL, OPT_CHAN, OPT_ENV,
        OPT_NOJAIL, OPT_STATS, OPT_CGROUP, OPT_PARENT, OPT_DUMP, OPT_RESTORE, OPT_STORE,
-       OPT_WS, OPT_WS_OUT, OPT_HUGE };
+       OPT_WS, OPT_WS_OUT, OPT_HUGE, OPT_STATE_DUMP, OPT_STRICT };
 
 static const struct option options[] = {
 	{ "rootfs", required_argument, NULL, OPT_ROOTFS },
@@ -73,6 +76,8 @@ static const struct option options[] = {
 	{ "snap-ws", required_argument, NULL, OPT_WS },
 	{ "ws-out", required_argument, NULL, OPT_WS_OUT },
 	{ "snap-huge", no_argument, NULL, OPT_HUGE },
+	{ "state-dump", required_argument, NULL, OPT_STATE_DUMP },
+	{ "restore-strict", no_argument, NULL, OPT_STRICT },
 	{ NULL, 0, NULL, 0 },
 };
 
@@ -112,6 +117,8 @@ static int parse_args(int argc, char **argv, struct vm_config *cfg, struct jail_
 		case OPT_WS: cfg->snap_ws = optarg; break;
 		case OPT_WS_OUT: cfg->snap_ws_out = optarg; break;
 		case OPT_HUGE: cfg->snap_huge = 1; break;
+		case OPT_STATE_DUMP: cfg->state_dump = optarg; break;
+		case OPT_STRICT: cfg->restore_strict = 1; break;
 		default: return -EINVAL;
 		}
 	}
@@ -172,6 +179,8 @@ static int try_restore(struct vm *vm)
 	r = vmsnap_restore_memory(vm, &mapped, why, sizeof(why));
 	if (!r)
 		return 1;
+	/* Kept state must not silently become a fresh boot: strict ends the VMM. */
+	mapped |= vm->cfg->restore_strict;
 	fprintf(stderr, "stoke-vmm: restoring %s: %s%s\n", vm->cfg->snap_restore,
 		why[0] ? why : strerror(-r), mapped ? "" : "; booting instead");
 	return mapped ? r : 0;
@@ -214,6 +223,7 @@ static int run(struct vm *vm, struct vm_config *cfg, struct jail_config *jc)
 	r = vmsnap_open(vm, why, sizeof(why));
 	if (r)
 		return fprintf(stderr, "stoke-vmm: snapshot: %s\n", why), r;
+	chan_open_status(vm);
 	restored = try_restore(vm);
 	if (restored < 0)
 		return restored;

@@ -55,6 +55,8 @@ struct vm_config {
 	const char *snap_ws;	/* working set to prefetch on restore */
 	const char *snap_ws_out; /* record the working set of the first request here */
 	int snap_huge;		/* restore: copy the working set's 2 MiB regions to huge pages */
+	const char *state_dump;	/* dump here when the daemon asks at an idle read (keep) */
+	int restore_strict;	/* a failed restore ends the VMM instead of booting */
 };
 
 /* Frame tracker for the guest's outbound channel bytes (see channel.c). */
@@ -108,6 +110,9 @@ struct vm {
 	/* Channel and per-request wall clock */
 	struct chan_track out;
 	int in_request;
+	int status_fd;		/* /proc/self/status, opened before the jail; <= 0: none */
+	uint8_t stash[8];	/* a request header read ahead by the VMM (state: keep) */
+	uint32_t stash_len, stash_off;
 	uint64_t request_cpu_ns;	/* process CPU time when the request came in */
 	timer_t wall_timer;
 	int has_wall_timer;
@@ -174,6 +179,8 @@ int vfd_install(struct vm *vm, int host, int min, int cloexec);
 long chan_read(struct vm *vm, void *buf, size_t len);
 long chan_write(struct vm *vm, const void *buf, size_t len);
 int chan_arm_timer(struct vm *vm);
+/* Opens what the statistics frame reads (the resident high-water) before the jail. */
+void chan_open_status(struct vm *vm);
 
 /* syscall.c: Linux system-call layer. */
 /* Runs system call nr; sets vm->exited on exit/exit_group. */

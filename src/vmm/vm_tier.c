@@ -5,6 +5,7 @@
  * gateway's event loop only ever enqueues.
  */
 #include "vm_proc.h"
+#include "vm_state.h"
 #include "vm_tier_snap.h"
 #include "common/invoke.h"
 #include "common/log.h"
@@ -13,6 +14,7 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,12 +54,8 @@ struct vm_fn {
 	struct vm_tier_snap snap;	/* cold starts restore from it when ready */
 	struct vm_proc *shell;		/* restored ahead, parked before its first read */
 	_Atomic uint64_t last_used_ns;	/* last invocation: shells follow the idle TTL */
+	struct vm_state *state;		/* state: keep: the instance slots; else NULL */
 	struct vm_fn *next;	/* tier's list, for metrics and stop */
-};
-
-struct job {
-	struct inv *inv;
-	struct job *next;
 };
 
 struct vm_tier {
@@ -65,11 +63,12 @@ struct vm_tier {
 	int nworkers;
 	pthread_t reaper;
 	pthread_cond_t reaper_cond;	/* apart from cond: a job must wake a worker */
+	pthread_cond_t state_cond;	/* a state dump finished (release waits for them) */
 	int has_reaper;
 	uint64_t idle_ttl_ns;
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
-	struct job *head, *tail;
+	struct vm_job *head, *tail;
 	int stopping;
 	atomic_int cancel;		/* set by stop: running exchanges end their VMs */
 	int jail;
@@ -86,6 +85,7 @@ struct vm_tier {
 	atomic_int live;
 	atomic_ullong boots, boot_ns, crashes, timeouts, invocations;
 	atomic_ullong restores, restore_failures;
+	atomic_ullong state_saves, state_save_failures, state_restores, state_corrupt;
 };
 
 static struct vm_tier *tier_of(struct tier *t)
@@ -108,6 +108,9 @@ static void on_stats(void *arg, const char *json, size_t len)
 	e = cJSON_GetObjectItemCaseSensitive(j, "cpu_ns");
 	if (cJSON_IsNumber(e))
 		ctx->inv->cpu_ns = (uint64_t)e->valuedouble;
+	e = cJSON_GetObjectItemCaseSensitive(j, "hwm_kb");
+	if (cJSON_IsNumber(e))
+		ctx->inv->peak_mem_bytes = (uint64_t)e->valuedouble << 10;
 	pthread_mutex_lock(&vf->lock);
 	cJSON_ArrayForEach(e, cJSON_GetObjectItemCaseSensitive(j, "enosys")) {
 		for (i = 0; i < MAX_ENOSYS_NAMES; i++) {
@@ -214,7 +217,7 @@ static void park_shell(struct vm_tier *vt, struct vm_fn *vf)
 	struct vm_proc *p;
 
 	/* Scale to zero: no shell for a version not invoked within the idle TTL. */
-	if (!vt->snapshots || vt->stopping || vf->retired || vf->shell ||
+	if (!vt->snapshots || vt->stopping || vf->retired || vf->shell || vf->state ||
 	    vm_now_ns() - atomic_load(&vf->last_used_ns) > vt->idle_ttl_ns ||
 	    !atomic_load(&vf->snap.ws_ready) ||
 	    atomic_load(&vt->idle_bytes) + ((uint64_t)vf->launch.mem_mb << 20) >
@@ -291,36 +294,13 @@ static void report_crash(struct vm_tier *vt, struct inv *inv, int status)
 		 "(stoke logs %s)", how, inv->fn->name);
 }
 
-static void run_invocation(struct tier *t, struct inv *inv)
+/* Answers an exchange that did not end in a response; the caller then drops p. */
+static void report_failure(struct vm_tier *vt, struct vm_fn *vf, struct inv *inv,
+			   struct vm_proc *p, enum vm_outcome o, int status)
 {
-	struct vm_tier *vt = tier_of(t);
-	struct vm_fn *vf = inv->fn->tier_data;
-	struct stats_ctx ctx = { vf, inv };
-	struct vm_hooks hooks = { on_stats, &ctx, &vt->cancel };
-	struct vm_proc *p;
-	uint64_t t0 = vm_now_ns();
-	uint32_t budget;
-	int err = 0, status;
-
-	atomic_fetch_add(&vt->invocations, 1);
-	if (vf)
-		atomic_store(&vf->last_used_ns, vm_now_ns());
-	if (!vf) {
-		inv_fail(inv, 500, "internal", "function version was not prepared for the vm tier");
-		return;
-	}
-	p = get_vm(t, vf, inv, &err);
-	if (!p) {
-		inv_fail(inv, 503, "vm_start", "cannot start a VM: %s", strerror(-err));
-		return;
-	}
-	budget = vf->launch.wall_ms + WALL_GRACE_MS + (inv->cold ? BOOT_ALLOWANCE_MS : 0);
-	switch (vm_proc_invoke(p, inv, budget, &hooks, &status)) {
+	switch (o) {
 	case VM_OK:
-		if (inv->cold)
-			atomic_fetch_add(&vt->boot_ns, vm_now_ns() - t0);
-		put_idle(t, vf, p);
-		return;
+		break;
 	case VM_TIMEOUT:
 		atomic_fetch_add(&vt->timeouts, 1);
 		inv_fail(inv, 504, "timeout", "the function ran past its wall-time limit of %u ms",
@@ -341,7 +321,414 @@ static void run_invocation(struct tier *t, struct inv *inv)
 		inv_fail(inv, 500, "internal", "out of memory building the request");
 		break;
 	}
+}
+
+static uint32_t budget_ms(const struct vm_fn *vf, const struct inv *inv)
+{
+	return vf->launch.wall_ms + WALL_GRACE_MS + (inv->cold ? BOOT_ALLOWANCE_MS : 0);
+}
+
+static void run_invocation(struct tier *t, struct inv *inv)
+{
+	struct vm_tier *vt = tier_of(t);
+	struct vm_fn *vf = inv->fn->tier_data;
+	struct stats_ctx ctx = { vf, inv };
+	struct vm_hooks hooks = { on_stats, &ctx, &vt->cancel };
+	struct vm_proc *p;
+	uint64_t t0 = vm_now_ns();
+	enum vm_outcome o;
+	int err = 0, status;
+
+	atomic_fetch_add(&vt->invocations, 1);
+	if (vf)
+		atomic_store(&vf->last_used_ns, vm_now_ns());
+	if (!vf) {
+		inv_fail(inv, 500, "internal", "function version was not prepared for the vm tier");
+		return;
+	}
+	p = get_vm(t, vf, inv, &err);
+	if (!p) {
+		inv_fail(inv, 503, "vm_start", "cannot start a VM: %s", strerror(-err));
+		return;
+	}
+	o = vm_proc_invoke(p, inv, budget_ms(vf, inv), &hooks, &status);
+	if (o == VM_OK) {
+		if (inv->cold)
+			atomic_fetch_add(&vt->boot_ns, vm_now_ns() - t0);
+		put_idle(t, vf, p);
+		return;
+	}
+	report_failure(vt, vf, inv, p, o, status);
 	drop(vt, p);
+}
+
+/* ---- kept state (state: keep; vm_state.h) ---- */
+
+/* A layer nothing names any more: the reaper deletes it. Called with vt->lock held. */
+static void bury_layer(struct vm_tier *vt, const struct snap_id *id)
+{
+	if (vt->ndead < (int)(sizeof(vt->dead_layers) / sizeof(vt->dead_layers[0])))
+		vt->dead_layers[vt->ndead++] = *id;
+	pthread_cond_signal(&vt->reaper_cond);
+}
+
+/* Gives a worker its turn at the slot's queue. Called with vt->lock held. */
+static void queue_slot(struct vm_tier *vt, struct vm_slot *sl)
+{
+	sl->busy = 1;
+	sl->turn = (struct vm_job){ NULL, sl, NULL };
+	if (vt->tail)
+		vt->tail->next = &sl->turn;
+	else
+		vt->head = &sl->turn;
+	vt->tail = &sl->turn;
+	pthread_cond_signal(&vt->cond);
+}
+
+/* Says what happened to the state in the daemon's log and the function's. */
+static void state_log(const struct vm_fn *vf, const char *request_id, int warn,
+		      const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+static void state_log(const struct vm_fn *vf, const char *request_id, int warn,
+		      const char *fmt, ...)
+{
+	char msg[1400];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (warn)
+		log_warn("vm tier: %s: %s", vf->name, msg);
+	else
+		log_info("vm tier: %s: %s", vf->name, msg);
+	fnlog_write(vf->name, request_id, "stoke", msg, strlen(msg));
+}
+
+/* The slot's saved state cannot be restored: say so, set it aside, start afresh. */
+static void state_lost(struct vm_tier *vt, struct vm_fn *vf, struct vm_slot *sl,
+		       struct inv *inv, const char *why)
+{
+	size_t n = strlen(sl->file);
+	/* The client learns the reason, not where the daemon keeps its files. */
+	const char *reason = !strncmp(why, sl->file, n) && !strncmp(why + n, ": ", 2) ?
+			     why + n + 2 : why;
+
+	pthread_mutex_lock(&vt->lock);
+	if (!snap_id_is_zero(&sl->layer))
+		bury_layer(vt, &sl->layer);
+	pthread_mutex_unlock(&vt->lock);
+	vm_state_discard(sl);
+	atomic_fetch_add(&vt->state_corrupt, 1);
+	state_log(vf, inv->request_id, 1, "instance %u: saved state unusable (%.300s); set "
+		  "aside as %.900s.corrupt, the next request starts fresh", sl->index, why,
+		  sl->file);
+	inv_fail(inv, 500, "state_corrupt", "the saved state of instance %u could not be "
+		 "restored (%.300s); it was set aside and the next request starts with fresh "
+		 "state", sl->index, reason);
+}
+
+/* Starts the slot's VM: from its saved state, else as any cold start plus the dump option. */
+static int keep_spawn(struct tier *t, struct vm_fn *vf, struct vm_slot *sl, int from_state,
+		      struct vm_proc *p)
+{
+	struct vm_tier *vt = tier_of(t);
+	char dump[4300], restore[4300], store[4300];
+	const char *fresh_opts[] = { dump, NULL };
+	const char *state_opts[] = { dump, restore, store, "--restore-strict", NULL };
+	const struct vm_launch *base = from_state || !vt->snapshots ? NULL :
+				       vm_tier_snap_launch(&vf->snap);
+	struct vm_launch *l = malloc(sizeof(*l));
+	int r;
+
+	if (!l)
+		return -ENOMEM;
+	vm_state_dump_opt(sl, dump, sizeof(dump));
+	snprintf(restore, sizeof(restore), "--restore=%s", sl->file);
+	snprintf(store, sizeof(store), "--snap-store=%s", vf->state->store);
+	r = vm_launch_with(l, base ? base : &vf->launch, from_state ? state_opts : fresh_opts);
+	r = r ? r : vm_proc_spawn(p, l, t->vmm_path);
+	free(l);
+	if (!r)
+		p->restored = base != NULL;
+	return r;
+}
+
+/* The slot's VM: its live one, or one restored from its saved state, or a fresh one. */
+static struct vm_proc *keep_vm(struct tier *t, struct vm_fn *vf, struct vm_slot *sl,
+			       struct inv *inv, int *from_state)
+{
+	struct vm_tier *vt = tier_of(t);
+	struct vm_proc *p;
+	char why[1100];
+	int r;
+
+	pthread_mutex_lock(&vt->lock);
+	p = sl->proc;
+	sl->proc = NULL;
+	pthread_mutex_unlock(&vt->lock);
+	if (p) {
+		atomic_fetch_sub(&vt->idle_bytes, (uint64_t)p->mem_mb << 20);
+		inv->cold = 0;
+		return p;
+	}
+	if (sl->has_state && (r = vm_state_check(vf->state, sl, why, sizeof(why)))) {
+		state_lost(vt, vf, sl, inv, why);
+		return NULL;
+	}
+	*from_state = sl->has_state;
+	p = calloc(1, sizeof(*p));
+	r = p ? keep_spawn(t, vf, sl, *from_state, p) : -ENOMEM;
+	if (r) {
+		free(p);
+		inv_fail(inv, 503, "vm_start", "cannot start a VM: %s", strerror(-r));
+		return NULL;
+	}
+	atomic_fetch_add(&vt->live, 1);
+	atomic_fetch_add(*from_state ? &vt->state_restores :
+			 p->restored ? &vt->restores : &vt->boots, 1);
+	inv->cold = 1;
+	if (*from_state)
+		state_log(vf, inv->request_id, 0, "instance %u: state restored from %s",
+			  sl->index, sl->file);
+	return p;
+}
+
+/* Parks the slot's VM between requests; the reaper saves it when idle or short of memory. */
+static void keep_idle(struct tier *t, struct vm_fn *vf, struct vm_slot *sl, struct vm_proc *p)
+{
+	struct vm_tier *vt = tier_of(t);
+	int keep;
+
+	pthread_mutex_lock(&vf->lock);
+	keep = !vf->retired;
+	pthread_mutex_unlock(&vf->lock);
+	pthread_mutex_lock(&vt->lock);
+	keep = keep && !vt->stopping;
+	if (keep) {
+		p->idle_since_ns = vm_now_ns();
+		sl->proc = p;
+		atomic_fetch_add(&vt->idle_bytes, (uint64_t)p->mem_mb << 20);
+		if (atomic_load(&vt->idle_bytes) > t->memory_budget)
+			pthread_cond_signal(&vt->reaper_cond);
+	}
+	pthread_mutex_unlock(&vt->lock);
+	if (!keep)
+		drop(vt, p);
+}
+
+static void run_keep(struct tier *t, struct vm_slot *sl, struct inv *inv)
+{
+	struct vm_tier *vt = tier_of(t);
+	struct vm_fn *vf = inv->fn->tier_data;
+	struct stats_ctx ctx = { vf, inv };
+	struct vm_hooks hooks = { on_stats, &ctx, &vt->cancel };
+	uint64_t t0 = vm_now_ns();
+	struct vm_proc *p;
+	enum vm_outcome o;
+	int from_state = 0, status;
+
+	atomic_fetch_add(&vt->invocations, 1);
+	atomic_store(&vf->last_used_ns, t0);
+	if (atomic_load(&vt->cancel)) {
+		inv_fail(inv, 503, "shutting_down", "the daemon is stopping");
+		return;
+	}
+	p = keep_vm(t, vf, sl, inv, &from_state);
+	if (!p)
+		return;
+	o = vm_proc_invoke(p, inv, budget_ms(vf, inv), &hooks, &status);
+	if (o == VM_OK) {
+		if (inv->cold && !from_state)
+			atomic_fetch_add(&vt->boot_ns, vm_now_ns() - t0);
+		keep_idle(t, vf, sl, p);
+		return;
+	}
+	/* --restore-strict: a state the VMM could not restore ends it with 125. */
+	if (from_state && o == VM_CRASHED && WIFEXITED(status) && WEXITSTATUS(status) == 125)
+		state_lost(vt, vf, sl, inv, p->tail_len ? p->tail : "the VMM failed");
+	else
+		report_failure(vt, vf, inv, p, o, status);
+	drop(vt, p);
+}
+
+/* A worker's turn at a slot: its requests one after another, in arrival order. */
+static void serve_slot(struct tier *t, struct vm_slot *sl)
+{
+	struct vm_tier *vt = tier_of(t);
+	struct vm_job *j;
+	int more;
+
+	do {
+		pthread_mutex_lock(&vt->lock);
+		j = sl->head;
+		if (j) {
+			sl->head = j->next;
+			if (!sl->head)
+				sl->tail = NULL;
+			sl->queued--;
+		} else {
+			sl->busy = 0;
+		}
+		pthread_mutex_unlock(&vt->lock);
+		if (!j)
+			return;
+		run_keep(t, sl, j->inv);
+		/* Decided before inv_done: the last reference to the version may go with it. */
+		pthread_mutex_lock(&vt->lock);
+		more = sl->head != NULL;
+		if (!more)
+			sl->busy = 0;
+		pthread_mutex_unlock(&vt->lock);
+		inv_done(j->inv);
+		free(j);
+	} while (more);
+}
+
+static void keep_invoke(struct vm_tier *vt, struct vm_fn *vf, struct vm_job *j)
+{
+	struct vm_slot *sl = vm_state_slot(vf->state, j->inv);
+	int full;
+
+	j->slot = NULL;
+	j->next = NULL;
+	pthread_mutex_lock(&vt->lock);
+	full = sl->busy && sl->queued >= vf->state->queue_max;
+	if (!full) {
+		if (sl->tail)
+			sl->tail->next = j;
+		else
+			sl->head = j;
+		sl->tail = j;
+		sl->queued++;
+		if (!sl->busy)
+			queue_slot(vt, sl);
+	}
+	pthread_mutex_unlock(&vt->lock);
+	if (!full)
+		return;
+	inv_fail(j->inv, 429, "too_many_requests", "instance %u of function %s has %u requests "
+		 "waiting, as many as limits.queue allows; retry later", sl->index, vf->name,
+		 vf->state->queue_max);
+	inv_resp_add_header(j->inv, "retry-after", 11, "1", 1);
+	inv_done(j->inv);
+	free(j);
+}
+
+struct state_save {
+	struct vm_fn *vf;
+	struct vm_slot *sl;
+	struct vm_proc *p;
+	const char *why;
+};
+
+/* Takes the slot's idle VM for saving. Called with vt->lock held. */
+static void take_for_save(struct vm_fn *vf, struct vm_slot *sl, const char *why,
+			  struct state_save *out)
+{
+	*out = (struct state_save){ vf, sl, sl->proc, why };
+	sl->proc = NULL;
+	sl->busy = 1;
+	vf->state->dumping++;
+}
+
+/*
+ * Stateful VMs to save to disk: every idle one when all is set, else those idle past
+ * the TTL, then the least recently used while idle VMs hold more than the memory
+ * budget. Called with vt->lock held; returns how many were taken.
+ */
+static int pick_saves(struct vm_tier *vt, uint64_t budget, int all, struct state_save *out,
+		      int max)
+{
+	uint64_t now = vm_now_ns(), bytes = atomic_load(&vt->idle_bytes);
+	struct vm_slot *sl, *lru;
+	struct vm_fn *vf, *lru_fn;
+	uint32_t i;
+	int n = 0;
+
+	for (vf = vt->fns; vf && n < max; vf = vf->next) {
+		for (i = 0; vf->state && !vf->retired && i < vf->state->nslots && n < max; i++) {
+			sl = &vf->state->slots[i];
+			if (sl->busy || !sl->proc ||
+			    (!all && now - sl->proc->idle_since_ns < vt->idle_ttl_ns))
+				continue;
+			bytes -= (uint64_t)sl->proc->mem_mb << 20;
+			take_for_save(vf, sl, all ? "daemon stopping" : "idle", &out[n++]);
+		}
+	}
+	while (bytes > budget && n < max) {
+		lru = NULL;
+		lru_fn = NULL;
+		for (vf = vt->fns; vf; vf = vf->next)
+			for (i = 0; vf->state && !vf->retired && i < vf->state->nslots; i++) {
+				sl = &vf->state->slots[i];
+				if (!sl->busy && sl->proc && (!lru || sl->proc->idle_since_ns <
+							      lru->proc->idle_since_ns)) {
+					lru = sl;
+					lru_fn = vf;
+				}
+			}
+		if (!lru)
+			break;
+		bytes -= (uint64_t)lru->proc->mem_mb << 20;
+		take_for_save(lru_fn, lru, "memory budget", &out[n++]);
+	}
+	return n;
+}
+
+/* Dumps one taken VM to its slot's snapshot, then gives the slot back. */
+static void save_one(struct vm_tier *vt, const struct state_save *s)
+{
+	struct vm_slot *sl = s->sl;
+	uint64_t t0 = vm_now_ns();
+	struct snap_id old;
+	char why[1100] = "";
+	int had_old = 0, r;
+
+	r = vm_state_save(s->vf->state, sl, s->p, &old, &had_old, why, sizeof(why));
+	if (!r)
+		state_log(s->vf, "-", 0, "instance %u: state saved to %s (%s; %.0f ms)", sl->index,
+			  sl->file, s->why, (double)(vm_now_ns() - t0) / 1e6);
+	else
+		state_log(s->vf, "-", 1, "instance %u: state not saved (%s): %s", sl->index, why,
+			  r == -ENOTSUP ? "the VM keeps running" :
+			  "its memory is lost; the last saved state stays");
+	pthread_mutex_lock(&vt->lock);
+	atomic_fetch_add(r ? &vt->state_save_failures : &vt->state_saves, 1);
+	if (r == -ENOTSUP) {
+		s->p->idle_since_ns = vm_now_ns();
+		sl->proc = s->p;
+	}
+	if (had_old)
+		bury_layer(vt, &old);
+	sl->busy = 0;
+	if (sl->head && !vt->stopping)
+		queue_slot(vt, sl);
+	s->vf->state->dumping--;
+	pthread_cond_broadcast(&vt->state_cond);
+	pthread_mutex_unlock(&vt->lock);
+	if (r != -ENOTSUP) {
+		atomic_fetch_sub(&vt->idle_bytes, (uint64_t)s->p->mem_mb << 20);
+		drop(vt, s->p);
+	}
+}
+
+#define MAX_SAVES 64
+
+/* The reaper's part: saves idle stateful VMs (or all of them, when the daemon stops). */
+static void save_states(struct vm_tier *vt, int all)
+{
+	struct state_save *saves = calloc(MAX_SAVES, sizeof(*saves));
+	int n, i;
+
+	if (!saves)
+		return;
+	pthread_mutex_lock(&vt->lock);
+	n = pick_saves(vt, vt->memory_budget, all, saves, MAX_SAVES);
+	pthread_mutex_unlock(&vt->lock);
+	for (i = 0; i < n; i++)
+		save_one(vt, &saves[i]);
+	free(saves);
 }
 
 /* Unlinks the idle VMs of vf that have been idle since before cutoff. */
@@ -397,6 +784,27 @@ static void reap_idle(struct vm_tier *vt)
 	}
 }
 
+/*
+ * Layers are named by their contents, so two instance slots whose memory is equal (a
+ * deterministic native function, say) save the same layer: one slot's old layer may
+ * be another's current one. Called with vt->lock held.
+ */
+static int layer_in_use(struct vm_tier *vt, const struct snap_id *id)
+{
+	struct vm_fn *vf;
+	uint32_t i;
+
+	for (vf = vt->fns; vf; vf = vf->next) {
+		if (vf->snap.ready && !memcmp(&vf->snap.top, id, sizeof(*id)))
+			return 1;
+		for (i = 0; vf->state && i < vf->state->nslots; i++)
+			if (vf->state->slots[i].has_state &&
+			    !memcmp(&vf->state->slots[i].layer, id, sizeof(*id)))
+				return 1;
+	}
+	return 0;
+}
+
 /* Deletes released versions' layers and their pages (gc locks the store: not on the loop). */
 static void collect_layers(struct vm_tier *vt)
 {
@@ -404,11 +812,16 @@ static void collect_layers(struct vm_tier *vt)
 	char store[4200];
 	int n;
 
+	int i, k = 0;
+
 	pthread_mutex_lock(&vt->lock);
 	n = vt->ndead;
-	memcpy(ids, vt->dead_layers, (size_t)n * sizeof(ids[0]));
+	for (i = 0; i < n; i++)
+		if (!layer_in_use(vt, &vt->dead_layers[i]))
+			ids[k++] = vt->dead_layers[i];
 	vt->ndead = 0;
 	pthread_mutex_unlock(&vt->lock);
+	n = k;
 	if (!n)
 		return;
 	snprintf(store, sizeof(store), "%s/store", vt->snap_dir);
@@ -429,8 +842,10 @@ static void *reaper(void *arg)
 			pthread_cond_timedwait(&vt->reaper_cond, &vt->lock, &until);
 		stop = vt->stopping;
 		pthread_mutex_unlock(&vt->lock);
-		if (!stop)
+		if (!stop) {
 			reap_idle(vt);
+			save_states(vt, 0);
+		}
 		collect_layers(vt);
 	}
 	return NULL;
@@ -440,7 +855,7 @@ static void *worker(void *arg)
 {
 	struct tier *t = arg;
 	struct vm_tier *vt = tier_of(t);
-	struct job *j;
+	struct vm_job *j;
 
 	for (;;) {
 		pthread_mutex_lock(&vt->lock);
@@ -455,6 +870,10 @@ static void *worker(void *arg)
 		pthread_mutex_unlock(&vt->lock);
 		if (!j)
 			return NULL;
+		if (j->slot) {
+			serve_slot(t, j->slot);	/* the slot's own job: not freed */
+			continue;
+		}
 		run_invocation(t, j->inv);
 		inv_done(j->inv);
 		free(j);
@@ -472,6 +891,7 @@ static int vm_start(struct tier *t)
 	pthread_mutex_init(&vt->lock, NULL);
 	pthread_cond_init(&vt->cond, NULL);
 	pthread_cond_init(&vt->reaper_cond, NULL);
+	pthread_cond_init(&vt->state_cond, NULL);
 	/*
 	 * One worker serves one VM exchange at a time and mostly waits on it: the count
 	 * bounds how many VM requests run at once, so it is far above the core count.
@@ -542,6 +962,40 @@ static int take_snapshot(struct tier *t, struct vm_fn *vf, const struct fn *fn, 
 	return 0;
 }
 
+/*
+ * The instance slots of a stateful version. When no other version of the function is
+ * loaded (a daemon start, or a deploy after rm), state directories of other versions
+ * are leftovers and go; on a redeploy the old version's goes when it is released.
+ */
+static int prepare_state(struct tier *t, struct vm_fn *vf, const struct fn *fn, char *err,
+			 size_t errlen)
+{
+	struct vm_tier *vt = tier_of(t);
+	char store[4200];
+	struct vm_fn *o;
+	int fresh = 1, r;
+
+	if (!fn->keep_state)
+		return 0;
+	vf->state = calloc(1, sizeof(*vf->state));
+	if (!vf->state)
+		return -ENOMEM;
+	pthread_mutex_lock(&vt->lock);
+	for (o = vt->fns; o; o = o->next)
+		fresh &= strcmp(o->name, fn->name) != 0;
+	pthread_mutex_unlock(&vt->lock);
+	snprintf(store, sizeof(store), "%s/store", vt->snap_dir);
+	mkdir(vt->snap_dir, 0700);
+	mkdir(store, 0700);
+	r = vm_state_init(vf->state, fn, t->data_dir, store, fresh, err, errlen);
+	if (r) {
+		vm_state_free(vf->state);
+		free(vf->state);
+		vf->state = NULL;
+	}
+	return r;
+}
+
 static int vm_prepare(struct tier *t, struct fn *fn, char *err, size_t errlen)
 {
 	struct vm_tier *vt = tier_of(t);
@@ -564,8 +1018,12 @@ static int vm_prepare(struct tier *t, struct fn *fn, char *err, size_t errlen)
 		free(vf);
 		return r;
 	}
-	r = take_snapshot(t, vf, fn, err, errlen);
+	r = prepare_state(t, vf, fn, err, errlen);
+	r = r ? r : take_snapshot(t, vf, fn, err, errlen);
 	if (r) {
+		if (vf->state)
+			vm_state_free(vf->state);
+		free(vf->state);
 		free(vf);
 		return r;
 	}
@@ -582,7 +1040,7 @@ static int vm_prepare(struct tier *t, struct fn *fn, char *err, size_t errlen)
 static void vm_invoke(struct tier *t, struct inv *inv)
 {
 	struct vm_tier *vt = tier_of(t);
-	struct job *j = malloc(sizeof(*j));
+	struct vm_job *j = malloc(sizeof(*j));
 
 	if (!j) {
 		inv_fail(inv, 503, "overloaded", "out of memory queueing the request");
@@ -590,7 +1048,12 @@ static void vm_invoke(struct tier *t, struct inv *inv)
 		return;
 	}
 	j->inv = inv;
+	j->slot = NULL;
 	j->next = NULL;
+	if (inv->fn->tier_data && ((struct vm_fn *)inv->fn->tier_data)->state) {
+		keep_invoke(vt, inv->fn->tier_data, j);
+		return;
+	}
 	pthread_mutex_lock(&vt->lock);
 	if (vt->tail)
 		vt->tail->next = j;
@@ -611,6 +1074,22 @@ static void drain_idle(struct vm_tier *vt, struct vm_fn *vf)
 	}
 }
 
+/* An idle slot's VM (counted in idle_bytes), or NULL. Called with vt->lock held. */
+static struct vm_proc *take_slot_vm(struct vm_fn *vf)
+{
+	struct vm_proc *p;
+	uint32_t i;
+
+	for (i = 0; vf->state && i < vf->state->nslots; i++) {
+		p = vf->state->slots[i].proc;
+		if (p && !vf->state->slots[i].busy) {
+			vf->state->slots[i].proc = NULL;
+			return p;
+		}
+	}
+	return NULL;
+}
+
 /*
  * The gateway may call this on its event loop: the idle VMs go to the reaper thread,
  * which stops them (stopping waits for each process to exit).
@@ -627,13 +1106,45 @@ static void vm_retire(struct tier *t, struct fn *fn)
 	vf->retired = 1;
 	pthread_mutex_unlock(&vf->lock);
 	pthread_mutex_lock(&vt->lock);
-	while ((p = take_idle(vf)) || (p = take_parked(vf))) {
+	while ((p = take_idle(vf)) || (p = take_parked(vf)) || (p = take_slot_vm(vf))) {
 		p->idle_since_ns = 0;
 		p->next = vt->dying;
 		vt->dying = p;
 	}
+	/* rm and redeploy retire a version: its kept state goes with it (not a stop). */
+	if (vf->state)
+		vf->state->drop = 1;
 	pthread_cond_signal(&vt->reaper_cond);
 	pthread_mutex_unlock(&vt->lock);
+}
+
+/*
+ * Waits for saves of vf's slots to end, then deletes the state files if the version was
+ * retired (rm, redeploy). Waiting happens only when a save runs (at most seconds).
+ */
+static void release_state(struct vm_tier *vt, struct vm_fn *vf)
+{
+	struct snap_id layers[16];
+	struct vm_proc *p;
+	int n = 0, i;
+
+	if (!vf->state)
+		return;
+	pthread_mutex_lock(&vt->lock);
+	while (vf->state->dumping)
+		pthread_cond_wait(&vt->state_cond, &vt->lock);
+	while ((p = take_slot_vm(vf))) {
+		p->next = vt->dying;
+		vt->dying = p;
+	}
+	if (vf->state->drop)
+		n = vm_state_remove(vf->state, layers, 16);
+	for (i = 0; i < n; i++)
+		bury_layer(vt, &layers[i]);
+	pthread_mutex_unlock(&vt->lock);
+	vm_state_free(vf->state);
+	free(vf->state);
+	vf->state = NULL;
 }
 
 static void vm_release(struct tier *t, struct fn *fn)
@@ -655,11 +1166,10 @@ static void vm_release(struct tier *t, struct fn *fn)
 		vm_native_remove(vf->native_dir);
 	if (vm_tier_snap_remove(&vf->snap)) {
 		pthread_mutex_lock(&vt->lock);
-		if (vt->ndead < (int)(sizeof(vt->dead_layers) / sizeof(vt->dead_layers[0])))
-			vt->dead_layers[vt->ndead++] = vf->snap.top;
-		pthread_cond_signal(&vt->reaper_cond);
+		bury_layer(vt, &vf->snap.top);
 		pthread_mutex_unlock(&vt->lock);
 	}
+	release_state(vt, vf);
 	pthread_mutex_destroy(&vf->lock);
 	free(vf);
 	fn->tier_data = NULL;
@@ -700,6 +1210,18 @@ static void vm_metrics(struct tier *t, struct strbuf *out)
 		  (unsigned long long)atomic_load(&vt->crashes));
 	sb_printf(out, "# TYPE stoke_vm_timeouts_total counter\nstoke_vm_timeouts_total %llu\n",
 		  (unsigned long long)atomic_load(&vt->timeouts));
+	sb_printf(out, "# TYPE stoke_vm_state_saves_total counter\n"
+		  "stoke_vm_state_saves_total %llu\n"
+		  "# TYPE stoke_vm_state_save_failures_total counter\n"
+		  "stoke_vm_state_save_failures_total %llu\n"
+		  "# TYPE stoke_vm_state_restores_total counter\n"
+		  "stoke_vm_state_restores_total %llu\n"
+		  "# TYPE stoke_vm_state_corrupt_total counter\n"
+		  "stoke_vm_state_corrupt_total %llu\n",
+		  (unsigned long long)atomic_load(&vt->state_saves),
+		  (unsigned long long)atomic_load(&vt->state_save_failures),
+		  (unsigned long long)atomic_load(&vt->state_restores),
+		  (unsigned long long)atomic_load(&vt->state_corrupt));
 	sb_adds(out, "# TYPE stoke_vm_enosys_total counter\n");
 	pthread_mutex_lock(&vt->lock);
 	for (vf = vt->fns; vf; vf = vf->next)
@@ -707,22 +1229,44 @@ static void vm_metrics(struct tier *t, struct strbuf *out)
 	pthread_mutex_unlock(&vt->lock);
 }
 
+/* A slot whose turn never came: its waiting requests fail. Called with vt->lock held. */
+static void fail_slot(struct vm_slot *sl)
+{
+	struct vm_job *j;
+
+	while ((j = sl->head)) {
+		sl->head = j->next;
+		inv_fail(j->inv, 503, "shutting_down", "the daemon is stopping");
+		inv_done(j->inv);
+		free(j);
+	}
+	sl->tail = NULL;
+	sl->queued = 0;
+	sl->busy = 0;
+}
+
 static void vm_stop(struct tier *t)
 {
 	struct vm_tier *vt = tier_of(t);
 	struct vm_proc *p;
 	struct vm_fn *vf;
-	struct job *j;
+	struct vm_job *j;
 	int i;
 
 	if (!vt)
 		return;
+	/* Kept state outlives the daemon: idle stateful VMs are saved first. */
+	save_states(vt, 1);
 	pthread_mutex_lock(&vt->lock);
 	vt->stopping = 1;
 	/* Queued invocations fail; running ones stop their VMs and answer 503. */
 	atomic_store(&vt->cancel, 1);
 	while ((j = vt->head)) {
 		vt->head = j->next;
+		if (j->slot) {
+			fail_slot(j->slot);
+			continue;
+		}
 		inv_fail(j->inv, 503, "shutting_down", "the daemon is stopping");
 		inv_done(j->inv);
 		free(j);
@@ -735,8 +1279,16 @@ static void vm_stop(struct tier *t)
 		pthread_join(vt->workers[i], NULL);
 	if (vt->has_reaper)
 		pthread_join(vt->reaper, NULL);
-	for (vf = vt->fns; vf; vf = vf->next)
+	for (vf = vt->fns; vf; vf = vf->next) {
 		drain_idle(vt, vf);
+		/* Requests that queued behind a save the reaper finished while stopping. */
+		for (i = 0; vf->state && i < (int)vf->state->nslots; i++)
+			fail_slot(&vf->state->slots[i]);
+		while ((p = take_slot_vm(vf))) {
+			atomic_fetch_sub(&vt->idle_bytes, (uint64_t)p->mem_mb << 20);
+			drop(vt, p);
+		}
+	}
 	while ((p = vt->dying)) {
 		vt->dying = p->next;
 		atomic_fetch_sub(&vt->idle_bytes, (uint64_t)p->mem_mb << 20);

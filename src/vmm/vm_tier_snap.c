@@ -61,7 +61,7 @@ static void keep_tail(struct vm_proc *p, const char *buf, ssize_t n)
 }
 
 /* Drains the guest's output (so it never blocks on a full pipe) until the dump is whole. */
-static int wait_dump(struct vm_proc *p, const char *dump)
+int vm_tier_snap_wait_dump(struct vm_proc *p, const char *dump)
 {
 	struct pollfd pf[2] = { { p->out, POLLIN, 0 }, { p->err, POLLIN, 0 } };
 	char buf[4096];
@@ -105,7 +105,7 @@ static int boot_and_dump(struct vm_tier_snap *s, const struct vm_launch *boot,
 	if (r)
 		return snprintf(why, len, "starting the VM: %s", strerror(-r)), r;
 	p.tail[0] = '\0';
-	r = wait_dump(&p, s->dump);
+	r = vm_tier_snap_wait_dump(&p, s->dump);
 	if (r == -ECHILD)
 		snprintf(why, len, "%s", p.tail[0] ? p.tail : "the runtime exited at start");
 	else if (r)

@@ -36,6 +36,12 @@ struct vm_tier_snap {
  */
 int vm_tier_snap_take(struct vm_tier_snap *s, const struct vm_launch *boot, const char *dir,
 		      const char *key, const char *vmm_path, char *why, size_t len);
+/*
+ * Waits (at most 30 s) until the VMM p wrote a whole dump to the file dump, draining
+ * its output meanwhile. Returns 0, -ENOTSUP when the VMM took none, -ECHILD when it
+ * exited first (its last stderr in p->tail) or -ETIMEDOUT.
+ */
+int vm_tier_snap_wait_dump(struct vm_proc *p, const char *dump);
 /* The launch for a cold start: a restore when a snapshot is ready, else NULL. */
 const struct vm_launch *vm_tier_snap_launch(struct vm_tier_snap *s);
 /* Moves a recorded working set into the store once the recording VM wrote it. */

@@ -66,6 +66,7 @@ struct fd_blob {
 
 struct vmsnap_state {
 	int dump_fd;
+	int state_fd;		/* --state-dump: the whole VM, when the daemon asks */
 	int pagemap_fd;
 	int ws_fd;
 	int dumped;
@@ -85,12 +86,12 @@ int vmsnap_open(struct vm *vm, char *why, size_t len)
 	const struct vm_config *cfg = vm->cfg;
 	struct vmsnap_state *s;
 
-	if (!cfg->snap_dump && !cfg->snap_restore)
+	if (!cfg->snap_dump && !cfg->snap_restore && !cfg->state_dump)
 		return 0;
 	s = calloc(1, sizeof(*s));
 	if (!s)
 		return -ENOMEM;
-	s->dump_fd = s->ws_fd = -1;
+	s->dump_fd = s->ws_fd = s->state_fd = -1;
 	vm->snap = s;
 	s->pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
 	if (s->pagemap_fd < 0)
@@ -104,6 +105,11 @@ int vmsnap_open(struct vm *vm, char *why, size_t len)
 		s->dump_fd = open(cfg->snap_dump, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 		if (s->dump_fd < 0)
 			return say(why, len, -errno, "%s: %s", cfg->snap_dump);
+	}
+	if (cfg->state_dump) {
+		s->state_fd = open(cfg->state_dump, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+		if (s->state_fd < 0)
+			return say(why, len, -errno, "%s: %s", cfg->state_dump);
 	}
 	if (cfg->snap_restore && cfg->snap_ws_out) {
 		s->ws_fd = open(cfg->snap_ws_out, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
@@ -123,6 +129,8 @@ void vmsnap_close(struct vm *vm)
 		close(s->dump_fd);
 	if (s->ws_fd >= 0)
 		close(s->ws_fd);
+	if (s->state_fd >= 0)
+		close(s->state_fd);
 	if (s->pagemap_fd >= 0)
 		close(s->pagemap_fd);
 	free(s);
@@ -274,8 +282,8 @@ static int write_pages(int fd, struct vm *vm, const uint64_t *bm, uint64_t mem_o
 	return 0;
 }
 
-static int write_dump(struct vm *vm, struct vmsnap_state *s, const void *vmm, size_t vmm_len,
-		      const uint64_t *bm, size_t bm_len)
+static int write_dump(struct vm *vm, struct vmsnap_state *s, int fd, const void *vmm,
+		      size_t vmm_len, const uint64_t *bm, size_t bm_len)
 {
 	struct vmsnap_dump_hdr h = { .version = VMSNAP_DUMP_VERSION };
 	int r;
@@ -288,15 +296,15 @@ static int write_dump(struct vm *vm, struct vmsnap_state *s, const void *vmm, si
 	h.bitmap_off = ALIGN_UP(h.vmm_off + h.vmm_len);
 	h.bitmap_len = bm_len;
 	h.mem_off = ALIGN_UP(h.bitmap_off + h.bitmap_len);
-	r = ftruncate(s->dump_fd, (off_t)(h.mem_off + vm->mem_size)) < 0 ? -errno : 0;
-	r = r ? r : pwrite_all(s->dump_fd, &s->vcpu, sizeof(s->vcpu), h.vcpu_off);
-	r = r ? r : pwrite_all(s->dump_fd, vmm, vmm_len, h.vmm_off);
-	r = r ? r : pwrite_all(s->dump_fd, bm, bm_len, h.bitmap_off);
-	r = r ? r : write_pages(s->dump_fd, vm, bm, h.mem_off);
+	r = ftruncate(fd, (off_t)(h.mem_off + vm->mem_size)) < 0 ? -errno : 0;
+	r = r ? r : pwrite_all(fd, &s->vcpu, sizeof(s->vcpu), h.vcpu_off);
+	r = r ? r : pwrite_all(fd, vmm, vmm_len, h.vmm_off);
+	r = r ? r : pwrite_all(fd, bm, bm_len, h.bitmap_off);
+	r = r ? r : write_pages(fd, vm, bm, h.mem_off);
 	if (r)
 		return r;
 	memcpy(h.magic, VMSNAP_DUMP_MAGIC, sizeof(h.magic));
-	return pwrite_all(s->dump_fd, &h, sizeof(h), 0);
+	return pwrite_all(fd, &h, sizeof(h), 0);
 }
 
 /*
@@ -342,7 +350,7 @@ static int take_dump(struct vm *vm, struct vmsnap_state *s)
 	if (!r)
 		r = snap_dirty_from_pagemap(s->pagemap_fd, vm->mem, vm->mem_size, bm);
 	if (!r)
-		r = write_dump(vm, s, vmm, vmm_len, bm, bm_len);
+		r = write_dump(vm, s, s->dump_fd, vmm, vmm_len, bm, bm_len);
 	free(vmm);
 	free(bm);
 	return r;
@@ -637,4 +645,65 @@ void vmsnap_after_response(struct vm *vm)
 		fprintf(stderr, "stoke-vmm: recording the working set: %s\n", strerror(-r));
 	close(s->ws_fd);
 	s->ws_fd = -1;
+}
+
+/* ---- state dumps (state: keep) ---- */
+
+static int page_is_zero(const uint8_t *p)
+{
+	static const uint8_t zero[VM_PAGE];
+
+	return !memcmp(p, zero, VM_PAGE);
+}
+
+/*
+ * Every page whose contents the guest could read back: those the address space owns
+ * (page_used) and those written since boot or restore (the pagemap), minus the zero
+ * ones. On a restored VM the pagemap alone would miss pages still shared with the
+ * image it came from, so this dump stands alone as a base layer.
+ */
+static void state_bitmap(struct vm *vm, uint64_t *bm)
+{
+	uint64_t p, n = vm->mem_size / VM_PAGE, bit;
+
+	for (p = 0; p < n; p++) {
+		bit = 1ULL << (p % 64);
+		if (vm->page_used[p])
+			bm[p / 64] |= bit;
+		if ((bm[p / 64] & bit) && page_is_zero(vm->mem + p * VM_PAGE))
+			bm[p / 64] &= ~bit;
+	}
+}
+
+int vmsnap_dump_state(struct vm *vm)
+{
+	struct vmsnap_state *s = vm->snap;
+	size_t bm_len = (vm->mem_size / VM_PAGE + 63) / 64 * 8, vmm_len;
+	uint64_t *bm;
+	void *vmm = NULL;
+	int r;
+
+	if (!s || s->state_fd < 0)
+		return -EBADF;
+	bm = calloc(1, bm_len);
+	r = bm ? 0 : -ENOMEM;
+	/* /tmp is not part of the dump (a restored VM starts with an empty one). */
+	if (!r && !tmp_is_empty(vm))
+		r = -ENOTEMPTY;
+	r = r ? r : get_vcpu(vm, &s->vcpu);
+	if (!r)
+		vmm = vmm_blob(vm, &vmm_len, &r);
+	if (!r)
+		r = snap_dirty_from_pagemap(s->pagemap_fd, vm->mem, vm->mem_size, bm);
+	if (!r) {
+		state_bitmap(vm, bm);
+		r = write_dump(vm, s, s->state_fd, vmm, vmm_len, bm, bm_len);
+	}
+	if (r) {
+		fprintf(stderr, "stoke-vmm: state dump: %s\n", strerror(-r));
+		pwrite_all(s->state_fd, VMSNAP_DUMP_NONE, 8, 0);
+	}
+	free(vmm);
+	free(bm);
+	return r;
 }

@@ -64,6 +64,13 @@ int vmsnap_restore_memory(struct vm *vm, int *mapped, char *why, size_t len);
 int vmsnap_restore_vcpu(struct vm *vm, char *why, size_t len);
 /* chan_read hook: takes the dump at the first read of the channel. */
 void vmsnap_at_read(struct vm *vm);
+/*
+ * chan_read hook (--state-dump): dumps the whole VM, booted or restored, while the
+ * guest waits for its next request, as a dump vmsnap_build turns into a base layer.
+ * Writes VMSNAP_DUMP_NONE and returns -errno when it cannot (-ENOTEMPTY: files in /tmp,
+ * which a dump does not keep); the VM then serves on.
+ */
+int vmsnap_dump_state(struct vm *vm);
 /* chan_write hook: records the working set after a restored VM's first response. */
 void vmsnap_after_response(struct vm *vm);
 void vmsnap_close(struct vm *vm);

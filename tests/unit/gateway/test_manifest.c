@@ -69,6 +69,20 @@ static void test_tier_rules(void)
 	fn_unref(fn);
 	CHECK_STR(parse("{\"entry\":\"handler.py\",\"state\":\"keep\"}", &fn), "");
 	CHECK(fn->tier == TIER_VM && fn->keep_state);
+	CHECK(fn->limits.max_instances == 1);	/* one instance holds the state */
+	fn_unref(fn);
+	CHECK_STR(parse("{\"entry\":\"handler.py\",\"state\":\"keep\","
+			"\"limits\":{\"max_instances\":4}}", &fn), "");
+	CHECK(fn->limits.max_instances == 4);
+	fn_unref(fn);
+	CHECK_STR(parse("{\"entry\":\"handler.py\"}", &fn), "");
+	CHECK(fn->limits.max_instances == 16 && fn->limits.concurrency == 1);
+	fn_unref(fn);
+	/* A micro-VM guest serves one request at a time: more is refused, not ignored */
+	expect_field("{\"entry\":\"handler.py\",\"limits\":{\"concurrency\":2}}",
+		     "limits.concurrency");
+	CHECK_STR(parse("{\"limits\":{\"concurrency\":8}}", &fn), "");
+	CHECK(fn->tier == TIER_ISOLATE && fn->limits.concurrency == 8);
 	fn_unref(fn);
 	/* JavaScript that would need a micro-VM has nowhere to run: refused, naming why */
 	expect_field("{\"limits\":{\"wall_s\":120}}", "runtime");
