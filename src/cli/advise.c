@@ -41,5 +41,7 @@ const struct cli_verb cli_verb_advise = {
 	.summary = "Show the tier and runtime a deploy of PATH would get, and why.",
 	.options = CLI_DEPLOY_OPTIONS,
 	.client = 1,
+	.longopts = cli_deploy_opts,
+	.shortopts = ":h",
 	.run = cli_advise_run,
 };

@@ -7,6 +7,8 @@
 
 #include "config.h"
 
+const struct option cli_client_opts[] = { CLI_CLIENT_OPTIONS, { 0 } };
+
 void cli_client_init(struct cli_client *c, const struct cli_verb *verb)
 {
 	memset(c, 0, sizeof(*c));
@@ -49,21 +51,16 @@ int cli_client_option(struct cli_client *c, int opt, const char *arg, int *exit_
 			return 1;
 		*exit_code = cli_usage(c->verb, "--timeout wants seconds, got '%s'", arg);
 		return -1;
-	case 'h':
-		cli_help(c->verb, stdout);
-		*exit_code = CLI_EXIT_OK;
-		return -1;
 	}
 	return 0;
 }
 
-int cli_client_getopt(struct cli_client *c, int argc, char **argv, const char *shortopts,
-		      const struct option *longopts, int *exit_code)
+int cli_client_getopt(struct cli_client *c, int argc, char **argv, int *exit_code)
 {
 	int opt, ret;
 
 	for (;;) {
-		opt = getopt_long(argc, argv, shortopts, longopts, NULL);
+		opt = getopt_long(argc, argv, c->verb->shortopts, c->verb->longopts, NULL);
 		if (opt == '?' || opt == ':') {
 			*exit_code = cli_bad_option(c->verb, opt, argv);
 			return -2;
@@ -209,23 +206,19 @@ void cli_client_escape(struct strbuf *sb, const char *s)
 }
 
 /* Parses the client options of a verb taking nargs arguments and opens the client.
- * Returns 1 to go on; 0 with *code set when the verb is done (help, usage, no daemon). */
+ * Returns 0 to go on, else the exit code after saying why (usage, no daemon). */
 static int cli_client_begin(struct cli_client *c, const struct cli_verb *verb, int argc,
-			    char **argv, int nargs, int *code)
+			    char **argv, int nargs)
 {
-	static const struct option opts[] = { CLI_CLIENT_OPTIONS, { 0 } };
+	int code = CLI_EXIT_USAGE;
 
-	*code = 0;
 	cli_client_init(c, verb);
-	if (cli_client_getopt(c, argc, argv, ":h", opts, code) == -2)
-		return 0;
-	if (argc - optind != nargs) {
-		*code = cli_usage(c->verb, nargs ? "wants exactly one function name" :
-				  "takes no arguments");
-		return 0;
-	}
-	*code = cli_client_open(c);
-	return *code == 0;
+	if (cli_client_getopt(c, argc, argv, &code) == -2)
+		return code;
+	if (argc - optind != nargs)
+		return cli_usage(c->verb, nargs ? "wants exactly one function name" :
+				 "takes no arguments");
+	return cli_client_open(c);
 }
 
 int cli_client_fn_call(struct cli_client *c, const struct cli_verb *verb, int argc,
@@ -234,7 +227,9 @@ int cli_client_fn_call(struct cli_client *c, const struct cli_verb *verb, int ar
 	struct strbuf target = STRBUF_INIT;
 	int code;
 
-	if (!cli_client_begin(c, verb, argc, argv, 1, &code))
+	*out = NULL;
+	code = cli_client_begin(c, verb, argc, argv, 1);
+	if (code)
 		return code;
 	sb_adds(&target, "/_stoke/functions/");
 	cli_client_escape(&target, argv[optind]);
@@ -248,7 +243,9 @@ int cli_client_get_call(struct cli_client *c, const struct cli_verb *verb, int a
 {
 	int code;
 
-	if (!cli_client_begin(c, verb, argc, argv, 0, &code))
+	*out = NULL;
+	code = cli_client_begin(c, verb, argc, argv, 0);
+	if (code)
 		return code;
 	return cli_client_api(c, "GET", target, NULL, out);
 }

@@ -6,19 +6,20 @@
 
 enum { OPT_NAME = CLI_OPT_VERB_BASE, OPT_TIER, OPT_RUNTIME };
 
+const struct option cli_deploy_opts[] = {
+	CLI_CLIENT_OPTIONS,
+	{ "name", required_argument, NULL, OPT_NAME },
+	{ "tier", required_argument, NULL, OPT_TIER },
+	{ "runtime", required_argument, NULL, OPT_RUNTIME },
+	{ 0 },
+};
+
 int cli_deploy_args(struct cli_client *c, int argc, char **argv,
 		    struct cli_manifest_opts *mo, int *code)
 {
-	static const struct option opts[] = {
-		CLI_CLIENT_OPTIONS,
-		{ "name", required_argument, NULL, OPT_NAME },
-		{ "tier", required_argument, NULL, OPT_TIER },
-		{ "runtime", required_argument, NULL, OPT_RUNTIME },
-		{ 0 },
-	};
 	int opt;
 
-	while ((opt = cli_client_getopt(c, argc, argv, ":h", opts, code)) >= 0) {
+	while ((opt = cli_client_getopt(c, argc, argv, code)) >= 0) {
 		if (opt == OPT_NAME)
 			mo->name = optarg;
 		else if (opt == OPT_TIER)
@@ -117,5 +118,7 @@ const struct cli_verb cli_verb_deploy = {
 	.summary = "Deploy a directory (with an optional stoke.json) or a single source file.",
 	.options = CLI_DEPLOY_OPTIONS,
 	.client = 1,
+	.longopts = cli_deploy_opts,
+	.shortopts = ":h",
 	.run = cli_deploy_run,
 };

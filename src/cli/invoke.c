@@ -94,6 +94,10 @@ static int cli_invoke_opt(struct cli_client *c, struct cli_invoke *iv, int opt)
 	case 'i':
 		iv->include = 1;
 		return 0;
+	case 'H':
+		break;
+	default:
+		return cli_usage(c->verb, "unexpected option");
 	}
 	if (!cli_invoke_header_ok(optarg))
 		return cli_usage(c->verb, "-H wants 'Name: value', got '%s'", optarg);
@@ -103,20 +107,21 @@ static int cli_invoke_opt(struct cli_client *c, struct cli_invoke *iv, int opt)
 	return 0;
 }
 
+static const struct option cli_invoke_opts[] = {
+	CLI_CLIENT_OPTIONS,
+	{ "request", required_argument, NULL, 'X' },
+	{ "data", required_argument, NULL, 'd' },
+	{ "header", required_argument, NULL, 'H' },
+	{ "include", no_argument, NULL, 'i' },
+	{ 0 },
+};
+
 static int cli_invoke_args(struct cli_client *c, int argc, char **argv, struct cli_invoke *iv,
 			   int *code)
 {
-	static const struct option opts[] = {
-		CLI_CLIENT_OPTIONS,
-		{ "request", required_argument, NULL, 'X' },
-		{ "data", required_argument, NULL, 'd' },
-		{ "header", required_argument, NULL, 'H' },
-		{ "include", no_argument, NULL, 'i' },
-		{ 0 },
-	};
 	int opt;
 
-	while ((opt = cli_client_getopt(c, argc, argv, ":hX:d:H:i", opts, code)) >= 0) {
+	while ((opt = cli_client_getopt(c, argc, argv, code)) >= 0) {
 		*code = cli_invoke_opt(c, iv, opt);
 		if (*code)
 			return -1;
@@ -271,5 +276,7 @@ const struct cli_verb cli_verb_invoke = {
 		"                    The API token is never sent to functions.\n"
 		"                    Exit status 1 when the function answers 4xx or 5xx.\n",
 	.client = 1,
+	.longopts = cli_invoke_opts,
+	.shortopts = ":hX:d:H:i",
 	.run = cli_invoke_run,
 };

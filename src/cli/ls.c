@@ -62,5 +62,7 @@ const struct cli_verb cli_verb_ls = {
 	.args = "[OPTIONS]",
 	.summary = "List the deployed functions.",
 	.client = 1,
+	.longopts = cli_client_opts,
+	.shortopts = ":h",
 	.run = cli_ls_run,
 };

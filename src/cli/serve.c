@@ -99,28 +99,25 @@ static int cli_serve_opt(struct daemon_config *cfg, int opt, const char *arg, in
 	return cli_usage(v, "unexpected option");
 }
 
+static const struct option cli_serve_opts[] = {
+	{ "listen", required_argument, NULL, OPT_LISTEN },
+	{ "data-dir", required_argument, NULL, OPT_DATA_DIR },
+	{ "domain", required_argument, NULL, OPT_DOMAIN },
+	{ "rootfs-dir", required_argument, NULL, OPT_ROOTFS_DIR },
+	{ "max-body", required_argument, NULL, OPT_MAX_BODY },
+	{ "max-deploy", required_argument, NULL, OPT_MAX_DEPLOY },
+	{ "workers", required_argument, NULL, OPT_WORKERS },
+	{ "log-json", no_argument, NULL, OPT_LOG_JSON },
+	{ "log-level", required_argument, NULL, OPT_LOG_LEVEL },
+	{ "help", no_argument, NULL, 'h' },
+	{ 0 },
+};
+
 static int cli_serve_args(int argc, char **argv, struct daemon_config *cfg, int *level)
 {
-	static const struct option opts[] = {
-		{ "listen", required_argument, NULL, OPT_LISTEN },
-		{ "data-dir", required_argument, NULL, OPT_DATA_DIR },
-		{ "domain", required_argument, NULL, OPT_DOMAIN },
-		{ "rootfs-dir", required_argument, NULL, OPT_ROOTFS_DIR },
-		{ "max-body", required_argument, NULL, OPT_MAX_BODY },
-		{ "max-deploy", required_argument, NULL, OPT_MAX_DEPLOY },
-		{ "workers", required_argument, NULL, OPT_WORKERS },
-		{ "log-json", no_argument, NULL, OPT_LOG_JSON },
-		{ "log-level", required_argument, NULL, OPT_LOG_LEVEL },
-		{ "help", no_argument, NULL, 'h' },
-		{ 0 },
-	};
 	int opt, code;
 
-	while ((opt = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
-		if (opt == 'h') {
-			cli_help(&cli_verb_serve, stdout);
-			return -1;
-		}
+	while ((opt = getopt_long(argc, argv, ":h", cli_serve_opts, NULL)) != -1) {
 		if (opt == '?' || opt == ':')
 			return cli_bad_option(&cli_verb_serve, opt, argv);
 		code = cli_serve_opt(cfg, opt, optarg, level);
@@ -140,7 +137,7 @@ static int cli_serve_run(int argc, char **argv)
 
 	ret = cli_serve_args(argc, argv, &cfg, &level);
 	if (ret)
-		return ret < 0 ? CLI_EXIT_OK : ret;
+		return ret;
 	/* The client verbs honour STOKE_DATA_DIR; so must the daemon, or the two would look
 	 * for the token in different places. */
 	if (!cfg.data_dir && env && *env)
@@ -171,5 +168,7 @@ const struct cli_verb cli_verb_serve = {
 		"  --workers N          isolate worker threads (default 0: one per core)\n"
 		"  --log-json           log one JSON object per line\n"
 		"  --log-level L        error, warn, info (default) or debug\n",
+	.longopts = cli_serve_opts,
+	.shortopts = ":h",
 	.run = cli_serve_run,
 };

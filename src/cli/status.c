@@ -38,5 +38,7 @@ const struct cli_verb cli_verb_status = {
 	.args = "[OPTIONS]",
 	.summary = "Show the daemon's state: version, uptime, functions, requests.",
 	.client = 1,
+	.longopts = cli_client_opts,
+	.shortopts = ":h",
 	.run = cli_status_run,
 };

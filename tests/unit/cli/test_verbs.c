@@ -243,6 +243,71 @@ static void test_usage_and_reach(void)
 	CHECK_INT(RUN("bench", "extra"), 2);
 }
 
+/* The daemon sees nothing from a run that only asked for help. */
+static void forget_requests(void)
+{
+	pthread_mutex_lock(&loop_lock);
+	loop_seen[0] = '\0';
+	pthread_mutex_unlock(&loop_lock);
+}
+
+/* --help anywhere prints exactly what `stoke help VERB` prints, exits 0 and does
+ * nothing else: no request, no "deleted victim", no daemon started. */
+static void test_help_anywhere(void)
+{
+	static const char *const verbs[] = { "serve", "deploy", "advise", "invoke", "ls",
+		"show", "rm", "logs", "status", "usage", "bench" };
+	static char want[sizeof(out)];
+	size_t i;
+
+	for (i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++) {
+		const char *v = verbs[i];
+
+		CHECK_INT(RUN("help", v), 0);
+		memcpy(want, out, sizeof(want));
+		CHECK(starts(want, "Usage: stoke ") && strstr(want, "-h, --help"));
+		forget_requests();
+		CHECK_INT(RUN(v, "--help", "victim"), 0);
+		CHECK_STR(out, want);
+		CHECK_INT(RUN(v, "victim", "--help"), 0);
+		CHECK_STR(out, want);
+		CHECK_INT(RUN(v, "--bogus", "-h"), 0);
+		CHECK_STR(out, want);
+		CHECK_INT(RUN("--help", v), 0);
+		CHECK_STR(out, want);
+		CHECK_STR(err, "");
+		pthread_mutex_lock(&loop_lock);
+		CHECK_STR(loop_seen, "");
+		pthread_mutex_unlock(&loop_lock);
+	}
+	/* An option's value is not an option: this sends the body "--help". */
+	CHECK_INT(RUN("invoke", "f", "-d", "--help"), 0);
+	CHECK(strstr(loop_seen, "\r\n\r\n--help") != NULL);
+}
+
+/* The daemon options also work before the verb. */
+static void test_options_before_verb(void)
+{
+	char dead[64];
+
+	CHECK_INT(RUN("--url", url, "ls"), 0);
+	CHECK(strstr(out, "alpha") != NULL);
+	CHECK_INT(RUN("--json", "--token=sekrit", "ls"), 0);
+	CHECK(strstr(out, "\"functions\"") != NULL);
+	CHECK_INT(RUN("--token", "wrong", "rm", "alpha"), 1);
+	CHECK_INT(RUN("--timeout", "5", "--url", url, "rm", "alpha"), 0);
+	CHECK_STR(out, "deleted alpha\n");
+	snprintf(dead, sizeof(dead), "http://127.0.0.1:%d", loop_dead_port());
+	CHECK_INT(RUN("--url", dead, "status"), 3);
+	CHECK_INT(RUN("--json", "serve"), 2);
+	CHECK(strstr(err, "'--json' does not apply to 'serve'") != NULL);
+	CHECK_INT(RUN("--url", url), 2);
+	CHECK_INT(RUN("--url"), 2);
+	CHECK_INT(RUN("--bogus", "ls"), 2);
+	CHECK_INT(RUN("--help"), 0);
+	CHECK(strstr(out, "Options before the verb") && strstr(out, "--url URL"));
+}
+
 int main(int argc, char **argv)
 {
 	const char *tmp = getenv("TMPDIR");
@@ -264,6 +329,8 @@ int main(int argc, char **argv)
 	test_bench();
 	test_invoke();
 	test_usage_and_reach();
+	test_help_anywhere();
+	test_options_before_verb();
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
 	if (system(cmd))
 		fprintf(stderr, "could not remove %s\n", tmpdir);
