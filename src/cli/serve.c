@@ -60,6 +60,18 @@ static int cli_serve_workers(const char *s)
 	return errno || end == s || *end || v < 0 || v > 4096 ? -1 : (int)v;
 }
 
+/* Refuses an address the daemon could not listen on before anything starts. */
+static int cli_serve_listen(const char *arg)
+{
+	struct sockaddr_storage ss;
+	char why[512];
+	socklen_t len;
+
+	if (daemon_parse_listen(arg, &ss, &len, why, sizeof(why)))
+		return cli_usage(&cli_verb_serve, "--listen %s", why);
+	return 0;
+}
+
 /* Applies one option to cfg; returns 0 or a usage exit code. *level is the explicit
  * --log-level, kept apart because LOG_ERROR is 0, the "unset" value of cfg. */
 static int cli_serve_opt(struct daemon_config *cfg, int opt, const char *arg, int *level)
@@ -69,7 +81,7 @@ static int cli_serve_opt(struct daemon_config *cfg, int opt, const char *arg, in
 	switch (opt) {
 	case OPT_LISTEN:
 		cfg->listen = arg;
-		return 0;
+		return cli_serve_listen(arg);
 	case OPT_DATA_DIR:
 		cfg->data_dir = arg;
 		return 0;
@@ -158,7 +170,9 @@ const struct cli_verb cli_verb_serve = {
 	.args = "[OPTIONS]",
 	.summary = "Run the daemon in the foreground until SIGTERM or Ctrl-C.",
 	.options =
-		"  --listen ADDR:PORT   where to serve HTTP (default 127.0.0.1:8080)\n"
+		"  --listen HOST:PORT   where to serve HTTP (default 127.0.0.1:8080); HOST is\n"
+		"                       an address ([::1] for IPv6) or a name such as\n"
+		"                       localhost, PORT 1-65535\n"
 		"  --data-dir DIR       registry, functions, token (default $STOKE_DATA_DIR,\n"
 		"                       else $XDG_DATA_HOME/stoke or ~/.local/share/stoke)\n"
 		"  --domain D           NAME.D routes to function NAME (default localhost)\n"

@@ -8,7 +8,6 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
-#include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
@@ -150,30 +149,6 @@ static void gw_on_accept(h2o_socket_t *listener, const char *err)
 		h2o_accept(&t->accept, sock);
 }
 
-static int gw_parse_listen(const char *listen, struct sockaddr_storage *ss, socklen_t *len)
-{
-	struct addrinfo hints = { .ai_flags = AI_NUMERICHOST | AI_NUMERICSERV,
-				  .ai_socktype = SOCK_STREAM };
-	char host[256], *port;
-	struct addrinfo *ai;
-
-	snprintf(host, sizeof(host), "%s", listen);
-	port = strrchr(host, ':');
-	if (!port)
-		return -EINVAL;
-	*port++ = '\0';
-	if (host[0] == '[' && port[-2] == ']') {	/* [::1]:8080 */
-		port[-2] = '\0';
-		memmove(host, host + 1, strlen(host));
-	}
-	if (getaddrinfo(host, port, &hints, &ai))
-		return -EINVAL;
-	memcpy(ss, ai->ai_addr, ai->ai_addrlen);
-	*len = ai->ai_addrlen;
-	freeaddrinfo(ai);
-	return 0;
-}
-
 static int gw_listen_fd(const struct sockaddr_storage *ss, socklen_t len, int reuseport)
 {
 	int fd, one = 1, ret;
@@ -201,11 +176,14 @@ static int gw_listen_fd(const struct sockaddr_storage *ss, socklen_t len, int re
 static int gw_listen_all(struct gw *gw, int *fds)
 {
 	struct sockaddr_storage ss;
+	char why[512];
 	socklen_t len;
-	int i, probe, ret = gw_parse_listen(gw->cfg->listen, &ss, &len);
+	int i, probe, ret = daemon_parse_listen(gw->cfg->listen, &ss, &len, why, sizeof(why));
 
-	if (ret)
+	if (ret) {
+		log_error("--listen %s", why);
 		return ret;
+	}
 	probe = gw_listen_fd(&ss, len, 0);
 	if (probe < 0)
 		return probe;

@@ -396,3 +396,28 @@ def test_admin_wrong_method_is_405(d):
     assert r.status == 405 and r.json()["error"] == "method_not_allowed", r
     assert d.admin("DELETE", "/metrics").status == 405
     assert d.admin("GET", "/nothing-here").status == 404
+
+
+def test_listen_is_validated_before_anything_starts():
+    import subprocess
+    import tempfile
+    from harness import STOKE
+    bad = {"127.0.0.1:99999": "1 to 65535", "127.0.0.1:0": "1 to 65535",
+           "127.0.0.1": "has no port", "localhost": "has no port",
+           ":8080": "names no host", "[::1]8080": "[ADDRESS]:PORT",
+           "127.0.0.1:http": "1 to 65535"}
+    with tempfile.TemporaryDirectory(prefix="polish-listen-") as tmp:
+        for listen, why in bad.items():
+            r = subprocess.run([STOKE, "serve", "--listen", listen, "--data-dir", tmp],
+                               capture_output=True, text=True, timeout=20)
+            assert r.returncode == 2 and why in r.stderr, (listen, r.returncode, r.stderr)
+            assert "Invalid argument" not in r.stderr
+        assert not os.path.exists(os.path.join(tmp, "token"))  # nothing was started
+
+
+def test_listen_resolves_localhost():
+    d = Daemon()
+    d.args = ["--listen", "localhost:%d" % d.port]  # the later --listen wins
+    with d:
+        assert d.request("GET", "/_stoke/health").status == 200
+        assert d.admin("GET", "/status").json()["listen"] == "localhost:%d" % d.port
