@@ -84,7 +84,8 @@ int cli_client_open(struct cli_client *c)
 	}
 	if (c->anonymous)
 		return CLI_EXIT_OK;
-	if (cli_config_token(c->token_flag, c->data_dir_flag, &c->token, &err)) {
+	if (cli_config_token(c->token_flag, c->data_dir_flag, &c->token, &c->token_source,
+			     &err)) {
 		fprintf(stderr, "stoke: %s\n", err.msg);
 		return CLI_EXIT_USAGE;
 	}
@@ -145,6 +146,22 @@ static void cli_client_report(const struct cli_http_resp *resp)
 	cJSON_Delete(doc);
 }
 
+/* A 401 looks the same whatever went wrong on this side: say which token was sent. */
+static void cli_client_explain_401(const struct cli_client *c)
+{
+	const struct cli_token_source *src = &c->token_source;
+
+	if (src->found)
+		fprintf(stderr, "stoke: the token sent came from %s; the daemon at %s does not "
+			"accept it\n  (a daemon started with another data directory has another "
+			"token: pass --data-dir\n  or set STOKE_DATA_DIR to the directory the "
+			"daemon logged at start)\n", src->text, c->url_text);
+	else
+		fprintf(stderr, "stoke: no token was sent: no --token, STOKE_TOKEN is unset and "
+			"there is no token file at %s\n  (pass --data-dir or set STOKE_DATA_DIR "
+			"to the daemon's data directory)\n", src->text);
+}
+
 static int cli_client_parse(const struct cli_http_resp *resp, cJSON **out)
 {
 	*out = cJSON_ParseWithLength(resp->body.buf, resp->body.len);
@@ -178,6 +195,8 @@ int cli_client_api(struct cli_client *c, const char *method, const char *target,
 	ret = cli_client_send(c, &req, &resp);
 	if (!ret && (resp.status < 200 || resp.status > 299)) {
 		cli_client_report(&resp);
+		if (resp.status == 401)
+			cli_client_explain_401(c);
 		ret = CLI_EXIT_REMOTE;
 	} else if (!ret) {
 		ret = cli_client_parse(&resp, out);

@@ -9,6 +9,7 @@
 
 #include "cli.h"
 #include "common/strbuf.h"
+#include "config.h"
 #include "http.h"
 #include "url.h"
 
@@ -41,6 +42,7 @@ struct cli_client {
 	const char *url_text;	/* the daemon URL as configured, for messages */
 	struct cli_url url;
 	char *token;
+	struct cli_token_source token_source;	/* said when the daemon answers 401 */
 };
 
 void cli_client_init(struct cli_client *c, const struct cli_verb *verb);

@@ -94,8 +94,16 @@ static int cli_config_read_line(const char *path, char **out, struct cli_err *er
 	return 0;
 }
 
+static void cli_config_source(struct cli_token_source *src, int found, const char *text)
+{
+	if (!src)
+		return;
+	src->found = found;
+	snprintf(src->text, sizeof(src->text), "%s", text);
+}
+
 int cli_config_token(const char *flag, const char *data_dir_flag, char **out,
-		     struct cli_err *err)
+		     struct cli_token_source *src, struct cli_err *err)
 {
 	const char *env = cli_config_env("STOKE_TOKEN");
 	char *dir, *path;
@@ -103,10 +111,12 @@ int cli_config_token(const char *flag, const char *data_dir_flag, char **out,
 
 	*out = NULL;
 	if ((flag && *flag) || env) {
+		cli_config_source(src, 1, flag && *flag ? "--token" : "$STOKE_TOKEN");
 		*out = strdup(flag && *flag ? flag : env);
 		return *out ? 0 : cli_err_set(err, -ENOMEM, "out of memory");
 	}
 	/* Without any data directory there is simply no token file. */
+	cli_config_source(src, 0, "no data directory (HOME is unset)");
 	if (cli_config_data_dir(data_dir_flag, &dir, NULL))
 		return 0;
 	if (asprintf(&path, "%s/token", dir) < 0) {
@@ -114,6 +124,7 @@ int cli_config_token(const char *flag, const char *data_dir_flag, char **out,
 		return cli_err_set(err, -ENOMEM, "out of memory");
 	}
 	ret = cli_config_read_line(path, out, err);
+	cli_config_source(src, *out != NULL, path);
 	free(path);
 	free(dir);
 	return ret;

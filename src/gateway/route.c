@@ -468,7 +468,11 @@ static int gw_is_admin(const h2o_req_t *req)
 	       (p->len == 7 || p->base[7] == '/' || p->base[7] == '?');
 }
 
-static int gw_authorized(const struct gw *gw, const h2o_req_t *req)
+static const char gw_wrong_token[] =
+	"wrong token: it is not the one in this daemon's data directory";
+
+/* Returns NULL when the request carries the admin token, else why not (for the 401). */
+static const char *gw_unauthorized(const struct gw *gw, const h2o_req_t *req)
 {
 	ssize_t i = h2o_find_header(&req->headers, H2O_TOKEN_AUTHORIZATION, -1);
 	const h2o_iovec_t *v;
@@ -476,28 +480,31 @@ static int gw_authorized(const struct gw *gw, const h2o_req_t *req)
 	size_t k, tlen = strlen(gw->token);
 
 	if (i < 0)
-		return 0;
+		return "no token: admin requests need 'Authorization: Bearer TOKEN' (the "
+		       "token is the file 'token' in the daemon's data directory)";
 	v = &req->headers.entries[i].value;
-	if (v->len != 7 + tlen || strncasecmp(v->base, "Bearer ", 7))
-		return 0;
+	if (v->len < 7 || strncasecmp(v->base, "Bearer ", 7))
+		return "the Authorization header must be 'Bearer TOKEN'";
+	if (v->len != 7 + tlen)
+		return gw_wrong_token;
 	for (k = 0; k < tlen; k++)	/* constant time: no early exit on a mismatch */
 		diff |= (unsigned char)(v->base[7 + k] ^ gw->token[k]);
-	return diff == 0;
+	return diff ? gw_wrong_token : NULL;
 }
 
 static void gw_route_admin(struct gw_thread *t, h2o_req_t *req)
 {
 	struct gw *gw = t->gw;
 	int get = h2o_memis(req->input.method.base, req->input.method.len, H2O_STRLIT("GET"));
+	const char *why;
 
 	/* Health is answered here: it must stay quick whatever the admin threads do. */
 	if (h2o_memis(req->input.path.base, req->input.path.len, H2O_STRLIT("/_stoke/health"))) {
 		gw_send_json(req, 200, H2O_STRLIT("{\"ok\":true}\n"));
 		return;
 	}
-	if (!gw_authorized(gw, req)) {
-		gw_send_error(req, 401, "unauthorized", "admin requests need 'Authorization: "
-			      "Bearer TOKEN' (the token file is in the data directory)");
+	if ((why = gw_unauthorized(gw, req))) {
+		gw_send_error(req, 401, "unauthorized", why);
 		return;
 	}
 	if (req->entity.len > gw->cfg->max_deploy) {

@@ -3,9 +3,10 @@ codes (0 ok, 1 the daemon or function said no, 2 usage, 3 no daemon), --json out
 and `stoke advise` choosing a tier for a Python and a JavaScript file."""
 import json
 import os
+import subprocess
 import time
 
-from harness import free_port
+from harness import STOKE, free_port
 
 HELLO = """export default {
   fetch(request) {
@@ -165,7 +166,8 @@ def test_bad_token_exits_1(d):
                  ("advise", write(d, "t.js", HELLO)), ("logs", "x")):
         r = d.cli(*args, "--token", "not-the-token")
         assert r.returncode == 1, (args, r.returncode, r.stderr)
-        assert r.stderr.startswith("stoke: ") and "Authorization" in r.stderr, r.stderr
+        assert r.stderr.startswith("stoke: wrong token"), r.stderr
+        assert "came from --token" in r.stderr, r.stderr
 
 
 def test_daemon_down_exits_3(d):
@@ -175,3 +177,25 @@ def test_daemon_down_exits_3(d):
         r = d.cli(*args, "--url", dead)
         assert r.returncode == 3, (args, r.returncode, r.stderr)
         assert "cannot reach the daemon at %s" % dead in r.stderr, r.stderr
+
+
+def test_401_says_which_token_was_sent(d):
+    """Missing, wrong and another data directory's token: each 401 says what was sent."""
+    empty = os.path.join(d.tmp.name, "no-token-here")
+    os.makedirs(empty, exist_ok=True)
+    r = d.cli("ls", "--data-dir", empty)
+    assert r.returncode == 1, r
+    assert "stoke: no token: admin requests need" in r.stderr, r.stderr
+    assert "no token was sent" in r.stderr and os.path.join(empty, "token") in r.stderr
+    other = os.path.join(d.tmp.name, "other-data")
+    os.makedirs(other, exist_ok=True)
+    with open(os.path.join(other, "token"), "w") as f:
+        f.write("f" * 64 + "\n")
+    r = d.cli("--data-dir", other, "status")
+    assert r.returncode == 1 and "wrong token" in r.stderr, r.stderr
+    assert "came from %s" % os.path.join(other, "token") in r.stderr, r.stderr
+    r = d.cli("ls", "--token", "nope")
+    assert r.returncode == 1 and "came from --token" in r.stderr, r.stderr
+    env_run = subprocess.run([STOKE, "ls"], capture_output=True, text=True, timeout=30,
+                             env=dict(d.env, STOKE_URL=d.url, STOKE_TOKEN="nope"))
+    assert env_run.returncode == 1 and "came from $STOKE_TOKEN" in env_run.stderr
