@@ -533,6 +533,8 @@ static void admin_status(struct gw *gw, struct inv *inv)
 	cJSON_AddNumberToObject(o, "functions", (double)gw->nlive);
 	cJSON_AddNumberToObject(o, "requests_total", (double)atomic_load(&gw->requests));
 	cJSON_AddNumberToObject(o, "inflight", (double)atomic_load(&gw->inflight) - 1);
+	cJSON_AddNumberToObject(o, "max_body_bytes", (double)gw->cfg->max_body);
+	cJSON_AddNumberToObject(o, "max_deploy_bytes", (double)gw->cfg->max_deploy);
 	for (i = 0; i < TIER_COUNT; i++)
 		cJSON_AddItemToArray(tiers, cJSON_CreateString(gw->tiers[i].ops->name));
 	cJSON_AddItemToObject(o, "tiers", tiers);

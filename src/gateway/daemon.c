@@ -336,7 +336,9 @@ static void daemon_h2o_config(struct gw *gw)
 
 	h2o_config_init(&gw->h2o);
 	gw->h2o.server_name = h2o_iovec_init(H2O_STRLIT("stoke"));
-	/* h2o refuses larger bodies itself; stoke applies the per-route limit with JSON. */
+	/* h2o refuses larger bodies itself (answered as JSON by the fallback filter in
+	 * route.c); stoke applies the per-route limit. One byte more, since h2o refuses a
+	 * chunked body that reaches the limit rather than passes it. */
 	gw->h2o.max_request_entity_size = (cfg->max_body > cfg->max_deploy ? cfg->max_body :
 					   cfg->max_deploy) + 1;
 }

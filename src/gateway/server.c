@@ -332,6 +332,7 @@ static void gw_register_handler(struct gw *gw)
 	h2o_handler_t *handler;
 
 	host = h2o_config_register_host(&gw->h2o, h2o_iovec_init(H2O_STRLIT("default")), 65535);
+	gw_register_fallback_filter(host);
 	path = h2o_config_register_path(host, "/", 0);
 	handler = h2o_create_handler(path, sizeof(*handler));
 	handler->on_req = gw_on_req;

@@ -3,6 +3,7 @@ codes (0 ok, 1 the daemon or function said no, 2 usage, 3 no daemon), --json out
 and `stoke advise` choosing a tier for a Python and a JavaScript file."""
 import json
 import os
+import socket
 import subprocess
 import time
 
@@ -199,3 +200,62 @@ def test_401_says_which_token_was_sent(d):
     env_run = subprocess.run([STOKE, "ls"], capture_output=True, text=True, timeout=30,
                              env=dict(d.env, STOKE_URL=d.url, STOKE_TOKEN="nope"))
     assert env_run.returncode == 1 and "came from $STOKE_TOKEN" in env_run.stderr
+
+
+def announce(d, method, path, length, token=None):
+    """Sends only a request head announcing length bytes; returns (status, JSON body)."""
+    head = "%s %s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n" % (method, path, length)
+    if token:
+        head += "Authorization: Bearer %s\r\n" % token
+    with socket.create_connection(("127.0.0.1", d.port), timeout=10) as s:
+        s.sendall((head + "\r\n").encode())
+        out = b""
+        while b"\r\n\r\n" not in out or len(out.split(b"\r\n\r\n", 1)[1]) < int(
+                out.lower().split(b"content-length: ")[1].split(b"\r\n")[0]):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            out += chunk
+    head, body = out.split(b"\r\n\r\n", 1)
+    return int(head.split()[1]), json.loads(body)
+
+
+def test_deploy_over_the_limit_is_refused_with_the_limit():
+    """Just over the limit and far over it, from the CLI and over plain HTTP: every
+    413 is stoke's JSON naming --max-deploy; a big tree is refused before upload."""
+    from harness import Daemon
+    with Daemon("--max-deploy", "100K", "--max-body", "50K") as d:
+        small = os.path.join(d.tmp.name, "small")
+        os.makedirs(small)
+        with open(os.path.join(small, "index.js"), "w") as f:
+            f.write(HELLO + "//" + "x" * 120000 + "\n")
+        r = d.cli("deploy", small)
+        assert r.returncode == 1, r
+        assert "deploy limit of 102400 bytes (stoke serve --max-deploy" in r.stderr, r.stderr
+        big = os.path.join(d.tmp.name, "big")
+        os.makedirs(big)
+        for i in range(3):
+            with open(os.path.join(big, "blob%d.bin" % i), "wb") as f:
+                f.write(os.urandom(1 << 20))
+        r = d.cli("deploy", big)
+        assert r.returncode == 1, r
+        assert "too big to deploy" in r.stderr and "--max-deploy" in r.stderr, r.stderr
+        assert "accepts 0.1 MiB" in r.stderr, r.stderr
+        # Just over, by a few bytes, and far over: h2o refuses from Content-Length
+        # alone, before the body is sent; the answer is the same JSON.
+        for n in (102400 + 2, 102400 + 100, 60 << 20):
+            status, doc = announce(d, "PUT", "/_stoke/functions/over", n, d.token)
+            assert status == 413 and doc["error"] == "deploy_too_large", (n, doc)
+            assert "--max-deploy" in doc["message"] and "102400" in doc["message"], doc
+        for n in (102400 + 2, 60 << 20):
+            status, doc = announce(d, "POST", "/fn/nothing/", n)
+            assert status == 413 and doc["error"] == "body_too_large", (n, doc)
+            assert "--max-body" in doc["message"] and "51200" in doc["message"], doc
+        d.deploy_files("tiny", {"index.js": HELLO})
+        r = d.request("POST", "/fn/tiny/", body=b"y" * 51201)  # read, then refused
+        assert r.status == 413 and "--max-body" in r.json()["message"], r
+        assert d.cli("status", "--json").returncode == 0
+        doc = json.loads(d.cli("status", "--json").stdout)
+        assert doc["max_deploy_bytes"] == 102400 and doc["max_body_bytes"] == 51200
+        # the big tree never reached the daemon: no PUT of it in the access log
+        assert "PUT /_stoke/functions/big" not in d.logs(), d.logs()[-2000:]

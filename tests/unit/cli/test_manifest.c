@@ -62,7 +62,7 @@ static cJSON *body_of(const struct cli_manifest *m)
 	struct strbuf sb = STRBUF_INIT;
 	cJSON *doc;
 
-	CHECK_INT(cli_manifest_body(m, &sb), 0);
+	CHECK_INT(cli_manifest_body(m, &sb, NULL), 0);
 	doc = cJSON_ParseWithLength(sb.buf, sb.len);
 	CHECK(doc != NULL);
 	sb_free(&sb);
@@ -216,6 +216,24 @@ static void test_large_file(void)
 	cli_manifest_free(&m);
 }
 
+/* The size announced before the files are read is the size of the body built. */
+static void test_body_size(void)
+{
+	static const char *const paths[] = { "My_App", "big", "Hello.JS", "Plain.Dir" };
+	struct strbuf sb = STRBUF_INIT;
+	struct cli_manifest m;
+	size_t i, size = 0;
+
+	for (i = 0; i < sizeof(paths) / sizeof(paths[0]); i++) {
+		CHECK_INT(build(paths[i], NULL, NULL, NULL, &m, NULL), 0);
+		CHECK_INT(cli_manifest_body_size(&m, &size), 0);
+		CHECK_INT(cli_manifest_body(&m, &sb, NULL), 0);
+		CHECK_INT(size, sb.len);
+		sb_free(&sb);
+		cli_manifest_free(&m);
+	}
+}
+
 static void test_errors(void)
 {
 	struct cli_err err = { 0 };
@@ -256,6 +274,7 @@ int main(void)
 	test_flags_override();
 	test_derived_names();
 	test_large_file();
+	test_body_size();
 	test_errors();
 	cleanup();
 	return check_done("test_manifest");
