@@ -123,9 +123,26 @@ int cli_client_send(struct cli_client *c, struct cli_http_req *req, struct cli_h
 	return CLI_EXIT_UNREACHABLE;
 }
 
+/* A valid value the daemon suggests instead of a refused one: for a derived function
+ * name (my_handler.py), the flag that sets another. */
+static void cli_client_suggest(const struct cli_client *c, const cJSON *doc)
+{
+	const char *s = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(doc,
+									     "suggestion"));
+	const char *field = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(doc,
+										 "field"));
+
+	if (!s)
+		return;
+	if (c->name_flag && field && !strcmp(field, "name"))
+		fprintf(stderr, "stoke: hint: use %s %s\n", c->name_flag, s);
+	else
+		fprintf(stderr, "stoke: hint: did you mean %s?\n", s);
+}
+
 /* Prints the daemon's error: {"error","message","field"} when it sent one, else the
  * status line and the start of whatever it sent. */
-static void cli_client_report(const struct cli_http_resp *resp)
+static void cli_client_report(const struct cli_client *c, const struct cli_http_resp *resp)
 {
 	cJSON *doc = cJSON_ParseWithLength(resp->body.buf, resp->body.len);
 	cJSON *msg = cJSON_GetObjectItemCaseSensitive(doc, "message");
@@ -143,6 +160,7 @@ static void cli_client_report(const struct cli_http_resp *resp)
 	if (cJSON_IsString(field))
 		fprintf(stderr, " (field: %s)", field->valuestring);
 	fputc('\n', stderr);
+	cli_client_suggest(c, doc);
 	cJSON_Delete(doc);
 }
 
@@ -194,7 +212,7 @@ int cli_client_api(struct cli_client *c, const char *method, const char *target,
 	req.headers = headers;
 	ret = cli_client_send(c, &req, &resp);
 	if (!ret && (resp.status < 200 || resp.status > 299)) {
-		cli_client_report(&resp);
+		cli_client_report(c, &resp);
 		if (resp.status == 401)
 			cli_client_explain_401(c);
 		ret = CLI_EXIT_REMOTE;

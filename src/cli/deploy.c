@@ -158,6 +158,7 @@ static int cli_deploy_run(int argc, char **argv)
 	int code = 0;
 
 	cli_client_init(&c, &cli_verb_deploy);
+	c.name_flag = "--name";
 	if (cli_deploy_args(&c, argc, argv, &mo, &code))
 		return code;
 	code = cli_client_open(&c);

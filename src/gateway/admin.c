@@ -51,6 +51,8 @@ static void admin_field_error(struct inv *inv, const struct mf_error *err)
 	cJSON_AddStringToObject(o, "error", "invalid_manifest");
 	cJSON_AddStringToObject(o, "field", err->field);
 	cJSON_AddStringToObject(o, "message", err->message);
+	if (err->suggestion[0])
+		cJSON_AddStringToObject(o, "suggestion", err->suggestion);
 	cJSON_AddStringToObject(o, "request_id", inv->request_id);
 	admin_json(inv, 400, o);
 }
@@ -697,9 +699,11 @@ static void admin_fn_route(struct gw *gw, struct inv *inv, const char *name, con
 	if (!mf_valid_name(name, strlen(name))) {
 		struct mf_error err = { .field = "name" };
 
+		mf_suggest_name(name, err.suggestion, sizeof(err.suggestion));
 		snprintf(err.message, sizeof(err.message), "\"%s\" is not a valid function name: "
 			 "use 1-63 characters of a-z, 0-9 and '-', not starting or ending with "
-			 "'-'", name);
+			 "'-'%s%s%s", name, err.suggestion[0] ? " (\"" : "", err.suggestion,
+			 err.suggestion[0] ? "\" is)" : "");
 		admin_field_error(inv, &err);
 	} else if (!*sub && write) {
 		admin_deploy(gw, inv, name, 0);

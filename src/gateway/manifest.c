@@ -4,6 +4,7 @@
 #include "common/strbuf.h"
 
 #include <cjson/cJSON.h>
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
@@ -43,6 +44,24 @@ int mf_valid_name(const char *name, size_t len)
 			return 0;
 	}
 	return 1;
+}
+
+void mf_suggest_name(const char *name, char *out, size_t size)
+{
+	size_t n = 0, max = size - 1 < 63 ? size - 1 : 63;
+	char c;
+
+	for (; *name && n < max; name++) {
+		c = (char)tolower((unsigned char)*name);
+		if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9')))
+			c = '-';
+		if (c == '-' && (!n || out[n - 1] == '-'))
+			continue;
+		out[n++] = c;
+	}
+	while (n && out[n - 1] == '-')
+		n--;
+	out[n] = '\0';
 }
 
 static int mf_string(const cJSON *item, const char *field, const char *const *allowed,

@@ -259,3 +259,12 @@ def test_deploy_over_the_limit_is_refused_with_the_limit():
         assert doc["max_deploy_bytes"] == 102400 and doc["max_body_bytes"] == 51200
         # the big tree never reached the daemon: no PUT of it in the access log
         assert "PUT /_stoke/functions/big" not in d.logs(), d.logs()[-2000:]
+
+
+def test_invalid_derived_name_suggests_one(d):
+    r = d.cli("deploy", write(d, "my_handler.py", HANDLER))
+    assert r.returncode != 0, r
+    assert '"my_handler" is not a valid function name' in r.stderr, r.stderr
+    assert "stoke: hint: use --name my-handler\n" in r.stderr, r.stderr
+    r = d.admin("PUT", "/functions/My_App", {"files": {"index.js": "AAAA"}})
+    assert r.status == 400 and r.json()["suggestion"] == "my-app", r

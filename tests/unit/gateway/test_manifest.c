@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 static char dir[] = "/tmp/stoke-mf-XXXXXX";
 
@@ -94,6 +95,25 @@ static void test_errors(void)
 	expect_field("[]", "manifest");
 }
 
+static const char *suggest(const char *name)
+{
+	static char out[64];
+
+	mf_suggest_name(name, out, sizeof(out));
+	CHECK(!*out || mf_valid_name(out, strlen(out)));
+	return out;
+}
+
+static void test_name_suggestions(void)
+{
+	CHECK_STR(suggest("my_handler"), "my-handler");
+	CHECK_STR(suggest("My Great__App!"), "my-great-app");
+	CHECK_STR(suggest("_x_"), "x");
+	CHECK_STR(suggest("___"), "");
+	CHECK_STR(suggest("a1234567890123456789012345678901234567890123456789012345678901-xyz"),
+		  "a1234567890123456789012345678901234567890123456789012345678901");
+}
+
 static void test_names(void)
 {
 	CHECK(mf_valid_name("a", 1));
@@ -119,6 +139,7 @@ int main(void)
 	test_tier_rules();
 	test_errors();
 	test_names();
+	test_name_suggestions();
 	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
 	CHECK(system(cmd) == 0);
 	return check_done();
