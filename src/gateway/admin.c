@@ -523,6 +523,19 @@ static void admin_logs(struct gw *gw, struct inv *inv, const char *name)
 	admin_json(inv, 200, o);
 }
 
+/* What /_stoke/health says, in the status too: `stoke status` shows it. */
+static void admin_health(struct gw *gw, cJSON *o)
+{
+	struct gw_health h;
+
+	gw_health_get(gw, &h);
+	cJSON_AddBoolToObject(o, "accepting", h.accepting);
+	if (h.reason)
+		cJSON_AddStringToObject(o, "reason", h.reason);
+	cJSON_AddNumberToObject(o, "mem_available_mb", (double)h.mem_available_mb);
+	cJSON_AddNumberToObject(o, "min_free_mb", (double)h.min_free_mb);
+}
+
 static void admin_status(struct gw *gw, struct inv *inv)
 {
 	cJSON *o = cJSON_CreateObject(), *tiers = cJSON_CreateArray();
@@ -535,6 +548,7 @@ static void admin_status(struct gw *gw, struct inv *inv)
 	cJSON_AddNumberToObject(o, "functions", (double)gw->nlive);
 	cJSON_AddNumberToObject(o, "requests_total", (double)atomic_load(&gw->requests));
 	cJSON_AddNumberToObject(o, "inflight", (double)atomic_load(&gw->inflight) - 1);
+	admin_health(gw, o);
 	cJSON_AddNumberToObject(o, "max_body_bytes", (double)gw->cfg->max_body);
 	cJSON_AddNumberToObject(o, "max_deploy_bytes", (double)gw->cfg->max_deploy);
 	for (i = 0; i < TIER_COUNT; i++)

@@ -568,6 +568,18 @@ static void gw_route_fn(struct gw_thread *t, h2o_req_t *req, const char *name, s
 	gw_dispatch(t, req, &gw->tiers[fn->tier], fn, e, path, plen);
 }
 
+static void gw_send_health(struct gw *gw, h2o_req_t *req)
+{
+	struct strbuf sb = STRBUF_INIT;
+
+	gw_health_json(gw, &sb);
+	if (sb_failed(&sb))
+		gw_send_error(req, 503, "overloaded", "out of memory for this request");
+	else
+		gw_send_json(req, 200, sb.buf, sb.len);
+	sb_free(&sb);
+}
+
 static const char gw_wrong_token[] =
 	"wrong token: it is not the one in this daemon's data directory";
 
@@ -600,7 +612,7 @@ static void gw_route_admin(struct gw_thread *t, h2o_req_t *req)
 
 	/* Health is answered here: it must stay quick whatever the admin threads do. */
 	if (h2o_memis(req->input.path.base, req->input.path.len, H2O_STRLIT("/_stoke/health"))) {
-		gw_send_json(req, 200, H2O_STRLIT("{\"ok\":true}\n"));
+		gw_send_health(gw, req);
 		return;
 	}
 	if ((why = gw_unauthorized(gw, req))) {

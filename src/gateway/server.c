@@ -290,16 +290,49 @@ static long gw_mem_available_mb(void)
  * --min-free-mb is available, new function requests get 503 (the tiers evict idle
  * instances under their own budgets before this point).
  */
+static void gw_update_memory(struct gw *gw)
+{
+	long avail = gw_mem_available_mb();
+
+	atomic_store(&gw->mem_available_mb, avail);
+	atomic_store(&gw->low_memory, avail >= 0 && (uint64_t)avail < gw->min_free_mb);
+}
+
 static void gw_sample_memory(struct gw_thread *t)
 {
 	uint64_t now = gw_now_ns();
-	long avail;
 
 	if (t->index || now - t->mem_sampled_ns < GW_MEM_SAMPLE_NS)
 		return;
 	t->mem_sampled_ns = now;
-	avail = gw_mem_available_mb();
-	atomic_store(&t->gw->low_memory, avail >= 0 && (uint64_t)avail < t->gw->min_free_mb);
+	gw_update_memory(t->gw);
+}
+
+void gw_health_get(struct gw *gw, struct gw_health *h)
+{
+	h->accepting = !atomic_load(&gw->low_memory);
+	h->reason = h->accepting ? NULL : "host_out_of_memory";
+	h->mem_available_mb = atomic_load(&gw->mem_available_mb);
+	h->min_free_mb = gw->min_free_mb;
+}
+
+/*
+ * Health stays 200 while the daemon runs (liveness), and says whether function
+ * requests are admitted: a host short of memory answers them all 503.
+ */
+void gw_health_json(struct gw *gw, struct strbuf *sb)
+{
+	struct gw_health h;
+
+	gw_health_get(gw, &h);
+	sb_printf(sb, "{\"ok\":true,\"accepting\":%s", h.accepting ? "true" : "false");
+	if (h.reason)
+		sb_printf(sb, ",\"reason\":\"%s\",\"message\":\"the host has %lld MiB of "
+			  "memory available, under the %llu MiB floor (STOKE_MIN_FREE_MB): "
+			  "function requests get 503\"", h.reason, h.mem_available_mb,
+			  (unsigned long long)h.min_free_mb);
+	sb_printf(sb, ",\"mem_available_mb\":%lld,\"min_free_mb\":%llu}\n",
+		  h.mem_available_mb, (unsigned long long)h.min_free_mb);
 }
 
 static void *gw_thread_main(void *arg)
@@ -389,6 +422,7 @@ int gw_run(struct gw *gw)
 	int i, ret, sig;
 
 	gw_register_handler(gw);
+	gw_update_memory(gw);	/* health is right from the first request */
 	gw->threads = calloc((size_t)gw->nthreads, sizeof(*gw->threads));
 	if (!gw->threads)
 		return -ENOMEM;

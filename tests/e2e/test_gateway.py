@@ -51,7 +51,8 @@ def raw(d, data, timeout=10, read_until_close=True):
 
 def test_health_needs_no_token(d):
     r = d.request("GET", "/_stoke/health")
-    assert r.status == 200 and r.json() == {"ok": True}
+    assert r.status == 200 and r.json()["ok"] is True and r.json()["accepting"] is True
+    assert "reason" not in r.json() and r.json()["min_free_mb"] == 256
 
 
 def test_admin_requires_token(d):
@@ -371,7 +372,14 @@ def test_host_out_of_memory_is_503_with_retry_after():
             r = d.invoke("mem")
         assert r.status == 503 and r.headers["retry-after"] == "5", r
         assert r.json()["error"] == "host_out_of_memory"
-        assert d.request("GET", "/_stoke/health").status == 200  # admin still answers
+        h = d.request("GET", "/_stoke/health")
+        assert h.status == 200  # alive, and it says why functions are refused
+        assert h.json()["accepting"] is False and h.json()["reason"] == "host_out_of_memory"
+        assert "STOKE_MIN_FREE_MB" in h.json()["message"], h.json()
+        assert h.json()["min_free_mb"] == 1 << 40 and h.json()["mem_available_mb"] > 0
+        st = d.cli("status")
+        assert st.returncode == 0 and "NOT ACCEPTING function requests" in st.stdout, st
+        assert json.loads(d.cli("status", "--json").stdout)["accepting"] is False
 
 
 def test_load_at_low_and_high_concurrency_keeps_connections(d):
