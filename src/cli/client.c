@@ -141,14 +141,15 @@ static void cli_client_suggest(const struct cli_client *c, const cJSON *doc)
 }
 
 /* Prints the daemon's error: {"error","message","field"} when it sent one, else the
- * status line and the start of whatever it sent. */
-static void cli_client_report(const struct cli_client *c, const struct cli_http_resp *resp)
+ * status line and the start of whatever it sent. Returns the exit code: a manifest,
+ * name or entry file the daemon refuses is unusable local input, like a bad PATH. */
+static int cli_client_report(const struct cli_client *c, const struct cli_http_resp *resp)
 {
 	cJSON *doc = cJSON_ParseWithLength(resp->body.buf, resp->body.len);
 	cJSON *msg = cJSON_GetObjectItemCaseSensitive(doc, "message");
 	cJSON *kind = cJSON_GetObjectItemCaseSensitive(doc, "error");
 	cJSON *field = cJSON_GetObjectItemCaseSensitive(doc, "field");
-	int len = resp->body.len > 200 ? 200 : (int)resp->body.len;
+	int len = resp->body.len > 200 ? 200 : (int)resp->body.len, ret;
 
 	if (cJSON_IsString(msg))
 		fprintf(stderr, "stoke: %s", msg->valuestring);
@@ -161,7 +162,10 @@ static void cli_client_report(const struct cli_client *c, const struct cli_http_
 		fprintf(stderr, " (field: %s)", field->valuestring);
 	fputc('\n', stderr);
 	cli_client_suggest(c, doc);
+	ret = resp->status == 400 && cJSON_IsString(kind) &&
+	      !strcmp(kind->valuestring, "invalid_manifest") ? CLI_EXIT_USAGE : CLI_EXIT_REMOTE;
 	cJSON_Delete(doc);
+	return ret;
 }
 
 /* A 401 looks the same whatever went wrong on this side: say which token was sent. */
@@ -212,10 +216,9 @@ int cli_client_api(struct cli_client *c, const char *method, const char *target,
 	req.headers = headers;
 	ret = cli_client_send(c, &req, &resp);
 	if (!ret && (resp.status < 200 || resp.status > 299)) {
-		cli_client_report(c, &resp);
+		ret = cli_client_report(c, &resp);
 		if (resp.status == 401)
 			cli_client_explain_401(c);
-		ret = CLI_EXIT_REMOTE;
 	} else if (!ret) {
 		ret = cli_client_parse(&resp, out);
 	}

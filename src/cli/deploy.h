@@ -7,10 +7,10 @@
 #include "manifest.h"
 
 #define CLI_DEPLOY_OPTIONS						\
-	"  --name N          function name (default: stoke.json's, else the directory's\n" \
-	"                    or file's name, lower-cased, without extension)\n"	\
-	"  --tier T          auto, isolate or vm (overrides stoke.json)\n"		\
-	"  --runtime R       e.g. js or python3 (overrides stoke.json)\n"
+	"  --name N            function name (default: stoke.json's, else the directory's\n" \
+	"                      or file's name, lower-cased, without extension)\n"	\
+	"  --tier T            auto, isolate or vm (overrides stoke.json)\n"		\
+	"  --runtime R         e.g. js or python3 (overrides stoke.json)\n"
 
 /* The options of deploy and advise. */
 extern const struct option cli_deploy_opts[];

@@ -212,6 +212,11 @@ static void cli_invoke_print(const struct cli_client *c, const struct cli_invoke
 	if (iv->include)
 		fwrite(resp->head.buf, 1, resp->head.len, stdout);
 	fwrite(resp->body.buf, 1, resp->body.len, stdout);
+	/* On a terminal the prompt would otherwise follow the body on its last line; in a
+	 * pipe or file the body stays byte for byte what the function sent. */
+	if (resp->body.len && resp->body.buf[resp->body.len - 1] != '\n' &&
+	    isatty(STDOUT_FILENO))
+		putchar('\n');
 	fflush(stdout);
 }
 
@@ -268,13 +273,13 @@ const struct cli_verb cli_verb_invoke = {
 	.args = "NAME [PATH] [OPTIONS]",
 	.summary = "Call a function over HTTP and print its response body.",
 	.options =
-		"  -X, --request M   HTTP method (default GET, or POST with --data)\n"
-		"  -d, --data D      request body: a string, @FILE, or @- for stdin\n"
-		"  -H, --header H    extra request header 'Name: value' (repeatable)\n"
-		"  -i, --include     print the status line and headers before the body\n"
-		"                    With --json: {status, headers, body or body_base64}.\n"
-		"                    The API token is never sent to functions.\n"
-		"                    Exit status 1 when the function answers 4xx or 5xx.\n",
+		"  -X, --request M     HTTP method (default GET, or POST with --data)\n"
+		"  -d, --data D        request body: a string, @FILE, or @- for stdin\n"
+		"  -H, --header H      extra request header 'Name: value' (repeatable)\n"
+		"  -i, --include       print the status line and headers before the body\n"
+		"                      With --json: {status, headers, body or body_base64}.\n"
+		"                      The API token is never sent to functions.\n"
+		"                      Exit status 1 when the function answers 4xx or 5xx.\n",
 	.client = 1,
 	.longopts = cli_invoke_opts,
 	.shortopts = ":hX:d:H:i",

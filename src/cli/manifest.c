@@ -43,9 +43,26 @@ static int cli_manifest_slurp(const char *path, char **data, size_t *len,
 	return *data ? 0 : cli_err_set(err, -ENOMEM, "out of memory reading %s", path);
 }
 
+/* "invalid JSON near line L, column C" for the byte where cJSON gave up, which may be
+ * a character or so past the mistake (columns count bytes, from 1). */
+static int cli_manifest_json_error(const char *path, const char *text, size_t len,
+				   struct cli_err *err)
+{
+	const char *bad = cJSON_GetErrorPtr(), *p;
+	size_t line = 1, col = 1;
+
+	if (!bad || bad < text || bad > text + len)
+		return cli_err_set(err, -EINVAL, "%s: invalid JSON", path);
+	for (p = text; p < bad; p++) {
+		col = *p == '\n' ? 1 : col + 1;
+		line += *p == '\n';
+	}
+	return cli_err_set(err, -EINVAL, "%s: invalid JSON near line %zu, column %zu", path,
+			   line, col);
+}
+
 static int cli_manifest_read_json(const char *path, cJSON **out, struct cli_err *err)
 {
-	const char *bad;
 	size_t len;
 	char *text;
 	int ret;
@@ -55,9 +72,7 @@ static int cli_manifest_read_json(const char *path, cJSON **out, struct cli_err 
 		return ret;
 	*out = cJSON_ParseWithLength(text, len);
 	if (!*out) {
-		bad = cJSON_GetErrorPtr();
-		ret = cli_err_set(err, -EINVAL, "%s: invalid JSON at offset %td", path,
-				  bad ? bad - text : 0);
+		ret = cli_manifest_json_error(path, text, len, err);
 	} else if (!cJSON_IsObject(*out)) {
 		ret = cli_err_set(err, -EINVAL, "%s: the manifest must be a JSON object", path);
 		cJSON_Delete(*out);

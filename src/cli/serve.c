@@ -170,18 +170,18 @@ const struct cli_verb cli_verb_serve = {
 	.args = "[OPTIONS]",
 	.summary = "Run the daemon in the foreground until SIGTERM or Ctrl-C.",
 	.options =
-		"  --listen HOST:PORT   where to serve HTTP (default 127.0.0.1:8080); HOST is\n"
-		"                       an address ([::1] for IPv6) or a name such as\n"
-		"                       localhost, PORT 1-65535\n"
-		"  --data-dir DIR       registry, functions, token (default $STOKE_DATA_DIR,\n"
-		"                       else $XDG_DATA_HOME/stoke or ~/.local/share/stoke)\n"
-		"  --domain D           NAME.D routes to function NAME (default localhost)\n"
-		"  --rootfs-dir DIR     runtime root file systems (default $STOKE_CACHE/rootfs)\n"
-		"  --max-body BYTES     request body limit, K/M/G suffixes allowed (default 10M)\n"
-		"  --max-deploy BYTES   deploy size limit (default 50M)\n"
-		"  --workers N          isolate worker threads (default 0: one per core)\n"
-		"  --log-json           log one JSON object per line\n"
-		"  --log-level L        error, warn, info (default) or debug\n",
+		"  --listen HOST:PORT  where to serve HTTP (default 127.0.0.1:8080); HOST is\n"
+		"                      an address ([::1] for IPv6) or a name such as\n"
+		"                      localhost, PORT 1-65535\n"
+		"  --data-dir DIR      registry, functions, token (default $STOKE_DATA_DIR,\n"
+		"                      else $XDG_DATA_HOME/stoke or ~/.local/share/stoke)\n"
+		"  --domain D          NAME.D routes to function NAME (default localhost)\n"
+		"  --rootfs-dir DIR    runtime root file systems (default $STOKE_CACHE/rootfs)\n"
+		"  --max-body BYTES    request body limit, K/M/G suffixes allowed (default 10M)\n"
+		"  --max-deploy BYTES  deploy size limit (default 50M)\n"
+		"  --workers N         isolate worker threads (default 0: one per core)\n"
+		"  --log-json          log one JSON object per line\n"
+		"  --log-level L       error, warn, info (default) or debug\n",
 	.longopts = cli_serve_opts,
 	.shortopts = ":h",
 	.run = cli_serve_run,

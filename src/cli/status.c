@@ -2,7 +2,7 @@
 #include "client.h"
 #include "output.h"
 
-/* Adds uptime as 0d01h02m03s above the raw uptime_s: seconds alone are hard to read. */
+/* Uptime as 0d01h02m03s instead of the raw uptime_s: seconds alone are hard to read. */
 static void cli_status_uptime(const cJSON *doc)
 {
 	const cJSON *up = cJSON_GetObjectItemCaseSensitive(doc, "uptime_s");
@@ -44,6 +44,7 @@ static int cli_status_run(int argc, char **argv)
 		printf("daemon: %s\n", c.url_text);
 		cli_status_accepting(doc);
 		cli_status_uptime(doc);
+		cJSON_DeleteItemFromObjectCaseSensitive(doc, "uptime_s");	/* shown above */
 		cli_out_fields(doc, 0);
 	}
 	cJSON_Delete(doc);

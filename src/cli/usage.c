@@ -190,8 +190,8 @@ const struct cli_verb cli_verb_usage = {
 	.args = "[NAME] [OPTIONS]",
 	.summary = "Show invocations, compute and their estimated cost on Lambda and Workers.",
 	.options =
-		"  --since WHEN      only usage from WHEN on: Unix seconds, a UTC date\n"
-		"                    (2026-12-01, 2026-12-01T08:30) or an age (30m, 1h, 7d)\n",
+		"  --since WHEN        only usage from WHEN on: Unix seconds, a UTC date\n"
+		"                      (2026-12-01, 2026-12-01T08:30) or an age (30m, 1h, 7d)\n",
 	.client = 1,
 	.longopts = cli_usage_opts,
 	.shortopts = ":h",

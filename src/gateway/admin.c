@@ -190,6 +190,7 @@ static cJSON *admin_fn_json(const struct gw *gw, const struct fn *fn, int64_t de
 	cJSON_AddNumberToObject(lim, "max_instances", fn->limits.max_instances);
 	cJSON_AddNumberToObject(lim, "concurrency", fn->limits.concurrency);
 	cJSON_AddNumberToObject(lim, "tmp_mb", fn->limits.tmp_mb);
+	cJSON_AddNumberToObject(lim, "queue", fn->limits.queue);
 	cJSON_AddItemToObject(o, "limits", lim);
 	env = cJSON_AddArrayToObject(o, "env");
 	for (i = 0; i < fn->nenv; i++)	/* names only: values may be secrets */

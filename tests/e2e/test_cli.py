@@ -51,8 +51,11 @@ def test_deploy_prints_version_tier_and_url(d):
 def test_deploy_errors(d):
     r = d.cli("deploy", os.path.join(d.tmp.name, "no-such-file.js"))
     assert r.returncode == 2 and "stoke:" in r.stderr
+    # A manifest, name or entry the daemon refuses is unusable local input: 2.
     r = d.cli("deploy", write(d, "y.js", HELLO), "--name", "Bad_Name")
-    assert r.returncode == 1 and "(field: name)" in r.stderr, r.stderr
+    assert r.returncode == 2 and "(field: name)" in r.stderr, r.stderr
+    r = d.cli("deploy", write(d, "z.js", "export default {\n  fetch( {\n};\n"))
+    assert r.returncode == 2 and "(field: entry)" in r.stderr, r.stderr
     assert d.cli("deploy").returncode == 2
 
 
@@ -76,6 +79,7 @@ def test_ls_and_show(d):
     assert "cli-listed" in names
     r = ok(d.cli("show", "cli-listed"))
     assert "name: cli-listed" in r.stdout and "tier: isolate" in r.stdout
+    assert "\n  queue: 1024\n" in r.stdout, r.stdout
     assert json.loads(ok(d.cli("show", "cli-listed", "--json")).stdout)["runtime"] == "js"
     r = d.cli("show", "cli-never-deployed")
     assert r.returncode == 1 and "cli-never-deployed" in r.stderr
@@ -103,6 +107,7 @@ def test_rm(d):
 def test_status(d):
     r = ok(d.cli("status"))
     assert r.stdout.startswith("daemon: %s\n" % d.url) and "uptime: " in r.stdout
+    assert r.stdout.count("uptime") == 1, r.stdout
     assert isinstance(json.loads(ok(d.cli("status", "--json")).stdout), dict)
     assert d.cli("status", "extra").returncode == 2
 
@@ -157,8 +162,9 @@ def test_advise_js_is_isolate(d):
 
 
 def test_advise_refusal_names_the_field(d):
-    r = d.cli("advise", write(d, "odd.js", HELLO), "--runtime", "cobol")
-    assert r.returncode == 1 and "(field: runtime)" in r.stderr, r.stderr
+    r = d.cli("advise", write(d, "odd.js", HELLO), "--runtime", "python")
+    assert r.returncode == 2 and "(field: runtime)" in r.stderr, r.stderr
+    assert "one of js, python3, native, not \"python\" (did you mean python3?)" in r.stderr
     assert d.cli("advise", write(d, "odd.js", HELLO), "--tier", "fast").returncode == 2
 
 
@@ -268,3 +274,32 @@ def test_invalid_derived_name_suggests_one(d):
     assert "stoke: hint: use --name my-handler\n" in r.stderr, r.stderr
     r = d.admin("PUT", "/functions/My_App", {"files": {"index.js": "AAAA"}})
     assert r.status == 400 and r.json()["suggestion"] == "my-app", r
+
+
+def test_invoke_ends_the_line_on_a_terminal(d):
+    """A body without a final newline gets one on a terminal, and only there."""
+    import pty
+    deployed(d, "cli-tty")
+    assert ok(d.cli("invoke", "cli-tty", "/x")).stdout == "hello from cli /x"
+    primary, secondary = pty.openpty()
+    try:
+        env = dict(d.env, STOKE_URL=d.url)
+        p = subprocess.run([STOKE, "invoke", "cli-tty", "/x"], stdout=secondary,
+                           stderr=subprocess.PIPE, env=env, timeout=30)
+        assert p.returncode == 0, p.stderr
+        os.close(secondary)
+        secondary = -1
+        out = b""
+        while True:
+            try:
+                chunk = os.read(primary, 4096)
+            except OSError:  # EIO: the terminal's other side is closed
+                break
+            if not chunk:
+                break
+            out += chunk
+    finally:
+        os.close(primary)
+        if secondary >= 0:
+            os.close(secondary)
+    assert out == b"hello from cli /x\r\n", out

@@ -102,6 +102,8 @@ static void setup_tree(void)
 	put("Hello.JS", "export default {fetch() {}}\n");
 	mkdir_in("bad");
 	put("bad/stoke.json", "{\"name\": ");
+	mkdir_in("comma");
+	put("comma/stoke.json", "{\n  \"name\": \"x\",\n  }\n");
 	mkdir_in("array");
 	put("array/stoke.json", "[1]");
 	mkdir_in("numname");
@@ -240,7 +242,9 @@ static void test_errors(void)
 	struct cli_manifest m;
 
 	CHECK_INT(build("bad", NULL, NULL, NULL, &m, &err), -EINVAL);
-	CHECK(strstr(err.msg, "stoke.json") != NULL);
+	CHECK(strstr(err.msg, "stoke.json: invalid JSON near line 1, column 9") != NULL);
+	CHECK_INT(build("comma", NULL, NULL, NULL, &m, &err), -EINVAL);
+	CHECK(strstr(err.msg, "stoke.json: invalid JSON near line 3, column 4") != NULL);
 	CHECK_INT(build("array", NULL, NULL, NULL, &m, &err), -EINVAL);
 	CHECK_INT(build("numname", NULL, NULL, NULL, &m, &err), -EINVAL);
 	CHECK(strstr(err.msg, "name") != NULL);

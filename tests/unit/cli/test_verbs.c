@@ -140,7 +140,7 @@ static void test_deploy(void)
 	CHECK(strstr(loop_seen, "\"files\":{\"Hello.js\":\"ZXhwb3J0IGRlZmF1bHQge30K\"}"));
 	CHECK(strstr(loop_seen, "\r\nContent-Type: application/json\r\n") != NULL);
 
-	CHECK_INT(RUN("deploy", path, "--name", "other"), 1);
+	CHECK_INT(RUN("deploy", path, "--name", "other"), 2);	/* invalid_manifest */
 	CHECK_STR(err, "stoke: unknown field nmae (field: nmae)\n");
 	CHECK_INT(RUN("deploy", path, "--tier", "fast"), 2);
 	CHECK_INT(RUN("deploy", "/nonexistent/dir"), 2);
@@ -162,7 +162,7 @@ static void test_advise(void)
 	CHECK(strstr(loop_seen, "\"files\":{\"hello.py\":") != NULL);
 	CHECK_INT(RUN("advise", path, "--json"), 0);
 	CHECK(strstr(out, "\"reasons\":") != NULL);
-	CHECK_INT(RUN("advise", path, "--name", "other"), 1);
+	CHECK_INT(RUN("advise", path, "--name", "other"), 2);
 	CHECK_STR(err, "stoke: unknown field nmae (field: nmae)\n");
 	CHECK_INT(RUN("advise"), 2);
 }
@@ -285,6 +285,37 @@ static void test_help_anywhere(void)
 	CHECK(strstr(loop_seen, "\r\n\r\n--help") != NULL);
 }
 
+/* Every option line of every help describes from column 22, under an Options: header. */
+static void test_help_layout(void)
+{
+	static const char *const verbs[] = { "serve", "deploy", "advise", "invoke", "ls",
+		"show", "rm", "logs", "status", "usage", "bench" };
+	const char *line, *end;
+	size_t i;
+	int options;
+
+	for (i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++) {
+		CHECK_INT(RUN("help", verbs[i]), 0);
+		CHECK(strstr(out, "\n\nOptions:\n") != NULL);
+		options = 0;
+		for (line = out; (end = strchr(line, '\n')); line = end + 1) {
+			if (!strncmp(line, "Options:", 8) || !strncmp(line, "Daemon options", 14))
+				options = 1;
+			else if (line == end)
+				options = 0;
+			if (!options || line[0] != ' ')
+				continue;
+			/* an option and two spaces, or a continuation: text starts at 22 */
+			if (end - line < 23 || line[21] != ' ' || line[22] == ' ' ||
+			    (line[2] != '-' && line[2] != '$' && strspn(line, " ") != 22)) {
+				fprintf(stderr, "%s: misaligned: %.*s\n", verbs[i],
+					(int)(end - line), line);
+				CHECK(0);
+			}
+		}
+	}
+}
+
 /* The daemon options also work before the verb. */
 static void test_options_before_verb(void)
 {
@@ -331,6 +362,7 @@ int main(int argc, char **argv)
 	test_usage_and_reach();
 	test_help_anywhere();
 	test_options_before_verb();
+	test_help_layout();
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
 	if (system(cmd))
 		fprintf(stderr, "could not remove %s\n", tmpdir);
