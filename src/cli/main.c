@@ -107,7 +107,7 @@ static int cli_help_verb(const char *name)
 {
 	const struct cli_verb *verb;
 
-	if (!name || !strcmp(name, "help")) {
+	if (!name || !strcmp(name, "help") || !strcmp(name, "--help") || !strcmp(name, "-h")) {
 		cli_main_help(stdout);
 		return CLI_EXIT_OK;
 	}

@@ -337,6 +337,10 @@ static void test_options_before_verb(void)
 	CHECK_INT(RUN("--bogus", "ls"), 2);
 	CHECK_INT(RUN("--help"), 0);
 	CHECK(strstr(out, "Options before the verb") && strstr(out, "--url URL"));
+	CHECK_INT(RUN("help", "--help"), 0);
+	CHECK(starts(out, "Usage: stoke [OPTIONS] VERB"));
+	CHECK_INT(RUN("-h", "rm"), 0);
+	CHECK(starts(out, "Usage: stoke rm NAME"));
 }
 
 int main(int argc, char **argv)
