@@ -164,14 +164,15 @@ static int cli_global_args(int argc, char **argv, int *help, int *code)
 	return -1;
 }
 
-/* Whether the verb's own table knows the long option that argument a spells. */
+/* Whether the verb's own table knows the long option that argument a spells (getopt
+ * takes unambiguous abbreviations, so a prefix counts). */
 static int cli_verb_takes(const struct cli_verb *verb, const char *a)
 {
 	const struct option *o;
 	size_t len = strcspn(a + 2, "=");
 
 	for (o = verb->longopts; o->name; o++)
-		if (strlen(o->name) == len && !strncmp(o->name, a + 2, len))
+		if (!strncmp(o->name, a + 2, len))
 			return 1;
 	return 0;
 }
@@ -185,7 +186,7 @@ static int cli_global_takes_next(const char *a)
 	if (strchr(a, '='))
 		return 0;
 	for (o = cli_global_opts; o->name; o++)
-		if (!strcmp(o->name, a + 2))
+		if (!strncmp(o->name, a + 2, strlen(a + 2)))
 			return o->has_arg == required_argument;
 	return 0;
 }

@@ -326,6 +326,7 @@ static void test_options_before_verb(void)
 	CHECK_INT(RUN("--json", "--token=sekrit", "ls"), 0);
 	CHECK(strstr(out, "\"functions\"") != NULL);
 	CHECK_INT(RUN("--token", "wrong", "rm", "alpha"), 1);
+	CHECK_INT(RUN("--tok", "wrong", "rm", "alpha"), 1);	/* getopt's abbreviations */
 	CHECK_INT(RUN("--timeout", "5", "--url", url, "rm", "alpha"), 0);
 	CHECK_STR(out, "deleted alpha\n");
 	snprintf(dead, sizeof(dead), "http://127.0.0.1:%d", loop_dead_port());
