@@ -180,8 +180,8 @@ static void cli_client_explain_401(const struct cli_client *c)
 			"daemon logged at start)\n", src->text, c->url_text);
 	else
 		fprintf(stderr, "stoke: no token was sent: no --token, STOKE_TOKEN is unset and "
-			"there is no token file at %s\n  (pass --data-dir or set STOKE_DATA_DIR "
-			"to the daemon's data directory)\n", src->text);
+			"%s\n  (pass --data-dir or set STOKE_DATA_DIR to the daemon's data "
+			"directory)\n", src->text);
 }
 
 static int cli_client_parse(const struct cli_http_resp *resp, cJSON **out)

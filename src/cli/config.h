@@ -20,8 +20,10 @@ int cli_config_data_dir(const char *flag, char **out, struct cli_err *err);
 
 /* Where a token came from, said to the user when the daemon refuses it. */
 struct cli_token_source {
-	int found;		/* 0: no token; text then says where stoke looked */
-	char text[600];		/* "--token", "$STOKE_TOKEN" or the token file's path */
+	int found;
+	/* "--token", "$STOKE_TOKEN" or the token file's path; without a token, why:
+	 * "there is no token file at PATH" */
+	char text[600];
 };
 
 /* --token, else $STOKE_TOKEN, else the first line of <data-dir>/token. Returns 0 with a
