@@ -95,9 +95,10 @@ const struct cli_verb cli_verb_bench = {
 	.options =
 		"  --quick             fewer samples and shorter runs (for a smoke test)\n"
 		"  --out DIR           write REPORT.md and the plots into DIR\n"
-		"                      (default: bench/results of the source tree)\n"
-		"  $STOKE_SRC          the source tree whose bench/report runs (default: the\n"
-		"                      tree stoke was built in); its exit status is stoke's\n",
+		"                      (default: bench/results of the source tree)\n",
+	.notes =
+		"$STOKE_SRC names the source tree whose bench/report runs (default: the tree\n"
+		"stoke was built in); its exit status is stoke's.\n",
 	.longopts = cli_bench_opts,
 	.shortopts = ":h",
 	.run = cli_bench_run,

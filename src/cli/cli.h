@@ -21,6 +21,7 @@ struct cli_verb {
 	const char *args;		/* synopsis after the verb, e.g. "NAME [-f] [-n N]" */
 	const char *summary;		/* one line for `stoke --help` */
 	const char *options;		/* option lines for `stoke VERB --help` */
+	const char *notes;		/* a paragraph after the options, or NULL */
 	int client;			/* talks to a daemon, so takes --url, --token... */
 	/* The verb's getopt_long tables; they include --help/-h, which main handles
 	 * before run is called, wherever it appears. */

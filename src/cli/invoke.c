@@ -276,10 +276,11 @@ const struct cli_verb cli_verb_invoke = {
 		"  -X, --request M     HTTP method (default GET, or POST with --data)\n"
 		"  -d, --data D        request body: a string, @FILE, or @- for stdin\n"
 		"  -H, --header H      extra request header 'Name: value' (repeatable)\n"
-		"  -i, --include       print the status line and headers before the body\n"
-		"                      With --json: {status, headers, body or body_base64}.\n"
-		"                      The API token is never sent to functions.\n"
-		"                      Exit status 1 when the function answers 4xx or 5xx.\n",
+		"  -i, --include       print the status line and headers before the body\n",
+	.notes =
+		"With --json: {status, headers, body or body_base64}. The API token is never\n"
+		"sent to functions. On a terminal, a body that does not end a line gets a\n"
+		"newline. Exit status 1 when the function answers 4xx or 5xx.\n",
 	.client = 1,
 	.longopts = cli_invoke_opts,
 	.shortopts = ":hX:d:H:i",

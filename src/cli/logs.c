@@ -170,8 +170,8 @@ const struct cli_verb cli_verb_logs = {
 	.summary = "Print a function's log lines: time, request id, stream, message.",
 	.options =
 		"  -f, --follow        keep polling for new lines (every 500 ms) until Ctrl-C\n"
-		"  -n, --lines N       start with the last N lines (default: the daemon's, 100)\n"
-		"                      With --json, one JSON object per line.\n",
+		"  -n, --lines N       start with the last N lines (default: the daemon's, 100)\n",
+	.notes = "With --json, one JSON object per line.\n",
 	.client = 1,
 	.longopts = cli_logs_opts,
 	.shortopts = ":hfn:",

@@ -40,6 +40,8 @@ void cli_help(const struct cli_verb *verb, FILE *out)
 	fprintf(out, "Usage: stoke %s %s\n\n%s\n", verb->name, verb->args, verb->summary);
 	fprintf(out, "\nOptions:\n%s", verb->options ? verb->options : "");
 	fprintf(out, "  -h, --help          show this help\n");
+	if (verb->notes)
+		fprintf(out, "\n%s", verb->notes);
 	if (verb->client)
 		fputs(cli_client_help, out);
 	fputs(cli_exit_help, out);
