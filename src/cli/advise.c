@@ -26,6 +26,7 @@ static int cli_advise_run(int argc, char **argv)
 	int code = 0;
 
 	cli_client_init(&c, &cli_verb_advise);
+	c.name_flag = "--name";
 	if (cli_deploy_args(&c, argc, argv, &mo, &code))
 		return code;
 	code = cli_client_open(&c);
@@ -41,5 +42,7 @@ const struct cli_verb cli_verb_advise = {
 	.summary = "Show the tier and runtime a deploy of PATH would get, and why.",
 	.options = CLI_DEPLOY_OPTIONS,
 	.client = 1,
+	.longopts = cli_deploy_opts,
+	.shortopts = ":h",
 	.run = cli_advise_run,
 };

@@ -36,22 +36,20 @@ static int cli_bench_find(char *path, size_t size)
 	return access(path, X_OK) ? -ENOENT : 0;
 }
 
-/* Returns an exit code to stop with (help, a usage error), or -1 to run the report. */
+static const struct option cli_bench_opts[] = {
+	{ "quick", no_argument, NULL, OPT_QUICK },
+	{ "out", required_argument, NULL, OPT_OUT },
+	{ "help", no_argument, NULL, 'h' },
+	{ 0 },
+};
+
+/* Returns an exit code to stop with (a usage error), or -1 to run the report. */
 static int cli_bench_args(int argc, char **argv, int *quick, char **out)
 {
-	static const struct option opts[] = {
-		{ "quick", no_argument, NULL, OPT_QUICK },
-		{ "out", required_argument, NULL, OPT_OUT },
-		{ "help", no_argument, NULL, 'h' },
-		{ 0 },
-	};
 	int opt;
 
-	while ((opt = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
-		if (opt == 'h') {
-			cli_help(&cli_verb_bench, stdout);
-			return CLI_EXIT_OK;
-		} else if (opt == OPT_QUICK) {
+	while ((opt = getopt_long(argc, argv, ":h", cli_bench_opts, NULL)) != -1) {
+		if (opt == OPT_QUICK) {
 			*quick = 1;
 		} else if (opt == OPT_OUT) {
 			*out = optarg;
@@ -95,10 +93,13 @@ const struct cli_verb cli_verb_bench = {
 	.args = "[OPTIONS]",
 	.summary = "Run the benchmark suites and write bench/results/REPORT.md with plots.",
 	.options =
-		"  --quick           fewer samples and shorter runs (for a smoke test)\n"
-		"  --out DIR         write REPORT.md and the plots into DIR\n"
-		"                    (default: bench/results of the source tree)\n"
-		"  $STOKE_SRC        the source tree whose bench/report runs (default: the\n"
-		"                    tree stoke was built in); its exit status is stoke's\n",
+		"  --quick             fewer samples and shorter runs (for a smoke test)\n"
+		"  --out DIR           write REPORT.md and the plots into DIR\n"
+		"                      (default: bench/results of the source tree)\n",
+	.notes =
+		"$STOKE_SRC names the source tree whose bench/report runs (default: the tree\n"
+		"stoke was built in); its exit status is stoke's.\n",
+	.longopts = cli_bench_opts,
+	.shortopts = ":h",
 	.run = cli_bench_run,
 };

@@ -6,6 +6,7 @@
 #ifndef STOKE_CLI_H
 #define STOKE_CLI_H
 
+#include <getopt.h>
 #include <stdio.h>
 
 enum cli_exit {
@@ -20,8 +21,14 @@ struct cli_verb {
 	const char *args;		/* synopsis after the verb, e.g. "NAME [-f] [-n N]" */
 	const char *summary;		/* one line for `stoke --help` */
 	const char *options;		/* option lines for `stoke VERB --help` */
+	const char *notes;		/* a paragraph after the options, or NULL */
 	int client;			/* talks to a daemon, so takes --url, --token... */
-	int (*run)(int argc, char **argv);	/* argv[0] is the verb's name */
+	/* The verb's getopt_long tables; they include --help/-h, which main handles
+	 * before run is called, wherever it appears. */
+	const struct option *longopts;
+	const char *shortopts;
+	/* argv[0] is the verb's name; getopt starts afresh (optind is 0). */
+	int (*run)(int argc, char **argv);
 };
 
 extern const struct cli_verb cli_verb_serve, cli_verb_deploy, cli_verb_invoke,

@@ -7,6 +7,8 @@
 
 #include "config.h"
 
+const struct option cli_client_opts[] = { CLI_CLIENT_OPTIONS, { 0 } };
+
 void cli_client_init(struct cli_client *c, const struct cli_verb *verb)
 {
 	memset(c, 0, sizeof(*c));
@@ -49,21 +51,16 @@ int cli_client_option(struct cli_client *c, int opt, const char *arg, int *exit_
 			return 1;
 		*exit_code = cli_usage(c->verb, "--timeout wants seconds, got '%s'", arg);
 		return -1;
-	case 'h':
-		cli_help(c->verb, stdout);
-		*exit_code = CLI_EXIT_OK;
-		return -1;
 	}
 	return 0;
 }
 
-int cli_client_getopt(struct cli_client *c, int argc, char **argv, const char *shortopts,
-		      const struct option *longopts, int *exit_code)
+int cli_client_getopt(struct cli_client *c, int argc, char **argv, int *exit_code)
 {
 	int opt, ret;
 
 	for (;;) {
-		opt = getopt_long(argc, argv, shortopts, longopts, NULL);
+		opt = getopt_long(argc, argv, c->verb->shortopts, c->verb->longopts, NULL);
 		if (opt == '?' || opt == ':') {
 			*exit_code = cli_bad_option(c->verb, opt, argv);
 			return -2;
@@ -87,7 +84,8 @@ int cli_client_open(struct cli_client *c)
 	}
 	if (c->anonymous)
 		return CLI_EXIT_OK;
-	if (cli_config_token(c->token_flag, c->data_dir_flag, &c->token, &err)) {
+	if (cli_config_token(c->token_flag, c->data_dir_flag, &c->token, &c->token_source,
+			     &err)) {
 		fprintf(stderr, "stoke: %s\n", err.msg);
 		return CLI_EXIT_USAGE;
 	}
@@ -125,15 +123,33 @@ int cli_client_send(struct cli_client *c, struct cli_http_req *req, struct cli_h
 	return CLI_EXIT_UNREACHABLE;
 }
 
+/* A valid value the daemon suggests instead of a refused one: for a derived function
+ * name (my_handler.py), the flag that sets another. */
+static void cli_client_suggest(const struct cli_client *c, const cJSON *doc)
+{
+	const char *s = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(doc,
+									     "suggestion"));
+	const char *field = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(doc,
+										 "field"));
+
+	if (!s)
+		return;
+	if (c->name_flag && field && !strcmp(field, "name"))
+		fprintf(stderr, "stoke: hint: use %s %s\n", c->name_flag, s);
+	else
+		fprintf(stderr, "stoke: hint: did you mean %s?\n", s);
+}
+
 /* Prints the daemon's error: {"error","message","field"} when it sent one, else the
- * status line and the start of whatever it sent. */
-static void cli_client_report(const struct cli_http_resp *resp)
+ * status line and the start of whatever it sent. Returns the exit code: a manifest,
+ * name or entry file the daemon refuses is unusable local input, like a bad PATH. */
+static int cli_client_report(const struct cli_client *c, const struct cli_http_resp *resp)
 {
 	cJSON *doc = cJSON_ParseWithLength(resp->body.buf, resp->body.len);
 	cJSON *msg = cJSON_GetObjectItemCaseSensitive(doc, "message");
 	cJSON *kind = cJSON_GetObjectItemCaseSensitive(doc, "error");
 	cJSON *field = cJSON_GetObjectItemCaseSensitive(doc, "field");
-	int len = resp->body.len > 200 ? 200 : (int)resp->body.len;
+	int len = resp->body.len > 200 ? 200 : (int)resp->body.len, ret;
 
 	if (cJSON_IsString(msg))
 		fprintf(stderr, "stoke: %s", msg->valuestring);
@@ -145,7 +161,27 @@ static void cli_client_report(const struct cli_http_resp *resp)
 	if (cJSON_IsString(field))
 		fprintf(stderr, " (field: %s)", field->valuestring);
 	fputc('\n', stderr);
+	cli_client_suggest(c, doc);
+	ret = resp->status == 400 && cJSON_IsString(kind) &&
+	      !strcmp(kind->valuestring, "invalid_manifest") ? CLI_EXIT_USAGE : CLI_EXIT_REMOTE;
 	cJSON_Delete(doc);
+	return ret;
+}
+
+/* A 401 looks the same whatever went wrong on this side: say which token was sent. */
+static void cli_client_explain_401(const struct cli_client *c)
+{
+	const struct cli_token_source *src = &c->token_source;
+
+	if (src->found)
+		fprintf(stderr, "stoke: the token sent came from %s; the daemon at %s does not "
+			"accept it\n  (a daemon started with another data directory has another "
+			"token: pass --data-dir\n  or set STOKE_DATA_DIR to the directory the "
+			"daemon logged at start)\n", src->text, c->url_text);
+	else
+		fprintf(stderr, "stoke: no token was sent: no --token, STOKE_TOKEN is unset and "
+			"%s\n  (pass --data-dir or set STOKE_DATA_DIR to the daemon's data "
+			"directory)\n", src->text);
 }
 
 static int cli_client_parse(const struct cli_http_resp *resp, cJSON **out)
@@ -180,8 +216,9 @@ int cli_client_api(struct cli_client *c, const char *method, const char *target,
 	req.headers = headers;
 	ret = cli_client_send(c, &req, &resp);
 	if (!ret && (resp.status < 200 || resp.status > 299)) {
-		cli_client_report(&resp);
-		ret = CLI_EXIT_REMOTE;
+		ret = cli_client_report(c, &resp);
+		if (resp.status == 401)
+			cli_client_explain_401(c);
 	} else if (!ret) {
 		ret = cli_client_parse(&resp, out);
 	}
@@ -209,23 +246,19 @@ void cli_client_escape(struct strbuf *sb, const char *s)
 }
 
 /* Parses the client options of a verb taking nargs arguments and opens the client.
- * Returns 1 to go on; 0 with *code set when the verb is done (help, usage, no daemon). */
+ * Returns 0 to go on, else the exit code after saying why (usage, no daemon). */
 static int cli_client_begin(struct cli_client *c, const struct cli_verb *verb, int argc,
-			    char **argv, int nargs, int *code)
+			    char **argv, int nargs)
 {
-	static const struct option opts[] = { CLI_CLIENT_OPTIONS, { 0 } };
+	int code = CLI_EXIT_USAGE;
 
-	*code = 0;
 	cli_client_init(c, verb);
-	if (cli_client_getopt(c, argc, argv, ":h", opts, code) == -2)
-		return 0;
-	if (argc - optind != nargs) {
-		*code = cli_usage(c->verb, nargs ? "wants exactly one function name" :
-				  "takes no arguments");
-		return 0;
-	}
-	*code = cli_client_open(c);
-	return *code == 0;
+	if (cli_client_getopt(c, argc, argv, &code) == -2)
+		return code;
+	if (argc - optind != nargs)
+		return cli_usage(c->verb, nargs ? "wants exactly one function name" :
+				 "takes no arguments");
+	return cli_client_open(c);
 }
 
 int cli_client_fn_call(struct cli_client *c, const struct cli_verb *verb, int argc,
@@ -234,7 +267,9 @@ int cli_client_fn_call(struct cli_client *c, const struct cli_verb *verb, int ar
 	struct strbuf target = STRBUF_INIT;
 	int code;
 
-	if (!cli_client_begin(c, verb, argc, argv, 1, &code))
+	*out = NULL;
+	code = cli_client_begin(c, verb, argc, argv, 1);
+	if (code)
 		return code;
 	sb_adds(&target, "/_stoke/functions/");
 	cli_client_escape(&target, argv[optind]);
@@ -248,7 +283,9 @@ int cli_client_get_call(struct cli_client *c, const struct cli_verb *verb, int a
 {
 	int code;
 
-	if (!cli_client_begin(c, verb, argc, argv, 0, &code))
+	*out = NULL;
+	code = cli_client_begin(c, verb, argc, argv, 0);
+	if (code)
 		return code;
 	return cli_client_api(c, "GET", target, NULL, out);
 }

@@ -9,6 +9,7 @@
 
 #include "cli.h"
 #include "common/strbuf.h"
+#include "config.h"
 #include "http.h"
 #include "url.h"
 
@@ -29,29 +30,33 @@ enum {
 	{ "timeout", required_argument, NULL, CLI_OPT_TIMEOUT },	\
 	{ "help", no_argument, NULL, 'h' }
 
+/* CLI_CLIENT_OPTIONS alone: the table of verbs that take no options of their own. */
+extern const struct option cli_client_opts[];
+
 struct cli_client {
 	const struct cli_verb *verb;
 	const char *url_flag, *token_flag, *data_dir_flag;
 	int json;
 	int timeout_ms;
 	int anonymous;		/* never send the token: functions are user code */
+	const char *name_flag;	/* the option that names the function (deploy: --name) */
 	const char *url_text;	/* the daemon URL as configured, for messages */
 	struct cli_url url;
 	char *token;
+	struct cli_token_source token_source;	/* said when the daemon answers 401 */
 };
 
 void cli_client_init(struct cli_client *c, const struct cli_verb *verb);
 
-/* Handles the options in CLI_CLIENT_OPTIONS (and -h). Returns 1 if opt was one of them,
- * 0 if it is the verb's own, -1 if the verb must stop now with *exit_code (help was
- * printed, or the value was bad and the reason printed). */
+/* Handles the options in CLI_CLIENT_OPTIONS. Returns 1 if opt was one of them, 0 if it
+ * is the verb's own, -1 if the verb must stop now with *exit_code (the value was bad
+ * and the reason printed). */
 int cli_client_option(struct cli_client *c, int opt, const char *arg, int *exit_code);
 
-/* getopt_long that handles the daemon options itself (longopts must include
- * CLI_CLIENT_OPTIONS, shortopts start with ':' and include 'h'). Returns the verb's next
+/* getopt_long over the verb's tables that handles the daemon options itself (longopts
+ * must include CLI_CLIENT_OPTIONS, shortopts start with ':'). Returns the verb's next
  * option, -1 after the last, or -2 when the verb must return *exit_code now. */
-int cli_client_getopt(struct cli_client *c, int argc, char **argv, const char *shortopts,
-		      const struct option *longopts, int *exit_code);
+int cli_client_getopt(struct cli_client *c, int argc, char **argv, int *exit_code);
 
 /* Resolves URL and token. Returns 0 or an exit code after printing why. */
 int cli_client_open(struct cli_client *c);

@@ -94,8 +94,17 @@ static int cli_config_read_line(const char *path, char **out, struct cli_err *er
 	return 0;
 }
 
+static void cli_config_source(struct cli_token_source *src, int found, const char *fmt,
+			      const char *arg)
+{
+	if (!src)
+		return;
+	src->found = found;
+	snprintf(src->text, sizeof(src->text), fmt, arg);
+}
+
 int cli_config_token(const char *flag, const char *data_dir_flag, char **out,
-		     struct cli_err *err)
+		     struct cli_token_source *src, struct cli_err *err)
 {
 	const char *env = cli_config_env("STOKE_TOKEN");
 	char *dir, *path;
@@ -103,17 +112,22 @@ int cli_config_token(const char *flag, const char *data_dir_flag, char **out,
 
 	*out = NULL;
 	if ((flag && *flag) || env) {
+		cli_config_source(src, 1, "%s", flag && *flag ? "--token" : "$STOKE_TOKEN");
 		*out = strdup(flag && *flag ? flag : env);
 		return *out ? 0 : cli_err_set(err, -ENOMEM, "out of memory");
 	}
 	/* Without any data directory there is simply no token file. */
-	if (cli_config_data_dir(data_dir_flag, &dir, NULL))
+	if (cli_config_data_dir(data_dir_flag, &dir, NULL)) {
+		cli_config_source(src, 0, "%s", "there is no data directory (HOME is unset)");
 		return 0;
+	}
 	if (asprintf(&path, "%s/token", dir) < 0) {
 		free(dir);
 		return cli_err_set(err, -ENOMEM, "out of memory");
 	}
 	ret = cli_config_read_line(path, out, err);
+	cli_config_source(src, *out != NULL, *out ? "%s" : "there is no token file at %s",
+			  path);
 	free(path);
 	free(dir);
 	return ret;

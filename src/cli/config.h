@@ -18,10 +18,19 @@ const char *cli_config_url(const char *flag);
  * -ENOENT when no home directory is known. */
 int cli_config_data_dir(const char *flag, char **out, struct cli_err *err);
 
+/* Where a token came from, said to the user when the daemon refuses it. */
+struct cli_token_source {
+	int found;
+	/* "--token", "$STOKE_TOKEN" or the token file's path; without a token, why:
+	 * "there is no token file at PATH" */
+	char text[600];
+};
+
 /* --token, else $STOKE_TOKEN, else the first line of <data-dir>/token. Returns 0 with a
  * malloc'd token, or with NULL when none exists (the daemon then answers 401), or a
- * negative errno when the token file exists but cannot be read. */
+ * negative errno when the token file exists but cannot be read. src (may be NULL)
+ * receives where the token came from or where stoke looked. */
 int cli_config_token(const char *flag, const char *data_dir_flag, char **out,
-		     struct cli_err *err);
+		     struct cli_token_source *src, struct cli_err *err);
 
 #endif

@@ -6,19 +6,24 @@
 
 enum { OPT_NAME = CLI_OPT_VERB_BASE, OPT_TIER, OPT_RUNTIME };
 
+/* Deploys bigger than this ask the daemon for its limit before the body is built;
+ * below it, building the body costs little and the daemon's own 413 names the limit. */
+#define CLI_DEPLOY_ASK_BYTES (1u << 20)
+
+const struct option cli_deploy_opts[] = {
+	CLI_CLIENT_OPTIONS,
+	{ "name", required_argument, NULL, OPT_NAME },
+	{ "tier", required_argument, NULL, OPT_TIER },
+	{ "runtime", required_argument, NULL, OPT_RUNTIME },
+	{ 0 },
+};
+
 int cli_deploy_args(struct cli_client *c, int argc, char **argv,
 		    struct cli_manifest_opts *mo, int *code)
 {
-	static const struct option opts[] = {
-		CLI_CLIENT_OPTIONS,
-		{ "name", required_argument, NULL, OPT_NAME },
-		{ "tier", required_argument, NULL, OPT_TIER },
-		{ "runtime", required_argument, NULL, OPT_RUNTIME },
-		{ 0 },
-	};
 	int opt;
 
-	while ((opt = cli_client_getopt(c, argc, argv, ":h", opts, code)) >= 0) {
+	while ((opt = cli_client_getopt(c, argc, argv, code)) >= 0) {
 		if (opt == OPT_NAME)
 			mo->name = optarg;
 		else if (opt == OPT_TIER)
@@ -63,11 +68,61 @@ static void cli_deploy_print(const struct cli_client *c, const cJSON *doc, const
 			printf("  %s\n", reason->valuestring);
 }
 
+/*
+ * Refuses a deploy over the daemon's limit before reading and encoding the files (a
+ * 60 MB tree is 80 MB of base64 in memory). Returns 0 to go on, else the exit code
+ * after saying why: the same code as the daemon's 413 would give.
+ */
+static int cli_deploy_check_size(struct cli_client *c, const struct cli_manifest *m,
+				 const char *path)
+{
+	const cJSON *limit;
+	cJSON *doc = NULL;
+	size_t size;
+	int code;
+
+	if (cli_manifest_body_size(m, &size)) {
+		fprintf(stderr, "stoke: out of memory building the request\n");
+		return CLI_EXIT_USAGE;
+	}
+	if (size <= CLI_DEPLOY_ASK_BYTES)
+		return CLI_EXIT_OK;
+	code = cli_client_api(c, "GET", "/_stoke/status", NULL, &doc);
+	limit = cJSON_GetObjectItemCaseSensitive(doc, "max_deploy_bytes");
+	if (!code && cJSON_IsNumber(limit) && (double)size > limit->valuedouble) {
+		fprintf(stderr, "stoke: %s is too big to deploy: %zu files of %.1f MiB make a "
+			"%.1f MiB request (contents are sent as base64, 4/3 of their size);\n"
+			"  the daemon at %s accepts %.1f MiB (stoke serve --max-deploy)\n", path,
+			m->nfiles, m->bytes / 1048576.0, size / 1048576.0, c->url_text,
+			limit->valuedouble / 1048576.0);
+		code = CLI_EXIT_REMOTE;
+	}
+	cJSON_Delete(doc);
+	return code;
+}
+
+static int cli_deploy_upload(struct cli_client *c, const struct cli_manifest *m,
+			     const char *method, const char *target, cJSON **doc)
+{
+	struct strbuf body = STRBUF_INIT;
+	struct cli_err err = { 0 };
+	int code;
+
+	if (cli_manifest_body(m, &body, &err)) {
+		fprintf(stderr, "stoke: %s\n", err.msg);
+		code = CLI_EXIT_USAGE;
+	} else {
+		code = cli_client_api(c, method, target, &body, doc);
+	}
+	sb_free(&body);
+	return code;
+}
+
 /* Local problems (a missing PATH, a bad stoke.json) are usage errors. */
 int cli_deploy_send(struct cli_client *c, const struct cli_manifest_opts *mo,
 		    const char *method, const char *suffix, cli_deploy_print_fn *print)
 {
-	struct strbuf target = STRBUF_INIT, body = STRBUF_INIT;
+	struct strbuf target = STRBUF_INIT;
 	struct cli_err err = { 0 };
 	struct cli_manifest m;
 	cJSON *doc = NULL;
@@ -80,16 +135,17 @@ int cli_deploy_send(struct cli_client *c, const struct cli_manifest_opts *mo,
 	sb_adds(&target, "/_stoke/functions/");
 	cli_client_escape(&target, m.name);
 	sb_adds(&target, suffix);
-	if (cli_manifest_body(&m, &body) || sb_failed(&target)) {
+	if (sb_failed(&target)) {
 		fprintf(stderr, "stoke: out of memory building the request\n");
 		code = CLI_EXIT_USAGE;
 	} else {
-		code = cli_client_api(c, method, target.buf, &body, &doc);
+		code = cli_deploy_check_size(c, &m, mo->path);
 	}
+	if (!code)
+		code = cli_deploy_upload(c, &m, method, target.buf, &doc);
 	if (!code)
 		print(c, doc, m.name);
 	cJSON_Delete(doc);
-	sb_free(&body);
 	sb_free(&target);
 	cli_manifest_free(&m);
 	return code;
@@ -102,6 +158,7 @@ static int cli_deploy_run(int argc, char **argv)
 	int code = 0;
 
 	cli_client_init(&c, &cli_verb_deploy);
+	c.name_flag = "--name";
 	if (cli_deploy_args(&c, argc, argv, &mo, &code))
 		return code;
 	code = cli_client_open(&c);
@@ -117,5 +174,7 @@ const struct cli_verb cli_verb_deploy = {
 	.summary = "Deploy a directory (with an optional stoke.json) or a single source file.",
 	.options = CLI_DEPLOY_OPTIONS,
 	.client = 1,
+	.longopts = cli_deploy_opts,
+	.shortopts = ":h",
 	.run = cli_deploy_run,
 };

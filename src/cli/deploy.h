@@ -7,10 +7,13 @@
 #include "manifest.h"
 
 #define CLI_DEPLOY_OPTIONS						\
-	"  --name N          function name (default: stoke.json's, else the directory's\n" \
-	"                    or file's name, lower-cased, without extension)\n"	\
-	"  --tier T          auto, isolate or vm (overrides stoke.json)\n"		\
-	"  --runtime R       e.g. js or python3 (overrides stoke.json)\n"
+	"  --name N            function name (default: stoke.json's, else the directory's\n" \
+	"                      or file's name, lower-cased, without extension)\n"	\
+	"  --tier T            auto, isolate or vm (overrides stoke.json)\n"		\
+	"  --runtime R         e.g. js or python3 (overrides stoke.json)\n"
+
+/* The options of deploy and advise. */
+extern const struct option cli_deploy_opts[];
 
 /* Called with the daemon's 2xx answer and the function's name as sent. */
 typedef void cli_deploy_print_fn(const struct cli_client *c, const cJSON *doc,

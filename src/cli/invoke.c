@@ -94,6 +94,10 @@ static int cli_invoke_opt(struct cli_client *c, struct cli_invoke *iv, int opt)
 	case 'i':
 		iv->include = 1;
 		return 0;
+	case 'H':
+		break;
+	default:
+		return cli_usage(c->verb, "unexpected option");
 	}
 	if (!cli_invoke_header_ok(optarg))
 		return cli_usage(c->verb, "-H wants 'Name: value', got '%s'", optarg);
@@ -103,20 +107,21 @@ static int cli_invoke_opt(struct cli_client *c, struct cli_invoke *iv, int opt)
 	return 0;
 }
 
+static const struct option cli_invoke_opts[] = {
+	CLI_CLIENT_OPTIONS,
+	{ "request", required_argument, NULL, 'X' },
+	{ "data", required_argument, NULL, 'd' },
+	{ "header", required_argument, NULL, 'H' },
+	{ "include", no_argument, NULL, 'i' },
+	{ 0 },
+};
+
 static int cli_invoke_args(struct cli_client *c, int argc, char **argv, struct cli_invoke *iv,
 			   int *code)
 {
-	static const struct option opts[] = {
-		CLI_CLIENT_OPTIONS,
-		{ "request", required_argument, NULL, 'X' },
-		{ "data", required_argument, NULL, 'd' },
-		{ "header", required_argument, NULL, 'H' },
-		{ "include", no_argument, NULL, 'i' },
-		{ 0 },
-	};
 	int opt;
 
-	while ((opt = cli_client_getopt(c, argc, argv, ":hX:d:H:i", opts, code)) >= 0) {
+	while ((opt = cli_client_getopt(c, argc, argv, code)) >= 0) {
 		*code = cli_invoke_opt(c, iv, opt);
 		if (*code)
 			return -1;
@@ -207,6 +212,11 @@ static void cli_invoke_print(const struct cli_client *c, const struct cli_invoke
 	if (iv->include)
 		fwrite(resp->head.buf, 1, resp->head.len, stdout);
 	fwrite(resp->body.buf, 1, resp->body.len, stdout);
+	/* On a terminal the prompt would otherwise follow the body on its last line; in a
+	 * pipe or file the body stays byte for byte what the function sent. */
+	if (resp->body.len && resp->body.buf[resp->body.len - 1] != '\n' &&
+	    isatty(STDOUT_FILENO))
+		putchar('\n');
 	fflush(stdout);
 }
 
@@ -263,13 +273,16 @@ const struct cli_verb cli_verb_invoke = {
 	.args = "NAME [PATH] [OPTIONS]",
 	.summary = "Call a function over HTTP and print its response body.",
 	.options =
-		"  -X, --request M   HTTP method (default GET, or POST with --data)\n"
-		"  -d, --data D      request body: a string, @FILE, or @- for stdin\n"
-		"  -H, --header H    extra request header 'Name: value' (repeatable)\n"
-		"  -i, --include     print the status line and headers before the body\n"
-		"                    With --json: {status, headers, body or body_base64}.\n"
-		"                    The API token is never sent to functions.\n"
-		"                    Exit status 1 when the function answers 4xx or 5xx.\n",
+		"  -X, --request M     HTTP method (default GET, or POST with --data)\n"
+		"  -d, --data D        request body: a string, @FILE, or @- for stdin\n"
+		"  -H, --header H      extra request header 'Name: value' (repeatable)\n"
+		"  -i, --include       print the status line and headers before the body\n",
+	.notes =
+		"With --json: {status, headers, body or body_base64}. The API token is never\n"
+		"sent to functions. On a terminal, a body that does not end a line gets a\n"
+		"newline. Exit status 1 when the function answers 4xx or 5xx.\n",
 	.client = 1,
+	.longopts = cli_invoke_opts,
+	.shortopts = ":hX:d:H:i",
 	.run = cli_invoke_run,
 };

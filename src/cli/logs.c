@@ -111,23 +111,24 @@ static int cli_logs_loop(struct cli_client *c, struct cli_logs *lg)
 	}
 }
 
+static const struct option cli_logs_opts[] = {
+	CLI_CLIENT_OPTIONS,
+	{ "follow", no_argument, NULL, 'f' },
+	{ "lines", required_argument, NULL, 'n' },
+	{ 0 },
+};
+
 static int cli_logs_args(struct cli_client *c, int argc, char **argv, struct cli_logs *lg,
 			 int *code)
 {
-	static const struct option opts[] = {
-		CLI_CLIENT_OPTIONS,
-		{ "follow", no_argument, NULL, 'f' },
-		{ "lines", required_argument, NULL, 'n' },
-		{ 0 },
-	};
 	char *end;
 	int opt;
 
-	while ((opt = cli_client_getopt(c, argc, argv, ":hfn:", opts, code)) >= 0) {
-		if (opt == 'f') {
+	while ((opt = cli_client_getopt(c, argc, argv, code)) >= 0) {
+		if (opt == 'f')
 			lg->follow = 1;
+		if (opt != 'n')
 			continue;
-		}
 		errno = 0;
 		lg->limit = strtol(optarg, &end, 10);
 		if (errno || *end || end == optarg || lg->limit < 1) {
@@ -168,9 +169,11 @@ const struct cli_verb cli_verb_logs = {
 	.args = "NAME [-f] [-n N] [OPTIONS]",
 	.summary = "Print a function's log lines: time, request id, stream, message.",
 	.options =
-		"  -f, --follow      keep polling for new lines (every 500 ms) until Ctrl-C\n"
-		"  -n, --lines N     start with the last N lines (default: the daemon's, 100)\n"
-		"                    With --json, one JSON object per line.\n",
+		"  -f, --follow        keep polling for new lines (every 500 ms) until Ctrl-C\n"
+		"  -n, --lines N       start with the last N lines (default: the daemon's, 100)\n",
+	.notes = "With --json, one JSON object per line.\n",
 	.client = 1,
+	.longopts = cli_logs_opts,
+	.shortopts = ":hfn:",
 	.run = cli_logs_run,
 };

@@ -26,12 +26,18 @@ static int cli_ls_table(const cJSON *fns)
 	for (i = 0; i < CLI_LS_COLS; i++)
 		cli_out_table_add(&t, "%s", cli_ls_titles[i]);
 	cJSON_ArrayForEach(fn, fns) {
+		/* A version the daemon could not load at start: `stoke show` says why. */
+		int failed = cJSON_IsString(cJSON_GetObjectItemCaseSensitive(fn, "status"));
+
 		for (i = 0; i < CLI_LS_COLS; i++) {
 			const cJSON *item = cJSON_GetObjectItemCaseSensitive(fn, cli_ls_keys[i]);
 
-			cli_out_table_add(&t, "%s", i == CLI_LS_COLS - 1 ?
-					  cli_out_time(item, buf, sizeof(buf)) :
-					  cli_out_scalar(item, buf, sizeof(buf)));
+			if (failed && i == 2)
+				cli_out_table_add(&t, "%s", "LOAD FAILED");
+			else
+				cli_out_table_add(&t, "%s", i == CLI_LS_COLS - 1 ?
+						  cli_out_time(item, buf, sizeof(buf)) :
+						  cli_out_scalar(item, buf, sizeof(buf)));
 		}
 	}
 	ret = cli_out_table_print(&t);
@@ -62,5 +68,7 @@ const struct cli_verb cli_verb_ls = {
 	.args = "[OPTIONS]",
 	.summary = "List the deployed functions.",
 	.client = 1,
+	.longopts = cli_client_opts,
+	.shortopts = ":h",
 	.run = cli_ls_run,
 };

@@ -43,9 +43,26 @@ static int cli_manifest_slurp(const char *path, char **data, size_t *len,
 	return *data ? 0 : cli_err_set(err, -ENOMEM, "out of memory reading %s", path);
 }
 
+/* "invalid JSON near line L, column C" for the byte where cJSON gave up, which may be
+ * a character or so past the mistake (columns count bytes, from 1). */
+static int cli_manifest_json_error(const char *path, const char *text, size_t len,
+				   struct cli_err *err)
+{
+	const char *bad = cJSON_GetErrorPtr(), *p;
+	size_t line = 1, col = 1;
+
+	if (!bad || bad < text || bad > text + len)
+		return cli_err_set(err, -EINVAL, "%s: invalid JSON", path);
+	for (p = text; p < bad; p++) {
+		col = *p == '\n' ? 1 : col + 1;
+		line += *p == '\n';
+	}
+	return cli_err_set(err, -EINVAL, "%s: invalid JSON near line %zu, column %zu", path,
+			   line, col);
+}
+
 static int cli_manifest_read_json(const char *path, cJSON **out, struct cli_err *err)
 {
-	const char *bad;
 	size_t len;
 	char *text;
 	int ret;
@@ -55,9 +72,7 @@ static int cli_manifest_read_json(const char *path, cJSON **out, struct cli_err 
 		return ret;
 	*out = cJSON_ParseWithLength(text, len);
 	if (!*out) {
-		bad = cJSON_GetErrorPtr();
-		ret = cli_err_set(err, -EINVAL, "%s: invalid JSON at offset %td", path,
-				  bad ? bad - text : 0);
+		ret = cli_manifest_json_error(path, text, len, err);
 	} else if (!cJSON_IsObject(*out)) {
 		ret = cli_err_set(err, -EINVAL, "%s: the manifest must be a JSON object", path);
 		cJSON_Delete(*out);
@@ -181,26 +196,53 @@ static void cli_manifest_b64(struct strbuf *sb, const char *data, size_t len)
 	}
 }
 
-/* Appends "rel":"<base64 of path's content>" to the files object. */
-static int cli_manifest_add_file(struct cli_manifest *m, const char *path, const char *rel,
-				 struct cli_err *err)
+/* Appends "rel":"<base64 of the file's content>" to out. */
+static int cli_manifest_encode_file(const struct cli_manifest_file *f, struct strbuf *out,
+				    struct cli_err *err)
 {
 	size_t len;
 	char *data;
 	int ret;
 
-	ret = cli_manifest_slurp(path, &data, &len, err);
+	ret = cli_manifest_slurp(f->path, &data, &len, err);
 	if (ret)
 		return ret;
-	sb_adds(&m->files, m->nfiles ? "," : "{");
-	sb_json_str(&m->files, rel, strlen(rel));
-	sb_adds(&m->files, ":\"");
-	cli_manifest_b64(&m->files, data, len);
-	sb_adds(&m->files, "\"");
+	sb_json_str(out, f->rel, strlen(f->rel));
+	sb_adds(out, ":\"");
+	cli_manifest_b64(out, data, len);
+	sb_adds(out, "\"");
 	free(data);
+	return sb_failed(out) ? cli_err_set(err, -ENOMEM, "out of memory") : 0;
+}
+
+/* Records a file to send; its contents are read only when the body is built, so that
+ * the body's size is known first. */
+static int cli_manifest_add_file(struct cli_manifest *m, const char *path, const char *rel,
+				 size_t size, struct cli_err *err)
+{
+	struct cli_manifest_file *f;
+
+	if (m->nfiles == m->cap) {
+		size_t cap = m->cap ? m->cap * 2 : 16;
+
+		f = realloc(m->files, cap * sizeof(*f));
+		if (!f)
+			return cli_err_set(err, -ENOMEM, "out of memory");
+		m->files = f;
+		m->cap = cap;
+	}
+	f = &m->files[m->nfiles];
+	f->path = strdup(path);
+	f->rel = strdup(rel);
+	f->size = size;
+	if (!f->path || !f->rel) {
+		free(f->path);
+		free(f->rel);
+		return cli_err_set(err, -ENOMEM, "out of memory");
+	}
 	m->nfiles++;
-	m->bytes += len;
-	return sb_failed(&m->files) ? cli_err_set(err, -ENOMEM, "out of memory") : 0;
+	m->bytes += size;
+	return 0;
 }
 
 static int cli_manifest_walk(struct cli_manifest *m, const char *root, const char *rel,
@@ -223,7 +265,7 @@ static int cli_manifest_entry(struct cli_manifest *m, const char *root, const ch
 	if (S_ISDIR(st.st_mode))
 		return name[0] == '.' ? 0 : cli_manifest_walk(m, root, child, depth + 1, err);
 	if (S_ISREG(st.st_mode))
-		return cli_manifest_add_file(m, full, child, err);
+		return cli_manifest_add_file(m, full, child, (size_t)st.st_size, err);
 	return 0;
 }
 
@@ -253,8 +295,8 @@ static int cli_manifest_walk(struct cli_manifest *m, const char *root, const cha
 	return ret;
 }
 
-static int cli_manifest_collect(const char *path, int is_dir, struct cli_manifest *m,
-				struct cli_err *err)
+static int cli_manifest_collect(const char *path, const struct stat *st, int is_dir,
+				struct cli_manifest *m, struct cli_err *err)
 {
 	char base[NAME_MAX + 1];
 	int ret;
@@ -263,10 +305,9 @@ static int cli_manifest_collect(const char *path, int is_dir, struct cli_manifes
 		ret = cli_manifest_walk(m, path, "", 0, err);
 	else
 		ret = cli_manifest_base(path, 0, base, sizeof(base), err) ?:
-		      cli_manifest_add_file(m, path, base, err);
+		      cli_manifest_add_file(m, path, base, (size_t)st->st_size, err);
 	if (!ret && !m->nfiles)
 		ret = cli_err_set(err, -ENOENT, "%s: no files to deploy", path);
-	sb_adds(&m->files, "}");
 	return ret;
 }
 
@@ -292,28 +333,72 @@ int cli_manifest_build(const struct cli_manifest_opts *opts, struct cli_manifest
 	if (!ret)
 		ret = cli_manifest_fields(opts, is_dir, m, err);
 	if (!ret)
-		ret = cli_manifest_collect(opts->path, is_dir, m, err);
+		ret = cli_manifest_collect(opts->path, &st, is_dir, m, err);
 	if (ret)
 		cli_manifest_free(m);
 	return ret;
 }
 
-int cli_manifest_body(const struct cli_manifest *m, struct strbuf *out)
+/* {"manifest":{...},"files":{ : everything before the first file. */
+static int cli_manifest_head(const struct cli_manifest *m, struct strbuf *out)
 {
 	char *manifest = cJSON_PrintUnformatted(m->manifest);
 
 	if (!manifest)
 		return -ENOMEM;
-	sb_printf(out, "{\"manifest\":%s,\"files\":", manifest);
-	sb_add(out, m->files.buf, m->files.len);
-	sb_adds(out, "}");
+	sb_printf(out, "{\"manifest\":%s,\"files\":{", manifest);
 	free(manifest);
 	return sb_failed(out) ? -ENOMEM : 0;
 }
 
+int cli_manifest_body_size(const struct cli_manifest *m, size_t *size)
+{
+	struct strbuf sb = STRBUF_INIT;
+	size_t i, n;
+	int ret = cli_manifest_head(m, &sb);
+
+	/* Per file "rel":"<base64>", commas between, then }} to close: what
+	 * cli_manifest_body writes, counted without reading a byte of the files. */
+	n = sb.len + 2;
+	for (i = 0; !ret && i < m->nfiles; i++) {
+		sb.len = 0;
+		sb_json_str(&sb, m->files[i].rel, strlen(m->files[i].rel));
+		n += sb.len + 3 + b64_encoded_len(m->files[i].size) - 1 + (i ? 1 : 0);
+	}
+	if (!ret && sb_failed(&sb))
+		ret = -ENOMEM;
+	sb_free(&sb);
+	*size = n;
+	return ret;
+}
+
+int cli_manifest_body(const struct cli_manifest *m, struct strbuf *out, struct cli_err *err)
+{
+	size_t i;
+	int ret;
+
+	if (cli_manifest_head(m, out))
+		return cli_err_set(err, -ENOMEM, "out of memory");
+	for (i = 0; i < m->nfiles; i++) {
+		if (i)
+			sb_adds(out, ",");
+		ret = cli_manifest_encode_file(&m->files[i], out, err);
+		if (ret)
+			return ret;
+	}
+	sb_adds(out, "}}");
+	return sb_failed(out) ? cli_err_set(err, -ENOMEM, "out of memory") : 0;
+}
+
 void cli_manifest_free(struct cli_manifest *m)
 {
+	size_t i;
+
 	cJSON_Delete(m->manifest);
-	sb_free(&m->files);
+	for (i = 0; i < m->nfiles; i++) {
+		free(m->files[i].path);
+		free(m->files[i].rel);
+	}
+	free(m->files);
 	memset(m, 0, sizeof(*m));
 }

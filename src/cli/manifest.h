@@ -21,11 +21,18 @@ struct cli_manifest_opts {
 	const char *runtime;
 };
 
+/* A file to send: read and encoded only when the body is built. */
+struct cli_manifest_file {
+	char *path;		/* where to read it */
+	char *rel;		/* its name in the function, relative to the deployed directory */
+	size_t size;		/* when the tree was walked */
+};
+
 struct cli_manifest {
 	cJSON *manifest;
 	const char *name;	/* the function's name, owned by manifest */
-	struct strbuf files;	/* the "files" JSON object, as text */
-	size_t nfiles;
+	struct cli_manifest_file *files;	/* sorted, so a tree always makes one body */
+	size_t nfiles, cap;
 	size_t bytes;		/* sum of the files' sizes before encoding */
 };
 
@@ -39,9 +46,15 @@ struct cli_manifest {
 int cli_manifest_build(const struct cli_manifest_opts *opts, struct cli_manifest *m,
 		       struct cli_err *err);
 
-/* Appends the request body, {"manifest":{...},"files":{...}}, to out. Returns 0 or
- * -ENOMEM. */
-int cli_manifest_body(const struct cli_manifest *m, struct strbuf *out);
+/* The size in bytes of the body cli_manifest_body would build, from the files' sizes
+ * when the tree was walked (file contents grow by 4/3 as base64), without reading
+ * them: a deploy over the daemon's limit is refused before it is encoded. Returns 0
+ * or -ENOMEM. */
+int cli_manifest_body_size(const struct cli_manifest *m, size_t *size);
+
+/* Reads the files and appends the request body, {"manifest":{...},"files":{...}}, to
+ * out. Returns 0 or a negative errno with err naming the file at fault. */
+int cli_manifest_body(const struct cli_manifest *m, struct strbuf *out, struct cli_err *err);
 
 void cli_manifest_free(struct cli_manifest *m);
 

@@ -22,5 +22,7 @@ const struct cli_verb cli_verb_rm = {
 	.args = "NAME [OPTIONS]",
 	.summary = "Delete a deployed function.",
 	.client = 1,
+	.longopts = cli_client_opts,
+	.shortopts = ":h",
 	.run = cli_rm_run,
 };

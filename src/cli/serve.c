@@ -60,6 +60,18 @@ static int cli_serve_workers(const char *s)
 	return errno || end == s || *end || v < 0 || v > 4096 ? -1 : (int)v;
 }
 
+/* Refuses an address the daemon could not listen on before anything starts. */
+static int cli_serve_listen(const char *arg)
+{
+	struct sockaddr_storage ss;
+	char why[512];
+	socklen_t len;
+
+	if (daemon_parse_listen(arg, &ss, &len, why, sizeof(why)))
+		return cli_usage(&cli_verb_serve, "--listen %s", why);
+	return 0;
+}
+
 /* Applies one option to cfg; returns 0 or a usage exit code. *level is the explicit
  * --log-level, kept apart because LOG_ERROR is 0, the "unset" value of cfg. */
 static int cli_serve_opt(struct daemon_config *cfg, int opt, const char *arg, int *level)
@@ -69,7 +81,7 @@ static int cli_serve_opt(struct daemon_config *cfg, int opt, const char *arg, in
 	switch (opt) {
 	case OPT_LISTEN:
 		cfg->listen = arg;
-		return 0;
+		return cli_serve_listen(arg);
 	case OPT_DATA_DIR:
 		cfg->data_dir = arg;
 		return 0;
@@ -99,28 +111,25 @@ static int cli_serve_opt(struct daemon_config *cfg, int opt, const char *arg, in
 	return cli_usage(v, "unexpected option");
 }
 
+static const struct option cli_serve_opts[] = {
+	{ "listen", required_argument, NULL, OPT_LISTEN },
+	{ "data-dir", required_argument, NULL, OPT_DATA_DIR },
+	{ "domain", required_argument, NULL, OPT_DOMAIN },
+	{ "rootfs-dir", required_argument, NULL, OPT_ROOTFS_DIR },
+	{ "max-body", required_argument, NULL, OPT_MAX_BODY },
+	{ "max-deploy", required_argument, NULL, OPT_MAX_DEPLOY },
+	{ "workers", required_argument, NULL, OPT_WORKERS },
+	{ "log-json", no_argument, NULL, OPT_LOG_JSON },
+	{ "log-level", required_argument, NULL, OPT_LOG_LEVEL },
+	{ "help", no_argument, NULL, 'h' },
+	{ 0 },
+};
+
 static int cli_serve_args(int argc, char **argv, struct daemon_config *cfg, int *level)
 {
-	static const struct option opts[] = {
-		{ "listen", required_argument, NULL, OPT_LISTEN },
-		{ "data-dir", required_argument, NULL, OPT_DATA_DIR },
-		{ "domain", required_argument, NULL, OPT_DOMAIN },
-		{ "rootfs-dir", required_argument, NULL, OPT_ROOTFS_DIR },
-		{ "max-body", required_argument, NULL, OPT_MAX_BODY },
-		{ "max-deploy", required_argument, NULL, OPT_MAX_DEPLOY },
-		{ "workers", required_argument, NULL, OPT_WORKERS },
-		{ "log-json", no_argument, NULL, OPT_LOG_JSON },
-		{ "log-level", required_argument, NULL, OPT_LOG_LEVEL },
-		{ "help", no_argument, NULL, 'h' },
-		{ 0 },
-	};
 	int opt, code;
 
-	while ((opt = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
-		if (opt == 'h') {
-			cli_help(&cli_verb_serve, stdout);
-			return -1;
-		}
+	while ((opt = getopt_long(argc, argv, ":h", cli_serve_opts, NULL)) != -1) {
 		if (opt == '?' || opt == ':')
 			return cli_bad_option(&cli_verb_serve, opt, argv);
 		code = cli_serve_opt(cfg, opt, optarg, level);
@@ -140,7 +149,7 @@ static int cli_serve_run(int argc, char **argv)
 
 	ret = cli_serve_args(argc, argv, &cfg, &level);
 	if (ret)
-		return ret < 0 ? CLI_EXIT_OK : ret;
+		return ret;
 	/* The client verbs honour STOKE_DATA_DIR; so must the daemon, or the two would look
 	 * for the token in different places. */
 	if (!cfg.data_dir && env && *env)
@@ -161,15 +170,19 @@ const struct cli_verb cli_verb_serve = {
 	.args = "[OPTIONS]",
 	.summary = "Run the daemon in the foreground until SIGTERM or Ctrl-C.",
 	.options =
-		"  --listen ADDR:PORT   where to serve HTTP (default 127.0.0.1:8080)\n"
-		"  --data-dir DIR       registry, functions, token (default $STOKE_DATA_DIR,\n"
-		"                       else $XDG_DATA_HOME/stoke or ~/.local/share/stoke)\n"
-		"  --domain D           NAME.D routes to function NAME (default localhost)\n"
-		"  --rootfs-dir DIR     runtime root file systems (default $STOKE_CACHE/rootfs)\n"
-		"  --max-body BYTES     request body limit, K/M/G suffixes allowed (default 10M)\n"
-		"  --max-deploy BYTES   deploy size limit (default 50M)\n"
-		"  --workers N          isolate worker threads (default 0: one per core)\n"
-		"  --log-json           log one JSON object per line\n"
-		"  --log-level L        error, warn, info (default) or debug\n",
+		"  --listen HOST:PORT  where to serve HTTP (default 127.0.0.1:8080); HOST is\n"
+		"                      an address ([::1] for IPv6) or a name such as\n"
+		"                      localhost, PORT 1-65535\n"
+		"  --data-dir DIR      registry, functions, token (default $STOKE_DATA_DIR,\n"
+		"                      else $XDG_DATA_HOME/stoke or ~/.local/share/stoke)\n"
+		"  --domain D          NAME.D routes to function NAME (default localhost)\n"
+		"  --rootfs-dir DIR    runtime root file systems (default $STOKE_CACHE/rootfs)\n"
+		"  --max-body BYTES    request body limit, K/M/G suffixes allowed (default 10M)\n"
+		"  --max-deploy BYTES  deploy size limit (default 50M)\n"
+		"  --workers N         isolate worker threads (default 0: one per core)\n"
+		"  --log-json          log one JSON object per line\n"
+		"  --log-level L       error, warn, info (default) or debug\n",
+	.longopts = cli_serve_opts,
+	.shortopts = ":h",
 	.run = cli_serve_run,
 };

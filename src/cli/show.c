@@ -22,5 +22,7 @@ const struct cli_verb cli_verb_show = {
 	.args = "NAME [OPTIONS]",
 	.summary = "Show a deployed function.",
 	.client = 1,
+	.longopts = cli_client_opts,
+	.shortopts = ":h",
 	.run = cli_show_run,
 };

@@ -36,19 +36,20 @@ static const struct {
 };
 #define CLI_USAGE_NUMS (sizeof(cli_usage_nums) / sizeof(cli_usage_nums[0]))
 
+static const struct option cli_usage_opts[] = {
+	CLI_CLIENT_OPTIONS,
+	{ "since", required_argument, NULL, OPT_SINCE },
+	{ 0 },
+};
+
 static int cli_usage_args(struct cli_client *c, int argc, char **argv, struct cli_usage *u,
 			  int *code)
 {
-	static const struct option opts[] = {
-		CLI_CLIENT_OPTIONS,
-		{ "since", required_argument, NULL, OPT_SINCE },
-		{ 0 },
-	};
 	struct cli_err err = { 0 };
 	int opt;
 
 	u->since = -1;
-	while ((opt = cli_client_getopt(c, argc, argv, ":h", opts, code)) >= 0)
+	while ((opt = cli_client_getopt(c, argc, argv, code)) >= 0)
 		if (opt == OPT_SINCE)
 			u->since_text = optarg;
 	if (opt == -2)
@@ -209,8 +210,10 @@ const struct cli_verb cli_verb_usage = {
 	.args = "[NAME] [OPTIONS]",
 	.summary = "Show invocations, compute and their estimated cost on Lambda and Workers.",
 	.options =
-		"  --since WHEN      only usage from WHEN on: Unix seconds, a UTC date\n"
-		"                    (2026-12-01, 2026-12-01T08:30) or an age (30m, 1h, 7d)\n",
+		"  --since WHEN        only usage from WHEN on: Unix seconds, a UTC date\n"
+		"                      (2026-12-01, 2026-12-01T08:30) or an age (30m, 1h, 7d)\n",
 	.client = 1,
+	.longopts = cli_usage_opts,
+	.shortopts = ":h",
 	.run = cli_usage_run,
 };

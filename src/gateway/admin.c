@@ -51,6 +51,8 @@ static void admin_field_error(struct inv *inv, const struct mf_error *err)
 	cJSON_AddStringToObject(o, "error", "invalid_manifest");
 	cJSON_AddStringToObject(o, "field", err->field);
 	cJSON_AddStringToObject(o, "message", err->message);
+	if (err->suggestion[0])
+		cJSON_AddStringToObject(o, "suggestion", err->suggestion);
 	cJSON_AddStringToObject(o, "request_id", inv->request_id);
 	admin_json(inv, 400, o);
 }
@@ -188,6 +190,7 @@ static cJSON *admin_fn_json(const struct gw *gw, const struct fn *fn, int64_t de
 	cJSON_AddNumberToObject(lim, "max_instances", fn->limits.max_instances);
 	cJSON_AddNumberToObject(lim, "concurrency", fn->limits.concurrency);
 	cJSON_AddNumberToObject(lim, "tmp_mb", fn->limits.tmp_mb);
+	cJSON_AddNumberToObject(lim, "queue", fn->limits.queue);
 	cJSON_AddItemToObject(o, "limits", lim);
 	env = cJSON_AddArrayToObject(o, "env");
 	for (i = 0; i < fn->nenv; i++)	/* names only: values may be secrets */
@@ -385,6 +388,34 @@ static int admin_by_name(const void *a, const void *b)
 }
 
 /* Live functions sorted by name. */
+/*
+ * A deployed version the daemon could not load when it started (its runtime is gone, a
+ * snapshot cannot be made...): listed, so that it does not vanish while its requests
+ * get 503, with the reason for its owner.
+ */
+static cJSON *admin_failed_json(const struct gw_entry *e)
+{
+	cJSON *o = cJSON_CreateObject();
+
+	cJSON_AddStringToObject(o, "name", e->name);
+	cJSON_AddNumberToObject(o, "version", (double)e->load_version);
+	cJSON_AddNumberToObject(o, "deployed_at", (double)e->deployed_at);
+	cJSON_AddStringToObject(o, "status", "failed");
+	cJSON_AddStringToObject(o, "error", e->load_error);
+	return o;
+}
+
+static size_t admin_count_listed(const struct gw *gw)
+{
+	const struct gw_entry *e;
+	size_t i, n = 0;
+
+	for (i = 0; i < gw->nbuckets; i++)
+		for (e = gw->buckets[i]; e; e = e->next)
+			n += e->fn || e->load_error;
+	return n;
+}
+
 static void admin_list(struct gw *gw, struct inv *inv)
 {
 	cJSON *o = cJSON_CreateObject(), *arr = cJSON_AddArrayToObject(o, "functions");
@@ -393,11 +424,13 @@ static void admin_list(struct gw *gw, struct inv *inv)
 	size_t i, n = 0;
 
 	pthread_rwlock_rdlock(&gw->lock);
-	items = calloc(gw->nlive + 1, sizeof(*items));
+	items = calloc(admin_count_listed(gw) + 1, sizeof(*items));
 	for (i = 0; items && i < gw->nbuckets; i++)
 		for (e = gw->buckets[i]; e; e = e->next)
-			if (e->fn && n < gw->nlive)
+			if (e->fn)
 				items[n++] = admin_fn_json(gw, e->fn, e->deployed_at);
+			else if (e->load_error)
+				items[n++] = admin_failed_json(e);
 	pthread_rwlock_unlock(&gw->lock);
 	if (!items) {
 		cJSON_Delete(o);
@@ -415,11 +448,18 @@ static void admin_show(struct gw *gw, struct inv *inv, const char *name)
 {
 	struct gw_entry *e;
 	struct fn *fn = gw_fn_lookup(gw, name, strlen(name), &e);
-	cJSON *o, *st;
+	cJSON *o = NULL, *st;
 	int c;
 
 	if (!fn) {
-		inv_fail(inv, 404, "not_found", "no function named %s", name);
+		pthread_rwlock_rdlock(&gw->lock);
+		if (e && e->load_error)
+			o = admin_failed_json(e);
+		pthread_rwlock_unlock(&gw->lock);
+		if (o)
+			admin_json(inv, 200, o);
+		else
+			inv_fail(inv, 404, "not_found", "no function named %s", name);
 		return;
 	}
 	o = admin_fn_json(gw, fn, e->deployed_at);
@@ -521,6 +561,19 @@ static void admin_logs(struct gw *gw, struct inv *inv, const char *name)
 	admin_json(inv, 200, o);
 }
 
+/* What /_stoke/health says, in the status too: `stoke status` shows it. */
+static void admin_health(struct gw *gw, cJSON *o)
+{
+	struct gw_health h;
+
+	gw_health_get(gw, &h);
+	cJSON_AddBoolToObject(o, "accepting", h.accepting);
+	if (h.reason)
+		cJSON_AddStringToObject(o, "reason", h.reason);
+	cJSON_AddNumberToObject(o, "mem_available_mb", (double)h.mem_available_mb);
+	cJSON_AddNumberToObject(o, "min_free_mb", (double)h.min_free_mb);
+}
+
 static void admin_status(struct gw *gw, struct inv *inv)
 {
 	cJSON *o = cJSON_CreateObject(), *tiers = cJSON_CreateArray();
@@ -533,6 +586,9 @@ static void admin_status(struct gw *gw, struct inv *inv)
 	cJSON_AddNumberToObject(o, "functions", (double)gw->nlive);
 	cJSON_AddNumberToObject(o, "requests_total", (double)atomic_load(&gw->requests));
 	cJSON_AddNumberToObject(o, "inflight", (double)gw_inflight_others(gw));
+	admin_health(gw, o);
+	cJSON_AddNumberToObject(o, "max_body_bytes", (double)gw->cfg->max_body);
+	cJSON_AddNumberToObject(o, "max_deploy_bytes", (double)gw->cfg->max_deploy);
 	for (i = 0; i < TIER_COUNT; i++)
 		cJSON_AddItemToArray(tiers, cJSON_CreateString(gw->tiers[i].ops->name));
 	cJSON_AddItemToObject(o, "tiers", tiers);
@@ -697,9 +753,11 @@ static void admin_fn_route(struct gw *gw, struct inv *inv, const char *name, con
 	if (!mf_valid_name(name, strlen(name))) {
 		struct mf_error err = { .field = "name" };
 
+		mf_suggest_name(name, err.suggestion, sizeof(err.suggestion));
 		snprintf(err.message, sizeof(err.message), "\"%s\" is not a valid function name: "
 			 "use 1-63 characters of a-z, 0-9 and '-', not starting or ending with "
-			 "'-'", name);
+			 "'-'%s%s%s", name, err.suggestion[0] ? " (\"" : "", err.suggestion,
+			 err.suggestion[0] ? "\" is)" : "");
 		admin_field_error(inv, &err);
 	} else if (!*sub && write) {
 		admin_deploy(gw, inv, name, 0);
@@ -835,9 +893,16 @@ const struct tier_ops gw_admin_ops = {
 
 /* ---- loading at start ---- */
 
+/* What loading the registry at start did, for its log line. */
+struct admin_load {
+	struct gw *gw;
+	unsigned loaded, failed;
+};
+
 static int admin_load_row(void *arg, const struct reg_row *row)
 {
-	struct gw *gw = arg;
+	struct admin_load *l = arg;
+	struct gw *gw = l->gw;
 	struct admin_deploy d = { .version = row->version };
 	cJSON *manifest = cJSON_Parse(row->manifest);
 	struct gw_entry *e;
@@ -845,13 +910,16 @@ static int admin_load_row(void *arg, const struct reg_row *row)
 
 	snprintf(d.name, sizeof(d.name), "%s", row->name);
 	snprintf(d.dir, sizeof(d.dir), "%s", row->dir);
+	log_debug("loading %s v%lld", row->name, (long long)row->version);
 	ret = admin_prepare(gw, &d, manifest);
 	cJSON_Delete(manifest);
 	if (!ret) {
 		gw_fn_install(gw, row->name, d.fn, row->deployed_at);
+		l->loaded++;
 		return 0;
 	}
 	fn_unref(d.fn);
+	l->failed++;
 	log_error("cannot load %s v%lld: %s", row->name, (long long)row->version,
 		  d.err.message);
 	pthread_rwlock_wrlock(&gw->lock);
@@ -859,12 +927,24 @@ static int admin_load_row(void *arg, const struct reg_row *row)
 	if (e) {
 		free(e->load_error);
 		e->load_error = strdup(d.err.message);
+		e->load_version = row->version;
+		e->deployed_at = row->deployed_at;
 	}
 	pthread_rwlock_unlock(&gw->lock);
 	return 0;
 }
 
+/* Before listening: every deployed version is prepared again (compiled, snapshotted
+ * where no snapshot survives), which takes a while with many micro-VM functions. */
 int gw_admin_load(struct gw *gw)
 {
-	return reg_each(gw->reg, admin_load_row, gw);
+	struct admin_load l = { .gw = gw };
+	uint64_t t0 = gw_now_ns();
+	int ret;
+
+	log_info("loading the deployed functions");
+	ret = reg_each(gw->reg, admin_load_row, &l);
+	log_info("loaded %u functions in %.1f s%s", l.loaded, (gw_now_ns() - t0) / 1e9,
+		 l.failed ? " (some could not be loaded: see above)" : "");
+	return ret;
 }

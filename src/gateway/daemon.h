@@ -4,6 +4,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 struct daemon_config {
 	const char *listen;		/* "ADDR:PORT"; default 127.0.0.1:8080 */
@@ -17,6 +18,14 @@ struct daemon_config {
 	int log_level;			/* enum log_level */
 	unsigned shutdown_grace_ms;	/* in-flight bound at SIGTERM; default 10000 */
 };
+
+/*
+ * Parses --listen: HOST:PORT or [IPv6]:PORT, HOST a numeric address or a name resolved
+ * with getaddrinfo (an IPv4 answer preferred: "localhost" then means 127.0.0.1), PORT
+ * 1-65535. Returns 0 with the address, or -EINVAL with a sentence in why.
+ */
+int daemon_parse_listen(const char *listen, struct sockaddr_storage *ss, socklen_t *len,
+			char *why, size_t size);
 
 /* Fills defaults for every unset field. Returns 0 or -errno (no home directory...). */
 int daemon_config_defaults(struct daemon_config *cfg);

@@ -54,6 +54,7 @@ struct gw_entry {
 	char name[64];
 	struct fn *fn;		/* live version, or NULL; guarded by the table lock */
 	char *load_error;	/* why the stored version could not be loaded at start */
+	int64_t load_version;	/* that version */
 	int64_t deployed_at;
 	struct gw_stats stats;
 	struct gw_logring logs;
@@ -82,6 +83,7 @@ struct gw {
 	atomic_uint_fast64_t inflight;
 	uint64_t min_free_mb;		/* below this much available memory: 503 */
 	atomic_int low_memory;
+	atomic_llong mem_available_mb;	/* the last sample; -1 if unknown */
 	/* the function table */
 	pthread_rwlock_t lock;
 	struct gw_entry **buckets;
@@ -131,6 +133,18 @@ void gw_metrics_render(struct gw *gw, struct strbuf *out);
 
 /* server.c */
 int gw_run(struct gw *gw);
+
+/* Whether function requests are admitted now, for health and status. */
+struct gw_health {
+	int accepting;
+	const char *reason;		/* why not, or NULL */
+	long long mem_available_mb;	/* -1 if unknown */
+	uint64_t min_free_mb;
+};
+
+void gw_health_get(struct gw *gw, struct gw_health *h);
+/* Appends the health answer, {"ok":true,"accepting":...}, to sb. */
+void gw_health_json(struct gw *gw, struct strbuf *sb);
 
 /* One access-log line. Strings need not be NUL-terminated where a length is given. */
 struct gw_access {

@@ -4,8 +4,10 @@
 #include "common/strbuf.h"
 
 #include <cjson/cJSON.h>
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,9 +47,95 @@ int mf_valid_name(const char *name, size_t len)
 	return 1;
 }
 
+void mf_suggest_name(const char *name, char *out, size_t size)
+{
+	size_t n = 0, max = size - 1 < 63 ? size - 1 : 63;
+	char c;
+
+	for (; *name && n < max; name++) {
+		c = (char)tolower((unsigned char)*name);
+		if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9')))
+			c = '-';
+		if (c == '-' && (!n || out[n - 1] == '-'))
+			continue;
+		out[n++] = c;
+	}
+	while (n && out[n - 1] == '-')
+		n--;
+	out[n] = '\0';
+}
+
+/* Edit distance between a and b, ignoring case, capped at 9 (enough to rank typos). */
+static int mf_distance(const char *a, const char *b)
+{
+	size_t la = strlen(a), lb = strlen(b), i, j;
+	int row[64], diag, up, cost;
+
+	if (la > 60 || lb > 60)
+		return 9;
+	for (j = 0; j <= lb; j++)
+		row[j] = (int)j;
+	for (i = 1; i <= la; i++) {
+		diag = row[0];
+		row[0] = (int)i;
+		for (j = 1; j <= lb; j++) {
+			up = row[j];
+			cost = tolower((unsigned char)a[i - 1]) != tolower((unsigned char)b[j - 1]);
+			row[j] = diag + cost;
+			if (up + 1 < row[j])
+				row[j] = up + 1;
+			if (row[j - 1] + 1 < row[j])
+				row[j] = row[j - 1] + 1;
+			diag = up;
+		}
+	}
+	return row[lb] > 9 ? 9 : row[lb];
+}
+
+/* The word of words closest to s if it is close enough to be a typo, else NULL. */
+static const char *mf_closest(const char *s, const char *const *words)
+{
+	const char *best = NULL;
+	int d, best_d = 9;
+	size_t i;
+
+	for (i = 0; words[i]; i++) {
+		d = mf_distance(s, words[i]);
+		if (d < best_d && d <= 2 && (size_t)d <= strlen(words[i]) / 2) {
+			best = words[i];
+			best_d = d;
+		}
+	}
+	return best;
+}
+
+/* " (did you mean X?)" when s looks like a typo of one of words, else "". */
+static const char *mf_did_you_mean(const char *s, const char *const *words, char *buf,
+				   size_t size)
+{
+	const char *close = mf_closest(s, words);
+
+	if (!close)
+		return "";
+	snprintf(buf, size, " (did you mean %s?)", close);
+	return buf;
+}
+
+/* "a, b, c" from a NULL-terminated list. */
+static const char *mf_join(const char *const *words, char *buf, size_t size)
+{
+	size_t i, n = 0;
+
+	buf[0] = '\0';
+	for (i = 0; words[i] && n < size; i++)
+		n += (size_t)snprintf(buf + n, size - n, "%s%s", i ? ", " : "", words[i]);
+	return buf;
+}
+
 static int mf_string(const cJSON *item, const char *field, const char *const *allowed,
 		     const char **out, struct mf_error *err)
 {
+	char list[128], hint[64];
 	size_t i;
 
 	if (!cJSON_IsString(item))
@@ -62,8 +150,9 @@ static int mf_string(const cJSON *item, const char *field, const char *const *al
 			return 0;
 		}
 	}
-	return mf_fail(err, field, "%s must be one of the documented values, not \"%s\"",
-		       field, item->valuestring);
+	return mf_fail(err, field, "%s must be one of %s, not \"%.100s\"%s", field,
+		       mf_join(allowed, list, sizeof(list)), item->valuestring,
+		       mf_did_you_mean(item->valuestring, allowed, hint, sizeof(hint)));
 }
 
 struct mf_limit {
@@ -81,28 +170,44 @@ static const struct mf_limit mf_limits[] = {
 	{ "tmp_mb", offsetof(struct fn_limits, tmp_mb), 0, 4096, 1 },
 	{ "queue", offsetof(struct fn_limits, queue), 0, 100000, 1 },
 };
+#define MF_NLIMITS (sizeof(mf_limits) / sizeof(mf_limits[0]))
 
-static int mf_parse_limit(const cJSON *item, struct fn_limits *lim, struct mf_error *err)
+static const char *const mf_limit_keys[] = {
+	"cpu_ms", "wall_s", "memory_mb", "max_instances", "concurrency", "tmp_mb", "queue",
+	NULL
+};
+
+static int mf_limit_value(const cJSON *item, const struct mf_limit *l, const char *field,
+			  struct fn_limits *lim, struct mf_error *err)
 {
-	char field[64];
-	size_t i;
+	double v = item->valuedouble;
+	char shown[64];
 
-	snprintf(field, sizeof(field), "limits.%s", item->string);
-	for (i = 0; i < sizeof(mf_limits) / sizeof(mf_limits[0]); i++) {
-		const struct mf_limit *l = &mf_limits[i];
-		double v = item->valuedouble;
-
-		if (strcmp(item->string, l->key))
-			continue;
-		if (!cJSON_IsNumber(item) || v != (double)(uint32_t)v)
-			return mf_fail(err, field, "%s must be a whole number", field);
-		if (v < l->min || v > l->max)
-			return mf_fail(err, field, "%s must be between %u and %u", field,
-				       l->min, l->max);
+	if (cJSON_IsNumber(item) && v == floor(v) && v >= l->min && v <= l->max) {
 		*(uint32_t *)((char *)lim + l->offset) = (uint32_t)v * l->scale;
 		return 0;
 	}
-	return mf_fail(err, field, "unknown field %s", field);
+	if (cJSON_IsNumber(item))
+		snprintf(shown, sizeof(shown), "%g", v);
+	else
+		snprintf(shown, sizeof(shown), "a %s", cJSON_IsString(item) ? "string" :
+			 cJSON_IsBool(item) ? "boolean" : cJSON_IsNull(item) ? "null" :
+			 cJSON_IsArray(item) ? "list" : "object");
+	return mf_fail(err, field, "%s must be a whole number from %u to %u, not %s", field,
+		       l->min, l->max, shown);
+}
+
+static int mf_parse_limit(const cJSON *item, struct fn_limits *lim, struct mf_error *err)
+{
+	char field[64], hint[64];
+	size_t i;
+
+	snprintf(field, sizeof(field), "limits.%s", item->string);
+	for (i = 0; i < MF_NLIMITS; i++)
+		if (!strcmp(item->string, mf_limits[i].key))
+			return mf_limit_value(item, &mf_limits[i], field, lim, err);
+	return mf_fail(err, field, "unknown field %s%s", field,
+		       mf_did_you_mean(item->string, mf_limit_keys, hint, sizeof(hint)));
 }
 
 static int mf_parse_limits(const cJSON *obj, struct fn_limits *lim, struct mf_error *err)
@@ -120,6 +225,17 @@ static int mf_parse_limits(const cJSON *obj, struct fn_limits *lim, struct mf_er
 	return 0;
 }
 
+/* POSIX environment variable names as shells accept them: [A-Za-z_][A-Za-z0-9_]*. */
+static int mf_env_name(const char *s)
+{
+	if (!*s || isdigit((unsigned char)*s))
+		return 0;
+	for (; *s; s++)
+		if (!isalnum((unsigned char)*s) && *s != '_')
+			return 0;
+	return 1;
+}
+
 static int mf_parse_env(const cJSON *obj, struct fn *fn, struct mf_error *err)
 {
 	const cJSON *item;
@@ -135,8 +251,10 @@ static int mf_parse_env(const cJSON *obj, struct fn *fn, struct mf_error *err)
 
 		if (!cJSON_IsString(item))
 			return mf_fail(err, "env", "env.%s must be a string", item->string);
-		if (!*item->string || strchr(item->string, '='))
-			return mf_fail(err, "env", "env names must be non-empty and without '='");
+		if (!mf_env_name(item->string))
+			return mf_fail(err, "env", "env name \"%.100s\" is not a valid environment "
+				       "variable name: letters, digits and '_', not starting with a "
+				       "digit", item->string);
 		kv->name = strdup(item->string);
 		kv->value = strdup(item->valuestring);
 		fn->nenv = ++n;
@@ -157,10 +275,15 @@ struct mf_fields {
 	const char *name, *tier, *runtime, *entry, *isolation, *state;
 };
 
+static const char *const mf_fields[] = {
+	"name", "tier", "runtime", "entry", "isolation", "state", "limits", "env", NULL
+};
+
 static int mf_parse_field(const cJSON *item, struct fn *fn, struct mf_fields *f,
 			  struct mf_error *err)
 {
 	const char *key = item->string;
+	char hint[64];
 
 	if (!strcmp(key, "name"))
 		return mf_string(item, key, NULL, &f->name, err);
@@ -178,7 +301,8 @@ static int mf_parse_field(const cJSON *item, struct fn *fn, struct mf_fields *f,
 		return mf_parse_limits(item, &fn->limits, err);
 	if (!strcmp(key, "env"))
 		return mf_parse_env(item, fn, err);
-	return mf_fail(err, key, "unknown field %s", key);
+	return mf_fail(err, key, "unknown field %.100s%s", key,
+		       mf_did_you_mean(key, mf_fields, hint, sizeof(hint)));
 }
 
 static int mf_file_exists(const char *dir, const char *rel)

@@ -13,10 +13,15 @@ struct cJSON;
 struct mf_error {
 	char field[64];
 	char message[512];
+	char suggestion[64];	/* a valid value close to the refused one, or "" */
 };
 
 /* A DNS label: [a-z0-9-], 1-63 characters, no leading or trailing '-'. */
 int mf_valid_name(const char *name, size_t len);
+
+/* A valid name made from name (lower case, every other character a '-', no '-' at
+ * either end, 63 characters at most) in out; "" when nothing of it is left. */
+void mf_suggest_name(const char *name, char *out, size_t size);
 
 /*
  * Builds a struct fn (refs = 1, version unset) from a manifest object for the files

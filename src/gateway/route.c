@@ -91,29 +91,141 @@ static void gw_new_request_id(char *buf)
 	buf[16] = '\0';
 }
 
-/* Answers an error stoke itself produces: always a JSON body and a request id. */
-void gw_send_error(h2o_req_t *req, int status, const char *kind, const char *msg)
+/*
+ * The JSON body of an error stoke itself produces, in sb, with a request id added to
+ * the response headers; the refusal is logged too (a failed admin login must not be
+ * invisible).
+ */
+static void gw_error_body(h2o_req_t *req, int status, const char *kind, const char *msg,
+			  struct strbuf *sb)
 {
-	struct strbuf sb = STRBUF_INIT;
 	char *rid = h2o_mem_alloc_pool(&req->pool, 17);
 
 	gw_new_request_id(rid);
 	h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-stoke-request-id"),
 			      0, NULL, rid, 16);
-	inv_error_json(&sb, kind, msg, rid);
-	if (sb_failed(&sb))
-		h2o_send_error_generic(req, 500, "Internal Server Error", "out of memory\n", 0);
-	else
-		gw_send_json(req, status, sb.buf, sb.len);
-	/* Refusals are logged too: a failed admin login must not be invisible. */
+	inv_error_json(sb, kind, msg, rid);
 	gw_access_log(gw_thread_of(req->conn->ctx), &(struct gw_access){
 		.request_id = rid,
 		.method = req->input.method.base, .method_len = req->input.method.len,
 		.path = req->input.path.base, .path_len = req->input.path.len,
-		.fn = "-", .tier = "-", .status = status, .bytes = sb.len,
+		.fn = "-", .tier = "-", .status = status, .bytes = sb->len,
 		.start_ns = gw_now_ns(),
 	});
+}
+
+/* Answers an error stoke itself produces: always a JSON body and a request id. */
+void gw_send_error(h2o_req_t *req, int status, const char *kind, const char *msg)
+{
+	struct strbuf sb = STRBUF_INIT;
+
+	gw_error_body(req, status, kind, msg, &sb);
+	if (sb_failed(&sb))
+		h2o_send_error_generic(req, 500, "Internal Server Error", "out of memory\n", 0);
+	else
+		gw_send_json(req, status, sb.buf, sb.len);
 	sb_free(&sb);
+}
+
+static int gw_is_admin(const h2o_req_t *req)
+{
+	const h2o_iovec_t *p = &req->input.path;
+
+	return p->len >= 7 && !memcmp(p->base, "/_stoke", 7) &&
+	       (p->len == 7 || p->base[7] == '/' || p->base[7] == '?');
+}
+
+/* The body's size: what was read, else what Content-Length announced; 0 if unknown. */
+static size_t gw_body_size(const h2o_req_t *req)
+{
+	ssize_t i = h2o_find_header(&req->headers, H2O_TOKEN_CONTENT_LENGTH, -1);
+	size_t n;
+
+	if (req->entity.len || i < 0)
+		return req->entity.len;
+	n = h2o_strtosize(req->headers.entries[i].value.base, req->headers.entries[i].value.len);
+	return n == SIZE_MAX ? 0 : n;
+}
+
+/* The 413 for a body over its limit: deploys (the admin API) and function requests
+ * have a limit each, and the message names it and the flag that sets it. */
+static void gw_too_large(const struct gw *gw, const h2o_req_t *req, const char **kind,
+			 char *msg, size_t size)
+{
+	int admin = gw_is_admin(req);
+	size_t limit = admin ? gw->cfg->max_deploy : gw->cfg->max_body, n = gw_body_size(req);
+	char got[48] = "";
+
+	if (n)
+		snprintf(got, sizeof(got), " of %zu bytes", n);
+	*kind = admin ? "deploy_too_large" : "body_too_large";
+	snprintf(msg, size, admin ? "the request%s is over this daemon's deploy limit of %zu "
+		 "bytes (stoke serve --max-deploy; file contents count 4/3 of their size, "
+		 "as base64)" : "the request body%s is over this daemon's limit of %zu bytes "
+		 "(stoke serve --max-body)", got, limit);
+}
+
+static void gw_send_too_large(const struct gw *gw, h2o_req_t *req)
+{
+	const char *kind;
+	char msg[256];
+
+	gw_too_large(gw, req, &kind, msg, sizeof(msg));
+	gw_send_error(req, 413, kind, msg);
+}
+
+/* Sends the JSON body instead of whatever h2o sends, once. */
+struct gw_json_413 {
+	h2o_ostream_t super;
+	h2o_iovec_t body;
+};
+
+static void gw_json_413_send(h2o_ostream_t *self, h2o_req_t *req, h2o_iovec_t *bufs,
+			     size_t n, h2o_send_state_t state)
+{
+	struct gw_json_413 *o = (struct gw_json_413 *)self;
+	h2o_iovec_t body = o->body;
+
+	o->body.len = 0;
+	h2o_ostream_send_next(self, req, &body, n && body.len ? 1 : 0, state);
+}
+
+/*
+ * h2o refuses a body over max_request_entity_size itself, before any handler runs
+ * (from Content-Length at once, or while reading a chunked body), with a plain-text
+ * 413 bound to the host's fallback path. This filter sits there and turns that answer
+ * into stoke's JSON error, so every 413 names the limit.
+ */
+static void gw_on_fallback_response(h2o_filter_t *self, h2o_req_t *req, h2o_ostream_t **slot)
+{
+	struct strbuf sb = STRBUF_INIT;
+	struct gw_json_413 *o;
+	const char *kind;
+	char msg[256];
+
+	if (req->res.status != 413)
+		goto next;
+	gw_too_large(gw_thread_of(req->conn->ctx)->gw, req, &kind, msg, sizeof(msg));
+	gw_error_body(req, 413, kind, msg, &sb);
+	if (sb_failed(&sb))
+		goto next;
+	o = (struct gw_json_413 *)h2o_add_ostream(req, sizeof(*o), slot);
+	o->super.do_send = gw_json_413_send;
+	o->body = h2o_strdup(&req->pool, sb.buf, sb.len);
+	req->res.content_length = sb.len;
+	h2o_set_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, gw_json,
+		       sizeof(gw_json) - 1, 1);
+	slot = &o->super.next;
+next:
+	sb_free(&sb);
+	h2o_setup_next_ostream(req, slot);
+}
+
+void gw_register_fallback_filter(h2o_hostconf_t *host)
+{
+	h2o_filter_t *f = h2o_create_filter(&host->fallback_path, sizeof(*f));
+
+	f->on_setup_ostream = gw_on_fallback_response;
 }
 
 static void gw_on_req_dispose(void *p)
@@ -398,12 +510,8 @@ static void gw_send_busy(h2o_req_t *req, const char *name)
 /* Answers the request itself when the function cannot take it now; returns whether. */
 static int gw_refused(struct gw *gw, h2o_req_t *req, struct gw_entry *e, const struct fn *fn)
 {
-	char msg[160];
-
 	if (req->entity.len > gw->cfg->max_body) {
-		snprintf(msg, sizeof(msg), "request body over the %zu-byte limit",
-			 gw->cfg->max_body);
-		gw_send_error(req, 413, "body_too_large", msg);
+		gw_send_too_large(gw, req);
 		return 1;
 	}
 	if (atomic_load(&gw->low_memory)) {
@@ -465,15 +573,23 @@ static void gw_route_fn(struct gw_thread *t, h2o_req_t *req, const char *name, s
 	gw_dispatch(t, req, &gw->tiers[fn->tier], fn, e, path, plen);
 }
 
-static int gw_is_admin(const h2o_req_t *req)
+static void gw_send_health(struct gw *gw, h2o_req_t *req)
 {
-	const h2o_iovec_t *p = &req->input.path;
+	struct strbuf sb = STRBUF_INIT;
 
-	return p->len >= 7 && !memcmp(p->base, "/_stoke", 7) &&
-	       (p->len == 7 || p->base[7] == '/' || p->base[7] == '?');
+	gw_health_json(gw, &sb);
+	if (sb_failed(&sb))
+		gw_send_error(req, 503, "overloaded", "out of memory for this request");
+	else
+		gw_send_json(req, 200, sb.buf, sb.len);
+	sb_free(&sb);
 }
 
-static int gw_authorized(const struct gw *gw, const h2o_req_t *req)
+static const char gw_wrong_token[] =
+	"wrong token: it is not the one in this daemon's data directory";
+
+/* Returns NULL when the request carries the admin token, else why not (for the 401). */
+static const char *gw_unauthorized(const struct gw *gw, const h2o_req_t *req)
 {
 	ssize_t i = h2o_find_header(&req->headers, H2O_TOKEN_AUTHORIZATION, -1);
 	const h2o_iovec_t *v;
@@ -481,33 +597,35 @@ static int gw_authorized(const struct gw *gw, const h2o_req_t *req)
 	size_t k, tlen = strlen(gw->token);
 
 	if (i < 0)
-		return 0;
+		return "no token: admin requests need 'Authorization: Bearer TOKEN' (the "
+		       "token is the file 'token' in the daemon's data directory)";
 	v = &req->headers.entries[i].value;
-	if (v->len != 7 + tlen || strncasecmp(v->base, "Bearer ", 7))
-		return 0;
+	if (v->len < 7 || strncasecmp(v->base, "Bearer ", 7))
+		return "the Authorization header must be 'Bearer TOKEN'";
+	if (v->len != 7 + tlen)
+		return gw_wrong_token;
 	for (k = 0; k < tlen; k++)	/* constant time: no early exit on a mismatch */
 		diff |= (unsigned char)(v->base[7 + k] ^ gw->token[k]);
-	return diff == 0;
+	return diff ? gw_wrong_token : NULL;
 }
 
 static void gw_route_admin(struct gw_thread *t, h2o_req_t *req)
 {
 	struct gw *gw = t->gw;
 	int get = h2o_memis(req->input.method.base, req->input.method.len, H2O_STRLIT("GET"));
+	const char *why;
 
 	/* Health is answered here: it must stay quick whatever the admin threads do. */
 	if (h2o_memis(req->input.path.base, req->input.path.len, H2O_STRLIT("/_stoke/health"))) {
-		gw_send_json(req, 200, H2O_STRLIT("{\"ok\":true}\n"));
+		gw_send_health(gw, req);
 		return;
 	}
-	if (!gw_authorized(gw, req)) {
-		gw_send_error(req, 401, "unauthorized", "admin requests need 'Authorization: "
-			      "Bearer TOKEN' (the token file is in the data directory)");
+	if ((why = gw_unauthorized(gw, req))) {
+		gw_send_error(req, 401, "unauthorized", why);
 		return;
 	}
 	if (req->entity.len > gw->cfg->max_deploy) {
-		gw_send_error(req, 413, "body_too_large", "admin request over the deploy size "
-			      "limit (--max-deploy)");
+		gw_send_too_large(gw, req);
 		return;
 	}
 	gw_dispatch(t, req, get ? &gw->admin_read : &gw->admin, NULL, NULL,

@@ -8,7 +8,6 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
-#include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
@@ -150,30 +149,6 @@ static void gw_on_accept(h2o_socket_t *listener, const char *err)
 		h2o_accept(&t->accept, sock);
 }
 
-static int gw_parse_listen(const char *listen, struct sockaddr_storage *ss, socklen_t *len)
-{
-	struct addrinfo hints = { .ai_flags = AI_NUMERICHOST | AI_NUMERICSERV,
-				  .ai_socktype = SOCK_STREAM };
-	char host[256], *port;
-	struct addrinfo *ai;
-
-	snprintf(host, sizeof(host), "%s", listen);
-	port = strrchr(host, ':');
-	if (!port)
-		return -EINVAL;
-	*port++ = '\0';
-	if (host[0] == '[' && port[-2] == ']') {	/* [::1]:8080 */
-		port[-2] = '\0';
-		memmove(host, host + 1, strlen(host));
-	}
-	if (getaddrinfo(host, port, &hints, &ai))
-		return -EINVAL;
-	memcpy(ss, ai->ai_addr, ai->ai_addrlen);
-	*len = ai->ai_addrlen;
-	freeaddrinfo(ai);
-	return 0;
-}
-
 static int gw_listen_fd(const struct sockaddr_storage *ss, socklen_t len, int reuseport)
 {
 	int fd, one = 1, ret;
@@ -201,11 +176,14 @@ static int gw_listen_fd(const struct sockaddr_storage *ss, socklen_t len, int re
 static int gw_listen_all(struct gw *gw, int *fds)
 {
 	struct sockaddr_storage ss;
+	char why[512];
 	socklen_t len;
-	int i, probe, ret = gw_parse_listen(gw->cfg->listen, &ss, &len);
+	int i, probe, ret = daemon_parse_listen(gw->cfg->listen, &ss, &len, why, sizeof(why));
 
-	if (ret)
+	if (ret) {
+		log_error("--listen %s", why);
 		return ret;
+	}
 	probe = gw_listen_fd(&ss, len, 0);
 	if (probe < 0)
 		return probe;
@@ -312,16 +290,49 @@ static long gw_mem_available_mb(void)
  * --min-free-mb is available, new function requests get 503 (the tiers evict idle
  * instances under their own budgets before this point).
  */
+static void gw_update_memory(struct gw *gw)
+{
+	long avail = gw_mem_available_mb();
+
+	atomic_store(&gw->mem_available_mb, avail);
+	atomic_store(&gw->low_memory, avail >= 0 && (uint64_t)avail < gw->min_free_mb);
+}
+
 static void gw_sample_memory(struct gw_thread *t)
 {
 	uint64_t now = gw_now_ns();
-	long avail;
 
 	if (t->index || now - t->mem_sampled_ns < GW_MEM_SAMPLE_NS)
 		return;
 	t->mem_sampled_ns = now;
-	avail = gw_mem_available_mb();
-	atomic_store(&t->gw->low_memory, avail >= 0 && (uint64_t)avail < t->gw->min_free_mb);
+	gw_update_memory(t->gw);
+}
+
+void gw_health_get(struct gw *gw, struct gw_health *h)
+{
+	h->accepting = !atomic_load(&gw->low_memory);
+	h->reason = h->accepting ? NULL : "host_out_of_memory";
+	h->mem_available_mb = atomic_load(&gw->mem_available_mb);
+	h->min_free_mb = gw->min_free_mb;
+}
+
+/*
+ * Health stays 200 while the daemon runs (liveness), and says whether function
+ * requests are admitted: a host short of memory answers them all 503.
+ */
+void gw_health_json(struct gw *gw, struct strbuf *sb)
+{
+	struct gw_health h;
+
+	gw_health_get(gw, &h);
+	sb_printf(sb, "{\"ok\":true,\"accepting\":%s", h.accepting ? "true" : "false");
+	if (h.reason)
+		sb_printf(sb, ",\"reason\":\"%s\",\"message\":\"the host has %lld MiB of "
+			  "memory available, under the %llu MiB floor (STOKE_MIN_FREE_MB): "
+			  "function requests get 503\"", h.reason, h.mem_available_mb,
+			  (unsigned long long)h.min_free_mb);
+	sb_printf(sb, ",\"mem_available_mb\":%lld,\"min_free_mb\":%llu}\n",
+		  h.mem_available_mb, (unsigned long long)h.min_free_mb);
 }
 
 static void *gw_thread_main(void *arg)
@@ -354,6 +365,7 @@ static void gw_register_handler(struct gw *gw)
 	h2o_handler_t *handler;
 
 	host = h2o_config_register_host(&gw->h2o, h2o_iovec_init(H2O_STRLIT("default")), 65535);
+	gw_register_fallback_filter(host);
 	path = h2o_config_register_path(host, "/", 0);
 	handler = h2o_create_handler(path, sizeof(*handler));
 	handler->on_req = gw_on_req;
@@ -410,6 +422,7 @@ int gw_run(struct gw *gw)
 	int i, ret, sig;
 
 	gw_register_handler(gw);
+	gw_update_memory(gw);	/* health is right from the first request */
 	gw->threads = calloc((size_t)gw->nthreads, sizeof(*gw->threads));
 	if (!gw->threads)
 		return -ENOMEM;

@@ -31,5 +31,8 @@ static inline struct gw_thread *gw_thread_of(h2o_context_t *ctx)
 
 void gw_send_json(h2o_req_t *req, int status, const char *body, size_t len);
 void gw_send_error(h2o_req_t *req, int status, const char *kind, const char *msg);
+/* Makes h2o's own 413 (a body over max_request_entity_size, refused before stoke's
+ * handler runs) stoke's JSON error naming the limit. */
+void gw_register_fallback_filter(h2o_hostconf_t *host);
 
 #endif

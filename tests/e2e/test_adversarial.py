@@ -99,7 +99,7 @@ def assert_alive(d):
     """The daemon answers health and another tenant still works."""
     assert d.proc.poll() is None, "daemon exited %s:\n%s" % (d.proc.returncode, d.logs()[-3000:])
     r = d.request("GET", "/_stoke/health", timeout=10)
-    assert r.status == 200 and r.json() == {"ok": True}, r
+    assert r.status == 200 and r.json()["ok"] is True and r.json()["accepting"] is True, r
     ensure_bystander(d)
     r = d.invoke("bystander")
     assert r.status == 200 and r.body == b"bystander ok", r

@@ -3,9 +3,11 @@ codes (0 ok, 1 the daemon or function said no, 2 usage, 3 no daemon), --json out
 and `stoke advise` choosing a tier for a Python and a JavaScript file."""
 import json
 import os
+import socket
+import subprocess
 import time
 
-from harness import free_port
+from harness import STOKE, free_port
 
 HELLO = """export default {
   fetch(request) {
@@ -49,8 +51,11 @@ def test_deploy_prints_version_tier_and_url(d):
 def test_deploy_errors(d):
     r = d.cli("deploy", os.path.join(d.tmp.name, "no-such-file.js"))
     assert r.returncode == 2 and "stoke:" in r.stderr
+    # A manifest, name or entry the daemon refuses is unusable local input: 2.
     r = d.cli("deploy", write(d, "y.js", HELLO), "--name", "Bad_Name")
-    assert r.returncode == 1 and "(field: name)" in r.stderr, r.stderr
+    assert r.returncode == 2 and "(field: name)" in r.stderr, r.stderr
+    r = d.cli("deploy", write(d, "z.js", "export default {\n  fetch( {\n};\n"))
+    assert r.returncode == 2 and "(field: entry)" in r.stderr, r.stderr
     assert d.cli("deploy").returncode == 2
 
 
@@ -74,6 +79,7 @@ def test_ls_and_show(d):
     assert "cli-listed" in names
     r = ok(d.cli("show", "cli-listed"))
     assert "name: cli-listed" in r.stdout and "tier: isolate" in r.stdout
+    assert "\n  queue: 1024\n" in r.stdout, r.stdout
     assert json.loads(ok(d.cli("show", "cli-listed", "--json")).stdout)["runtime"] == "js"
     r = d.cli("show", "cli-never-deployed")
     assert r.returncode == 1 and "cli-never-deployed" in r.stderr
@@ -101,6 +107,7 @@ def test_rm(d):
 def test_status(d):
     r = ok(d.cli("status"))
     assert r.stdout.startswith("daemon: %s\n" % d.url) and "uptime: " in r.stdout
+    assert r.stdout.count("uptime") == 1, r.stdout
     assert isinstance(json.loads(ok(d.cli("status", "--json")).stdout), dict)
     assert d.cli("status", "extra").returncode == 2
 
@@ -155,8 +162,9 @@ def test_advise_js_is_isolate(d):
 
 
 def test_advise_refusal_names_the_field(d):
-    r = d.cli("advise", write(d, "odd.js", HELLO), "--runtime", "cobol")
-    assert r.returncode == 1 and "(field: runtime)" in r.stderr, r.stderr
+    r = d.cli("advise", write(d, "odd.js", HELLO), "--runtime", "python")
+    assert r.returncode == 2 and "(field: runtime)" in r.stderr, r.stderr
+    assert "one of js, python3, native, not \"python\" (did you mean python3?)" in r.stderr
     assert d.cli("advise", write(d, "odd.js", HELLO), "--tier", "fast").returncode == 2
 
 
@@ -165,7 +173,8 @@ def test_bad_token_exits_1(d):
                  ("advise", write(d, "t.js", HELLO)), ("logs", "x")):
         r = d.cli(*args, "--token", "not-the-token")
         assert r.returncode == 1, (args, r.returncode, r.stderr)
-        assert r.stderr.startswith("stoke: ") and "Authorization" in r.stderr, r.stderr
+        assert r.stderr.startswith("stoke: wrong token"), r.stderr
+        assert "came from --token" in r.stderr, r.stderr
 
 
 def test_daemon_down_exits_3(d):
@@ -175,3 +184,122 @@ def test_daemon_down_exits_3(d):
         r = d.cli(*args, "--url", dead)
         assert r.returncode == 3, (args, r.returncode, r.stderr)
         assert "cannot reach the daemon at %s" % dead in r.stderr, r.stderr
+
+
+def test_401_says_which_token_was_sent(d):
+    """Missing, wrong and another data directory's token: each 401 says what was sent."""
+    empty = os.path.join(d.tmp.name, "no-token-here")
+    os.makedirs(empty, exist_ok=True)
+    r = d.cli("ls", "--data-dir", empty)
+    assert r.returncode == 1, r
+    assert "stoke: no token: admin requests need" in r.stderr, r.stderr
+    assert "no token was sent" in r.stderr and os.path.join(empty, "token") in r.stderr
+    other = os.path.join(d.tmp.name, "other-data")
+    os.makedirs(other, exist_ok=True)
+    with open(os.path.join(other, "token"), "w") as f:
+        f.write("f" * 64 + "\n")
+    r = d.cli("--data-dir", other, "status")
+    assert r.returncode == 1 and "wrong token" in r.stderr, r.stderr
+    assert "came from %s" % os.path.join(other, "token") in r.stderr, r.stderr
+    r = d.cli("ls", "--token", "nope")
+    assert r.returncode == 1 and "came from --token" in r.stderr, r.stderr
+    env_run = subprocess.run([STOKE, "ls"], capture_output=True, text=True, timeout=30,
+                             env=dict(d.env, STOKE_URL=d.url, STOKE_TOKEN="nope"))
+    assert env_run.returncode == 1 and "came from $STOKE_TOKEN" in env_run.stderr
+
+
+def announce(d, method, path, length, token=None):
+    """Sends only a request head announcing length bytes; returns (status, JSON body)."""
+    head = "%s %s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n" % (method, path, length)
+    if token:
+        head += "Authorization: Bearer %s\r\n" % token
+    with socket.create_connection(("127.0.0.1", d.port), timeout=10) as s:
+        s.sendall((head + "\r\n").encode())
+        out = b""
+        while b"\r\n\r\n" not in out or len(out.split(b"\r\n\r\n", 1)[1]) < int(
+                out.lower().split(b"content-length: ")[1].split(b"\r\n")[0]):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            out += chunk
+    head, body = out.split(b"\r\n\r\n", 1)
+    return int(head.split()[1]), json.loads(body)
+
+
+def test_deploy_over_the_limit_is_refused_with_the_limit():
+    """Just over the limit and far over it, from the CLI and over plain HTTP: every
+    413 is stoke's JSON naming --max-deploy; a big tree is refused before upload."""
+    from harness import Daemon
+    with Daemon("--max-deploy", "100K", "--max-body", "50K") as d:
+        small = os.path.join(d.tmp.name, "small")
+        os.makedirs(small)
+        with open(os.path.join(small, "index.js"), "w") as f:
+            f.write(HELLO + "//" + "x" * 120000 + "\n")
+        r = d.cli("deploy", small)
+        assert r.returncode == 1, r
+        assert "deploy limit of 102400 bytes (stoke serve --max-deploy" in r.stderr, r.stderr
+        big = os.path.join(d.tmp.name, "big")
+        os.makedirs(big)
+        for i in range(3):
+            with open(os.path.join(big, "blob%d.bin" % i), "wb") as f:
+                f.write(os.urandom(1 << 20))
+        r = d.cli("deploy", big)
+        assert r.returncode == 1, r
+        assert "too big to deploy" in r.stderr and "--max-deploy" in r.stderr, r.stderr
+        assert "accepts 0.1 MiB" in r.stderr, r.stderr
+        # Just over, by a few bytes, and far over: h2o refuses from Content-Length
+        # alone, before the body is sent; the answer is the same JSON.
+        for n in (102400 + 2, 102400 + 100, 60 << 20):
+            status, doc = announce(d, "PUT", "/_stoke/functions/over", n, d.token)
+            assert status == 413 and doc["error"] == "deploy_too_large", (n, doc)
+            assert "--max-deploy" in doc["message"] and "102400" in doc["message"], doc
+        for n in (102400 + 2, 60 << 20):
+            status, doc = announce(d, "POST", "/fn/nothing/", n)
+            assert status == 413 and doc["error"] == "body_too_large", (n, doc)
+            assert "--max-body" in doc["message"] and "51200" in doc["message"], doc
+        d.deploy_files("tiny", {"index.js": HELLO})
+        r = d.request("POST", "/fn/tiny/", body=b"y" * 51201)  # read, then refused
+        assert r.status == 413 and "--max-body" in r.json()["message"], r
+        assert d.cli("status", "--json").returncode == 0
+        doc = json.loads(d.cli("status", "--json").stdout)
+        assert doc["max_deploy_bytes"] == 102400 and doc["max_body_bytes"] == 51200
+        # the big tree never reached the daemon: no PUT of it in the access log
+        assert "PUT /_stoke/functions/big" not in d.logs(), d.logs()[-2000:]
+
+
+def test_invalid_derived_name_suggests_one(d):
+    r = d.cli("deploy", write(d, "my_handler.py", HANDLER))
+    assert r.returncode != 0, r
+    assert '"my_handler" is not a valid function name' in r.stderr, r.stderr
+    assert "stoke: hint: use --name my-handler\n" in r.stderr, r.stderr
+    r = d.admin("PUT", "/functions/My_App", {"files": {"index.js": "AAAA"}})
+    assert r.status == 400 and r.json()["suggestion"] == "my-app", r
+
+
+def test_invoke_ends_the_line_on_a_terminal(d):
+    """A body without a final newline gets one on a terminal, and only there."""
+    import pty
+    deployed(d, "cli-tty")
+    assert ok(d.cli("invoke", "cli-tty", "/x")).stdout == "hello from cli /x"
+    primary, secondary = pty.openpty()
+    try:
+        env = dict(d.env, STOKE_URL=d.url)
+        p = subprocess.run([STOKE, "invoke", "cli-tty", "/x"], stdout=secondary,
+                           stderr=subprocess.PIPE, env=env, timeout=30)
+        assert p.returncode == 0, p.stderr
+        os.close(secondary)
+        secondary = -1
+        out = b""
+        while True:
+            try:
+                chunk = os.read(primary, 4096)
+            except OSError:  # EIO: the terminal's other side is closed
+                break
+            if not chunk:
+                break
+            out += chunk
+    finally:
+        os.close(primary)
+        if secondary >= 0:
+            os.close(secondary)
+    assert out == b"hello from cli /x\r\n", out

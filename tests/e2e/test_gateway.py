@@ -51,7 +51,8 @@ def raw(d, data, timeout=10, read_until_close=True):
 
 def test_health_needs_no_token(d):
     r = d.request("GET", "/_stoke/health")
-    assert r.status == 200 and r.json() == {"ok": True}
+    assert r.status == 200 and r.json()["ok"] is True and r.json()["accepting"] is True
+    assert "reason" not in r.json() and r.json()["min_free_mb"] == 256
 
 
 def test_admin_requires_token(d):
@@ -372,7 +373,14 @@ def test_host_out_of_memory_is_503_with_retry_after():
             r = d.invoke("mem")
         assert r.status == 503 and r.headers["retry-after"] == "5", r
         assert r.json()["error"] == "host_out_of_memory"
-        assert d.request("GET", "/_stoke/health").status == 200  # admin still answers
+        h = d.request("GET", "/_stoke/health")
+        assert h.status == 200  # alive, and it says why functions are refused
+        assert h.json()["accepting"] is False and h.json()["reason"] == "host_out_of_memory"
+        assert "STOKE_MIN_FREE_MB" in h.json()["message"], h.json()
+        assert h.json()["min_free_mb"] == 1 << 40 and h.json()["mem_available_mb"] > 0
+        st = d.cli("status")
+        assert st.returncode == 0 and "NOT ACCEPTING function requests" in st.stdout, st
+        assert json.loads(d.cli("status", "--json").stdout)["accepting"] is False
 
 
 def test_load_at_low_and_high_concurrency_keeps_connections(d):
@@ -397,3 +405,28 @@ def test_admin_wrong_method_is_405(d):
     assert r.status == 405 and r.json()["error"] == "method_not_allowed", r
     assert d.admin("DELETE", "/metrics").status == 405
     assert d.admin("GET", "/nothing-here").status == 404
+
+
+def test_listen_is_validated_before_anything_starts():
+    import subprocess
+    import tempfile
+    from harness import STOKE
+    bad = {"127.0.0.1:99999": "1 to 65535", "127.0.0.1:0": "1 to 65535",
+           "127.0.0.1": "has no port", "localhost": "has no port",
+           ":8080": "names no host", "[::1]8080": "[ADDRESS]:PORT",
+           "127.0.0.1:http": "1 to 65535"}
+    with tempfile.TemporaryDirectory(prefix="polish-listen-") as tmp:
+        for listen, why in bad.items():
+            r = subprocess.run([STOKE, "serve", "--listen", listen, "--data-dir", tmp],
+                               capture_output=True, text=True, timeout=20)
+            assert r.returncode == 2 and why in r.stderr, (listen, r.returncode, r.stderr)
+            assert "Invalid argument" not in r.stderr
+        assert not os.path.exists(os.path.join(tmp, "token"))  # nothing was started
+
+
+def test_listen_resolves_localhost():
+    d = Daemon()
+    d.args = ["--listen", "localhost:%d" % d.port]  # the later --listen wins
+    with d:
+        assert d.request("GET", "/_stoke/health").status == 200
+        assert d.admin("GET", "/status").json()["listen"] == "localhost:%d" % d.port

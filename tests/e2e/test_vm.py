@@ -328,3 +328,27 @@ def test_python_exception_text_goes_to_logs_not_to_the_caller(d):
         time.sleep(0.1)
     else:
         raise AssertionError("the traceback is not in the function's logs: %r" % lines)
+
+
+def test_function_that_fails_to_load_at_start_stays_listed():
+    """A deployed version that cannot be loaded when the daemon starts (here its runtime's
+    root file system is gone) stays in ls and show with the reason for its owner; its
+    callers get 503 without that reason; rm removes it."""
+    need_vm()
+    with Daemon() as d:
+        d.deploy_files("pygone", {"handler.py": "def handler(e, c):\n    return 'hi'\n"},
+                       {"tier": "vm", "runtime": "python3"})
+        assert d.stop() == 0
+        d.args += ["--rootfs-dir", os.path.join(d.tmp.name, "no-such-rootfs")]
+        d.start()
+        listed = {f["name"]: f for f in d.admin("GET", "/functions").json()["functions"]}
+        assert listed["pygone"]["status"] == "failed", listed
+        shown = d.admin("GET", "/functions/pygone").json()
+        assert shown["version"] == 1 and "no-such-rootfs" in shown["error"], shown
+        out = d.cli("ls")
+        assert "pygone" in out.stdout and "LOAD FAILED" in out.stdout, out.stdout
+        r = d.invoke("pygone")
+        assert r.status == 503 and r.json()["error"] == "unavailable", r
+        assert "no-such-rootfs" not in r.text and "stoke show pygone" in r.text, r
+        assert d.admin("DELETE", "/functions/pygone").status in (200, 204)
+        assert d.admin("GET", "/functions/pygone").status == 404

@@ -37,14 +37,17 @@ static char *in_root(const char *rel)
 	return path[i];
 }
 
+static struct cli_token_source source;	/* the last token() call's */
+
 /* Returns the token found (static storage) or "(none)". */
 static const char *token(const char *flag, const char *dir_flag)
 {
 	static char buf[256];
 	char *t = NULL;
-	int ret = cli_config_token(flag, dir_flag, &t, NULL);
+	int ret = cli_config_token(flag, dir_flag, &t, &source, NULL);
 
 	snprintf(buf, sizeof(buf), "%s", ret ? "(error)" : t ? t : "(none)");
+	CHECK_INT(source.found, t != NULL);
 	free(t);
 	return buf;
 }
@@ -61,6 +64,7 @@ static void test_token_order(void)
 	unsetenv("STOKE_DATA_DIR");
 	unsetenv("STOKE_TOKEN");
 	CHECK_STR(token(NULL, NULL), "from-home");
+	CHECK_STR(source.text, in_root("home/.local/share/stoke/token"));
 
 	setenv("XDG_DATA_HOME", in_root("xdg"), 1);
 	CHECK_STR(token(NULL, NULL), "from-xdg");
@@ -72,8 +76,10 @@ static void test_token_order(void)
 
 	setenv("STOKE_TOKEN", "from-env", 1);
 	CHECK_STR(token(NULL, in_root("flagdir")), "from-env");
+	CHECK_STR(source.text, "$STOKE_TOKEN");
 
 	CHECK_STR(token("from-flag", in_root("flagdir")), "from-flag");
+	CHECK_STR(source.text, "--token");
 
 	/* Empty values count as unset. */
 	setenv("STOKE_TOKEN", "", 1);
@@ -87,6 +93,8 @@ static void test_token_order(void)
 
 	/* No file anywhere: no token, and no error either. */
 	CHECK_STR(token(NULL, in_root("nowhere")), "(none)");
+	CHECK(strstr(source.text, "there is no token file at ") == source.text &&
+	      !strcmp(source.text + 26, in_root("nowhere/token")));
 	put_token("blank", "\n");
 	CHECK_STR(token(NULL, in_root("blank")), "(none)");
 }

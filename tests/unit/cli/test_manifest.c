@@ -62,7 +62,7 @@ static cJSON *body_of(const struct cli_manifest *m)
 	struct strbuf sb = STRBUF_INIT;
 	cJSON *doc;
 
-	CHECK_INT(cli_manifest_body(m, &sb), 0);
+	CHECK_INT(cli_manifest_body(m, &sb, NULL), 0);
 	doc = cJSON_ParseWithLength(sb.buf, sb.len);
 	CHECK(doc != NULL);
 	sb_free(&sb);
@@ -102,6 +102,8 @@ static void setup_tree(void)
 	put("Hello.JS", "export default {fetch() {}}\n");
 	mkdir_in("bad");
 	put("bad/stoke.json", "{\"name\": ");
+	mkdir_in("comma");
+	put("comma/stoke.json", "{\n  \"name\": \"x\",\n  }\n");
 	mkdir_in("array");
 	put("array/stoke.json", "[1]");
 	mkdir_in("numname");
@@ -216,13 +218,33 @@ static void test_large_file(void)
 	cli_manifest_free(&m);
 }
 
+/* The size announced before the files are read is the size of the body built. */
+static void test_body_size(void)
+{
+	static const char *const paths[] = { "My_App", "big", "Hello.JS", "Plain.Dir" };
+	struct strbuf sb = STRBUF_INIT;
+	struct cli_manifest m;
+	size_t i, size = 0;
+
+	for (i = 0; i < sizeof(paths) / sizeof(paths[0]); i++) {
+		CHECK_INT(build(paths[i], NULL, NULL, NULL, &m, NULL), 0);
+		CHECK_INT(cli_manifest_body_size(&m, &size), 0);
+		CHECK_INT(cli_manifest_body(&m, &sb, NULL), 0);
+		CHECK_INT(size, sb.len);
+		sb_free(&sb);
+		cli_manifest_free(&m);
+	}
+}
+
 static void test_errors(void)
 {
 	struct cli_err err = { 0 };
 	struct cli_manifest m;
 
 	CHECK_INT(build("bad", NULL, NULL, NULL, &m, &err), -EINVAL);
-	CHECK(strstr(err.msg, "stoke.json") != NULL);
+	CHECK(strstr(err.msg, "stoke.json: invalid JSON near line 1, column 9") != NULL);
+	CHECK_INT(build("comma", NULL, NULL, NULL, &m, &err), -EINVAL);
+	CHECK(strstr(err.msg, "stoke.json: invalid JSON near line 3, column 4") != NULL);
 	CHECK_INT(build("array", NULL, NULL, NULL, &m, &err), -EINVAL);
 	CHECK_INT(build("numname", NULL, NULL, NULL, &m, &err), -EINVAL);
 	CHECK(strstr(err.msg, "name") != NULL);
@@ -256,6 +278,7 @@ int main(void)
 	test_flags_override();
 	test_derived_names();
 	test_large_file();
+	test_body_size();
 	test_errors();
 	cleanup();
 	return check_done("test_manifest");

@@ -116,7 +116,7 @@ static void test_admin_verbs(void)
 	CHECK_INT(RUN("ls", "--json"), 0);
 	CHECK(strstr(out, "\"functions\"") != NULL);
 	CHECK_INT(RUN("ls", "--token", "wrong"), 1);
-	CHECK_STR(err, "stoke: bad token\n");
+	CHECK(starts(err, "stoke: bad token\nstoke: the token sent came from --token; "));
 	CHECK_INT(RUN("rm", "alpha"), 0);
 	CHECK_STR(out, "deleted alpha\n");
 	CHECK_INT(RUN("rm", "nope"), 1);
@@ -140,7 +140,7 @@ static void test_deploy(void)
 	CHECK(strstr(loop_seen, "\"files\":{\"Hello.js\":\"ZXhwb3J0IGRlZmF1bHQge30K\"}"));
 	CHECK(strstr(loop_seen, "\r\nContent-Type: application/json\r\n") != NULL);
 
-	CHECK_INT(RUN("deploy", path, "--name", "other"), 1);
+	CHECK_INT(RUN("deploy", path, "--name", "other"), 2);	/* invalid_manifest */
 	CHECK_STR(err, "stoke: unknown field nmae (field: nmae)\n");
 	CHECK_INT(RUN("deploy", path, "--tier", "fast"), 2);
 	CHECK_INT(RUN("deploy", "/nonexistent/dir"), 2);
@@ -162,7 +162,7 @@ static void test_advise(void)
 	CHECK(strstr(loop_seen, "\"files\":{\"hello.py\":") != NULL);
 	CHECK_INT(RUN("advise", path, "--json"), 0);
 	CHECK(strstr(out, "\"reasons\":") != NULL);
-	CHECK_INT(RUN("advise", path, "--name", "other"), 1);
+	CHECK_INT(RUN("advise", path, "--name", "other"), 2);
 	CHECK_STR(err, "stoke: unknown field nmae (field: nmae)\n");
 	CHECK_INT(RUN("advise"), 2);
 }
@@ -243,6 +243,107 @@ static void test_usage_and_reach(void)
 	CHECK_INT(RUN("bench", "extra"), 2);
 }
 
+/* The daemon sees nothing from a run that only asked for help. */
+static void forget_requests(void)
+{
+	pthread_mutex_lock(&loop_lock);
+	loop_seen[0] = '\0';
+	pthread_mutex_unlock(&loop_lock);
+}
+
+/* --help anywhere prints exactly what `stoke help VERB` prints, exits 0 and does
+ * nothing else: no request, no "deleted victim", no daemon started. */
+static void test_help_anywhere(void)
+{
+	static const char *const verbs[] = { "serve", "deploy", "advise", "invoke", "ls",
+		"show", "rm", "logs", "status", "usage", "bench" };
+	static char want[sizeof(out)];
+	size_t i;
+
+	for (i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++) {
+		const char *v = verbs[i];
+
+		CHECK_INT(RUN("help", v), 0);
+		memcpy(want, out, sizeof(want));
+		CHECK(starts(want, "Usage: stoke ") && strstr(want, "-h, --help"));
+		forget_requests();
+		CHECK_INT(RUN(v, "--help", "victim"), 0);
+		CHECK_STR(out, want);
+		CHECK_INT(RUN(v, "victim", "--help"), 0);
+		CHECK_STR(out, want);
+		CHECK_INT(RUN(v, "--bogus", "-h"), 0);
+		CHECK_STR(out, want);
+		CHECK_INT(RUN("--help", v), 0);
+		CHECK_STR(out, want);
+		CHECK_STR(err, "");
+		pthread_mutex_lock(&loop_lock);
+		CHECK_STR(loop_seen, "");
+		pthread_mutex_unlock(&loop_lock);
+	}
+	/* An option's value is not an option: this sends the body "--help". */
+	CHECK_INT(RUN("invoke", "f", "-d", "--help"), 0);
+	CHECK(strstr(loop_seen, "\r\n\r\n--help") != NULL);
+}
+
+/* Every option line of every help describes from column 22, under an Options: header. */
+static void test_help_layout(void)
+{
+	static const char *const verbs[] = { "serve", "deploy", "advise", "invoke", "ls",
+		"show", "rm", "logs", "status", "usage", "bench" };
+	const char *line, *end;
+	size_t i;
+	int options;
+
+	for (i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++) {
+		CHECK_INT(RUN("help", verbs[i]), 0);
+		CHECK(strstr(out, "\n\nOptions:\n") != NULL);
+		options = 0;
+		for (line = out; (end = strchr(line, '\n')); line = end + 1) {
+			if (!strncmp(line, "Options:", 8) || !strncmp(line, "Daemon options", 14))
+				options = 1;
+			else if (line == end)
+				options = 0;
+			if (!options || line[0] != ' ')
+				continue;
+			/* an option and two spaces, or a continuation: text starts at 22 */
+			if (end - line < 23 || line[21] != ' ' || line[22] == ' ' ||
+			    (line[2] != '-' && line[2] != '$' && strspn(line, " ") != 22)) {
+				fprintf(stderr, "%s: misaligned: %.*s\n", verbs[i],
+					(int)(end - line), line);
+				CHECK(0);
+			}
+		}
+	}
+}
+
+/* The daemon options also work before the verb. */
+static void test_options_before_verb(void)
+{
+	char dead[64];
+
+	CHECK_INT(RUN("--url", url, "ls"), 0);
+	CHECK(strstr(out, "alpha") != NULL);
+	CHECK_INT(RUN("--json", "--token=sekrit", "ls"), 0);
+	CHECK(strstr(out, "\"functions\"") != NULL);
+	CHECK_INT(RUN("--token", "wrong", "rm", "alpha"), 1);
+	CHECK_INT(RUN("--tok", "wrong", "rm", "alpha"), 1);	/* getopt's abbreviations */
+	CHECK_INT(RUN("--timeout", "5", "--url", url, "rm", "alpha"), 0);
+	CHECK_STR(out, "deleted alpha\n");
+	snprintf(dead, sizeof(dead), "http://127.0.0.1:%d", loop_dead_port());
+	CHECK_INT(RUN("--url", dead, "status"), 3);
+	CHECK_INT(RUN("--json", "serve"), 2);
+	CHECK(strstr(err, "'--json' does not apply to 'serve'") != NULL);
+	CHECK_INT(RUN("--url", url), 2);
+	CHECK_INT(RUN("--url"), 2);
+	CHECK_INT(RUN("--bogus", "ls"), 2);
+	CHECK_INT(RUN("--help"), 0);
+	CHECK(strstr(out, "Options before the verb") && strstr(out, "--url URL"));
+	CHECK_INT(RUN("help", "--help"), 0);
+	CHECK(starts(out, "Usage: stoke [OPTIONS] VERB"));
+	CHECK_INT(RUN("-h", "rm"), 0);
+	CHECK(starts(out, "Usage: stoke rm NAME"));
+}
+
 int main(int argc, char **argv)
 {
 	const char *tmp = getenv("TMPDIR");
@@ -264,6 +365,9 @@ int main(int argc, char **argv)
 	test_bench();
 	test_invoke();
 	test_usage_and_reach();
+	test_help_anywhere();
+	test_options_before_verb();
+	test_help_layout();
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
 	if (system(cmd))
 		fprintf(stderr, "could not remove %s\n", tmpdir);

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 static char dir[] = "/tmp/stoke-mf-XXXXXX";
 
@@ -19,10 +20,11 @@ static void touch(const char *name)
 		fclose(f);
 }
 
+static struct mf_error err;	/* the last parse's */
+
 /* Parses json for function "f"; returns the error field ("" on success). */
 static const char *parse(const char *json, struct fn **out)
 {
-	static struct mf_error err;
 	char reasons[512];
 	cJSON *m = cJSON_Parse(json);
 	int ret;
@@ -108,6 +110,62 @@ static void test_errors(void)
 	expect_field("[]", "manifest");
 }
 
+/* The message for json, which must be refused. */
+static const char *message(const char *json)
+{
+	struct fn *fn;
+
+	CHECK(*parse(json, &fn));
+	return err.message;
+}
+
+/* Messages name what is allowed, and the likely intended value or field. */
+static void test_messages(void)
+{
+	struct fn *fn;
+
+	CHECK_STR(message("{\"tier\":\"VM\"}"),
+		  "tier must be one of auto, isolate, vm, not \"VM\" (did you mean vm?)");
+	CHECK_STR(message("{\"runtime\":\"python\"}"), "runtime must be one of js, "
+		  "python3, native, not \"python\" (did you mean python3?)");
+	CHECK_STR(message("{\"runtime\":\"cobol\"}"),
+		  "runtime must be one of js, python3, native, not \"cobol\"");
+	CHECK_STR(message("{\"limts\":{}}"), "unknown field limts (did you mean limits?)");
+	CHECK_STR(message("{\"colour\":1}"), "unknown field colour");
+	CHECK_STR(message("{\"limits\":{\"queu\":1}}"),
+		  "unknown field limits.queu (did you mean queue?)");
+	CHECK_STR(message("{\"limits\":{\"queue\":-1}}"),
+		  "limits.queue must be a whole number from 0 to 100000, not -1");
+	CHECK_STR(message("{\"limits\":{\"cpu_ms\":1.5}}"),
+		  "limits.cpu_ms must be a whole number from 1 to 600000, not 1.5");
+	CHECK_STR(message("{\"limits\":{\"memory_mb\":\"lots\"}}"),
+		  "limits.memory_mb must be a whole number from 16 to 16384, not a string");
+	CHECK(strstr(message("{\"env\":{\"MY-VAR\":\"x\"}}"), "\"MY-VAR\" is not a valid"));
+	expect_field("{\"env\":{\"1A\":\"x\"}}", "env");
+	expect_field("{\"env\":{\"\":\"x\"}}", "env");
+	CHECK_STR(parse("{\"env\":{\"_A1\":\"x\",\"b\":\"y\"}}", &fn), "");
+	fn_unref(fn);
+}
+
+static const char *suggest(const char *name)
+{
+	static char out[64];
+
+	mf_suggest_name(name, out, sizeof(out));
+	CHECK(!*out || mf_valid_name(out, strlen(out)));
+	return out;
+}
+
+static void test_name_suggestions(void)
+{
+	CHECK_STR(suggest("my_handler"), "my-handler");
+	CHECK_STR(suggest("My Great__App!"), "my-great-app");
+	CHECK_STR(suggest("_x_"), "x");
+	CHECK_STR(suggest("___"), "");
+	CHECK_STR(suggest("a1234567890123456789012345678901234567890123456789012345678901-xyz"),
+		  "a1234567890123456789012345678901234567890123456789012345678901");
+}
+
 static void test_names(void)
 {
 	CHECK(mf_valid_name("a", 1));
@@ -133,6 +191,8 @@ int main(void)
 	test_tier_rules();
 	test_errors();
 	test_names();
+	test_name_suggestions();
+	test_messages();
 	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
 	CHECK(system(cmd) == 0);
 	return check_done();
