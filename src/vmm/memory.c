@@ -8,6 +8,7 @@
  * top-down below the stack; the stack at the top of memory.
  */
 #include "vm.h"
+#include "vmsnap.h"
 #include "guest/layout.h"
 
 #include <errno.h>
@@ -80,6 +81,8 @@ void gmem_zero(struct vm *vm, uint64_t addr, uint64_t len)
 		      MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0) ==
 		 MAP_FAILED)
 		memset(vm->mem + addr, 0, len);
+	else
+		vmsnap_zeroed(vm, addr, len);	/* a dump must record these pages as zero */
 }
 
 uint64_t gmem_alloc(struct vm *vm, uint64_t len)
