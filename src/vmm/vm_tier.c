@@ -78,8 +78,11 @@ struct vm_tier {
 	uint64_t memory_budget;
 	char snap_dir[4096];
 	atomic_uint snap_seq;
-	struct snap_id dead_layers[16];	/* of released versions, for the reaper to delete */
-	int ndead;
+	int layers;			/* runtime + function layers ($STOKE_VM_SNAPSHOT_LAYERS) */
+	/* Held while snapshots are built or collected: gc sees every snapshot file. */
+	pthread_mutex_t snap_lock;
+	struct vm_snap_stats snap_stats;
+	int collect;			/* a version's snapshot went: the reaper collects */
 	struct vm_fn *fns;
 	struct vm_proc *dying;		/* retired VMs the reaper stops off the caller's thread */
 	atomic_ullong idle_bytes;
@@ -396,22 +399,38 @@ static void reap_idle(struct vm_tier *vt)
 	}
 }
 
-/* Deletes released versions' layers and their pages (gc locks the store: not on the loop). */
+/* Collects the store: every snapshot file still present is a root. Not on the loop. */
+static int snap_gc(struct vm_tier *vt, struct snap_gc_stats *gs, uint64_t *files, char *why,
+		   size_t len)
+{
+	int r;
+
+	pthread_mutex_lock(&vt->snap_lock);
+	r = vm_tier_snap_collect(vt->snap_dir, gs, files, why, len);
+	pthread_mutex_unlock(&vt->snap_lock);
+	if (!r) {
+		atomic_fetch_add(&vt->snap_stats.gc_runs, 1);
+		atomic_fetch_add(&vt->snap_stats.gc_freed_bytes, gs->bytes_freed);
+	} else {
+		log_warn("vm tier: snapshot gc: %s", why);
+	}
+	return r;
+}
+
+/* Deleted versions' layers and pages go once their snapshot files are gone. */
 static void collect_layers(struct vm_tier *vt)
 {
-	struct snap_id ids[16];
-	char store[4200];
-	int n;
+	struct snap_gc_stats gs;
+	uint64_t files;
+	char why[512];
+	int todo;
 
 	pthread_mutex_lock(&vt->lock);
-	n = vt->ndead;
-	memcpy(ids, vt->dead_layers, (size_t)n * sizeof(ids[0]));
-	vt->ndead = 0;
+	todo = vt->collect;
+	vt->collect = 0;
 	pthread_mutex_unlock(&vt->lock);
-	if (!n)
-		return;
-	snprintf(store, sizeof(store), "%s/store", vt->snap_dir);
-	vm_tier_snap_collect(store, ids, n);
+	if (todo)
+		snap_gc(vt, &gs, &files, why, sizeof(why));
 }
 
 static void *reaper(void *arg)
@@ -490,6 +509,10 @@ static int vm_start(struct tier *t)
 	/* On unless $STOKE_VM_SNAPSHOTS=0 (the whole e2e suite passes either way). */
 	vt->snapshots = !getenv("STOKE_VM_SNAPSHOTS") ||
 			strcmp(getenv("STOKE_VM_SNAPSHOTS"), "0") != 0;
+	/* $STOKE_VM_SNAPSHOT_LAYERS=0: one layer per version, as before (for comparison). */
+	vt->layers = !getenv("STOKE_VM_SNAPSHOT_LAYERS") ||
+		     strcmp(getenv("STOKE_VM_SNAPSHOT_LAYERS"), "0") != 0;
+	pthread_mutex_init(&vt->snap_lock, NULL);
 	snprintf(vt->snap_dir, sizeof(vt->snap_dir), "%s/vm-snapshots", t->data_dir);
 	t->priv = vt;
 	r = pthread_create(&vt->reaper, NULL, reaper, vt);
@@ -504,6 +527,32 @@ static int vm_start(struct tier *t)
 		}
 	}
 	return 0;
+}
+
+/*
+ * The version's function layer on its runtime's layer (built here once per runtime and
+ * memory size, then reused by every function and across restarts). A damaged runtime
+ * layer leaves the version booting cold; the next deploy rebuilds it.
+ */
+static int take_layered(struct vm_tier *vt, struct vm_fn *vf, const struct fn *fn,
+			const char *key, const char *vmm_path, char *why, size_t len)
+{
+	struct vm_tier_rt rt;
+	int r;
+
+	r = vm_tier_rt_get(&rt, &vf->launch, vt->snap_dir, vmm_path, &vt->snap_stats, why,
+			   len);
+	if (r == -EBADMSG) {
+		log_error("vm tier: runtime layer %s is damaged (%s): %s v%lld boots cold; "
+			  "the next deploy rebuilds the runtime", rt.key, why, fn->name,
+			  (long long)fn->version);
+		snprintf(why, len, "runtime layer %s is damaged", rt.key);
+		return r;
+	}
+	if (r)
+		return r;
+	return vm_tier_snap_take_on(&vf->snap, &rt, &vf->launch, vt->snap_dir, key, vmm_path,
+				    &vt->snap_stats, why, len);
 }
 
 /*
@@ -529,8 +578,11 @@ static int take_snapshot(struct tier *t, struct vm_fn *vf, const struct fn *fn, 
 		return 0;
 	snprintf(key, sizeof(key), "%.64s.%lld.%d.%u", fn->name, (long long)fn->version,
 		 (int)getpid(), atomic_fetch_add(&vt->snap_seq, 1));
-	r = vm_tier_snap_take(&vf->snap, &vf->launch, vt->snap_dir, key, t->vmm_path, why,
+	pthread_mutex_lock(&vt->snap_lock);
+	r = vt->layers ? take_layered(vt, vf, fn, key, t->vmm_path, why, sizeof(why)) :
+	    vm_tier_snap_take(&vf->snap, &vf->launch, vt->snap_dir, key, t->vmm_path, why,
 			      sizeof(why));
+	pthread_mutex_unlock(&vt->snap_lock);
 	if (r == -ECHILD) {
 		snprintf(err, errlen, "python3 could not load %s: %s", fn->entry, why);
 		return -EINVAL;
@@ -654,8 +706,7 @@ static void vm_release(struct tier *t, struct fn *fn)
 		vm_native_remove(vf->native_dir);
 	if (vm_tier_snap_remove(&vf->snap)) {
 		pthread_mutex_lock(&vt->lock);
-		if (vt->ndead < (int)(sizeof(vt->dead_layers) / sizeof(vt->dead_layers[0])))
-			vt->dead_layers[vt->ndead++] = vf->snap.top;
+		vt->collect = 1;
 		pthread_cond_signal(&vt->reaper_cond);
 		pthread_mutex_unlock(&vt->lock);
 	}
@@ -674,6 +725,33 @@ static void metrics_enosys(struct vm_fn *vf, struct strbuf *out)
 			  vf->name, vf->enosys[i].name,
 			  (unsigned long long)vf->enosys[i].count);
 	pthread_mutex_unlock(&vf->lock);
+}
+
+static void metrics_snap(struct vm_snap_stats *st, struct strbuf *out)
+{
+	static const char *const kinds[] = { "base", "runtime", "function", "image" };
+	int k;
+
+	sb_adds(out, "# HELP stoke_snapshot_layer_cache_total Snapshot layers (and restore "
+		"images) found already built (hit) or built (miss), by kind.\n"
+		"# TYPE stoke_snapshot_layer_cache_total counter\n");
+	for (k = 0; k < VM_LAYER_KINDS; k++)
+		sb_printf(out, "stoke_snapshot_layer_cache_total{kind=\"%s\",result=\"hit\"} %llu\n"
+			  "stoke_snapshot_layer_cache_total{kind=\"%s\",result=\"miss\"} %llu\n",
+			  kinds[k], (unsigned long long)atomic_load(&st->hit[k]), kinds[k],
+			  (unsigned long long)atomic_load(&st->miss[k]));
+	sb_adds(out, "# TYPE stoke_snapshot_stored_bytes_total counter\n");
+	for (k = 0; k < VM_LAYER_IMAGE; k++)
+		sb_printf(out, "stoke_snapshot_stored_bytes_total{kind=\"%s\"} %llu\n", kinds[k],
+			  (unsigned long long)atomic_load(&st->bytes[k]));
+	sb_printf(out, "# TYPE stoke_snapshot_runtime_damaged_total counter\n"
+		  "stoke_snapshot_runtime_damaged_total %llu\n"
+		  "# TYPE stoke_snapshot_gc_runs_total counter\nstoke_snapshot_gc_runs_total %llu\n"
+		  "# TYPE stoke_snapshot_gc_freed_bytes_total counter\n"
+		  "stoke_snapshot_gc_freed_bytes_total %llu\n",
+		  (unsigned long long)atomic_load(&st->damaged),
+		  (unsigned long long)atomic_load(&st->gc_runs),
+		  (unsigned long long)atomic_load(&st->gc_freed_bytes));
 }
 
 static void vm_metrics(struct tier *t, struct strbuf *out)
@@ -699,11 +777,33 @@ static void vm_metrics(struct tier *t, struct strbuf *out)
 		  (unsigned long long)atomic_load(&vt->crashes));
 	sb_printf(out, "# TYPE stoke_vm_timeouts_total counter\nstoke_vm_timeouts_total %llu\n",
 		  (unsigned long long)atomic_load(&vt->timeouts));
+	metrics_snap(&vt->snap_stats, out);
 	sb_adds(out, "# TYPE stoke_vm_enosys_total counter\n");
 	pthread_mutex_lock(&vt->lock);
 	for (vf = vt->fns; vf; vf = vf->next)
 		metrics_enosys(vf, out);
 	pthread_mutex_unlock(&vt->lock);
+}
+
+static int vm_gc(struct tier *t, struct strbuf *json, char *err, size_t errlen)
+{
+	struct vm_tier *vt = tier_of(t);
+	struct snap_gc_stats gs;
+	uint64_t files;
+	int r;
+
+	r = snap_gc(vt, &gs, &files, err, errlen);
+	if (r)
+		return r;
+	sb_printf(json, "{\"snapshot_files_removed\":%llu,\"layers_kept\":%llu,"
+		  "\"layers_removed\":%llu,\"pages_referenced\":%llu,\"pages_kept\":%llu,"
+		  "\"pages_removed\":%llu,\"images_removed\":%llu,\"tmp_removed\":%llu,"
+		  "\"bytes_freed\":%llu}", (unsigned long long)files,
+		  (unsigned long long)gs.layers, (unsigned long long)gs.layers_removed,
+		  (unsigned long long)gs.referenced, (unsigned long long)gs.kept,
+		  (unsigned long long)gs.deleted, (unsigned long long)gs.images_removed,
+		  (unsigned long long)gs.tmp_removed, (unsigned long long)gs.bytes_freed);
+	return 0;
 }
 
 static void vm_stop(struct tier *t)
@@ -753,5 +853,6 @@ const struct tier_ops vm_tier_ops = {
 	.retire = vm_retire,
 	.release = vm_release,
 	.metrics = vm_metrics,
+	.gc = vm_gc,
 	.stop = vm_stop,
 };
