@@ -68,21 +68,31 @@ static uint64_t mutate(uint8_t *mem, const uint8_t *parent, uint64_t n, unsigned
 	return changed;
 }
 
-static uint64_t count_pages(void)
+/* Entries of root/sub, dot names aside. */
+static uint64_t count_files(const char *sub)
 {
 	char path[300];
+	struct dirent *d;
+	uint64_t n = 0;
+	DIR *dir;
+
+	snprintf(path, sizeof(path), "%s/%s", root, sub);
+	dir = opendir(path);
+	while (dir && (d = readdir(dir)))
+		n += d->d_name[0] != '.';
+	if (dir)
+		closedir(dir);
+	return n;
+}
+
+static uint64_t count_pages(void)
+{
+	char sub[16];
 	uint64_t n = 0;
 
 	for (int i = 0; i < 256; i++) {
-		struct dirent *d;
-		DIR *dir;
-
-		snprintf(path, sizeof(path), "%s/pages/%02x", root, i);
-		dir = opendir(path);
-		while (dir && (d = readdir(dir)))
-			n += d->d_name[0] != '.';
-		if (dir)
-			closedir(dir);
+		snprintf(sub, sizeof(sub), "pages/%02x", i);
+		n += count_files(sub);
 	}
 	return n;
 }
@@ -394,18 +404,7 @@ static void test_gc(struct snap_store *s)
 
 static uint64_t count_layers(void)
 {
-	char path[300];
-	struct dirent *d;
-	uint64_t n = 0;
-	DIR *dir;
-
-	snprintf(path, sizeof(path), "%s/layers", root);
-	dir = opendir(path);
-	while (dir && (d = readdir(dir)))
-		n += d->d_name[0] != '.';
-	if (dir)
-		closedir(dir);
-	return n;
+	return count_files("layers");
 }
 
 /* gc with roots: the layers no root reaches go, and only their pages. */
