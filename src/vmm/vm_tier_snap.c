@@ -525,6 +525,15 @@ static int stale(const char *name)
 	return pid > 0 && pid != getpid() && kill((pid_t)pid, 0) < 0 && errno == ESRCH;
 }
 
+/* Removes the file named like snap_path (ending ".snap") with ext instead; 1 if it went. */
+static int remove_beside(const char *snap_path, const char *ext)
+{
+	char path[4200];
+
+	snprintf(path, sizeof(path), "%.*s%s", (int)(strlen(snap_path) - 5), snap_path, ext);
+	return !unlink(path);
+}
+
 static int scan_roots(const char *dir, int top, struct roots *roots, uint64_t *removed)
 {
 	char path[4200];
@@ -541,7 +550,8 @@ static int scan_roots(const char *dir, int top, struct roots *roots, uint64_t *r
 			continue;
 		snprintf(path, sizeof(path), "%s/%s", dir, d->d_name);
 		if (top && stale(d->d_name) && !unlink(path))
-			(*removed)++;
+			*removed += 1 + remove_beside(path, ".wsraw") +
+				    remove_beside(path, ".dump");
 		else
 			r = add_root(roots, path);
 	}
