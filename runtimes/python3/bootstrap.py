@@ -187,7 +187,16 @@ def load_handler():
     # The plain import system (no importlib.util): the entry's directory goes first on
     # sys.path, so its sibling modules import too.
     sys.path.insert(0, os.path.dirname(path))
-    module = __import__(modname)
+    try:
+        module = __import__(modname)
+    except Exception as exc:
+        # The deploy's error carries the end of stderr: the user's frames, not ours.
+        import traceback
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+            tb = tb.tb_next
+        traceback.print_exception(type(exc), exc, tb, file=sys.stderr)
+        raise SystemExit(1)
     fn = getattr(module, name, None)
     if not callable(fn):
         raise SystemExit(f"stoke: {entry} defines no callable '{name}'")

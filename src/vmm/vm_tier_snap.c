@@ -78,8 +78,12 @@ static int wait_dump(struct vm_proc *p, const char *dump)
 
 		if (done)
 			return done > 0 ? 0 : done;
-		if (exited(p->pid))
+		if (exited(p->pid)) {
+			/* The last of its stderr (a traceback) may still be in the pipe. */
+			while (pf[1].fd >= 0 && (n = read(p->err, buf, sizeof(buf))) > 0)
+				keep_tail(p, buf, n);
 			return -ECHILD;
+		}
 		if (poll(pf, 2, 5) <= 0)
 			continue;
 		for (i = 0; i < 2; i++) {
