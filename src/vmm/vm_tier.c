@@ -83,6 +83,9 @@ struct vm_tier {
 	pthread_mutex_t snap_lock;
 	struct vm_snap_stats snap_stats;
 	int collect;			/* a version's snapshot went: the reaper collects */
+	/* Runtime snapshots this daemon's versions were built on: gc keeps them. */
+	char rt_keys[32][96];
+	int nrt_keys, rt_keys_full;
 	struct vm_fn *fns;
 	struct vm_proc *dying;		/* retired VMs the reaper stops off the caller's thread */
 	atomic_ullong idle_bytes;
@@ -406,7 +409,8 @@ static int snap_gc(struct vm_tier *vt, struct snap_gc_stats *gs, uint64_t *files
 	int r;
 
 	pthread_mutex_lock(&vt->snap_lock);
-	r = vm_tier_snap_collect(vt->snap_dir, gs, files, why, len);
+	r = vm_tier_snap_collect(vt->snap_dir, vt->rt_keys_full ? NULL : vt->rt_keys,
+				 vt->nrt_keys, gs, files, why, len);
 	pthread_mutex_unlock(&vt->snap_lock);
 	if (!r) {
 		atomic_fetch_add(&vt->snap_stats.gc_runs, 1);
@@ -529,6 +533,22 @@ static int vm_start(struct tier *t)
 	return 0;
 }
 
+/* Remembers a runtime key in use (called with snap_lock held). */
+static void keep_runtime(struct vm_tier *vt, const char *key)
+{
+	int i;
+
+	for (i = 0; i < vt->nrt_keys && strcmp(vt->rt_keys[i], key); i++)
+		;
+	if (i < vt->nrt_keys || !key[0])
+		return;
+	/* More runtimes than slots: gc then keeps every runtime snapshot. */
+	if (i == (int)(sizeof(vt->rt_keys) / sizeof(vt->rt_keys[0])))
+		vt->rt_keys_full = 1;
+	else
+		snprintf(vt->rt_keys[vt->nrt_keys++], sizeof(vt->rt_keys[0]), "%s", key);
+}
+
 /*
  * The version's function layer on its runtime's layer (built here once per runtime and
  * memory size, then reused by every function and across restarts). A damaged runtime
@@ -537,11 +557,12 @@ static int vm_start(struct tier *t)
 static int take_layered(struct vm_tier *vt, struct vm_fn *vf, const struct fn *fn,
 			const char *key, const char *vmm_path, char *why, size_t len)
 {
-	struct vm_tier_rt rt;
+	struct vm_tier_rt rt = { 0 };
 	int r;
 
 	r = vm_tier_rt_get(&rt, &vf->launch, vt->snap_dir, vmm_path, &vt->snap_stats, why,
 			   len);
+	keep_runtime(vt, rt.key);
 	if (r == -EBADMSG) {
 		log_error("vm tier: runtime layer %s is damaged (%s): %s v%lld boots cold; "
 			  "the next deploy rebuilds the runtime", rt.key, why, fn->name,

@@ -538,7 +538,22 @@ static int remove_beside(const char *snap_path, const char *ext)
 	return !unlink(path);
 }
 
-static int scan_roots(const char *dir, int top, struct roots *roots, uint64_t *removed)
+/* Whether a runtime snapshot file (KEY.snap) is one of the keys in use. */
+static int key_in_use(const char *name, char (*keys)[96], int nkeys)
+{
+	size_t n = strlen(name) - 5;
+
+	if (!keys)
+		return 1;
+	for (int i = 0; i < nkeys; i++)
+		if (strlen(keys[i]) == n && !strncmp(keys[i], name, n))
+			return 1;
+	return 0;
+}
+
+/* Snapshot files under dir: roots, except stale ones, which are removed. */
+static int scan_roots(const char *dir, int top, char (*keys)[96], int nkeys,
+		      struct roots *roots, uint64_t *removed)
 {
 	char path[4200];
 	struct dirent *d;
@@ -556,6 +571,8 @@ static int scan_roots(const char *dir, int top, struct roots *roots, uint64_t *r
 		if (top && stale(d->d_name) && !unlink(path))
 			*removed += 1 + remove_beside(path, ".wsraw") +
 				    remove_beside(path, ".dump");
+		else if (!top && !key_in_use(d->d_name, keys, nkeys) && !unlink(path))
+			(*removed)++;
 		else
 			r = add_root(roots, path);
 	}
@@ -563,8 +580,8 @@ static int scan_roots(const char *dir, int top, struct roots *roots, uint64_t *r
 	return r;
 }
 
-int vm_tier_snap_collect(const char *dir, struct snap_gc_stats *gs, uint64_t *files_removed,
-			 char *why, size_t len)
+int vm_tier_snap_collect(const char *dir, char (*rt_keys)[96], int nkeys,
+			 struct snap_gc_stats *gs, uint64_t *files_removed, char *why, size_t len)
 {
 	struct roots roots = { 0 };
 	struct snap_err e = { 0 };
@@ -575,8 +592,8 @@ int vm_tier_snap_collect(const char *dir, struct snap_gc_stats *gs, uint64_t *fi
 	*files_removed = 0;
 	memset(gs, 0, sizeof(*gs));
 	snprintf(sub, sizeof(sub), "%s/runtimes", dir);
-	r = scan_roots(dir, 1, &roots, files_removed);
-	r = r ? r : scan_roots(sub, 0, &roots, files_removed);
+	r = scan_roots(dir, 1, rt_keys, nkeys, &roots, files_removed);
+	r = r ? r : scan_roots(sub, 0, rt_keys, nkeys, &roots, files_removed);
 	if (r) {
 		free(roots.id);
 		return snprintf(why, len, "listing snapshots: %s", strerror(-r)), r;

@@ -89,10 +89,12 @@ int vm_tier_snap_remove(struct vm_tier_snap *s);
 /*
  * Garbage collection of dir's store: every snapshot file under dir (versions' and
  * runtimes') is a root; layers no root reaches are deleted, then the pages no layer
- * references, and the images of deleted layers. Snapshot files that dead daemons
- * left (their key names a process that is gone) are deleted first.
+ * references, and the images of deleted layers. Deleted first: version snapshot files
+ * that dead daemons left (their key names a process that is gone) and runtime
+ * snapshots whose key is not among rt_keys (the nkeys runtimes this daemon's versions
+ * were built on; a new VMM binary or bootstrap makes new keys).
  */
-int vm_tier_snap_collect(const char *dir, struct snap_gc_stats *gs, uint64_t *files_removed,
-			 char *why, size_t len);
+int vm_tier_snap_collect(const char *dir, char (*rt_keys)[96], int nkeys,
+			 struct snap_gc_stats *gs, uint64_t *files_removed, char *why, size_t len);
 
 #endif

@@ -585,8 +585,14 @@ def test_gc_never_deletes_what_deployed_functions_use(d):
         store = os.path.join(sd.data_dir, "vm-snapshots", "store")
         lid, pid = orphan(store)
         images = os.path.join(store, "images")
+        # A runtime snapshot of an older stoke-vmm or bootstrap (another key) goes too.
+        runtimes = os.path.join(sd.data_dir, "vm-snapshots", "runtimes")
+        current, = os.listdir(runtimes)
+        shutil.copy(os.path.join(runtimes, current),
+                    os.path.join(runtimes, "python3-256m-0123456789abcdef.snap"))
         r = sd.cli("gc")
         assert r.returncode == 0 and "freed" in r.stdout, r
+        assert os.listdir(runtimes) == [current], r.stdout
         assert not os.path.exists(os.path.join(store, "layers", lid)), r.stdout
         assert pid not in stored_pages(store), r.stdout
         r = sd.cli("gc", "--json")
