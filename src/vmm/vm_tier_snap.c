@@ -205,12 +205,15 @@ static int make_launches(struct vm_tier_snap *s, const struct vm_launch *boot)
 static int top_layer(struct vm_tier_snap *s)
 {
 	struct snap_file f;
+	char hex[65];
 	int r = snap_file_read(s->file, &f, NULL);
 
 	if (r)
 		return r;
 	s->top = f.st.layers[0];
 	snap_file_release(&f);
+	snap_id_hex(&s->top, hex);
+	snprintf(s->image, sizeof(s->image), "%s/images/%s.img", s->store, hex);
 	return 0;
 }
 
@@ -287,6 +290,7 @@ int vm_tier_snap_take_on(struct vm_tier_snap *s, const struct vm_tier_rt *rt,
 		count(st, VM_LAYER_FUNCTION, info.layer[0].existed, info.layer[0].bytes_new);
 		count(st, VM_LAYER_IMAGE, !info.image_built, 0);
 	}
+	s->stats = st;
 	return snap_finish(s, launch, r);
 }
 
@@ -449,6 +453,9 @@ const struct vm_launch *vm_tier_snap_launch(struct vm_tier_snap *s)
 {
 	if (!s->ready)
 		return NULL;
+	/* One access(2), a few microseconds: gc may have removed it, or nobody yet. */
+	if (s->stats)
+		count(s->stats, VM_LAYER_IMAGE, !access(s->image, F_OK), 0);
 	if (atomic_load(&s->ws_ready))
 		return &s->prefetch;
 	/* One VM records the working set; the others restore without one meanwhile. */

@@ -14,6 +14,19 @@
 
 #include <stdatomic.h>
 
+/* Layer kinds counted by the layer cache statistics, and the image cache. */
+enum vm_layer_kind { VM_LAYER_BASE, VM_LAYER_RUNTIME, VM_LAYER_FUNCTION, VM_LAYER_IMAGE,
+		     VM_LAYER_KINDS };
+
+/* Cache statistics of snapshot building (stoke_snapshot_* metrics). */
+struct vm_snap_stats {
+	atomic_ullong hit[VM_LAYER_KINDS];	/* found already built */
+	atomic_ullong miss[VM_LAYER_KINDS];	/* built now */
+	atomic_ullong bytes[VM_LAYER_KINDS];	/* stored for new pages (after zstd) */
+	atomic_ullong damaged;			/* runtime chains found damaged */
+	atomic_ullong gc_runs, gc_freed_bytes;
+};
+
 struct vm_tier_snap {
 	int ready;		/* the snapshot file exists and was built by us */
 	char file[1024];	/* snapshot file */
@@ -27,19 +40,8 @@ struct vm_tier_snap {
 	struct vm_launch prefetch;	/* restore and prefetch the working set */
 	atomic_int recording;	/* a VM was started to record the working set */
 	atomic_int ws_ready;	/* the working set is in the store */
-};
-
-/* Layer kinds counted by the layer cache statistics, and the image cache. */
-enum vm_layer_kind { VM_LAYER_BASE, VM_LAYER_RUNTIME, VM_LAYER_FUNCTION, VM_LAYER_IMAGE,
-		     VM_LAYER_KINDS };
-
-/* Cache statistics of snapshot building (stoke_snapshot_* metrics). */
-struct vm_snap_stats {
-	atomic_ullong hit[VM_LAYER_KINDS];	/* found already built */
-	atomic_ullong miss[VM_LAYER_KINDS];	/* built now */
-	atomic_ullong bytes[VM_LAYER_KINDS];	/* stored for new pages (after zstd) */
-	atomic_ullong damaged;			/* runtime chains found damaged */
-	atomic_ullong gc_runs, gc_freed_bytes;
+	char image[1200];	/* the restore image of top */
+	struct vm_snap_stats *stats;	/* counts image cache hits of restores, or NULL */
 };
 
 /*
@@ -77,7 +79,10 @@ int vm_tier_snap_take_on(struct vm_tier_snap *s, const struct vm_tier_rt *rt,
  */
 int vm_tier_snap_take(struct vm_tier_snap *s, const struct vm_launch *boot, const char *dir,
 		      const char *key, const char *vmm_path, char *why, size_t len);
-/* The launch for a cold start: a restore when a snapshot is ready, else NULL. */
+/*
+ * The launch for a cold start: a restore when a snapshot is ready, else NULL. Counts
+ * whether the restore image is in the image cache (else stoke-vmm assembles it).
+ */
 const struct vm_launch *vm_tier_snap_launch(struct vm_tier_snap *s);
 /* Moves a recorded working set into the store once the recording VM wrote it. */
 void vm_tier_snap_tick(struct vm_tier_snap *s);
