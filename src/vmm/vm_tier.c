@@ -403,12 +403,15 @@ static void reap_idle(struct vm_tier *vt)
 }
 
 /* Collects the store: every snapshot file still present is a root. Not on the loop. */
-static int snap_gc(struct vm_tier *vt, struct snap_gc_stats *gs, uint64_t *files, char *why,
-		   size_t len)
+static int snap_gc(struct vm_tier *vt, int wait, struct snap_gc_stats *gs, uint64_t *files,
+		   char *why, size_t len)
 {
 	int r;
 
-	pthread_mutex_lock(&vt->snap_lock);
+	if (!wait && pthread_mutex_trylock(&vt->snap_lock))
+		return -EBUSY;
+	if (wait)
+		pthread_mutex_lock(&vt->snap_lock);
 	r = vm_tier_snap_collect(vt->snap_dir, vt->rt_keys_full ? NULL : vt->rt_keys,
 				 vt->nrt_keys, gs, files, why, len);
 	pthread_mutex_unlock(&vt->snap_lock);
@@ -433,8 +436,12 @@ static void collect_layers(struct vm_tier *vt)
 	todo = vt->collect;
 	vt->collect = 0;
 	pthread_mutex_unlock(&vt->lock);
-	if (todo)
-		snap_gc(vt, &gs, &files, why, sizeof(why));
+	/* A deploy building a snapshot holds the lock for seconds: retry on the next tick. */
+	if (todo && snap_gc(vt, 0, &gs, &files, why, sizeof(why)) == -EBUSY) {
+		pthread_mutex_lock(&vt->lock);
+		vt->collect = 1;
+		pthread_mutex_unlock(&vt->lock);
+	}
 }
 
 static void *reaper(void *arg)
@@ -813,7 +820,7 @@ static int vm_gc(struct tier *t, struct strbuf *json, char *err, size_t errlen)
 	uint64_t files;
 	int r;
 
-	r = snap_gc(vt, &gs, &files, err, errlen);
+	r = snap_gc(vt, 1, &gs, &files, err, errlen);
 	if (r)
 		return r;
 	sb_printf(json, "{\"snapshot_files_removed\":%llu,\"layers_kept\":%llu,"
