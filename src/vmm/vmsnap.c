@@ -107,7 +107,12 @@ int vmsnap_open(struct vm *vm, char *why, size_t len)
 		if (s->dump_fd < 0)
 			return say(why, len, -errno, "%s: %s", cfg->snap_dump);
 	}
-	if (cfg->snap_dump && cfg->snap_restore) {
+	/*
+	 * A dump that becomes a layer on a parent must say which pages went back to
+	 * zero: pagemap shows a page given back with MADV_DONTNEED (booted) or mapped
+	 * fresh (restored) as absent, like one never touched.
+	 */
+	if (cfg->snap_dump && (cfg->snap_restore || cfg->snap_base_dump)) {
 		s->zeroed = calloc((vm->mem_size / VM_PAGE + 63) / 64, 8);
 		if (!s->zeroed)
 			return -ENOMEM;

@@ -365,6 +365,61 @@ def test_layer_chain_restores_byte_for_byte(d):
     assert got["blob"] == s.original[0]["blob"] and got["hooks"] == ["before", "after"], got
 
 
+ZEROING = r"""
+#include <sys/mman.h>
+#include <unistd.h>
+/* Initialized data: written by the ELF loader, so part of the base layer. */
+static char data[64 * 4096] __attribute__((aligned(4096))) = { [0 ... 64 * 4096 - 1] = 7 };
+int main(void)
+{
+	char b;
+	munmap(data + 8 * 4096, 32 * 4096);	/* more than 16 pages: given back to the host */
+	return read(3, &b, 1) < 0;
+}
+"""
+
+
+def test_pages_freed_after_the_base_are_zero_in_the_runtime_layer(d):
+    """Pages of the base that the program gives back (munmap: MADV_DONTNEED) are absent
+    from pagemap at the next dump, like pages never touched; the runtime layer must
+    still record them as zero, or a restore would show the base's bytes there."""
+    if not kvm_usable():
+        raise Skip("no usable /dev/kvm")
+    if not shutil.which("cc"):
+        raise Skip("no C compiler")
+    tmp = tempfile.TemporaryDirectory(prefix="stoke-zero-")
+    p = lambda name: os.path.join(tmp.name, name)
+    os.makedirs(p("root"))
+    with open(p("zero.c"), "w") as f:
+        f.write(ZEROING)
+    subprocess.run(["cc", "-static", "-O1", p("zero.c"), "-o", p("root/zero")], check=True)
+    mine, theirs = socket.socketpair()
+    proc = subprocess.Popen([VMM, "--rootfs=" + p("root"), "--mem-mb=64", "--no-jail",
+                             "--channel-fd=%d" % theirs.fileno(),
+                             "--snapshot-base-dump=" + p("base.dump"),
+                             "--snapshot-dump=" + p("rt.dump"), "--", "/zero"],
+                            pass_fds=(theirs.fileno(),), stderr=subprocess.PIPE)
+    theirs.close()
+
+    class Proc:   # what wait_dump needs
+        pass
+    vm = Proc()
+    vm.proc, vm.close = proc, lambda: proc.communicate(timeout=30)[1].decode()
+    wait_dump(p("rt.dump"), vm)
+    mine.close()
+    proc.communicate(timeout=30)
+    info = build("--build-runtime", p("base.dump"), p("rt.dump"), p("store"), p("rt.snap"))
+    rt_id = info["layers"][0]["id"]
+    entries, _ = layer_entries(p("store"), rt_id)
+    zeros = [g for g, pid in entries.items() if pid == "0" * 64]
+    assert len(zeros) >= 32, (len(zeros), info)
+    mem, _, off, size, _, _ = dump_memory(p("rt.dump"))
+    with open(os.path.join(p("store"), "images", rt_id + ".img"), "rb") as f:
+        img = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+    for o in range(0, size, 1 << 20):
+        assert mem[off + o:off + o + (1 << 20)] == img[o:o + (1 << 20)], o
+
+
 def metric(d, name):
     for line in d.request("GET", "/_stoke/metrics", auth=True).text.splitlines():
         if line.startswith(name + " "):
