@@ -72,7 +72,7 @@ struct vmsnap_state {
 	int dumped;
 	int ws_done;
 	int responded;		/* a response frame went out since the restore */
-	uint64_t *zeroed;	/* restored VM being dumped: pages gmem_zero remapped */
+	uint64_t *zeroed;	/* a layer dump is due: pages gmem_zero gave back */
 	struct vcpu_blob vcpu;
 	struct snap_id image;
 };
