@@ -673,3 +673,16 @@ def test_gc_never_deletes_what_deployed_functions_use(d):
         assert metric(sd, "stoke_vm_boots_total") == 0, sd.logs()
     finally:
         sd.close()
+
+
+def test_one_layer_per_version_when_layers_are_off(d):
+    """STOKE_VM_SNAPSHOT_LAYERS=0: the version boots once and is snapshotted whole, as
+    before runtime layers (kept for comparison); no runtime snapshot is made."""
+    need_vm()
+    with Daemon(env={"STOKE_VM_SNAPSHOTS": "1", "STOKE_VM_SNAPSHOT_LAYERS": "0"}) as sd:
+        deploy_py(sd, "whole", SECOND)
+        assert sd.invoke("whole").json() == {"second": 5929}
+        assert len(snap_layers(fn_snapshot(sd, "whole"))) == 1
+        runtimes = os.path.join(sd.data_dir, "vm-snapshots", "runtimes")
+        assert not os.path.exists(runtimes) or not os.listdir(runtimes)
+        assert metric(sd, "stoke_vm_restores_total") == 1, sd.logs()
