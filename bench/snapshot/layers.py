@@ -33,6 +33,8 @@ CACHE = os.environ.get("STOKE_CACHE", os.path.expanduser("~/.cache/stoke"))
 ROOTFS = os.path.join(CACHE, "rootfs", "python3")
 RUNTIME = os.path.join(ROOT, "runtimes", "python3")
 OUT = os.path.join(ROOT, "bench", "results", "snapshot.json")
+sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
+import snapfmt  # noqa: E402
 DUMP_WAIT_S = 60
 
 # Functions of different weights: the example, a table built at import, a regex- and
@@ -71,19 +73,8 @@ class Vm:
         self.sock.sendall(struct.pack("<IBBH", len(payload), 4, 1, 0) + payload)
 
     def wait_dump(self, path):
-        deadline = time.monotonic() + DUMP_WAIT_S
-        while time.monotonic() < deadline:
-            if os.path.exists(path):
-                with open(path, "rb") as f:
-                    magic = f.read(8)
-                if magic == b"STOKDUMP":
-                    return
-                if magic == b"STOKNONE":
-                    break
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.005)
-        raise SystemExit("no dump: " + self.stop())
+        if not snapfmt.wait_dump(path, self.proc, DUMP_WAIT_S):
+            raise SystemExit("no dump: " + self.stop())
 
     def stop(self):
         self.sock.close()
@@ -110,24 +101,14 @@ def store_usage(store):
     return n, size, alloc
 
 
-def layer(store, lid):
-    """({gpn: page id}, parent id or None) of a manifest (docs/snapshots.md)."""
-    with open(os.path.join(store, "layers", lid), "rb") as f:
-        data = f.read()
-    parent = data[16:48].hex() if struct.unpack_from("<I", data, 12)[0] & 1 else None
-    n, = struct.unpack_from("<Q", data, 56)
-    return {struct.unpack_from("<Q", data, 64 + 40 * i)[0]: data[72 + 40 * i:104 + 40 * i]
-            for i in range(n)}, parent
-
-
 def image_pages(store, top):
     """Non-zero pages of the memory a chain restores (its flattened layers)."""
     pages, lid = {}, top
     while lid:
-        entries, lid = layer(store, lid)
+        entries, lid = snapfmt.layer_entries(store, lid)
         for g, pid in entries.items():
             pages.setdefault(g, pid)
-    return sum(1 for pid in pages.values() if any(pid))
+    return sum(1 for pid in pages.values() if pid != snapfmt.ZERO_ID)
 
 
 def one_round(tmp, names, tasks):

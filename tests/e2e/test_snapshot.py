@@ -14,7 +14,9 @@ import subprocess
 import tempfile
 import time
 
+import snapfmt
 from harness import BUILD, ROOT, Daemon, Skip, kvm_usable
+from snapfmt import layer_entries, snap_layers, stored_pages
 
 VMM = os.path.join(BUILD, "src", "vmm", "stoke-vmm")
 ROOTFS = os.path.join(os.environ.get("STOKE_CACHE", os.path.expanduser("~/.cache/stoke")),
@@ -248,18 +250,8 @@ def test_working_set_is_recorded_and_prefetched(d):
     vm.close()
 
 
-def wait_dump(path, vm, timeout=60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if os.path.exists(path):
-            with open(path, "rb") as f:
-                magic = f.read(8)
-            if magic == b"STOKDUMP":
-                return
-            assert magic != b"STOKNONE", "the VMM took no dump: " + vm.close()
-        assert vm.proc.poll() is None, "VM exited: " + vm.close()
-        time.sleep(0.02)
-    raise AssertionError("no dump within %ds" % timeout)
+def wait_dump(path, vm):
+    assert snapfmt.wait_dump(path, vm.proc), "no dump: " + vm.close()
 
 
 def dump_memory(path):
@@ -271,34 +263,6 @@ def dump_memory(path):
     bm_off, bm_len, mem_off = struct.unpack_from("<QQQ", hdr, 56)
     flags, = struct.unpack_from("<I", hdr, 80)
     return m, m[bm_off:bm_off + bm_len], mem_off, mem_bytes, flags, hdr[88:120].hex()
-
-
-def snap_layers(path):
-    """The layer ids (hex) a snapshot file names, top first (docs/snapshots.md)."""
-    with open(path, "rb") as f:
-        data = f.read()
-    for i in range(struct.unpack_from("<I", data, 24)[0]):
-        typ, _, off, _ = struct.unpack_from("<IIQQ", data, 64 + 56 * i)
-        if typ == 3:
-            count, = struct.unpack_from("<I", data, off + 8)
-            return [data[off + 16 + 32 * k:off + 48 + 32 * k].hex() for k in range(count)]
-    raise AssertionError("no layer list in " + path)
-
-
-def layer_entries(store, lid):
-    """{gpn: page id hex} of one layer manifest, and its parent id (or None)."""
-    with open(os.path.join(store, "layers", lid), "rb") as f:
-        data = f.read()
-    assert hashlib.sha256(data).hexdigest() == lid
-    parent = data[16:48].hex() if struct.unpack_from("<I", data, 12)[0] & 1 else None
-    n, = struct.unpack_from("<Q", data, 56)
-    return {struct.unpack_from("<Q", data, 64 + 40 * i)[0]: data[72 + 40 * i:104 + 40 * i].hex()
-            for i in range(n)}, parent
-
-
-def stored_pages(store):
-    top = os.path.join(store, "pages")
-    return {d + f for d in os.listdir(top) for f in os.listdir(os.path.join(top, d))}
 
 
 def build(*args):
