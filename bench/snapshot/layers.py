@@ -13,28 +13,24 @@ Prints creation times (p50/p99 over rounds), pages and stored bytes per layer, a
 dedup ratio: pages the functions' snapshots reference (each function's whole memory
 image, its non-zero pages) over distinct pages stored. Writes bench/results/snapshot.json.
 
-    bench/snapshot/run [--rounds 3] [--functions 3] [--quick]
+    bench/snapshot/run [--rounds 3] [--functions 4] [--quick]
+
+Needs /dev/kvm, a build (stoke-vmm) and the python3 rootfs (~/.cache/stoke/rootfs/python3,
+made by scripts/setup). Guests have 256 MiB.
 """
 import argparse
 import json
 import os
 import shutil
-import socket
-import struct
 import subprocess
 import sys
 import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BUILD = os.environ.get("STOKE_BUILD", os.path.join(ROOT, "build"))
-VMM = os.path.join(BUILD, "src", "vmm", "stoke-vmm")
-CACHE = os.environ.get("STOKE_CACHE", os.path.expanduser("~/.cache/stoke"))
-ROOTFS = os.path.join(CACHE, "rootfs", "python3")
-RUNTIME = os.path.join(ROOT, "runtimes", "python3")
 OUT = os.path.join(ROOT, "bench", "results", "snapshot.json")
 sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
-import snapfmt  # noqa: E402
+import snaptools  # noqa: E402
 DUMP_WAIT_S = 60
 
 # Functions of different weights: the example, a table built at import, a regex- and
@@ -54,37 +50,23 @@ FUNCTIONS = {
 }
 
 
-class Vm:
-    def __init__(self, extra, mode, task=None, mem_mb=256):
-        mine, theirs = socket.socketpair()
-        args = [VMM, "--rootfs=" + ROOTFS, "--runtime=" + RUNTIME, "--mem-mb=%d" % mem_mb,
-                "--no-jail", "--channel-fd=%d" % theirs.fileno(), "--env=STOKE_CHANNEL_FD=3",
-                "--env=STOKE_ENTRY=handler.py", "--env=STOKE_SNAPSHOT=" + mode]
-        args += (["--task=" + task] if task else []) + extra
-        args += ["--", "/usr/bin/python3", "-S", "/var/runtime/bootstrap.py"]
-        self.proc = subprocess.Popen(args, pass_fds=(theirs.fileno(),),
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE)
-        theirs.close()
-        self.sock = mine
+def start_vm(extra, mode, task=None):
+    return snaptools.Vmm(task, *extra, mode=mode)
 
-    def load(self):
-        payload = json.dumps({"env": {"STOKE_ENTRY": "handler.py"}}).encode()
-        self.sock.sendall(struct.pack("<IBBH", len(payload), 4, 1, 0) + payload)
 
-    def wait_dump(self, path):
-        if not snapfmt.wait_dump(path, self.proc, DUMP_WAIT_S):
-            raise SystemExit("no dump: " + self.stop())
+def dump(vm, path):
+    """Waits for the VM's dump at path, then ends the VM (end of file on its channel)."""
+    if not snaptools.wait_dump(path, vm.proc, DUMP_WAIT_S):
+        raise SystemExit("no dump: " + vm.close()[-2000:])
+    vm.close()
 
-    def stop(self):
-        self.sock.close()
-        self.proc.kill()
-        _, err = self.proc.communicate()
-        return err.decode("utf-8", "replace")[-2000:]
+
+def load(vm):
+    vm.load({"STOKE_ENTRY": "handler.py", "STOKE_CHANNEL_FD": "3"})
 
 
 def build(*args):
-    r = subprocess.run([VMM] + list(args), capture_output=True, text=True)
+    r = subprocess.run([snaptools.VMM] + list(args), capture_output=True, text=True)
     if r.returncode:
         raise SystemExit("stoke-vmm %s: %s" % (args[0], r.stderr))
     return json.loads(r.stdout)
@@ -105,10 +87,10 @@ def image_pages(store, top):
     """Non-zero pages of the memory a chain restores (its flattened layers)."""
     pages, lid = {}, top
     while lid:
-        entries, lid = snapfmt.layer_entries(store, lid)
+        entries, lid = snaptools.layer_entries(store, lid)
         for g, pid in entries.items():
             pages.setdefault(g, pid)
-    return sum(1 for pid in pages.values() if pid != snapfmt.ZERO_ID)
+    return sum(1 for pid in pages.values() if pid != snaptools.ZERO_ID)
 
 
 def one_round(tmp, names, tasks):
@@ -117,10 +99,9 @@ def one_round(tmp, names, tasks):
     store, single = p("store"), p("single")
     out = {"runtime_ms": 0, "function_ms": [], "single_ms": [], "layers": []}
     t0 = time.monotonic()
-    vm = Vm(["--snapshot-base-dump=" + p("base.dump"), "--snapshot-dump=" + p("rt.dump")],
-            "runtime")
-    vm.wait_dump(p("rt.dump"))
-    vm.stop()
+    vm = start_vm(["--snapshot-base-dump=" + p("base.dump"),
+                   "--snapshot-dump=" + p("rt.dump")], "runtime")
+    dump(vm, p("rt.dump"))
     info = build("--build-runtime", p("base.dump"), p("rt.dump"), store, p("rt.snap"))
     out["runtime_ms"] = (time.monotonic() - t0) * 1e3
     base, rt = info["layers"][1], info["layers"][0]
@@ -129,11 +110,10 @@ def one_round(tmp, names, tasks):
     tops = []
     for name in names:
         t0 = time.monotonic()
-        vm = Vm(["--restore=" + p("rt.snap"), "--snap-store=" + store,
-                 "--snapshot-dump=" + p(name + ".dump")], "1", tasks[name])
-        vm.load()
-        vm.wait_dump(p(name + ".dump"))
-        vm.stop()
+        vm = start_vm(["--restore=" + p("rt.snap"), "--snap-store=" + store,
+                       "--snapshot-dump=" + p(name + ".dump")], "1", tasks[name])
+        load(vm)
+        dump(vm, p(name + ".dump"))
         info = build("--build-snapshot", p(name + ".dump"), store, p(name + ".snap"))
         out["function_ms"].append((time.monotonic() - t0) * 1e3)
         out["layers"].append(dict(info["layers"][0], kind="function", name=name))
@@ -142,9 +122,8 @@ def one_round(tmp, names, tasks):
     single_tops = []
     for name in names:
         t0 = time.monotonic()
-        vm = Vm(["--snapshot-dump=" + p(name + ".1.dump")], "1", tasks[name])
-        vm.wait_dump(p(name + ".1.dump"))
-        vm.stop()
+        vm = start_vm(["--snapshot-dump=" + p(name + ".1.dump")], "1", tasks[name])
+        dump(vm, p(name + ".1.dump"))
         info = build("--build-snapshot", p(name + ".1.dump"), single, p(name + ".1.snap"))
         out["single_ms"].append((time.monotonic() - t0) * 1e3)
         single_tops.append(info["layers"][0]["id"])
@@ -172,7 +151,7 @@ def dist(xs):
 def report(rounds, names, args):
     last = rounds[-1]
     res = {
-        "functions": names, "rounds": len(rounds), "mem_mb": args.mem_mb,
+        "functions": names, "rounds": len(rounds), "mem_mb": 256,
         "runtime_layer_create_ms": dist([r["runtime_ms"] for r in rounds]),
         "function_layer_create_ms": dist([x for r in rounds for x in r["function_ms"]]),
         "single_layer_create_ms": dist([x for r in rounds for x in r["single_ms"]]),
@@ -182,7 +161,7 @@ def report(rounds, names, args):
     }
     print("snapshot creation (%d rounds, %d functions on one python3 runtime, %d MiB; "
           "layer build includes storing pages and assembling the image)"
-          % (len(rounds), len(names), args.mem_mb))
+          % (len(rounds), len(names), 256))
     print("%-52s %5s %9s %9s" % ("what", "n", "p50 ms", "p99 ms"))
     for key, what in (("runtime_layer_create_ms", "runtime: boot, base + runtime layers"),
                       ("function_layer_create_ms", "function: restore runtime, import, layer"),
@@ -208,14 +187,13 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--functions", type=int, default=len(FUNCTIONS))
-    ap.add_argument("--mem-mb", type=int, default=256)
     ap.add_argument("--quick", action="store_true", help="one round, two functions")
     ap.add_argument("--out", default=OUT)
     ap.add_argument("-d", "--dir", help="directory for the stores (local disk)")
     args = ap.parse_args()
     if args.quick:
         args.rounds, args.functions = 1, 2
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK) or not os.path.isdir(ROOTFS):
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK) or not os.path.isdir(snaptools.ROOTFS):
         raise SystemExit("needs /dev/kvm and the python3 root file system (scripts/setup)")
     names = list(FUNCTIONS)[:max(2, min(args.functions, len(FUNCTIONS)))]
     rounds = []

@@ -14,14 +14,10 @@ import subprocess
 import tempfile
 import time
 
-import snapfmt
-from harness import BUILD, ROOT, Daemon, Skip, kvm_usable
-from snapfmt import layer_entries, snap_layers, stored_pages
+import snaptools
+from harness import Daemon, Skip, kvm_usable
+from snaptools import ROOTFS, VMM, Vmm, layer_entries, snap_layers, stored_pages
 
-VMM = os.path.join(BUILD, "src", "vmm", "stoke-vmm")
-ROOTFS = os.path.join(os.environ.get("STOKE_CACHE", os.path.expanduser("~/.cache/stoke")),
-                      "rootfs", "python3")
-RUNTIME = os.path.join(ROOT, "runtimes", "python3")
 
 # Module state is computed at import, before the snapshot; requests continue from it.
 HANDLER = """
@@ -52,58 +48,6 @@ def need_vm():
         raise Skip("no usable /dev/kvm")
     if not os.path.exists(os.path.join(ROOTFS, "usr/bin/python3")):
         raise Skip("no python3 root file system (run scripts/setup)")
-
-
-class Vmm:
-    """One stoke-vmm process running the handler above, its channel a socketpair."""
-
-    def __init__(self, task, *extra, jail=False, mode="1"):
-        mine, theirs = socket.socketpair()
-        args = [VMM, "--rootfs=" + ROOTFS, "--runtime=" + RUNTIME,
-                "--mem-mb=256", "--channel-fd=%d" % theirs.fileno(),
-                "--env=STOKE_CHANNEL_FD=3", "--env=STOKE_ENTRY=handler.py",
-                "--env=STOKE_SNAPSHOT=" + mode] + ([] if jail else ["--no-jail"]) + list(extra)
-        args += ["--task=" + task] if task else []
-        args += ["--", "/usr/bin/python3", "-S", "/var/runtime/bootstrap.py"]
-        self.proc = subprocess.Popen(args, pass_fds=(theirs.fileno(),),
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE)
-        theirs.close()
-        self.sock = mine
-        self.sock.settimeout(30)
-
-    def load(self, env):
-        """The load frame a VM restored from a runtime snapshot waits for."""
-        payload = json.dumps({"env": env}).encode()
-        self.sock.sendall(struct.pack("<IBBH", len(payload), 4, 1, 0) + payload)
-
-    def invoke(self, path="/"):
-        payload = json.dumps({"request_id": "t", "method": "GET", "path": path,
-                              "headers": [], "body": ""}).encode()
-        self.sock.sendall(struct.pack("<IBBH", len(payload), 1, 1, 0) + payload)
-        while True:
-            n, ftype = struct.unpack("<IB3x", self._read(8))
-            body = self._read(n)
-            if ftype == 2:
-                return json.loads(json.loads(body)["body"])
-
-    def _read(self, n):
-        out = b""
-        while len(out) < n:
-            got = self.sock.recv(n - len(out))
-            if not got:
-                raise EOFError("VM closed the channel: " + self.close())
-            out += got
-        return out
-
-    def close(self):
-        self.sock.close()
-        try:
-            _, err = self.proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            _, err = self.proc.communicate()
-        return err.decode("utf-8", "replace")
 
 
 class Snapshot:
@@ -251,7 +195,7 @@ def test_working_set_is_recorded_and_prefetched(d):
 
 
 def wait_dump(path, vm):
-    assert snapfmt.wait_dump(path, vm.proc), "no dump: " + vm.close()
+    assert snaptools.wait_dump(path, vm.proc), "no dump: " + vm.close()
 
 
 def dump_memory(path):
