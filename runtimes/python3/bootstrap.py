@@ -23,6 +23,14 @@ HDR_SIZE = 8
 FRAME_VERSION = 1
 FRAME_REQUEST = 1
 FRAME_RESPONSE = 2
+FRAME_LOAD = 4
+
+# Imported before a runtime snapshot (STOKE_SNAPSHOT=runtime): the runtime layer is
+# built once per runtime and shared by every function, so modules most handlers use
+# are paid for there instead of in each function's layer (their pages stored once).
+RUNTIME_PRELOAD = ("base64", "binascii", "collections", "datetime", "functools",
+                   "hashlib", "json", "math", "random", "re", "struct", "time",
+                   "traceback", "uuid")
 
 
 # Bytes read from the channel but not yet consumed. Reading in large chunks makes a
@@ -173,6 +181,7 @@ def handler_error(req, exc):
 
 
 def load_handler():
+    os.chdir(TASK_DIR)
     entry = os.environ.get("STOKE_ENTRY", "handler.py")
     name = os.environ.get("STOKE_HANDLER", "handler")
     path = os.path.join(TASK_DIR, entry)
@@ -182,7 +191,16 @@ def load_handler():
     # The plain import system (no importlib.util): the entry's directory goes first on
     # sys.path, so its sibling modules import too.
     sys.path.insert(0, os.path.dirname(path))
-    module = __import__(modname)
+    try:
+        module = __import__(modname)
+    except Exception as exc:
+        # The deploy's error carries the end of stderr: the user's frames, not ours.
+        import traceback
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+            tb = tb.tb_next
+        traceback.print_exception(type(exc), exc, tb, file=sys.stderr)
+        raise SystemExit(1)
     fn = getattr(module, name, None)
     if not callable(fn):
         raise SystemExit(f"stoke: {entry} defines no callable '{name}'")
@@ -213,10 +231,7 @@ def serve(module, handler):
     pending = os.environ.get("STOKE_SNAPSHOT") == "1"
     if pending:
         call_hook(module, "before_snapshot")
-        # Everything alive now goes to the permanent generation: a collection in a
-        # restored VM would otherwise walk (and fault in) the whole snapshot heap.
-        gc.collect()
-        gc.freeze()
+        freeze_heap()
     while True:
         ftype, payload = read_frame()
         if pending:
@@ -235,13 +250,42 @@ def serve(module, handler):
         write_frame(FRAME_RESPONSE, json.dumps(resp).encode())
 
 
+def freeze_heap():
+    # Everything alive now goes to the permanent generation: a collection in a
+    # restored VM would otherwise walk (and fault in) the whole snapshot heap.
+    gc.collect()
+    gc.freeze()
+
+
+def serve_runtime():
+    """STOKE_SNAPSHOT=runtime: no function yet. The VMM snapshots this process at
+    its first read (the runtime layer, shared by every function of the runtime); a VM
+    restored from it gets a load frame naming the function (entry, handler, environment),
+    imports it, answers, and is snapshotted again at its next read (the function
+    layer: only the pages the import changed)."""
+    for name in RUNTIME_PRELOAD:
+        __import__(name)
+    freeze_heap()
+    ftype, payload = read_frame()
+    if ftype != FRAME_LOAD:
+        raise SystemExit("stoke: a runtime snapshot expects a load frame first")
+    cfg = json.loads(payload)
+    os.environ.update(cfg.get("env", {}))
+    os.environ["STOKE_SNAPSHOT"] = "1"
+    module, handler = load_handler()
+    write_frame(FRAME_RESPONSE, b'{"statusCode":200,"loaded":true}')
+    serve(module, handler)
+
+
 def main():
     # One write per line: whole log lines, and one exit per line instead of one per
     # print() argument as with -u. The bootstrap flushes after every request too.
     sys.stdout.reconfigure(line_buffering=True)
     sys.stderr.reconfigure(line_buffering=True)
-    os.chdir(TASK_DIR)
-    serve(*load_handler())
+    if os.environ.get("STOKE_SNAPSHOT") == "runtime":
+        serve_runtime()
+    else:
+        serve(*load_handler())
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ struct cli_verb {
 
 extern const struct cli_verb cli_verb_serve, cli_verb_deploy, cli_verb_invoke,
 	cli_verb_ls, cli_verb_rm, cli_verb_logs, cli_verb_status, cli_verb_show,
-	cli_verb_usage, cli_verb_advise, cli_verb_bench;
+	cli_verb_usage, cli_verb_advise, cli_verb_bench, cli_verb_gc;
 
 /* Prints the verb's full help to out. */
 void cli_help(const struct cli_verb *verb, FILE *out);

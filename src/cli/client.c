@@ -278,8 +278,8 @@ int cli_client_fn_call(struct cli_client *c, const struct cli_verb *verb, int ar
 	return code;
 }
 
-int cli_client_get_call(struct cli_client *c, const struct cli_verb *verb, int argc,
-			char **argv, const char *target, cJSON **out)
+int cli_client_call(struct cli_client *c, const struct cli_verb *verb, int argc, char **argv,
+		    const char *method, const char *target, cJSON **out)
 {
 	int code;
 
@@ -287,7 +287,13 @@ int cli_client_get_call(struct cli_client *c, const struct cli_verb *verb, int a
 	code = cli_client_begin(c, verb, argc, argv, 0);
 	if (code)
 		return code;
-	return cli_client_api(c, "GET", target, NULL, out);
+	return cli_client_api(c, method, target, NULL, out);
+}
+
+int cli_client_get_call(struct cli_client *c, const struct cli_verb *verb, int argc,
+			char **argv, const char *target, cJSON **out)
+{
+	return cli_client_call(c, verb, argc, argv, "GET", target, out);
 }
 
 void cli_client_close(struct cli_client *c)

@@ -84,6 +84,9 @@ int cli_client_fn_call(struct cli_client *c, const struct cli_verb *verb, int ar
 /* The same for verbs without arguments (ls, status): GET target. */
 int cli_client_get_call(struct cli_client *c, const struct cli_verb *verb, int argc,
 			char **argv, const char *target, cJSON **out);
+/* The same with another method (gc: POST), no body. */
+int cli_client_call(struct cli_client *c, const struct cli_verb *verb, int argc, char **argv,
+		    const char *method, const char *target, cJSON **out);
 
 void cli_client_close(struct cli_client *c);
 

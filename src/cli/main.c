@@ -15,7 +15,7 @@
 static const struct cli_verb *const cli_verbs[] = {
 	&cli_verb_serve, &cli_verb_deploy, &cli_verb_advise, &cli_verb_invoke, &cli_verb_ls,
 	&cli_verb_show, &cli_verb_rm, &cli_verb_logs, &cli_verb_status, &cli_verb_usage,
-	&cli_verb_bench,
+	&cli_verb_bench, &cli_verb_gc,
 };
 
 #define CLI_NVERBS (sizeof(cli_verbs) / sizeof(cli_verbs[0]))

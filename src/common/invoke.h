@@ -146,6 +146,12 @@ struct tier_ops {
 	void (*release)(struct tier *t, struct fn *fn);
 	/* Appends Prometheus text lines (stoke_* names) for this tier. */
 	void (*metrics)(struct tier *t, struct strbuf *out);
+	/*
+	 * Optional: frees what no deployed version needs any more (snapshot layers,
+	 * pages, images) and appends a JSON object saying what went. Returns 0 or a
+	 * negative errno with the reason in err. Called off the event loop.
+	 */
+	int (*gc)(struct tier *t, struct strbuf *json, char *err, size_t errlen);
 	/* Stops threads and frees everything; in-flight invocations are failed. */
 	void (*stop)(struct tier *t);
 };

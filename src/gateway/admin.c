@@ -613,6 +613,39 @@ static void admin_metrics(struct gw *gw, struct inv *inv)
 	inv_resp_set_body(inv, text, len);
 }
 
+/* ---- garbage collection ---- */
+
+/* POST /_stoke/gc: each tier frees what no deployed version needs; {"TIER": {...}}. */
+static void admin_gc(struct gw *gw, struct inv *inv)
+{
+	cJSON *o = cJSON_CreateObject(), *part;
+	struct strbuf sb;
+	char err[512];
+	int i, ret;
+
+	for (i = 0; i < TIER_COUNT; i++) {
+		struct tier *t = &gw->tiers[i];
+
+		if (!t->ops->gc)
+			continue;
+		sb = (struct strbuf)STRBUF_INIT;
+		err[0] = '\0';
+		ret = t->ops->gc(t, &sb, err, sizeof(err));
+		part = ret || sb_failed(&sb) ? NULL : cJSON_ParseWithLength(sb.buf, sb.len);
+		sb_free(&sb);
+		if (!part) {
+			cJSON_Delete(o);
+			log_error("gc of the %s tier failed: %s", t->ops->name,
+				  err[0] ? err : strerror(ret ? -ret : ENOMEM));
+			inv_fail(inv, 500, "gc", "gc of the %s tier failed: %s", t->ops->name,
+				 err[0] ? err : strerror(ret ? -ret : ENOMEM));
+			return;
+		}
+		cJSON_AddItemToObject(o, t->ops->name, part);
+	}
+	admin_json(inv, 200, o);
+}
+
 /* ---- usage and cost ---- */
 
 /*
@@ -802,10 +835,17 @@ static void admin_handle(struct gw *gw, struct inv *inv)
 				 inv->req.method);
 		return;
 	}
-	if (admin_fn_path(path, name, sizeof(name), &sub))
+	if (!strcmp(path, "/_stoke/gc")) {
+		if (admin_is(inv, "POST"))
+			admin_gc(gw, inv);
+		else
+			inv_fail(inv, 405, "method_not_allowed", "%s takes POST, not %s", path,
+				 inv->req.method);
+	} else if (admin_fn_path(path, name, sizeof(name), &sub)) {
 		admin_fn_route(gw, inv, name, sub);
-	else
+	} else {
 		inv_fail(inv, 404, "not_found", "no admin call %s %s", inv->req.method, path);
+	}
 }
 
 static void *admin_main(void *arg)

@@ -73,6 +73,7 @@ static int sweep_dir(struct snap_store *s, const char *sub, const struct snap__i
 	char hex[65], path[68];
 	struct snap_id id;
 	struct dirent *d;
+	struct stat sb;
 	int fd;
 	DIR *dir;
 
@@ -93,9 +94,10 @@ static int sweep_dir(struct snap_store *s, const char *sub, const struct snap__i
 			continue;
 		}
 		snap__page_path(&id, path);
-		if (unlinkat(s->pages, path, 0) < 0)
+		if (fstatat(s->pages, path, &sb, 0) < 0 || unlinkat(s->pages, path, 0) < 0)
 			continue;
 		st->deleted++;
+		st->bytes_freed += (uint64_t)sb.st_blocks * 512;
 		if (snap__hook)
 			snap__hook(SNAP__STEP_GC_DELETED, st->deleted);
 	}
@@ -139,10 +141,13 @@ static void prune_images(struct snap_store *s, struct snap_gc_stats *st)
 			continue;
 		memcpy(hex, d->d_name, 64);
 		hex[64] = 0;
-		if (!fstatat(s->layers, hex, &sb, 0) || errno != ENOENT)
+		if (!fstatat(s->layers, hex, &sb, 0) || errno != ENOENT ||
+		    fstatat(s->images, d->d_name, &sb, 0) < 0)
 			continue;
-		if (!unlinkat(s->images, d->d_name, 0))
+		if (!unlinkat(s->images, d->d_name, 0)) {
 			st->images_removed++;
+			st->bytes_freed += (uint64_t)sb.st_blocks * 512;
+		}
 	}
 	if (dir)
 		closedir(dir);
@@ -170,7 +175,93 @@ static int gc_locked(struct snap_store *s, struct snap_gc_stats *st, struct snap
 	return r;
 }
 
-int snap_store_gc(struct snap_store *s, struct snap_gc_stats *st, struct snap_err *err)
+/* Every manifest's id and parent link, each read and verified. */
+struct links {
+	struct snap_layer *l;	/* entries not kept: only ids and parents */
+	size_t n, cap;
+	uint8_t *keep;
+};
+
+static int read_links(struct snap_store *s, struct links *k, struct snap_err *err)
+{
+	struct dirent *d;
+	DIR *dir = open_listing(s->layers);
+	struct snap_id id;
+	int r = 0;
+
+	if (!dir)
+		return snap__fail(err, errno, "gc: listing layers: %s", strerror(errno));
+	while (!r && (d = readdir(dir))) {
+		if (d->d_name[0] == '.')
+			continue;
+		if (snap_id_parse(d->d_name, &id)) {
+			r = snap__fail(err, EINVAL, "gc: stray file layers/%s", d->d_name);
+			break;
+		}
+		if (k->n == k->cap) {
+			size_t cap = k->cap ? k->cap * 2 : 64;
+			void *p = realloc(k->l, cap * sizeof(*k->l));
+
+			if (!p) {
+				r = snap__fail(err, ENOMEM, "gc: out of memory");
+				break;
+			}
+			k->l = p;
+			k->cap = cap;
+		}
+		r = snap_layer_read(s, &id, &k->l[k->n], err);
+		if (!r)
+			snap_layer_release(&k->l[k->n++]);
+	}
+	closedir(dir);
+	k->keep = r ? NULL : calloc(k->n + 1, 1);
+	return r ? r : k->keep ? 0 : snap__fail(err, ENOMEM, "gc: out of memory");
+}
+
+static void keep_chain(struct links *k, const struct snap_id *id)
+{
+	struct snap_id cur = *id;
+
+	/* At most one pass per layer: a chain cannot be longer than the manifests. */
+	for (size_t hops = 0; hops <= k->n; hops++) {
+		size_t i;
+
+		for (i = 0; i < k->n && memcmp(&k->l[i].id, &cur, sizeof(cur)); i++)
+			;
+		if (i == k->n || k->keep[i])
+			return;
+		k->keep[i] = 1;
+		if (!k->l[i].has_parent)
+			return;
+		cur = k->l[i].parent;
+	}
+}
+
+/* Deletes the manifests no root reaches; their pages go in the sweep that follows. */
+static int drop_unreachable(struct snap_store *s, const struct snap_id *roots,
+			    size_t nroots, struct snap_gc_stats *st, struct snap_err *err)
+{
+	struct links k = { 0 };
+	char hex[65];
+	int r;
+
+	r = read_links(s, &k, err);
+	for (size_t i = 0; !r && i < nroots; i++)
+		keep_chain(&k, &roots[i]);
+	for (size_t i = 0; !r && i < k.n; i++) {
+		if (k.keep[i])
+			continue;
+		snap_id_hex(&k.l[i].id, hex);
+		if (!unlinkat(s->layers, hex, 0))
+			st->layers_removed++;
+	}
+	free(k.l);
+	free(k.keep);
+	return r;
+}
+
+static int gc_run(struct snap_store *s, const struct snap_id *roots, size_t nroots,
+		  int use_roots, struct snap_gc_stats *st, struct snap_err *err)
 {
 	struct snap_gc_stats dummy;
 	int r;
@@ -181,7 +272,22 @@ int snap_store_gc(struct snap_store *s, struct snap_gc_stats *st, struct snap_er
 	r = snap__lock(s, 1);
 	if (r)
 		return snap__fail(err, -r, "gc: store lock: %s", strerror(-r));
-	r = gc_locked(s, st, err);
+	if (use_roots)
+		r = drop_unreachable(s, roots, nroots, st, err);
+	if (!r && use_roots && st->layers_removed && fsync(s->layers) < 0)
+		r = snap__fail(err, errno, "gc: fsync layers: %s", strerror(errno));
+	r = r ? r : gc_locked(s, st, err);
 	snap__unlock(s);
 	return r;
+}
+
+int snap_store_gc(struct snap_store *s, struct snap_gc_stats *st, struct snap_err *err)
+{
+	return gc_run(s, NULL, 0, 0, st, err);
+}
+
+int snap_store_gc_roots(struct snap_store *s, const struct snap_id *roots, size_t nroots,
+			struct snap_gc_stats *st, struct snap_err *err)
+{
+	return gc_run(s, roots, nroots, 1, st, err);
 }

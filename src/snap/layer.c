@@ -117,6 +117,20 @@ static uint8_t *encode(const struct build *b, const struct snap_id *parent, size
 	return buf;
 }
 
+/* An equal manifest already stored (a damaged one is rewritten, not trusted). */
+static int same_file(int dirfd, const char *name, const uint8_t *buf, size_t len)
+{
+	uint8_t *have;
+	size_t n;
+	int same;
+
+	if (snap__read_file(dirfd, name, &have, &n))
+		return 0;
+	same = n == len && !memcmp(have, buf, len);
+	free(have);
+	return same;
+}
+
 static int write_manifest(struct build *b, struct snap_err *err)
 {
 	char hex[65];
@@ -129,7 +143,8 @@ static int write_manifest(struct build *b, struct snap_err *err)
 		return snap__fail(err, ENOMEM, "layer: out of memory");
 	snap__sha256(buf, len, &b->info->id);
 	snap_id_hex(&b->info->id, hex);
-	r = snap__atomic_write(b->s->layers, hex, buf, len);
+	b->info->existed = same_file(b->s->layers, hex, buf, len);
+	r = b->info->existed ? 0 : snap__atomic_write(b->s->layers, hex, buf, len);
 	free(buf);
 	if (r)
 		return snap__fail(err, -r, "layer %s: writing manifest: %s", hex, strerror(-r));

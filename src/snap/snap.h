@@ -90,6 +90,8 @@ struct snap_gc_stats {
 	uint64_t deleted;
 	uint64_t tmp_removed;		/* leftovers of writers that died */
 	uint64_t images_removed;	/* images and working sets of deleted layers */
+	uint64_t layers_removed;	/* manifests no root reaches (snap_store_gc_roots) */
+	uint64_t bytes_freed;		/* disk blocks of the pages and images deleted */
 };
 
 /*
@@ -99,6 +101,13 @@ struct snap_gc_stats {
  * deletes nothing if any manifest cannot be read and verified.
  */
 int snap_store_gc(struct snap_store *s, struct snap_gc_stats *st, struct snap_err *err);
+/*
+ * The same, after deleting every layer manifest that no root reaches through parent
+ * links (roots: the top layers of the snapshot files still in use; a root whose
+ * manifest is missing is skipped). Nothing is deleted if any manifest is unreadable.
+ */
+int snap_store_gc_roots(struct snap_store *s, const struct snap_id *roots, size_t nroots,
+			struct snap_gc_stats *st, struct snap_err *err);
 
 /*
  * Layers. A layer lists (guest page number -> page id) for the pages that differ from
@@ -126,6 +135,7 @@ struct snap_layer_info {
 	uint64_t pages_zero;		/* became zero: stored as the zero id */
 	uint64_t bytes_new;		/* bytes written for new pages (after compression) */
 	uint64_t compared;		/* pages compared with the parent */
+	int existed;			/* an equal manifest was already stored (a cache hit) */
 };
 
 struct snap_layer_entry {

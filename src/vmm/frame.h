@@ -16,9 +16,10 @@ enum frame_type {
 	FRAME_REQUEST = 1,	/* daemon -> function: one invocation */
 	FRAME_RESPONSE = 2,	/* function -> daemon: its answer */
 	FRAME_VMM_STATS = 3,	/* stoke-vmm -> daemon, after each response; never guest */
+	FRAME_LOAD = 4,		/* daemon -> runtime restored from a runtime snapshot */
 	/* daemon -> stoke-vmm between requests (--state-dump): dump the VM and end; the
 	 * guest never sees it. */
-	FRAME_STATE_DUMP = 4,
+	FRAME_STATE_DUMP = 5,
 };
 
 struct frame_hdr {

@@ -39,7 +39,9 @@ static const char usage[] =
 	"                   (guest memory + 64 MiB) and CPU (one core); needs the jail\n"
 	"  --stats          print system-call counts to stderr at exit\n"
 	"  --parent-pid N   exit (cleanly, as on SIGTERM) when process N, our parent, dies\n"
-	"  --snapshot-dump F  at the first read of the channel, dump the VM to F\n"
+	"  --snapshot-dump F  at the first read of the channel, dump the VM to F (on a\n"
+	"                   restored VM: at the first read after its first response)\n"
+	"  --snapshot-base-dump F  dump the loaded program to F before it runs\n"
 	"  --restore F      restore from snapshot file F instead of booting (on failure:\n"
 	"                   boot); needs --snap-store, the same --mem-mb and mounts\n"
 	"  --snap-store DIR page store holding the snapshot's restore image\n"
@@ -51,11 +53,12 @@ static const char usage[] =
 	"                   for a request, dump the whole VM to F and end (state: keep)\n"
 	"  --restore-strict a failed --restore ends the VMM (status 125) instead of booting\n"
 	"   or: stoke-vmm --build-snapshot DUMP STORE_DIR SNAPSHOT_FILE\n"
+	"   or: stoke-vmm --build-runtime BASE_DUMP DUMP STORE_DIR SNAPSHOT_FILE\n"
 	"   or: stoke-vmm --commit-ws RAW STORE_DIR\n";
 
 enum { OPT_ROOTFS = 256, OPT_TASK, OPT_RUNTIME, OPT_MEM, OPT_TMP, OPT_WALL, OPT_CHAN, OPT_ENV,
        OPT_NOJAIL, OPT_STATS, OPT_CGROUP, OPT_PARENT, OPT_DUMP, OPT_RESTORE, OPT_STORE,
-       OPT_WS, OPT_WS_OUT, OPT_HUGE, OPT_STATE_DUMP, OPT_STRICT };
+       OPT_WS, OPT_WS_OUT, OPT_HUGE, OPT_STATE_DUMP, OPT_STRICT, OPT_BASE_DUMP };
 
 static const struct option options[] = {
 	{ "rootfs", required_argument, NULL, OPT_ROOTFS },
@@ -71,6 +74,7 @@ static const struct option options[] = {
 	{ "stats", no_argument, NULL, OPT_STATS },
 	{ "parent-pid", required_argument, NULL, OPT_PARENT },
 	{ "snapshot-dump", required_argument, NULL, OPT_DUMP },
+	{ "snapshot-base-dump", required_argument, NULL, OPT_BASE_DUMP },
 	{ "restore", required_argument, NULL, OPT_RESTORE },
 	{ "snap-store", required_argument, NULL, OPT_STORE },
 	{ "snap-ws", required_argument, NULL, OPT_WS },
@@ -112,6 +116,7 @@ static int parse_args(int argc, char **argv, struct vm_config *cfg, struct jail_
 		case OPT_STATS: cfg->stats = 1; break;
 		case OPT_PARENT: parent_pid = (pid_t)atoi(optarg); break;
 		case OPT_DUMP: cfg->snap_dump = optarg; break;
+		case OPT_BASE_DUMP: cfg->snap_base_dump = optarg; break;
 		case OPT_RESTORE: cfg->snap_restore = optarg; break;
 		case OPT_STORE: cfg->snap_store = optarg; break;
 		case OPT_WS: cfg->snap_ws = optarg; break;
@@ -203,6 +208,7 @@ static int start(struct vm *vm, int restored)
 	if (r)
 		return fprintf(stderr, "stoke-vmm: loading %s: %s\n", vm->cfg->argv[0],
 			       strerror(-r)), r;
+	vmsnap_at_load(vm);
 	return vm_run(vm, entry, sp);
 }
 
@@ -245,20 +251,48 @@ static int run(struct vm *vm, struct vm_config *cfg, struct jail_config *jc)
 	return r;
 }
 
+/* One JSON line per build: what each layer stored (benchmarks and tests read it). */
+static void print_build(const struct vmsnap_build_info *info)
+{
+	char hex[65];
+	int i;
+
+	printf("{\"image_built\":%d,\"layer_ms\":%.3f,\"image_ms\":%.3f,\"layers\":[",
+	       info->image_built, info->layer_ms, info->image_ms);
+	for (i = 0; i < info->nlayers; i++) {
+		const struct snap_layer_info *l = &info->layer[i];
+
+		snap_id_hex(&l->id, hex);
+		printf("%s{\"id\":\"%s\",\"pages\":%llu,\"new\":%llu,\"dup\":%llu,"
+		       "\"zero\":%llu,\"bytes_new\":%llu,\"compared\":%llu,\"existed\":%d}",
+		       i ? "," : "", hex, (unsigned long long)l->pages,
+		       (unsigned long long)l->pages_new, (unsigned long long)l->pages_dup,
+		       (unsigned long long)l->pages_zero, (unsigned long long)l->bytes_new,
+		       (unsigned long long)l->compared, l->existed);
+	}
+	printf("]}\n");
+}
+
 /* The daemon-side snapshot steps, runnable by hand and from tests. */
 static int tool_mode(int argc, char **argv)
 {
+	struct vmsnap_build_info info = { 0 };
 	char why[512] = "";
 	int r;
 
 	if (argc == 5 && !strcmp(argv[1], "--build-snapshot"))
-		r = vmsnap_build(argv[2], argv[3], argv[4], why, sizeof(why));
+		r = vmsnap_build_info(argv[2], argv[3], argv[4], &info, why, sizeof(why));
+	else if (argc == 6 && !strcmp(argv[1], "--build-runtime"))
+		r = vmsnap_build_runtime(argv[2], argv[3], argv[4], argv[5], &info, why,
+					 sizeof(why));
 	else if (argc == 4 && !strcmp(argv[1], "--commit-ws"))
 		r = vmsnap_ws_commit(argv[2], argv[3], why, sizeof(why));
 	else
 		return -1;
 	if (r)
 		fprintf(stderr, "stoke-vmm: %s: %s\n", argv[1] + 2, why[0] ? why : strerror(-r));
+	else if (info.nlayers)
+		print_build(&info);
 	return r ? 1 : 0;
 }
 

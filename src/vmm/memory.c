@@ -8,6 +8,7 @@
  * top-down below the stack; the stack at the top of memory.
  */
 #include "vm.h"
+#include "vmsnap.h"
 #include "guest/layout.h"
 
 #include <errno.h>
@@ -67,19 +68,25 @@ void gmem_mark(struct vm *vm, uint64_t addr, uint64_t len, int used)
 void gmem_zero(struct vm *vm, uint64_t addr, uint64_t len)
 {
 	/* Small ranges: memset keeps the pages (a refault costs about 25 us here). */
-	if (len <= 16 * VM_PAGE)
+	if (len <= 16 * VM_PAGE) {
 		memset(vm->mem + addr, 0, len);
-	else if (!vm->mem_is_file)
-		madvise(vm->mem + addr, len, MADV_DONTNEED);
+		return;
+	}
 	/*
 	 * A restored VM's memory is a private mapping of its image, where MADV_DONTNEED
 	 * would bring the snapshot's bytes back; fresh anonymous memory reads as zero,
 	 * and KVM follows the remap inside the slot (its MMU notifier).
 	 */
+	if (!vm->mem_is_file)
+		madvise(vm->mem + addr, len, MADV_DONTNEED);
 	else if (mmap(vm->mem + addr, len, PROT_READ | PROT_WRITE,
 		      MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0) ==
-		 MAP_FAILED)
+		 MAP_FAILED) {
 		memset(vm->mem + addr, 0, len);
+		return;
+	}
+	/* Absent from pagemap now, like never-touched pages: a layer dump must know. */
+	vmsnap_zeroed(vm, addr, len);
 }
 
 uint64_t gmem_alloc(struct vm *vm, uint64_t len)

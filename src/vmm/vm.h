@@ -50,6 +50,7 @@ struct vm_config {
 	char **envp;
 	/* Snapshots (vmsnap.h): each NULL when unused. */
 	const char *snap_dump;	/* take a dump at the first channel read, into this file */
+	const char *snap_base_dump; /* dump the loaded program before it runs (base layer) */
 	const char *snap_restore; /* restore from this snapshot file instead of booting */
 	const char *snap_store;	/* page store holding the snapshot's restore image */
 	const char *snap_ws;	/* working set to prefetch on restore */

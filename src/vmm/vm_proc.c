@@ -214,6 +214,26 @@ int vm_launch_with(struct vm_launch *dst, const struct vm_launch *src,
 	return r;
 }
 
+int vm_launch_without(struct vm_launch *dst, const struct vm_launch *src,
+		      const char *const *drop, const char *const *opts)
+{
+	struct vm_launch tmp;
+	int i, j, skip, r = 0;
+
+	memset(&tmp, 0, sizeof(tmp));
+	tmp.wall_ms = src->wall_ms;
+	tmp.mem_mb = src->mem_mb;
+	for (i = 0; i < src->argc && strcmp(src->argv[i], "--") && !r; i++) {
+		for (skip = 0, j = 0; drop[j] && !skip; j++)
+			skip = !strncmp(src->argv[i], drop[j], strlen(drop[j]));
+		if (!skip)
+			r = add_arg(&tmp, "%s", src->argv[i]);
+	}
+	for (; i < src->argc && !r; i++)
+		r = add_arg(&tmp, "%s", src->argv[i]);
+	return r ? r : vm_launch_with(dst, &tmp, opts);
+}
+
 static int spawn_actions(posix_spawn_file_actions_t *fa, int chan, int out, int err)
 {
 	int r = posix_spawn_file_actions_init(fa);

@@ -70,6 +70,10 @@ int vm_launch_build(struct vm_launch *l, const struct fn *fn, const char *rootfs
 int vm_launch_with(struct vm_launch *dst, const struct vm_launch *src,
 		   const char *const *opts);
 
+/* The same, leaving out src's options that start with one of drop (NULL-terminated). */
+int vm_launch_without(struct vm_launch *dst, const struct vm_launch *src,
+		      const char *const *drop, const char *const *opts);
+
 /* vm_native.c: native functions deployed as C source, compiled at deploy. */
 int vm_native_is_source(const struct fn *fn);
 /* Compiles the entry statically into out_dir/main (out_dir is chosen and returned). */

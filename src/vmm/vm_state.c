@@ -8,6 +8,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -198,7 +199,8 @@ static int ask_dump(struct vm_proc *p, const char *dump)
 }
 
 int vm_state_save(struct vm_state *st, struct vm_slot *sl, struct vm_proc *p,
-		  struct snap_id *old, int *had_old, char *why, size_t len)
+		  pthread_mutex_t *build_lock, struct snap_id *old, int *had_old,
+		  char *why, size_t len)
 {
 	struct snap_id id;
 	int r;
@@ -214,7 +216,10 @@ int vm_state_save(struct vm_state *st, struct vm_slot *sl, struct vm_proc *p,
 		unlink(sl->dump);
 		return snprintf(why, len, "dumping the VM: %s", strerror(-r)), r;
 	}
+	/* gc (which holds the lock) sees the new layer only with the file that names it. */
+	pthread_mutex_lock(build_lock);
 	r = vmsnap_build(sl->dump, st->store, sl->file, why, len);
+	pthread_mutex_unlock(build_lock);
 	unlink(sl->dump);
 	if (r)
 		return r;

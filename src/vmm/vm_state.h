@@ -18,6 +18,7 @@
 #include "vm_proc.h"
 #include "snap/snap.h"
 
+#include <pthread.h>
 #include <stdint.h>
 
 struct inv;
@@ -74,9 +75,11 @@ int vm_state_check(struct vm_state *st, struct vm_slot *sl, char *why, size_t le
  * Dumps the idle VM p of the slot and makes it the slot's snapshot; p is stopped
  * unless the VMM refused (-ENOTSUP: e.g. files in /tmp; p is then still usable).
  * *old gets the replaced layer (to delete) and *had_old whether there was one.
+ * build_lock is the lock snapshot gc holds: it is held while the layer is built.
  */
 int vm_state_save(struct vm_state *st, struct vm_slot *sl, struct vm_proc *p,
-		  struct snap_id *old, int *had_old, char *why, size_t len);
+		  pthread_mutex_t *build_lock, struct snap_id *old, int *had_old,
+		  char *why, size_t len);
 /* Sets a damaged snapshot aside (slot-N.snap.corrupt): the slot starts fresh. */
 void vm_state_discard(struct vm_slot *sl);
 /*

@@ -76,9 +76,16 @@ struct vm_tier {
 	const char *vmm_path;
 	uint64_t memory_budget;
 	char snap_dir[4096];
+	char state_dir[4096];		/* saved state of state: keep (vm_state.c) */
 	atomic_uint snap_seq;
-	struct snap_id dead_layers[16];	/* of released versions, for the reaper to delete */
-	int ndead;
+	int layers;			/* runtime + function layers ($STOKE_VM_SNAPSHOT_LAYERS) */
+	/* Held while snapshots are built or collected: gc sees every snapshot file. */
+	pthread_mutex_t snap_lock;
+	struct vm_snap_stats snap_stats;
+	int collect;			/* a version's snapshot went: the reaper collects */
+	/* Runtime snapshots this daemon's versions were built on: gc keeps them. */
+	char rt_keys[32][96];
+	int nrt_keys, rt_keys_full;
 	struct vm_fn *fns;
 	struct vm_proc *dying;		/* retired VMs the reaper stops off the caller's thread */
 	atomic_ullong idle_bytes;
@@ -364,11 +371,14 @@ static void run_invocation(struct tier *t, struct inv *inv)
 
 /* ---- kept state (state: keep; vm_state.h) ---- */
 
-/* A layer nothing names any more: the reaper deletes it. Called with vt->lock held. */
-static void bury_layer(struct vm_tier *vt, const struct snap_id *id)
+/*
+ * A layer may be named by nothing any more: the reaper's next gc deletes what no
+ * snapshot or saved-state file names (layers are named by their contents, so another
+ * slot or version may still name it). Called with vt->lock held.
+ */
+static void schedule_gc(struct vm_tier *vt)
 {
-	if (vt->ndead < (int)(sizeof(vt->dead_layers) / sizeof(vt->dead_layers[0])))
-		vt->dead_layers[vt->ndead++] = *id;
+	vt->collect = 1;
 	pthread_cond_signal(&vt->reaper_cond);
 }
 
@@ -416,7 +426,7 @@ static void state_lost(struct vm_tier *vt, struct vm_fn *vf, struct vm_slot *sl,
 
 	pthread_mutex_lock(&vt->lock);
 	if (!snap_id_is_zero(&sl->layer))
-		bury_layer(vt, &sl->layer);
+		schedule_gc(vt);
 	pthread_mutex_unlock(&vt->lock);
 	vm_state_discard(sl);
 	atomic_fetch_add(&vt->state_corrupt, 1);
@@ -685,7 +695,8 @@ static void save_one(struct vm_tier *vt, const struct state_save *s)
 	char why[1100] = "";
 	int had_old = 0, r;
 
-	r = vm_state_save(s->vf->state, sl, s->p, &old, &had_old, why, sizeof(why));
+	r = vm_state_save(s->vf->state, sl, s->p, &vt->snap_lock, &old, &had_old, why,
+			  sizeof(why));
 	if (!r)
 		state_log(s->vf, "-", 0, "instance %u: state saved to %s (%s; %.0f ms)", sl->index,
 			  sl->file, s->why, (double)(vm_now_ns() - t0) / 1e6);
@@ -700,7 +711,7 @@ static void save_one(struct vm_tier *vt, const struct state_save *s)
 		sl->proc = s->p;
 	}
 	if (had_old)
-		bury_layer(vt, &old);
+		schedule_gc(vt);
 	sl->busy = 0;
 	if (sl->head && !vt->stopping)
 		queue_slot(vt, sl);
@@ -784,48 +795,47 @@ static void reap_idle(struct vm_tier *vt)
 	}
 }
 
-/*
- * Layers are named by their contents, so two instance slots whose memory is equal (a
- * deterministic native function, say) save the same layer: one slot's old layer may
- * be another's current one. Called with vt->lock held.
- */
-static int layer_in_use(struct vm_tier *vt, const struct snap_id *id)
+/* Collects the store: every snapshot file still present is a root. Not on the loop. */
+static int snap_gc(struct vm_tier *vt, int wait, struct snap_gc_stats *gs, uint64_t *files,
+		   char *why, size_t len)
 {
-	struct vm_fn *vf;
-	uint32_t i;
+	int r;
 
-	for (vf = vt->fns; vf; vf = vf->next) {
-		if (vf->snap.ready && !memcmp(&vf->snap.top, id, sizeof(*id)))
-			return 1;
-		for (i = 0; vf->state && i < vf->state->nslots; i++)
-			if (vf->state->slots[i].has_state &&
-			    !memcmp(&vf->state->slots[i].layer, id, sizeof(*id)))
-				return 1;
+	if (!wait && pthread_mutex_trylock(&vt->snap_lock))
+		return -EBUSY;
+	if (wait)
+		pthread_mutex_lock(&vt->snap_lock);
+	r = vm_tier_snap_collect(vt->snap_dir, vt->state_dir,
+				 vt->rt_keys_full ? NULL : vt->rt_keys,
+				 vt->nrt_keys, gs, files, why, len);
+	pthread_mutex_unlock(&vt->snap_lock);
+	if (!r) {
+		atomic_fetch_add(&vt->snap_stats.gc_runs, 1);
+		atomic_fetch_add(&vt->snap_stats.gc_freed_bytes, gs->bytes_freed);
+	} else {
+		log_warn("vm tier: snapshot gc: %s", why);
 	}
-	return 0;
+	return r;
 }
 
-/* Deletes released versions' layers and their pages (gc locks the store: not on the loop). */
+/* Deleted versions' layers and pages go once their snapshot files are gone. */
 static void collect_layers(struct vm_tier *vt)
 {
-	struct snap_id ids[16];
-	char store[4200];
-	int n;
-
-	int i, k = 0;
+	struct snap_gc_stats gs;
+	uint64_t files;
+	char why[512];
+	int todo;
 
 	pthread_mutex_lock(&vt->lock);
-	n = vt->ndead;
-	for (i = 0; i < n; i++)
-		if (!layer_in_use(vt, &vt->dead_layers[i]))
-			ids[k++] = vt->dead_layers[i];
-	vt->ndead = 0;
+	todo = vt->collect;
+	vt->collect = 0;
 	pthread_mutex_unlock(&vt->lock);
-	n = k;
-	if (!n)
-		return;
-	snprintf(store, sizeof(store), "%s/store", vt->snap_dir);
-	vm_tier_snap_collect(store, ids, n);
+	/* A deploy building a snapshot holds the lock for seconds: retry on the next tick. */
+	if (todo && snap_gc(vt, 0, &gs, &files, why, sizeof(why)) == -EBUSY) {
+		pthread_mutex_lock(&vt->lock);
+		vt->collect = 1;
+		pthread_mutex_unlock(&vt->lock);
+	}
 }
 
 static void *reaper(void *arg)
@@ -911,7 +921,12 @@ static int vm_start(struct tier *t)
 	/* On unless $STOKE_VM_SNAPSHOTS=0 (the whole e2e suite passes either way). */
 	vt->snapshots = !getenv("STOKE_VM_SNAPSHOTS") ||
 			strcmp(getenv("STOKE_VM_SNAPSHOTS"), "0") != 0;
+	/* $STOKE_VM_SNAPSHOT_LAYERS=0: one layer per version, as before (for comparison). */
+	vt->layers = !getenv("STOKE_VM_SNAPSHOT_LAYERS") ||
+		     strcmp(getenv("STOKE_VM_SNAPSHOT_LAYERS"), "0") != 0;
+	pthread_mutex_init(&vt->snap_lock, NULL);
 	snprintf(vt->snap_dir, sizeof(vt->snap_dir), "%s/vm-snapshots", t->data_dir);
+	snprintf(vt->state_dir, sizeof(vt->state_dir), "%s/vm-state", t->data_dir);
 	t->priv = vt;
 	r = pthread_create(&vt->reaper, NULL, reaper, vt);
 	if (r)
@@ -925,6 +940,49 @@ static int vm_start(struct tier *t)
 		}
 	}
 	return 0;
+}
+
+/* Remembers a runtime key in use (called with snap_lock held). */
+static void keep_runtime(struct vm_tier *vt, const char *key)
+{
+	int i;
+
+	for (i = 0; i < vt->nrt_keys && strcmp(vt->rt_keys[i], key); i++)
+		;
+	if (i < vt->nrt_keys || !key[0])
+		return;
+	/* More runtimes than slots: gc then keeps every runtime snapshot. */
+	if (i == (int)(sizeof(vt->rt_keys) / sizeof(vt->rt_keys[0])))
+		vt->rt_keys_full = 1;
+	else
+		snprintf(vt->rt_keys[vt->nrt_keys++], sizeof(vt->rt_keys[0]), "%s", key);
+}
+
+/*
+ * The version's function layer on its runtime's layer (built here once per runtime and
+ * memory size, then reused by every function and across restarts). A damaged runtime
+ * layer leaves the version booting cold; the next deploy rebuilds it.
+ */
+static int take_layered(struct vm_tier *vt, struct vm_fn *vf, const struct fn *fn,
+			const char *key, const char *vmm_path, char *why, size_t len)
+{
+	struct vm_tier_rt rt = { 0 };
+	int r;
+
+	r = vm_tier_rt_get(&rt, &vf->launch, vt->snap_dir, vmm_path, &vt->snap_stats, why,
+			   len);
+	keep_runtime(vt, rt.key);
+	if (r == -EBADMSG) {
+		log_error("vm tier: runtime layer %s is damaged (%s): %s v%lld boots cold; "
+			  "the next deploy rebuilds the runtime", rt.key, why, fn->name,
+			  (long long)fn->version);
+		snprintf(why, len, "runtime layer %s is damaged", rt.key);
+		return r;
+	}
+	if (r)
+		return r;
+	return vm_tier_snap_take_on(&vf->snap, &rt, &vf->launch, vt->snap_dir, key, vmm_path,
+				    &vt->snap_stats, why, len);
 }
 
 /*
@@ -950,8 +1008,11 @@ static int take_snapshot(struct tier *t, struct vm_fn *vf, const struct fn *fn, 
 		return 0;
 	snprintf(key, sizeof(key), "%.64s.%lld.%d.%u", fn->name, (long long)fn->version,
 		 (int)getpid(), atomic_fetch_add(&vt->snap_seq, 1));
-	r = vm_tier_snap_take(&vf->snap, &vf->launch, vt->snap_dir, key, t->vmm_path, why,
+	pthread_mutex_lock(&vt->snap_lock);
+	r = vt->layers ? take_layered(vt, vf, fn, key, t->vmm_path, why, sizeof(why)) :
+	    vm_tier_snap_take(&vf->snap, &vf->launch, vt->snap_dir, key, t->vmm_path, why,
 			      sizeof(why));
+	pthread_mutex_unlock(&vt->snap_lock);
 	if (r == -ECHILD) {
 		snprintf(err, errlen, "python3 could not load %s: %s", fn->entry, why);
 		return -EINVAL;
@@ -1126,7 +1187,7 @@ static void release_state(struct vm_tier *vt, struct vm_fn *vf)
 {
 	struct snap_id layers[16];
 	struct vm_proc *p;
-	int n = 0, i;
+	int n = 0;
 
 	if (!vf->state)
 		return;
@@ -1139,8 +1200,8 @@ static void release_state(struct vm_tier *vt, struct vm_fn *vf)
 	}
 	if (vf->state->drop)
 		n = vm_state_remove(vf->state, layers, 16);
-	for (i = 0; i < n; i++)
-		bury_layer(vt, &layers[i]);
+	if (n > 0)
+		schedule_gc(vt);
 	pthread_mutex_unlock(&vt->lock);
 	vm_state_free(vf->state);
 	free(vf->state);
@@ -1166,7 +1227,8 @@ static void vm_release(struct tier *t, struct fn *fn)
 		vm_native_remove(vf->native_dir);
 	if (vm_tier_snap_remove(&vf->snap)) {
 		pthread_mutex_lock(&vt->lock);
-		bury_layer(vt, &vf->snap.top);
+		vt->collect = 1;
+		pthread_cond_signal(&vt->reaper_cond);
 		pthread_mutex_unlock(&vt->lock);
 	}
 	release_state(vt, vf);
@@ -1185,6 +1247,33 @@ static void metrics_enosys(struct vm_fn *vf, struct strbuf *out)
 			  vf->name, vf->enosys[i].name,
 			  (unsigned long long)vf->enosys[i].count);
 	pthread_mutex_unlock(&vf->lock);
+}
+
+static void metrics_snap(struct vm_snap_stats *st, struct strbuf *out)
+{
+	static const char *const kinds[] = { "base", "runtime", "function", "image" };
+	int k;
+
+	sb_adds(out, "# HELP stoke_snapshot_layer_cache_total Snapshot layers (and restore "
+		"images) found already built (hit) or built (miss), by kind.\n"
+		"# TYPE stoke_snapshot_layer_cache_total counter\n");
+	for (k = 0; k < VM_LAYER_KINDS; k++)
+		sb_printf(out, "stoke_snapshot_layer_cache_total{kind=\"%s\",result=\"hit\"} %llu\n"
+			  "stoke_snapshot_layer_cache_total{kind=\"%s\",result=\"miss\"} %llu\n",
+			  kinds[k], (unsigned long long)atomic_load(&st->hit[k]), kinds[k],
+			  (unsigned long long)atomic_load(&st->miss[k]));
+	sb_adds(out, "# TYPE stoke_snapshot_stored_bytes_total counter\n");
+	for (k = 0; k < VM_LAYER_IMAGE; k++)
+		sb_printf(out, "stoke_snapshot_stored_bytes_total{kind=\"%s\"} %llu\n", kinds[k],
+			  (unsigned long long)atomic_load(&st->bytes[k]));
+	sb_printf(out, "# TYPE stoke_snapshot_runtime_damaged_total counter\n"
+		  "stoke_snapshot_runtime_damaged_total %llu\n"
+		  "# TYPE stoke_snapshot_gc_runs_total counter\nstoke_snapshot_gc_runs_total %llu\n"
+		  "# TYPE stoke_snapshot_gc_freed_bytes_total counter\n"
+		  "stoke_snapshot_gc_freed_bytes_total %llu\n",
+		  (unsigned long long)atomic_load(&st->damaged),
+		  (unsigned long long)atomic_load(&st->gc_runs),
+		  (unsigned long long)atomic_load(&st->gc_freed_bytes));
 }
 
 static void vm_metrics(struct tier *t, struct strbuf *out)
@@ -1222,6 +1311,7 @@ static void vm_metrics(struct tier *t, struct strbuf *out)
 		  (unsigned long long)atomic_load(&vt->state_save_failures),
 		  (unsigned long long)atomic_load(&vt->state_restores),
 		  (unsigned long long)atomic_load(&vt->state_corrupt));
+	metrics_snap(&vt->snap_stats, out);
 	sb_adds(out, "# TYPE stoke_vm_enosys_total counter\n");
 	pthread_mutex_lock(&vt->lock);
 	for (vf = vt->fns; vf; vf = vf->next)
@@ -1243,6 +1333,27 @@ static void fail_slot(struct vm_slot *sl)
 	sl->tail = NULL;
 	sl->queued = 0;
 	sl->busy = 0;
+}
+
+static int vm_gc(struct tier *t, struct strbuf *json, char *err, size_t errlen)
+{
+	struct vm_tier *vt = tier_of(t);
+	struct snap_gc_stats gs;
+	uint64_t files;
+	int r;
+
+	r = snap_gc(vt, 1, &gs, &files, err, errlen);
+	if (r)
+		return r;
+	sb_printf(json, "{\"snapshot_files_removed\":%llu,\"layers_kept\":%llu,"
+		  "\"layers_removed\":%llu,\"pages_referenced\":%llu,\"pages_kept\":%llu,"
+		  "\"pages_removed\":%llu,\"images_removed\":%llu,\"tmp_removed\":%llu,"
+		  "\"bytes_freed\":%llu}", (unsigned long long)files,
+		  (unsigned long long)gs.layers, (unsigned long long)gs.layers_removed,
+		  (unsigned long long)gs.referenced, (unsigned long long)gs.kept,
+		  (unsigned long long)gs.deleted, (unsigned long long)gs.images_removed,
+		  (unsigned long long)gs.tmp_removed, (unsigned long long)gs.bytes_freed);
+	return 0;
 }
 
 static void vm_stop(struct tier *t)
@@ -1306,5 +1417,6 @@ const struct tier_ops vm_tier_ops = {
 	.retire = vm_retire,
 	.release = vm_release,
 	.metrics = vm_metrics,
+	.gc = vm_gc,
 	.stop = vm_stop,
 };

@@ -14,6 +14,19 @@
 
 #include <stdatomic.h>
 
+/* Layer kinds counted by the layer cache statistics, and the image cache. */
+enum vm_layer_kind { VM_LAYER_BASE, VM_LAYER_RUNTIME, VM_LAYER_FUNCTION, VM_LAYER_IMAGE,
+		     VM_LAYER_KINDS };
+
+/* Cache statistics of snapshot building (stoke_snapshot_* metrics). */
+struct vm_snap_stats {
+	atomic_ullong hit[VM_LAYER_KINDS];	/* found already built */
+	atomic_ullong miss[VM_LAYER_KINDS];	/* built now */
+	atomic_ullong bytes[VM_LAYER_KINDS];	/* stored for new pages (after zstd) */
+	atomic_ullong damaged;			/* runtime chains found damaged */
+	atomic_ullong gc_runs, gc_freed_bytes;
+};
+
 struct vm_tier_snap {
 	int ready;		/* the snapshot file exists and was built by us */
 	char file[1024];	/* snapshot file */
@@ -27,7 +40,37 @@ struct vm_tier_snap {
 	struct vm_launch prefetch;	/* restore and prefetch the working set */
 	atomic_int recording;	/* a VM was started to record the working set */
 	atomic_int ws_ready;	/* the working set is in the store */
+	char image[1200];	/* the restore image of top */
+	struct vm_snap_stats *stats;	/* counts image cache hits of restores, or NULL */
 };
+
+/*
+ * The runtime snapshot of one runtime and memory size: the base layer (the program
+ * loaded) and the runtime layer (python3 started, standard library imported, waiting
+ * for a function), built once and kept across daemon restarts in dir/runtimes/.
+ */
+struct vm_tier_rt {
+	char key[96];
+	char file[1100];
+	char store[1100];
+};
+
+/*
+ * Finds the runtime snapshot fn_launch's runtime needs, checking that its chain and
+ * image are whole, or builds it (boots the runtime once: seconds). A damaged one is
+ * removed, so the next deploy rebuilds it, and -EBADMSG is returned: the caller's
+ * version boots cold. Returns 0 or -errno with the reason in why.
+ */
+int vm_tier_rt_get(struct vm_tier_rt *rt, const struct vm_launch *fn_launch, const char *dir,
+		   const char *vmm_path, struct vm_snap_stats *st, char *why, size_t len);
+/*
+ * Takes a version's snapshot on a runtime snapshot: restores rt, sends the load frame
+ * (the function's entry and environment), and stores only what the import changed as
+ * the function layer. Fails as vm_tier_snap_take.
+ */
+int vm_tier_snap_take_on(struct vm_tier_snap *s, const struct vm_tier_rt *rt,
+			 const struct vm_launch *launch, const char *dir, const char *key,
+			 const char *vmm_path, struct vm_snap_stats *st, char *why, size_t len);
 
 /*
  * Takes the snapshot of a version (boots it once, up to its first read; seconds).
@@ -42,7 +85,10 @@ int vm_tier_snap_take(struct vm_tier_snap *s, const struct vm_launch *boot, cons
  * exited first (its last stderr in p->tail) or -ETIMEDOUT.
  */
 int vm_tier_snap_wait_dump(struct vm_proc *p, const char *dump);
-/* The launch for a cold start: a restore when a snapshot is ready, else NULL. */
+/*
+ * The launch for a cold start: a restore when a snapshot is ready, else NULL. Counts
+ * whether the restore image is in the image cache (else stoke-vmm assembles it).
+ */
 const struct vm_launch *vm_tier_snap_launch(struct vm_tier_snap *s);
 /* Moves a recorded working set into the store once the recording VM wrote it. */
 void vm_tier_snap_tick(struct vm_tier_snap *s);
@@ -51,7 +97,17 @@ void vm_tier_snap_tick(struct vm_tier_snap *s);
  * caller then deletes with vm_tier_snap_collect (off the event loop: it locks the store).
  */
 int vm_tier_snap_remove(struct vm_tier_snap *s);
-/* Deletes layers of removed versions and collects the store's unreferenced pages. */
-int vm_tier_snap_collect(const char *store, const struct snap_id *layers, int n);
+/*
+ * Garbage collection of dir's store: every snapshot file under dir (versions' and
+ * runtimes') and every saved state under state_dir is a root; layers no root reaches
+ * are deleted, then the pages no layer references, and the images of deleted layers.
+ * Deleted first: version snapshot files that dead daemons left (their key names a
+ * process that is gone) and runtime snapshots whose key is not among rt_keys (the
+ * nkeys runtimes this daemon's versions were built on; a new VMM binary or bootstrap
+ * makes new keys). Callers hold the lock that layer builds hold.
+ */
+int vm_tier_snap_collect(const char *dir, const char *state_dir, char (*rt_keys)[96],
+			 int nkeys, struct snap_gc_stats *gs, uint64_t *files_removed,
+			 char *why, size_t len);
 
 #endif

@@ -67,10 +67,13 @@ struct fd_blob {
 struct vmsnap_state {
 	int dump_fd;
 	int state_fd;		/* --state-dump: the whole VM, when the daemon asks */
+	int base_fd;		/* --snapshot-base-dump, until the program is loaded */
 	int pagemap_fd;
 	int ws_fd;
 	int dumped;
 	int ws_done;
+	int responded;		/* a response frame went out since the restore */
+	uint64_t *zeroed;	/* a layer dump is due: pages gmem_zero gave back */
 	struct vcpu_blob vcpu;
 	struct snap_id image;
 };
@@ -86,22 +89,21 @@ int vmsnap_open(struct vm *vm, char *why, size_t len)
 	const struct vm_config *cfg = vm->cfg;
 	struct vmsnap_state *s;
 
-	if (!cfg->snap_dump && !cfg->snap_restore && !cfg->state_dump)
+	if (!cfg->snap_dump && !cfg->snap_restore && !cfg->snap_base_dump && !cfg->state_dump)
 		return 0;
 	s = calloc(1, sizeof(*s));
 	if (!s)
 		return -ENOMEM;
-	s->dump_fd = s->ws_fd = s->state_fd = -1;
+	s->dump_fd = s->base_fd = s->ws_fd = s->state_fd = -1;
 	vm->snap = s;
 	s->pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
 	if (s->pagemap_fd < 0)
 		return say(why, len, -errno, "%s: %s", "/proc/self/pagemap");
 	/*
-	 * Only a booted VM is dumped: a restored one's pagemap shows just the pages it
-	 * wrote since the restore, which as a base layer would lose the rest.
-	 * TODO(snapshot layers): dump it as a layer on the restored chain instead.
+	 * A restored VM's pagemap shows just the pages it wrote since the restore: its
+	 * dump is a layer on the restored chain (vmsnap_build reads the parent from it).
 	 */
-	if (cfg->snap_dump && !cfg->snap_restore) {
+	if (cfg->snap_dump) {
 		s->dump_fd = open(cfg->snap_dump, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 		if (s->dump_fd < 0)
 			return say(why, len, -errno, "%s: %s", cfg->snap_dump);
@@ -110,6 +112,22 @@ int vmsnap_open(struct vm *vm, char *why, size_t len)
 		s->state_fd = open(cfg->state_dump, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 		if (s->state_fd < 0)
 			return say(why, len, -errno, "%s: %s", cfg->state_dump);
+	}
+	/*
+	 * A dump that becomes a layer on a parent must say which pages went back to
+	 * zero: pagemap shows a page given back with MADV_DONTNEED (booted) or mapped
+	 * fresh (restored) as absent, like one never touched.
+	 */
+	if (cfg->snap_dump && (cfg->snap_restore || cfg->snap_base_dump)) {
+		s->zeroed = calloc((vm->mem_size / VM_PAGE + 63) / 64, 8);
+		if (!s->zeroed)
+			return -ENOMEM;
+	}
+	if (cfg->snap_base_dump && !cfg->snap_restore) {
+		s->base_fd = open(cfg->snap_base_dump, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC,
+				  0600);
+		if (s->base_fd < 0)
+			return say(why, len, -errno, "%s: %s", cfg->snap_base_dump);
 	}
 	if (cfg->snap_restore && cfg->snap_ws_out) {
 		s->ws_fd = open(cfg->snap_ws_out, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
@@ -127,6 +145,9 @@ void vmsnap_close(struct vm *vm)
 		return;
 	if (s->dump_fd >= 0)
 		close(s->dump_fd);
+	if (s->base_fd >= 0)
+		close(s->base_fd);
+	free(s->zeroed);
 	if (s->ws_fd >= 0)
 		close(s->ws_fd);
 	if (s->state_fd >= 0)
@@ -282,29 +303,42 @@ static int write_pages(int fd, struct vm *vm, const uint64_t *bm, uint64_t mem_o
 	return 0;
 }
 
-static int write_dump(struct vm *vm, struct vmsnap_state *s, int fd, const void *vmm,
-		      size_t vmm_len, const uint64_t *bm, size_t bm_len)
+/* What one dump holds besides memory; the base dump has no vCPU or VMM state. */
+struct dump_parts {
+	int fd;
+	const void *vcpu, *vmm;
+	size_t vcpu_len, vmm_len;
+	const uint64_t *bm;
+	size_t bm_len;
+	const struct snap_id *parent;	/* restored VM: the chain's top layer */
+};
+
+static int write_dump(struct vm *vm, const struct dump_parts *d)
 {
 	struct vmsnap_dump_hdr h = { .version = VMSNAP_DUMP_VERSION };
 	int r;
 
 	h.mem_bytes = vm->mem_size;
 	h.vcpu_off = VM_PAGE;
-	h.vcpu_len = sizeof(s->vcpu);
+	h.vcpu_len = d->vcpu_len;
 	h.vmm_off = ALIGN_UP(h.vcpu_off + h.vcpu_len);
-	h.vmm_len = vmm_len;
+	h.vmm_len = d->vmm_len;
 	h.bitmap_off = ALIGN_UP(h.vmm_off + h.vmm_len);
-	h.bitmap_len = bm_len;
+	h.bitmap_len = d->bm_len;
 	h.mem_off = ALIGN_UP(h.bitmap_off + h.bitmap_len);
-	r = ftruncate(fd, (off_t)(h.mem_off + vm->mem_size)) < 0 ? -errno : 0;
-	r = r ? r : pwrite_all(fd, &s->vcpu, sizeof(s->vcpu), h.vcpu_off);
-	r = r ? r : pwrite_all(fd, vmm, vmm_len, h.vmm_off);
-	r = r ? r : pwrite_all(fd, bm, bm_len, h.bitmap_off);
-	r = r ? r : write_pages(fd, vm, bm, h.mem_off);
+	if (d->parent) {
+		h.flags = VMSNAP_DUMP_PARENT;
+		memcpy(h.parent, d->parent->b, sizeof(h.parent));
+	}
+	r = ftruncate(d->fd, (off_t)(h.mem_off + vm->mem_size)) < 0 ? -errno : 0;
+	r = r ? r : pwrite_all(d->fd, d->vcpu, d->vcpu_len, h.vcpu_off);
+	r = r ? r : pwrite_all(d->fd, d->vmm, d->vmm_len, h.vmm_off);
+	r = r ? r : pwrite_all(d->fd, d->bm, d->bm_len, h.bitmap_off);
+	r = r ? r : write_pages(d->fd, vm, d->bm, h.mem_off);
 	if (r)
 		return r;
 	memcpy(h.magic, VMSNAP_DUMP_MAGIC, sizeof(h.magic));
-	return pwrite_all(fd, &h, sizeof(h), 0);
+	return pwrite_all(d->fd, &h, sizeof(h), 0);
 }
 
 /*
@@ -334,26 +368,86 @@ static int tmp_is_empty(struct vm *vm)
 	return empty;
 }
 
+/*
+ * Every page the VM touched (booted) or wrote since its restore (restored), the VMM's
+ * own writes included, not only KVM's. Ranges gmem_zero gave fresh anonymous memory
+ * are added: their untouched pages are absent from pagemap yet now read as zero.
+ */
+static int dirty_pages(struct vm *vm, struct vmsnap_state *s, uint64_t *bm)
+{
+	uint64_t i, n = (vm->mem_size / VM_PAGE + 63) / 64;
+	int r = snap_dirty_from_pagemap(s->pagemap_fd, vm->mem, vm->mem_size, bm);
+
+	for (i = 0; !r && s->zeroed && i < n; i++)
+		bm[i] |= s->zeroed[i];
+	return r;
+}
+
 static int take_dump(struct vm *vm, struct vmsnap_state *s)
 {
-	size_t bm_len = (vm->mem_size / VM_PAGE + 63) / 64 * 8, vmm_len;
-	uint64_t *bm = calloc(1, bm_len);
+	struct dump_parts d = { .fd = s->dump_fd, .vcpu = &s->vcpu,
+				.vcpu_len = sizeof(s->vcpu) };
+	uint64_t *bm;
 	void *vmm = NULL;
-	int r = bm ? 0 : -ENOMEM;
+	int r;
 
+	d.bm_len = (vm->mem_size / VM_PAGE + 63) / 64 * 8;
+	bm = calloc(1, d.bm_len);
+	r = bm ? 0 : -ENOMEM;
 	if (!r && !tmp_is_empty(vm))
 		r = -ENOTEMPTY;
 	r = r ? r : get_vcpu(vm, &s->vcpu);
 	if (!r)
-		vmm = vmm_blob(vm, &vmm_len, &r);
-	/* Every page the VM touched, the VMM's own writes included (not only KVM's). */
+		vmm = vmm_blob(vm, &d.vmm_len, &r);
 	if (!r)
-		r = snap_dirty_from_pagemap(s->pagemap_fd, vm->mem, vm->mem_size, bm);
+		r = dirty_pages(vm, s, bm);
+	d.vmm = vmm;
+	d.bm = bm;
+	d.parent = vm->mem_is_file ? &s->image : NULL;
 	if (!r)
-		r = write_dump(vm, s, s->dump_fd, vmm, vmm_len, bm, bm_len);
+		r = write_dump(vm, &d);
 	free(vmm);
 	free(bm);
 	return r;
+}
+
+void vmsnap_zeroed(struct vm *vm, uint64_t addr, uint64_t len)
+{
+	struct vmsnap_state *s = vm->snap;
+
+	if (!s || !s->zeroed)
+		return;
+	for (uint64_t p = addr / VM_PAGE; p < (addr + len) / VM_PAGE; p++)
+		s->zeroed[p / 64] |= 1ULL << (p % 64);
+}
+
+/*
+ * The base layer: guest kernel, vDSO, the program and its interpreter as loaded, the
+ * initial stack. No vCPU or VMM state: nothing restores to this point.
+ */
+void vmsnap_at_load(struct vm *vm)
+{
+	struct vmsnap_state *s = vm->snap;
+	struct dump_parts d = { 0 };
+	uint64_t *bm;
+	int r;
+
+	if (!s || s->base_fd < 0)
+		return;
+	d.fd = s->base_fd;
+	d.bm_len = (vm->mem_size / VM_PAGE + 63) / 64 * 8;
+	bm = calloc(1, d.bm_len);
+	r = bm ? dirty_pages(vm, s, bm) : -ENOMEM;
+	d.bm = bm;
+	if (!r)
+		r = write_dump(vm, &d);
+	if (r) {
+		fprintf(stderr, "stoke-vmm: base snapshot dump: %s\n", strerror(-r));
+		pwrite_all(s->base_fd, VMSNAP_DUMP_NONE, 8, 0);
+	}
+	free(bm);
+	close(s->base_fd);
+	s->base_fd = -1;
 }
 
 void vmsnap_at_read(struct vm *vm)
@@ -362,6 +456,12 @@ void vmsnap_at_read(struct vm *vm)
 	int r;
 
 	if (!s || s->dump_fd < 0 || s->dumped)
+		return;
+	/*
+	 * A restored VM's first read is the one it was snapshotted in; the new state
+	 * (the function it loaded) exists once it has answered that frame.
+	 */
+	if (vm->mem_is_file && !s->responded)
 		return;
 	s->dumped = 1;
 	r = take_dump(vm, s);
@@ -633,6 +733,8 @@ void vmsnap_after_response(struct vm *vm)
 	struct snap_ws ws;
 	int r;
 
+	if (s)
+		s->responded = 1;
 	if (!s || s->ws_fd < 0 || s->ws_done || !vm->mem_is_file)
 		return;
 	s->ws_done = 1;
@@ -678,26 +780,32 @@ static void state_bitmap(struct vm *vm, uint64_t *bm)
 int vmsnap_dump_state(struct vm *vm)
 {
 	struct vmsnap_state *s = vm->snap;
-	size_t bm_len = (vm->mem_size / VM_PAGE + 63) / 64 * 8, vmm_len;
+	struct dump_parts d = { 0 };
 	uint64_t *bm;
 	void *vmm = NULL;
 	int r;
 
 	if (!s || s->state_fd < 0)
 		return -EBADF;
-	bm = calloc(1, bm_len);
+	d.fd = s->state_fd;
+	d.vcpu = &s->vcpu;
+	d.vcpu_len = sizeof(s->vcpu);
+	d.bm_len = (vm->mem_size / VM_PAGE + 63) / 64 * 8;
+	bm = calloc(1, d.bm_len);
 	r = bm ? 0 : -ENOMEM;
 	/* /tmp is not part of the dump (a restored VM starts with an empty one). */
 	if (!r && !tmp_is_empty(vm))
 		r = -ENOTEMPTY;
 	r = r ? r : get_vcpu(vm, &s->vcpu);
 	if (!r)
-		vmm = vmm_blob(vm, &vmm_len, &r);
+		vmm = vmm_blob(vm, &d.vmm_len, &r);
 	if (!r)
 		r = snap_dirty_from_pagemap(s->pagemap_fd, vm->mem, vm->mem_size, bm);
+	d.vmm = vmm;
+	d.bm = bm;
 	if (!r) {
 		state_bitmap(vm, bm);
-		r = write_dump(vm, s, s->state_fd, vmm, vmm_len, bm, bm_len);
+		r = write_dump(vm, &d);	/* whole: no parent layer */
 	}
 	if (r) {
 		fprintf(stderr, "stoke-vmm: state dump: %s\n", strerror(-r));

@@ -15,13 +15,17 @@
 #ifndef STOKE_VMM_VMSNAP_H
 #define STOKE_VMM_VMSNAP_H
 
+#include "snap/snap.h"
+
 #include <stddef.h>
 #include <stdint.h>
 
 struct vm;
 
 #define VMSNAP_DUMP_MAGIC	"STOKDUMP"
-#define VMSNAP_DUMP_VERSION	1u
+#define VMSNAP_DUMP_VERSION	2u
+/* flags: the dump is a VM restored from layer `parent`, its bitmap the pages since. */
+#define VMSNAP_DUMP_PARENT	1u
 /* Written at 0 instead when no dump could be taken, so nobody waits for one. */
 #define VMSNAP_DUMP_NONE	"STOKNONE"
 
@@ -40,6 +44,9 @@ struct vmsnap_dump_hdr {
 	uint64_t vmm_off, vmm_len;
 	uint64_t bitmap_off, bitmap_len;
 	uint64_t mem_off;
+	uint32_t flags;		/* VMSNAP_DUMP_* */
+	uint32_t reserved2;
+	uint8_t parent[32];	/* top layer of the chain the VM was restored from */
 };
 
 /* Working-set record the VMM leaves for the daemon (converted by vmsnap_ws_commit). */
@@ -62,7 +69,11 @@ int vmsnap_open(struct vm *vm, char *why, size_t len);
 int vmsnap_restore_memory(struct vm *vm, int *mapped, char *why, size_t len);
 /* Sets the vCPU state and the clocks (after the jail); then run vm_resume. */
 int vmsnap_restore_vcpu(struct vm *vm, char *why, size_t len);
-/* chan_read hook: takes the dump at the first read of the channel. */
+/*
+ * chan_read hook: takes the dump at the first read of the channel (on a restored VM:
+ * the first read after its first response, so a runtime restored to import a
+ * function is dumped once that function is loaded).
+ */
 void vmsnap_at_read(struct vm *vm);
 /*
  * chan_read hook (--state-dump): dumps the whole VM, booted or restored, while the
@@ -71,18 +82,41 @@ void vmsnap_at_read(struct vm *vm);
  * which a dump does not keep); the VM then serves on.
  */
 int vmsnap_dump_state(struct vm *vm);
+/* After the program is loaded, before it runs: the base dump (--snapshot-base-dump). */
+void vmsnap_at_load(struct vm *vm);
+/* gmem_zero hook: a restored VM's range got fresh anonymous memory (zero pages). */
+void vmsnap_zeroed(struct vm *vm, uint64_t addr, uint64_t len);
 /* chan_write hook: records the working set after a restored VM's first response. */
 void vmsnap_after_response(struct vm *vm);
 void vmsnap_close(struct vm *vm);
 
 /* Daemon side (vmsnap_build.c), also `stoke-vmm --build-snapshot`. */
 
+/* What a build did, layer by layer (top first), for metrics and benchmarks. */
+struct vmsnap_build_info {
+	struct snap_layer_info layer[2];	/* [0] the dump's layer, [1] a base under it */
+	int nlayers;
+	int image_built;	/* the restore image was assembled (not in the cache) */
+	double layer_ms, image_ms;
+};
+
 /*
- * Builds a base memory layer in the store at store_dir from a dump, assembles its
- * restore image and writes the snapshot file out. The dump is left in place.
+ * Builds a memory layer in the store at store_dir from a dump (a base layer, or a layer
+ * on the chain the dumped VM was restored from), assembles its restore image and
+ * writes the snapshot file out. The dump is left in place.
  */
 int vmsnap_build(const char *dump, const char *store_dir, const char *out, char *why,
 		 size_t len);
+int vmsnap_build_info(const char *dump, const char *store_dir, const char *out,
+		      struct vmsnap_build_info *info, char *why, size_t len);
+/*
+ * The runtime chain of a booted VM: base_dump (taken when the program was loaded)
+ * becomes the base layer, dump (taken at the first channel read) the layer on it of
+ * the pages that differ; the snapshot file out names both.
+ */
+int vmsnap_build_runtime(const char *base_dump, const char *dump, const char *store_dir,
+			 const char *out, struct vmsnap_build_info *info, char *why,
+			 size_t len);
 /* Writes the working set the VMM recorded (raw) as images/<image id>.ws in the store. */
 int vmsnap_ws_commit(const char *raw, const char *store_dir, char *why, size_t len);
 /* Path of the working set of the image a snapshot file names (for --snap-ws). */

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #define PAGE 4096u
@@ -51,6 +52,8 @@ static int check_hdr(const struct vmsnap_dump_hdr *h, uint64_t size)
 		return -ENOEXEC;
 	if (h->version != VMSNAP_DUMP_VERSION)
 		return -EPROTONOSUPPORT;
+	if (h->flags & ~VMSNAP_DUMP_PARENT)
+		return -EINVAL;
 	if (!h->mem_bytes || h->mem_bytes % PAGE || h->mem_off % PAGE ||
 	    h->bitmap_len != (bits + 63) / 64 * 8 || h->vcpu_len > (1 << 20) ||
 	    h->vmm_len > (64 << 20) || !span_ok(h->vcpu_off, h->vcpu_len, size) ||
@@ -99,61 +102,164 @@ static void dump_close(struct dump *d)
 		close(d->fd);
 }
 
-/* Base layer from the dirty pages, its image assembled now (off the restore path). */
-static int build_layer(struct snap_store *s, const struct dump *d, struct snap_id *id,
+static double now_ms(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (double)t.tv_sec * 1e3 + (double)t.tv_nsec / 1e6;
+}
+
+/*
+ * The dump's pages as a layer: a base layer, or (a restored VM) a layer on the chain it
+ * was restored from, holding only the pages that differ from it. Only the dump's
+ * dirty pages are looked at; each is compared with the parent (its restore image).
+ */
+static int build_layer(struct snap_store *s, const struct dump *d, const struct snap_id *parent,
+		       const uint8_t *parent_mem, struct snap_layer_info *info,
 		       struct snap_err *e)
 {
 	struct snap_layer_src src = {
 		.mem = d->mem,
 		.mem_bytes = d->h.mem_bytes,
 		.dirty = d->bitmap,
+		.parent = parent,
+		.parent_mem = parent_mem,
 	};
-	struct snap_layer_info info;
-	struct snap_image img;
-	int r;
 
-	r = snap_layer_build(s, &src, &info, e);
-	if (r)
-		return r;
-	*id = info.id;
-	r = snap_image_open(s, id, &img, e);
-	if (!r)
+	return snap_layer_build(s, &src, info, e);
+}
+
+/* Assembles the restore image now, off the restore path. */
+static int build_image(struct snap_store *s, const struct snap_id *top,
+		       struct vmsnap_build_info *info, struct snap_err *e)
+{
+	struct snap_image img;
+	double t0 = now_ms();
+	int r = snap_image_open(s, top, &img, e);
+
+	if (!r) {
+		info->image_built = img.built;
 		snap_image_close(&img);
+	}
+	info->image_ms = now_ms() - t0;
 	return r;
 }
 
-int vmsnap_build(const char *dump, const char *store_dir, const char *out, char *why,
-		 size_t len)
+static int write_snapshot(struct snap_store *s, const struct dump *d,
+			  const struct snap_id *top, const char *out, struct snap_err *e)
+{
+	struct snap_id chain[SNAP_MAX_CHAIN];
+	struct snap_state st = { 0 };
+	int n = snap_layer_chain(s, top, chain, e);
+
+	if (n < 0)
+		return n;
+	st.vcpu = d->vcpu;
+	st.vcpu_len = d->h.vcpu_len;
+	st.vmm = d->vmm;
+	st.vmm_len = d->h.vmm_len;
+	st.mem_bytes = d->h.mem_bytes;
+	st.layers = chain;
+	st.nlayers = (uint32_t)n;
+	return snap_file_write(out, &st, e);
+}
+
+/*
+ * The dump's layer: on base (whose memory is base_mem) when given, else on the parent
+ * the dump names, else a base layer.
+ */
+static int build_from(struct snap_store *s, const struct dump *d, const struct snap_id *base,
+		      const uint8_t *base_mem, const char *out, struct vmsnap_build_info *info,
+		      struct snap_err *e)
+{
+	struct snap_id parent;
+	double t0 = now_ms();
+	int r;
+
+	if (d->h.flags & VMSNAP_DUMP_PARENT)
+		memcpy(parent.b, d->h.parent, sizeof(parent.b));
+	else if (base)
+		parent = *base;
+	r = build_layer(s, d, (base || (d->h.flags & VMSNAP_DUMP_PARENT)) ? &parent : NULL,
+			base ? base_mem : NULL, &info->layer[0], e);
+	info->layer_ms += now_ms() - t0;
+	if (r)
+		return r;
+	info->nlayers++;
+	r = build_image(s, &info->layer[0].id, info, e);
+	return r ? r : write_snapshot(s, d, &info->layer[0].id, out, e);
+}
+
+int vmsnap_build_info(const char *dump, const char *store_dir, const char *out,
+		      struct vmsnap_build_info *info, char *why, size_t len)
 {
 	struct snap_err e = { 0 };
 	struct snap_store *s = NULL;
-	struct snap_state st = { 0 };
-	struct snap_id top;
 	struct dump d;
 	int r;
 
+	memset(info, 0, sizeof(*info));
 	r = dump_open(&d, dump);
 	if (r) {
 		snprintf(why, len, "%s: %s", dump, strerror(-r));
 		goto out;
 	}
 	r = snap_store_open(store_dir, NULL, &s, &e);
-	r = r ? r : build_layer(s, &d, &top, &e);
-	if (!r) {
-		st.vcpu = d.vcpu;
-		st.vcpu_len = d.h.vcpu_len;
-		st.vmm = d.vmm;
-		st.vmm_len = d.h.vmm_len;
-		st.mem_bytes = d.h.mem_bytes;
-		st.layers = &top;
-		st.nlayers = 1;
-		r = snap_file_write(out, &st, &e);
-	}
+	r = r ? r : build_from(s, &d, NULL, NULL, out, info, &e);
 	if (r)
 		snprintf(why, len, "%s", e.msg[0] ? e.msg : strerror(-r));
 out:
 	if (s)
 		snap_store_close(s);
+	dump_close(&d);
+	return r;
+}
+
+int vmsnap_build(const char *dump, const char *store_dir, const char *out, char *why,
+		 size_t len)
+{
+	struct vmsnap_build_info info;
+
+	return vmsnap_build_info(dump, store_dir, out, &info, why, len);
+}
+
+int vmsnap_build_runtime(const char *base_dump, const char *dump, const char *store_dir,
+			 const char *out, struct vmsnap_build_info *info, char *why,
+			 size_t len)
+{
+	struct snap_err e = { 0 };
+	struct snap_store *s = NULL;
+	struct dump b, d;
+	const char *bad = base_dump;
+	double t0;
+	int r;
+
+	memset(info, 0, sizeof(*info));
+	memset(&d, 0, sizeof(d));
+	d.fd = -1;
+	r = dump_open(&b, base_dump);
+	if (!r && (bad = dump, r = dump_open(&d, dump)) == 0 &&
+	    ((b.h.flags | d.h.flags) & VMSNAP_DUMP_PARENT || b.h.mem_bytes != d.h.mem_bytes))
+		r = -EINVAL;
+	if (r) {
+		snprintf(why, len, "%s: %s", bad, strerror(-r));
+		goto out;
+	}
+	r = snap_store_open(store_dir, NULL, &s, &e);
+	t0 = now_ms();
+	r = r ? r : build_layer(s, &b, NULL, NULL, &info->layer[1], &e);
+	info->layer_ms = now_ms() - t0;
+	/* The base dump is the base layer's memory: no base image is assembled. */
+	r = r ? r : build_from(s, &d, &info->layer[1].id, b.mem, out, info, &e);
+	if (!r)
+		info->nlayers = 2;
+	if (r)
+		snprintf(why, len, "%s", e.msg[0] ? e.msg : strerror(-r));
+out:
+	if (s)
+		snap_store_close(s);
+	dump_close(&b);
 	dump_close(&d);
 	return r;
 }

@@ -14,12 +14,10 @@ import subprocess
 import tempfile
 import time
 
-from harness import BUILD, ROOT, Daemon, Skip, kvm_usable
+import snaptools
+from harness import Daemon, Skip, kvm_usable
+from snaptools import ROOTFS, VMM, Vmm, layer_entries, snap_layers, stored_pages
 
-VMM = os.path.join(BUILD, "src", "vmm", "stoke-vmm")
-ROOTFS = os.path.join(os.environ.get("STOKE_CACHE", os.path.expanduser("~/.cache/stoke")),
-                      "rootfs", "python3")
-RUNTIME = os.path.join(ROOT, "runtimes", "python3")
 
 # Module state is computed at import, before the snapshot; requests continue from it.
 HANDLER = """
@@ -50,52 +48,6 @@ def need_vm():
         raise Skip("no usable /dev/kvm")
     if not os.path.exists(os.path.join(ROOTFS, "usr/bin/python3")):
         raise Skip("no python3 root file system (run scripts/setup)")
-
-
-class Vmm:
-    """One stoke-vmm process running the handler above, its channel a socketpair."""
-
-    def __init__(self, task, *extra, jail=False):
-        mine, theirs = socket.socketpair()
-        args = [VMM, "--rootfs=" + ROOTFS, "--task=" + task, "--runtime=" + RUNTIME,
-                "--mem-mb=256", "--channel-fd=%d" % theirs.fileno(),
-                "--env=STOKE_CHANNEL_FD=3", "--env=STOKE_ENTRY=handler.py",
-                "--env=STOKE_SNAPSHOT=1"] + ([] if jail else ["--no-jail"]) + list(extra)
-        args += ["--", "/usr/bin/python3", "-S", "/var/runtime/bootstrap.py"]
-        self.proc = subprocess.Popen(args, pass_fds=(theirs.fileno(),),
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE)
-        theirs.close()
-        self.sock = mine
-        self.sock.settimeout(30)
-
-    def invoke(self, path="/"):
-        payload = json.dumps({"request_id": "t", "method": "GET", "path": path,
-                              "headers": [], "body": ""}).encode()
-        self.sock.sendall(struct.pack("<IBBH", len(payload), 1, 1, 0) + payload)
-        while True:
-            n, ftype = struct.unpack("<IB3x", self._read(8))
-            body = self._read(n)
-            if ftype == 2:
-                return json.loads(json.loads(body)["body"])
-
-    def _read(self, n):
-        out = b""
-        while len(out) < n:
-            got = self.sock.recv(n - len(out))
-            if not got:
-                raise EOFError("VM closed the channel: " + self.close())
-            out += got
-        return out
-
-    def close(self):
-        self.sock.close()
-        try:
-            _, err = self.proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            _, err = self.proc.communicate()
-        return err.decode("utf-8", "replace")
 
 
 class Snapshot:
@@ -242,6 +194,140 @@ def test_working_set_is_recorded_and_prefetched(d):
     vm.close()
 
 
+def wait_dump(path, vm):
+    assert snaptools.wait_dump(path, vm.proc), "no dump: " + vm.close()
+
+
+def dump_memory(path):
+    """(memory as an mmap'd view of the dump file, bitmap bytes, header fields)."""
+    with open(path, "rb") as f:
+        hdr = f.read(128)
+        m = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+    mem_bytes, = struct.unpack_from("<Q", hdr, 16)
+    bm_off, bm_len, mem_off = struct.unpack_from("<QQQ", hdr, 56)
+    flags, = struct.unpack_from("<I", hdr, 80)
+    return m, m[bm_off:bm_off + bm_len], mem_off, mem_bytes, flags, hdr[88:120].hex()
+
+
+def build(*args):
+    r = subprocess.run([VMM] + list(args), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_layer_chain_restores_byte_for_byte(d):
+    """base (program loaded) -> runtime (python3 waiting, no function) -> function
+    (a runtime restored, the module imported): each layer holds only the pages that
+    differ from its parent, each image equals the memory it was taken from, and the
+    function restored from the chain computes what a booted one does."""
+    need_vm()
+    s = snapshot()
+    tmp = tempfile.TemporaryDirectory(prefix="stoke-layers-")
+    p = lambda name: os.path.join(tmp.name, name)
+    store = p("store")
+    vm = Vmm(None, "--snapshot-base-dump=" + p("base.dump"),
+             "--snapshot-dump=" + p("rt.dump"), mode="runtime")
+    wait_dump(p("rt.dump"), vm)
+    vm.close()
+    info = build("--build-runtime", p("base.dump"), p("rt.dump"), store, p("rt.snap"))
+    rt_id, base_id = info["layers"][0]["id"], info["layers"][1]["id"]
+    assert snap_layers(p("rt.snap")) == [rt_id, base_id]
+    rt_entries, parent = layer_entries(store, rt_id)
+    base_entries, _ = layer_entries(store, base_id)
+    assert parent == base_id and rt_entries and base_entries
+    # No runtime entry repeats its base's page: only differences are stored.
+    assert not [g for g, pid in rt_entries.items() if base_entries.get(g) == pid]
+
+    mem, _, off, size, _, _ = dump_memory(p("rt.dump"))
+    with open(os.path.join(store, "images", rt_id + ".img"), "rb") as f:
+        rt_img = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+    for o in range(0, size, 1 << 20):
+        assert mem[off + o:off + o + (1 << 20)] == rt_img[o:o + (1 << 20)], o
+
+    vm = Vmm(s.task, "--restore=" + p("rt.snap"), "--snap-store=" + store,
+             "--snapshot-dump=" + p("fn.dump"))
+    vm.load({"STOKE_ENTRY": "handler.py", "STOKE_CHANNEL_FD": "3"})
+    wait_dump(p("fn.dump"), vm)
+    vm.close()
+    info = build("--build-snapshot", p("fn.dump"), store, p("fn.snap"))
+    fn_id = info["layers"][0]["id"]
+    assert snap_layers(p("fn.snap")) == [fn_id, rt_id, base_id]
+    fn_entries, parent = layer_entries(store, fn_id)
+    assert parent == rt_id and 0 < len(fn_entries) < len(rt_entries) + len(base_entries)
+
+    # The function's image is the runtime's with the function dump's pages over it.
+    mem, bitmap, off, size, flags, dparent = dump_memory(p("fn.dump"))
+    assert flags & 1 and dparent == rt_id
+    with open(os.path.join(store, "images", fn_id + ".img"), "rb") as f:
+        fn_img = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+    dirty = {i * 8 + b for i, byte in enumerate(bitmap) for b in range(8) if byte >> b & 1}
+    for g in range(size // 4096):
+        want = mem[off + g * 4096:off + g * 4096 + 4096] if g in dirty else \
+            rt_img[g * 4096:g * 4096 + 4096]
+        assert fn_img[g * 4096:g * 4096 + 4096] == want, g
+
+    vm = Vmm(s.task, "--restore=" + p("fn.snap"), "--snap-store=" + store)
+    got = vm.invoke()
+    err = vm.close()
+    assert got["chain"] == s.original[0]["chain"] and got["n"] == 1, (got, err)
+    assert got["blob"] == s.original[0]["blob"] and got["hooks"] == ["before", "after"], got
+
+
+ZEROING = r"""
+#include <sys/mman.h>
+#include <unistd.h>
+/* Initialized data: written by the ELF loader, so part of the base layer. */
+static char data[64 * 4096] __attribute__((aligned(4096))) = { [0 ... 64 * 4096 - 1] = 7 };
+int main(void)
+{
+	char b;
+	munmap(data + 8 * 4096, 32 * 4096);	/* more than 16 pages: given back to the host */
+	return read(3, &b, 1) < 0;
+}
+"""
+
+
+def test_pages_freed_after_the_base_are_zero_in_the_runtime_layer(d):
+    """Pages of the base that the program gives back (munmap: MADV_DONTNEED) are absent
+    from pagemap at the next dump, like pages never touched; the runtime layer must
+    still record them as zero, or a restore would show the base's bytes there."""
+    if not kvm_usable():
+        raise Skip("no usable /dev/kvm")
+    if not shutil.which("cc"):
+        raise Skip("no C compiler")
+    tmp = tempfile.TemporaryDirectory(prefix="stoke-zero-")
+    p = lambda name: os.path.join(tmp.name, name)
+    os.makedirs(p("root"))
+    with open(p("zero.c"), "w") as f:
+        f.write(ZEROING)
+    subprocess.run(["cc", "-static", "-O1", p("zero.c"), "-o", p("root/zero")], check=True)
+    mine, theirs = socket.socketpair()
+    proc = subprocess.Popen([VMM, "--rootfs=" + p("root"), "--mem-mb=64", "--no-jail",
+                             "--channel-fd=%d" % theirs.fileno(),
+                             "--snapshot-base-dump=" + p("base.dump"),
+                             "--snapshot-dump=" + p("rt.dump"), "--", "/zero"],
+                            pass_fds=(theirs.fileno(),), stderr=subprocess.PIPE)
+    theirs.close()
+
+    class Proc:   # what wait_dump needs
+        pass
+    vm = Proc()
+    vm.proc, vm.close = proc, lambda: proc.communicate(timeout=30)[1].decode()
+    wait_dump(p("rt.dump"), vm)
+    mine.close()
+    proc.communicate(timeout=30)
+    info = build("--build-runtime", p("base.dump"), p("rt.dump"), p("store"), p("rt.snap"))
+    rt_id = info["layers"][0]["id"]
+    entries, _ = layer_entries(p("store"), rt_id)
+    zeros = [g for g, pid in entries.items() if pid == "0" * 64]
+    assert len(zeros) >= 32, (len(zeros), info)
+    mem, _, off, size, _, _ = dump_memory(p("rt.dump"))
+    with open(os.path.join(p("store"), "images", rt_id + ".img"), "rb") as f:
+        img = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+    for o in range(0, size, 1 << 20):
+        assert mem[off + o:off + o + (1 << 20)] == img[o:o + (1 << 20)], o
+
+
 def metric(d, name):
     for line in d.request("GET", "/_stoke/metrics", auth=True).text.splitlines():
         if line.startswith(name + " "):
@@ -296,11 +382,18 @@ def test_daemon_parks_restored_vms_and_stops_them(d):
         while metric(sd, "stoke_vm_live") and time.monotonic() < deadline:
             time.sleep(0.2)
         assert metric(sd, "stoke_vm_live") == 0, "VMs left after delete"
-        store = os.path.join(sd.data_dir, "vm-snapshots", "store")
+        snaps = os.path.join(sd.data_dir, "vm-snapshots")
+        store = os.path.join(snaps, "store")
+        # The runtime's chain stays for the next python3 deploy; the function's goes.
+        runtime = set()
+        for f in os.listdir(os.path.join(snaps, "runtimes")):
+            runtime.update(snap_layers(os.path.join(snaps, "runtimes", f)))
+        assert len(runtime) == 2, runtime
 
         def left():
-            return os.listdir(os.path.join(store, "layers")) + [
-                f for f in os.listdir(os.path.join(store, "images")) if f[0] != "."]
+            return set(os.listdir(os.path.join(store, "layers"))) - runtime | {
+                f for f in os.listdir(os.path.join(store, "images"))
+                if f[0] != "." and f[:64] not in runtime}
         while left() and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not left(), "layer or image kept after delete: %s" % left()
@@ -323,3 +416,181 @@ def test_guest_with_tmp_files_is_not_snapshotted(d):
         assert r.status == 200 and r.text == "kept", r
         assert metric(sd, "stoke_vm_boots_total") == 1
         assert metric(sd, "stoke_vm_restores_total") == 0
+
+
+def metrics(d):
+    out = {}
+    for line in d.request("GET", "/_stoke/metrics", auth=True).text.splitlines():
+        if line and line[0] != "#":
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+def cache(m, kind, result):
+    return m.get('stoke_snapshot_layer_cache_total{kind="%s",result="%s"}' % (kind, result))
+
+
+SECOND = """
+import json
+table = {str(i): i * i for i in range(30000)}
+def handler(event, context):
+    return {"statusCode": 200, "body": json.dumps({"second": table["77"]})}
+"""
+
+
+def deploy_py(sd, name, src):
+    sd.deploy_files(name, {"handler.py": src}, {"name": name, "tier": "vm",
+                                                "runtime": "python3", "entry": "handler.py"})
+
+
+def fn_snapshot(sd, name):
+    snaps = os.path.join(sd.data_dir, "vm-snapshots")
+    found = [f for f in os.listdir(snaps) if f.startswith(name + ".") and f.endswith(".snap")]
+    assert len(found) == 1, found
+    return os.path.join(snaps, found[0])
+
+
+def test_functions_share_one_runtime_layer(d):
+    """Two functions on one runtime: the runtime is built once (a miss, then a hit),
+    both chains end in the same runtime and base layers, and the store holds each
+    distinct page once: exactly the union of the three kinds of layers."""
+    need_vm()
+    with Daemon(env={"STOKE_VM_SNAPSHOTS": "1"}) as sd:
+        deploy_py(sd, "one", HANDLER)
+        deploy_py(sd, "two", SECOND)
+        assert sd.invoke("one").json()["chain"] == snapshot().original[0]["chain"]
+        assert sd.invoke("two").json() == {"second": 5929}
+        m = metrics(sd)
+        assert cache(m, "runtime", "miss") == 1 and cache(m, "runtime", "hit") == 1, m
+        assert cache(m, "base", "miss") == 1 and cache(m, "base", "hit") == 1, m
+        assert cache(m, "function", "miss") == 2, m
+        assert m["stoke_vm_boots_total"] == 0, sd.logs()
+        a, b = snap_layers(fn_snapshot(sd, "one")), snap_layers(fn_snapshot(sd, "two"))
+        assert len(a) == 3 and a[1:] == b[1:] and a[0] != b[0], (a, b)
+        store = os.path.join(sd.data_dir, "vm-snapshots", "store")
+        pages, refs = set(), 0
+        for lid in set(a + b):
+            entries, _ = layer_entries(store, lid)
+            ids = [pid for pid in entries.values() if pid != "0" * 64]
+            refs += len(ids)
+            pages.update(ids)
+        assert stored_pages(store) == pages
+        runtime_pages = len(layer_entries(store, a[1])[0])
+        fn_pages = len(layer_entries(store, a[0])[0]) + len(layer_entries(store, b[0])[0])
+        assert fn_pages < runtime_pages, (fn_pages, runtime_pages)
+        print("pages referenced by the three chains' layers %d, stored %d" % (refs, len(pages)))
+
+
+def test_damaged_runtime_layer_boots_cold(d):
+    """A runtime layer whose manifest no longer verifies: the next python3 deploy says
+    so in the log and its function boots cold (and answers); the deploy after that
+    builds the runtime again and restores."""
+    need_vm()
+    with Daemon(env={"STOKE_VM_SNAPSHOTS": "1"}) as sd:
+        deploy_py(sd, "first", SECOND)
+        snaps = os.path.join(sd.data_dir, "vm-snapshots")
+        rt_file, = os.listdir(os.path.join(snaps, "runtimes"))
+        rt_id = snap_layers(os.path.join(snaps, "runtimes", rt_file))[0]
+        store = os.path.join(snaps, "store")
+        with open(os.path.join(store, "layers", rt_id), "r+b") as f:
+            f.seek(100)
+            byte = f.read(1)
+            f.seek(100)
+            f.write(bytes([byte[0] ^ 0x40]))
+        os.unlink(os.path.join(store, "images", rt_id + ".img"))
+        deploy_py(sd, "second", HANDLER)
+        assert "runtime layer %s is damaged" % rt_file[:-5] in sd.logs(), sd.logs()
+        assert "second v1 boots cold" in sd.logs(), sd.logs()
+        r = sd.invoke("second")
+        assert r.status == 200 and r.json()["n"] == 1, r
+        m = metrics(sd)
+        assert m["stoke_vm_boots_total"] == 1, m
+        assert m["stoke_snapshot_runtime_damaged_total"] == 1, m
+        deploy_py(sd, "third", SECOND)
+        assert sd.invoke("third").json() == {"second": 5929}
+        m = metrics(sd)
+        assert cache(m, "runtime", "miss") == 2 and m["stoke_vm_boots_total"] == 1, m
+        assert len(snap_layers(fn_snapshot(sd, "third"))) == 3
+
+
+def orphan(store):
+    """A page and a layer naming it that no snapshot references (as a crashed daemon
+    leaves them): gc must remove both."""
+    page = os.urandom(4096)
+    pid = hashlib.sha256(page).hexdigest()
+    os.makedirs(os.path.join(store, "pages", pid[:2]), exist_ok=True)
+    with open(os.path.join(store, "pages", pid[:2], pid[2:]), "wb") as f:
+        f.write(page)
+    manifest = (b"STOKLAYR" + struct.pack("<II", 1, 0) + bytes(32) +
+                struct.pack("<QQ", 256 << 20, 1) + struct.pack("<Q", 1000) + bytes.fromhex(pid))
+    lid = hashlib.sha256(manifest).hexdigest()
+    with open(os.path.join(store, "layers", lid), "wb") as f:
+        f.write(manifest)
+    return lid, pid
+
+
+def test_gc_never_deletes_what_deployed_functions_use(d):
+    """stoke gc while functions are deployed: it removes an orphan layer and its page
+    and nothing else; with every image gone too, fresh VMs restore (images assembled
+    again from the store's pages) and answer right, and a restarted daemon reuses the
+    runtime layer."""
+    need_vm()
+    env = {"STOKE_VM_SNAPSHOTS": "1", "STOKE_VM_IDLE_TTL_S": "1"}
+    sd = Daemon(env=env)
+    sd.start()
+    try:
+        deploy_py(sd, "keep-a", HANDLER)
+        deploy_py(sd, "keep-b", SECOND)
+        deploy_py(sd, "gone", SECOND.replace("77", "78"))
+        assert sd.invoke("keep-a").status == 200
+        assert sd.admin("DELETE", "/functions/gone").status in (200, 204)
+        store = os.path.join(sd.data_dir, "vm-snapshots", "store")
+        lid, pid = orphan(store)
+        images = os.path.join(store, "images")
+        # A runtime snapshot of an older stoke-vmm or bootstrap (another key) goes too.
+        runtimes = os.path.join(sd.data_dir, "vm-snapshots", "runtimes")
+        current, = os.listdir(runtimes)
+        shutil.copy(os.path.join(runtimes, current),
+                    os.path.join(runtimes, "python3-256m-0123456789abcdef.snap"))
+        r = sd.cli("gc")
+        assert r.returncode == 0 and "freed" in r.stdout, r
+        assert os.listdir(runtimes) == [current], r.stdout
+        assert not os.path.exists(os.path.join(store, "layers", lid)), r.stdout
+        assert pid not in stored_pages(store), r.stdout
+        r = sd.cli("gc", "--json")
+        assert r.returncode == 0 and json.loads(r.stdout)["vm"]["layers_removed"] == 0, r
+        for f in os.listdir(images):
+            os.unlink(os.path.join(images, f))
+        time.sleep(3)   # the idle VMs (TTL 1 s) are stopped: the next requests restore
+        before = metrics(sd)
+        assert sd.invoke("keep-a").json()["chain"] == snapshot().original[0]["chain"]
+        assert sd.invoke("keep-b").json() == {"second": 5929}
+        m = metrics(sd)
+        assert m["stoke_vm_restores_total"] >= before["stoke_vm_restores_total"] + 2, m
+        # Their images were not in the cache: stoke-vmm assembled them from the store.
+        assert cache(m, "image", "miss") >= cache(before, "image", "miss") + 2, m
+        assert metric(sd, "stoke_vm_boots_total") == 0, sd.logs()
+        assert sd.request("POST", "/_stoke/gc").status == 401
+        assert sd.admin("GET", "/gc").status == 405
+        sd.stop()
+        sd.start()
+        m = metrics(sd)
+        assert cache(m, "runtime", "hit") == 2 and not cache(m, "runtime", "miss"), m
+        assert sd.invoke("keep-b").json() == {"second": 5929}
+        assert metric(sd, "stoke_vm_boots_total") == 0, sd.logs()
+    finally:
+        sd.close()
+
+
+def test_one_layer_per_version_when_layers_are_off(d):
+    """STOKE_VM_SNAPSHOT_LAYERS=0: the version boots once and is snapshotted whole, as
+    before runtime layers (kept for comparison); no runtime snapshot is made."""
+    need_vm()
+    with Daemon(env={"STOKE_VM_SNAPSHOTS": "1", "STOKE_VM_SNAPSHOT_LAYERS": "0"}) as sd:
+        deploy_py(sd, "whole", SECOND)
+        assert sd.invoke("whole").json() == {"second": 5929}
+        assert len(snap_layers(fn_snapshot(sd, "whole"))) == 1
+        runtimes = os.path.join(sd.data_dir, "vm-snapshots", "runtimes")
+        assert not os.path.exists(runtimes) or not os.listdir(runtimes)
+        assert metric(sd, "stoke_vm_restores_total") == 1, sd.logs()

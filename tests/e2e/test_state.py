@@ -312,3 +312,17 @@ def test_metering_totals_and_peak_memory(d):
                 d.request("GET", "/_stoke/usage", auth=True).json()["usage"])
     line = [l for l in out.splitlines() if l.startswith("total")][0]
     assert int(line.split()[1]) == total, (line, total)
+
+
+def test_gc_keeps_saved_state(d):
+    """Saved states are roots of snapshot gc: `stoke gc` with nothing else deployed must
+    not take the layer a saved instance is restored from."""
+    need_vm()
+    with Daemon(env={"STOKE_VM_IDLE_TTL_S": "1"}) as sd:
+        deploy(sd, "gcstate")
+        assert [count(sd, "gcstate") for _ in range(2)] == [1, 2]
+        assert wait_for(lambda: metric(sd, "stoke_vm_state_saves_total") >= 1), sd.logs()
+        assert wait_for(lambda: metric(sd, "stoke_vm_live") == 0), sd.logs()
+        r = sd.request("POST", "/_stoke/gc", auth=True)
+        assert r.status == 200, r
+        assert count(sd, "gcstate") == 3, sd.logs()[-3000:]

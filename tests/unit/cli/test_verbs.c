@@ -256,7 +256,7 @@ static void forget_requests(void)
 static void test_help_anywhere(void)
 {
 	static const char *const verbs[] = { "serve", "deploy", "advise", "invoke", "ls",
-		"show", "rm", "logs", "status", "usage", "bench" };
+		"show", "rm", "logs", "status", "usage", "bench", "gc" };
 	static char want[sizeof(out)];
 	size_t i;
 
@@ -289,7 +289,7 @@ static void test_help_anywhere(void)
 static void test_help_layout(void)
 {
 	static const char *const verbs[] = { "serve", "deploy", "advise", "invoke", "ls",
-		"show", "rm", "logs", "status", "usage", "bench" };
+		"show", "rm", "logs", "status", "usage", "bench", "gc" };
 	const char *line, *end;
 	size_t i;
 	int options;

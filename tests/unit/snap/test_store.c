@@ -68,21 +68,31 @@ static uint64_t mutate(uint8_t *mem, const uint8_t *parent, uint64_t n, unsigned
 	return changed;
 }
 
-static uint64_t count_pages(void)
+/* Entries of root/sub, dot names aside. */
+static uint64_t count_files(const char *sub)
 {
 	char path[300];
+	struct dirent *d;
+	uint64_t n = 0;
+	DIR *dir;
+
+	snprintf(path, sizeof(path), "%s/%s", root, sub);
+	dir = opendir(path);
+	while (dir && (d = readdir(dir)))
+		n += d->d_name[0] != '.';
+	if (dir)
+		closedir(dir);
+	return n;
+}
+
+static uint64_t count_pages(void)
+{
+	char sub[16];
 	uint64_t n = 0;
 
 	for (int i = 0; i < 256; i++) {
-		struct dirent *d;
-		DIR *dir;
-
-		snprintf(path, sizeof(path), "%s/pages/%02x", root, i);
-		dir = opendir(path);
-		while (dir && (d = readdir(dir)))
-			n += d->d_name[0] != '.';
-		if (dir)
-			closedir(dir);
+		snprintf(sub, sizeof(sub), "pages/%02x", i);
+		n += count_files(sub);
 	}
 	return n;
 }
@@ -392,6 +402,48 @@ static void test_gc(struct snap_store *s)
 	CHECK(all_readable(s, live, 2));
 }
 
+static uint64_t count_layers(void)
+{
+	return count_files("layers");
+}
+
+/* gc with roots: the layers no root reaches go, and only their pages. */
+static void test_gc_roots(struct snap_store *s)
+{
+	struct snap_id live[] = { id_base, id_rt, id_fa }, missing, junk;
+	struct snap_layer_info info;
+	struct snap_gc_stats st;
+	struct snap_err err;
+	char path[400];
+	FILE *f;
+
+	id_fa = build(s, fa, &id_rt, NULL, &info);
+	id_fb = build(s, fb, &id_rt, NULL, &info);
+	live[2] = id_fa;
+	CHECK(count_layers() == 4);
+	memset(&missing, 0x42, sizeof(missing));
+	CHECK(snap_store_gc_roots(s, (struct snap_id[]){ id_fa, missing }, 2, &st, &err) == 0);
+	CHECK(st.layers_removed == 1 && st.layers == 3 && count_layers() == 3);
+	CHECK(st.deleted > 0 && st.bytes_freed >= st.deleted * 512);
+	CHECK(count_pages() == distinct_pages_of(s, live, 3));
+	CHECK(all_readable(s, live, 3) && image_equals(s, &id_fa, fa));
+
+	/* A manifest that does not verify stops gc before any layer or page goes. */
+	memset(&junk, 0x24, sizeof(junk));
+	snap_id_hex(&junk, path + 300);
+	snprintf(path, 300, "%s/layers/%s", root, path + 300);
+	f = fopen(path, "w");
+	fputs("junk", f);
+	fclose(f);
+	CHECK(snap_store_gc_roots(s, NULL, 0, &st, &err) < 0);
+	CHECK(count_layers() == 4 && all_readable(s, live, 3));
+	unlink(path);
+
+	/* No roots: everything goes. */
+	CHECK(snap_store_gc_roots(s, NULL, 0, &st, &err) == 0);
+	CHECK(st.layers_removed == 3 && count_layers() == 0 && count_pages() == 0);
+}
+
 int main(void)
 {
 	struct snap_store *s;
@@ -405,6 +457,7 @@ int main(void)
 	test_overlay(s);
 	test_empty_page(s);
 	test_gc(s);
+	test_gc_roots(s);
 	snap_store_close(s);
 	free(base);
 	free(rt);

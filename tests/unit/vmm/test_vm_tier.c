@@ -6,6 +6,7 @@
 #include "check.h"
 #include "common/invoke.h"
 #include "common/strbuf.h"
+#include "vmm/vm_proc.h"
 
 #include <errno.h>
 #include <semaphore.h>
@@ -175,6 +176,26 @@ static void test_idle_reaping(struct tier *t, struct fn *fn)
 	CHECK(gone);
 }
 
+/* The runtime's launch is the function's without its task and environment. */
+static void test_launch_without(void)
+{
+	static const char *const drop[] = { "--task=", "--env=", NULL };
+	static const char *const add[] = { "--env=STOKE_SNAPSHOT=runtime", NULL };
+	struct vm_launch src = { .argv = { "vmm", "--task=/t", "--mem-mb=256", "--env=A=1",
+					   "--env=B=2", "--", "/usr/bin/python3", "--env=x" },
+				 .argc = 8, .mem_mb = 256, .wall_ms = 5 };
+	struct vm_launch l;
+
+	CHECK(vm_launch_without(&l, &src, drop, add) == 0);
+	CHECK(l.argc == 6 && l.mem_mb == 256 && l.wall_ms == 5);
+	CHECK_STR(l.argv[0], "vmm");
+	CHECK_STR(l.argv[1], "--mem-mb=256");
+	CHECK_STR(l.argv[2], "--env=STOKE_SNAPSHOT=runtime");
+	CHECK_STR(l.argv[3], "--");
+	CHECK_STR(l.argv[5], "--env=x");	/* the guest's own arguments stay */
+	CHECK(l.argv[6] == NULL);
+}
+
 int main(void)
 {
 	const char *vmm = getenv("STOKE_VMM"), *home = getenv("HOME");
@@ -185,6 +206,7 @@ int main(void)
 	char err[256] = "";
 	FILE *f;
 
+	test_launch_without();
 	snprintf(rootfs, sizeof(rootfs), "%s/.cache/stoke/rootfs", home ? home : "/root");
 	snprintf(path, sizeof(path), "%s/python3/usr/bin/python3", rootfs);
 	if (!vmm || access("/dev/kvm", R_OK | W_OK) || access(path, F_OK)) {
