@@ -93,6 +93,8 @@ static void setup_page_tables(struct vm *vm)
 	for (a = GL_TEXT; a < GL_TEXT + GL_TEXT_SIZE; a += VM_PAGE)
 		pt[a / VM_PAGE] = a | PTE_P | PTE_U;
 	pt[GL_VVAR / VM_PAGE] = GL_VVAR | PTE_P | PTE_U;
+	for (a = GL_TOUCH; a < GL_TOUCH + GL_TOUCH_SIZE; a += VM_PAGE)
+		pt[a / VM_PAGE] = a | PTE_P | PTE_U;
 	for (a = GL_VDSO; a < GL_VDSO + GL_VDSO_SIZE; a += VM_PAGE)
 		pt[a / VM_PAGE] = a | PTE_P | PTE_U;
 	for (a = GL_STACK_LO; a < GL_STACK_TOP; a += VM_PAGE)
@@ -411,6 +413,46 @@ int vm_run(struct vm *vm, uint64_t entry, uint64_t sp)
 	int r = enter_user(vm, entry, sp);
 
 	return r ? r : run_loop(vm);
+}
+
+int vm_touch_ready(struct vm *vm)
+{
+	size_t klen = (size_t)(guest_kernel_end - guest_kernel_start);
+	const uint64_t *pt = gtab(vm, GL_PT_LOW);
+	uint64_t a;
+
+	/* A snapshot of another VMM build may lack gk_touch or the list's mapping. */
+	if (memcmp(vm->mem + GL_TEXT, guest_kernel_start, klen))
+		return 0;
+	for (a = GL_TOUCH; a < GL_TOUCH + GL_TOUCH_SIZE; a += VM_PAGE)
+		if (pt[a / VM_PAGE] != (a | PTE_P | PTE_U))
+			return 0;
+	return 1;
+}
+
+int vm_touch(struct vm *vm, uint32_t n)
+{
+	struct kvm_run *run = vm->run;
+	struct kvm_regs *r = &run->s.regs.regs, saved = *r;
+	struct kvm_sregs ssaved = run->s.regs.sregs;
+	int rc, ok;
+
+	if (!n)
+		return 0;
+	r->rip = GK_ADDR(gk_touch);
+	r->rsi = GL_TOUCH;
+	r->rcx = n;
+	run->kvm_dirty_regs = KVM_SYNC_X86_REGS;
+	run->kvm_valid_regs = KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS;
+	while ((rc = timed_run(vm)) < 0 && errno == EINTR)
+		;
+	ok = rc == 0 && run->exit_reason == KVM_EXIT_MMIO && run->mmio.is_write &&
+	     run->mmio.phys_addr == GL_DOORBELL_GPA && r->rax == GK_TOUCH_DONE;
+	/* Back into the pending system call, as if the touch had never run. */
+	*r = saved;
+	run->s.regs.sregs = ssaved;
+	run->kvm_dirty_regs = KVM_SYNC_X86_REGS;
+	return ok ? 0 : -EIO;
 }
 
 /*

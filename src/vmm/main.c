@@ -47,12 +47,14 @@ static const char usage[] =
 	"  --ws-out F       record the first request's working set to F (raw)\n"
 	"  --snap-huge      restore the working set's 2 MiB regions into private huge\n"
 	"                   pages (fewer guest page faults, more private memory)\n"
+	"  --snap-touch     before waiting for the request, have the guest touch the\n"
+	"                   working set (its page faults happen ahead of the request)\n"
 	"   or: stoke-vmm --build-snapshot DUMP STORE_DIR SNAPSHOT_FILE\n"
 	"   or: stoke-vmm --commit-ws RAW STORE_DIR\n";
 
 enum { OPT_ROOTFS = 256, OPT_TASK, OPT_RUNTIME, OPT_MEM, OPT_TMP, OPT_WALL, OPT_CHAN, OPT_ENV,
        OPT_NOJAIL, OPT_STATS, OPT_CGROUP, OPT_PARENT, OPT_DUMP, OPT_RESTORE, OPT_STORE,
-       OPT_WS, OPT_WS_OUT, OPT_HUGE };
+       OPT_WS, OPT_WS_OUT, OPT_HUGE, OPT_TOUCH };
 
 static const struct option options[] = {
 	{ "rootfs", required_argument, NULL, OPT_ROOTFS },
@@ -73,8 +75,25 @@ static const struct option options[] = {
 	{ "snap-ws", required_argument, NULL, OPT_WS },
 	{ "ws-out", required_argument, NULL, OPT_WS_OUT },
 	{ "snap-huge", no_argument, NULL, OPT_HUGE },
+	{ "snap-touch", no_argument, NULL, OPT_TOUCH },
 	{ NULL, 0, NULL, 0 },
 };
+
+/* Start-up phases, printed with --stats: where a spawn or restore spends its time. */
+struct mark {
+	const char *what;
+	double ms;
+};
+static struct mark marks[16];
+static int nmarks;
+
+static double now_ms(void);
+
+static void mark(const char *what)
+{
+	if (nmarks < (int)(sizeof(marks) / sizeof(marks[0])))
+		marks[nmarks++] = (struct mark){ what, now_ms() };
+}
 
 static char *env[128];
 static int nenv;
@@ -112,6 +131,7 @@ static int parse_args(int argc, char **argv, struct vm_config *cfg, struct jail_
 		case OPT_WS: cfg->snap_ws = optarg; break;
 		case OPT_WS_OUT: cfg->snap_ws_out = optarg; break;
 		case OPT_HUGE: cfg->snap_huge = 1; break;
+		case OPT_TOUCH: cfg->snap_touch = 1; break;
 		default: return -EINVAL;
 		}
 	}
@@ -127,6 +147,9 @@ static void print_stats(struct vm *vm, double ms)
 	char nb[32];
 	int i;
 
+	for (i = 1; i < nmarks; i++)
+		fprintf(stderr, "stoke-vmm: %-22s %7.2f ms\n", marks[i].what,
+			marks[i].ms - marks[i - 1].ms);
 	fprintf(stderr, "stoke-vmm: %llu system calls in %.1f ms; %llu KVM_RUN, %.1f ms in them\n",
 		(unsigned long long)vm->nr_syscalls, ms, (unsigned long long)vm->nr_runs,
 		(double)vm->run_ns / 1e6);
@@ -188,6 +211,7 @@ static int start(struct vm *vm, int restored)
 		if (r)
 			return fprintf(stderr, "stoke-vmm: restoring: %s\n",
 				       why[0] ? why : strerror(-r)), r;
+		mark("vCPU state");
 		return vm_resume(vm);
 	}
 	r = elf_load_program(vm, &entry, &sp);
@@ -206,6 +230,7 @@ static int run(struct vm *vm, struct vm_config *cfg, struct jail_config *jc)
 	r = vm_create(vm, cfg);
 	if (r)
 		return fprintf(stderr, "stoke-vmm: creating the VM: %s\n", strerror(-r)), r;
+	mark("VM and vCPU");
 	/* Without a vDSO the guest still works, paying an exit per clock read. */
 	clock_init(vm);
 	r = vfs_init(vm);
@@ -214,9 +239,11 @@ static int run(struct vm *vm, struct vm_config *cfg, struct jail_config *jc)
 	r = vmsnap_open(vm, why, sizeof(why));
 	if (r)
 		return fprintf(stderr, "stoke-vmm: snapshot: %s\n", why), r;
+	mark("files, snapshot open");
 	restored = try_restore(vm);
 	if (restored < 0)
 		return restored;
+	mark("restore memory");
 	r = chan_arm_timer(vm);
 	jc->ioctl_fds[0] = vm->vm_fd;
 	jc->ioctl_fds[1] = vm->vcpu_fd;
@@ -224,6 +251,7 @@ static int run(struct vm *vm, struct vm_config *cfg, struct jail_config *jc)
 		r = jail_enter(jc);
 	if (r)
 		return fprintf(stderr, "stoke-vmm: jail: %s\n", strerror(-r)), r;
+	mark("jail: pivot, seccomp");
 	t0 = now_ms();
 	r = start(vm, restored);
 	if (cfg->stats)
@@ -274,6 +302,7 @@ int main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 	if (die_with_parent())
 		return EXIT_VMM_FAILED;
+	mark("start");
 	jc.tmp_bytes = cfg.tmp_bytes;
 	jc.jail = cfg.jail;
 	r = jail_prepare(&jc, &cfg);
@@ -281,6 +310,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "stoke-vmm: preparing /tmp and the jail: %s\n", strerror(-r));
 		return EXIT_VMM_FAILED;
 	}
+	mark("jail: namespaces, fork");
 	r = run(&vm, &cfg, &jc);
 	vmsnap_close(&vm);
 	vfs_close_all(&vm);

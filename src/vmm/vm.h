@@ -55,6 +55,7 @@ struct vm_config {
 	const char *snap_ws;	/* working set to prefetch on restore */
 	const char *snap_ws_out; /* record the working set of the first request here */
 	int snap_huge;		/* restore: copy the working set's 2 MiB regions to huge pages */
+	int snap_touch;		/* restore: the guest touches the working set before its read */
 };
 
 /* Frame tracker for the guest's outbound channel bytes (see channel.c). */
@@ -139,6 +140,18 @@ void vm_destroy(struct vm *vm);
 int vm_run(struct vm *vm, uint64_t entry, uint64_t sp);
 /* Continues a restored VM: finishes its pending system call, then runs as vm_run. */
 int vm_resume(struct vm *vm);
+/*
+ * Whether this VM's memory (a restored image) has the guest kernel and the GL_TOUCH
+ * mapping this VMM was built with, so that vm_touch can run.
+ */
+int vm_touch_ready(struct vm *vm);
+/*
+ * In a restored VM stopped in its pending system call: runs gk_touch over the n page
+ * ranges at GL_TOUCH (guest-physical, written by the caller), so that the guest's
+ * shadow page faults on them happen now, then restores the registers. Returns 0, or
+ * -EIO when the guest did not finish (the VM is then unusable).
+ */
+int vm_touch(struct vm *vm, uint32_t n);
 
 /* memory.c: guest address space. */
 int gmem_init(struct vm *vm);

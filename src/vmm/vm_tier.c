@@ -220,7 +220,7 @@ static void park_shell(struct vm_tier *vt, struct vm_fn *vf)
 	    atomic_load(&vt->idle_bytes) + ((uint64_t)vf->launch.mem_mb << 20) >
 	    vt->memory_budget)
 		return;
-	l = vm_tier_snap_launch(&vf->snap);
+	l = vm_tier_snap_shell_launch(&vf->snap);
 	p = l ? calloc(1, sizeof(*p)) : NULL;
 	if (!p)
 		return;

@@ -2,6 +2,7 @@
 #include "vmsnap.h"
 #include "vm.h"
 #include "clock.h"
+#include "guest/layout.h"
 #include "snap/snap.h"
 
 #include <errno.h>
@@ -72,6 +73,7 @@ struct vmsnap_state {
 	int ws_done;
 	struct vcpu_blob vcpu;
 	struct snap_id image;
+	uint32_t touch_n;	/* ranges at GL_TOUCH for vm_touch, 0 for none */
 };
 
 static int say(char *why, size_t len, int r, const char *fmt, const char *arg)
@@ -505,6 +507,45 @@ static void copy_hot_regions(struct vm *vm, const struct snap_image *img,
 	}
 }
 
+/*
+ * Lists the working set's user pages at GL_TOUCH for gk_touch (the guest kernel's own
+ * pages are not user-accessible; it faults them itself). Ranges that do not fit are
+ * left to fault during the request.
+ */
+static uint32_t touch_ranges(struct vm *vm, const struct snap_range *r, uint32_t nr,
+			     int write, uint32_t n)
+{
+	uint64_t *out = (uint64_t *)(vm->mem + GL_TOUCH), lo = GL_KERNEL_END / VM_PAGE;
+	uint64_t hi = vm->mem_size / VM_PAGE, a, b;
+	uint32_t i;
+
+	for (i = 0; i < nr && n < GL_TOUCH_SIZE / 16; i++) {
+		a = r[i].gpn < lo ? lo : r[i].gpn;
+		b = r[i].gpn + r[i].count > hi ? hi : r[i].gpn + r[i].count;
+		if (a >= b)
+			continue;
+		out[2 * n] = a * VM_PAGE | (uint64_t)write;
+		out[2 * n + 1] = b - a;
+		n++;
+	}
+	return n;
+}
+
+/*
+ * The pages the recording VM wrote come first and are written (one fault makes the
+ * private copy and a writable mapping; a read first would cost a second fault), then
+ * every touched page is read (those already mapped cost nothing).
+ */
+static uint32_t touch_list(struct vm *vm, const struct snap_ws *ws)
+{
+	uint32_t n;
+
+	if (!vm_touch_ready(vm))
+		return 0;
+	n = touch_ranges(vm, ws->w, ws->nwritten, 1, 0);
+	return touch_ranges(vm, ws->r, ws->nranges, 0, n);
+}
+
 static void prefetch(struct vm *vm, const struct snap_image *img)
 {
 	struct snap_ws ws;
@@ -515,7 +556,9 @@ static void prefetch(struct vm *vm, const struct snap_image *img)
 	    !memcmp(&ws.image, &img->id, sizeof(ws.image)))
 		copy_hot_regions(vm, img, &ws);
 	/* A working set recorded on another image is refused (-ESTALE): then lazily. */
-	snap_ws_prefetch(img, &ws, vm->mem, SNAP_FILL_DEFAULT, SNAP_PF_DEFAULT, NULL);
+	if (!snap_ws_prefetch(img, &ws, vm->mem, SNAP_FILL_DEFAULT, SNAP_PF_DEFAULT, NULL) &&
+	    vm->cfg->snap_touch)
+		vm->snap->touch_n = touch_list(vm, &ws);
 	snap_ws_release(&ws);
 }
 
@@ -601,6 +644,17 @@ int vmsnap_restore_vcpu(struct vm *vm, char *why, size_t len)
 	run->s.regs.regs = b->regs;
 	run->s.regs.sregs = b->sregs;
 	vm->fs_dirty = 0;
+	if (vm->snap->touch_n) {
+		if (vm_touch(vm, vm->snap->touch_n)) {
+			snprintf(why, len, "touching the working set: the guest did not finish");
+			return -EIO;
+		}
+		/* The list's pages read as the image's again: no private copy stays. */
+		madvise(vm->mem + GL_TOUCH, GL_TOUCH_SIZE, MADV_DONTNEED);
+		if (vm->cfg->stats)
+			fprintf(stderr, "stoke-vmm: touched %u working-set ranges\n",
+				vm->snap->touch_n);
+	}
 	return clock_restore(vm);
 }
 
@@ -615,7 +669,9 @@ static int write_ws(int fd, const struct snap_ws *ws)
 	memcpy(h.image, ws->image.b, sizeof(h.image));
 	h.pages = ws->pages;
 	h.nranges = ws->nranges;
+	h.nwritten = ws->nwritten;
 	r = pwrite_all(fd, ws->r, len, sizeof(h));
+	r = r ? r : pwrite_all(fd, ws->w, ws->nwritten * sizeof(ws->w[0]), sizeof(h) + len);
 	return r ? r : pwrite_all(fd, &h, sizeof(h), 0);
 }
 

@@ -48,6 +48,7 @@ struct vmsnap_ws_hdr {
 	uint8_t image[32];	/* id of the image the VM was restored from */
 	uint64_t pages;
 	uint64_t nranges;	/* then nranges pairs of u64 (first page, count) */
+	uint64_t nwritten;	/* then as many pairs: the pages the VM wrote */
 };
 
 /* In the VMM (vmsnap.c). Return 0 or -errno; *why gets a reason for the operator. */

@@ -227,19 +227,45 @@ def test_corrupt_snapshot_boots_instead(d):
         assert "booting instead" in err and reasons[name] in err, (name, err)
 
 
-def test_working_set_is_recorded_and_prefetched(d):
-    need_vm()
-    s = snapshot()
-    raw = os.path.join(s.tmp.name, "ws.raw")
+def record_ws(s, name):
+    """Restores once recording the working set, commits it; returns its store path."""
+    raw = os.path.join(s.tmp.name, name)
     vm = s.restore("--ws-out=" + raw)
     vm.invoke()
     vm.close()
     subprocess.run([VMM, "--commit-ws", raw, s.store], check=True, capture_output=True)
-    ws = s.image()[:-4] + ".ws"
+    return s.image()[:-4] + ".ws"
+
+
+def test_working_set_is_recorded_and_prefetched(d):
+    need_vm()
+    s = snapshot()
+    ws = record_ws(s, "ws.raw")
     assert os.path.getsize(ws) > 64
     vm = s.restore("--snap-ws=" + ws)
     assert vm.invoke()["chain"] == s.original[0]["chain"]
     vm.close()
+    # Format 2: the pages the VM wrote follow the touched ones (count at offset 56).
+    with open(ws, "rb") as f:
+        head = f.read(64)
+    assert struct.unpack_from("<I", head, 8)[0] == 2
+    assert struct.unpack_from("<I", head, 56)[0] > 0, "no written pages recorded"
+
+
+def test_touched_working_set_gives_the_same_results(d):
+    """--snap-touch runs guest code over the working set before the request (reading
+    every page, writing back the ones the VM will write): nothing may change."""
+    need_vm()
+    s = snapshot()
+    ws = record_ws(s, "ws-touch.raw")
+    jail = os.geteuid() == 0
+    vm = s.restore("--snap-ws=" + ws, "--snap-touch", "--stats", jail=jail)
+    got = [vm.invoke(), vm.invoke()]
+    err = vm.close()
+    assert "touched" in err and "working-set ranges" in err, err
+    for a, b in zip(s.original, got):
+        assert (a["n"], a["chain"], a["blob"]) == (b["n"], b["chain"], b["blob"]), (a, b)
+    assert got[0]["hooks"] == ["before", "after"], got[0]
 
 
 def metric(d, name):
