@@ -32,7 +32,8 @@ ROOT = vmrun.ROOT
 HELLO = os.path.join(ROOT, "examples", "hello-py")
 
 
-def spawn(vmm, task, jail, extra):
+def spawn(vmm, task, jail, extra, stderr=None):
+    """Starts a VMM on a socketpair; with stderr (a file) the guest's stdout is dropped."""
     ours, theirs = socket.socketpair()
     args = [vmm, "--channel-fd", str(theirs.fileno()), "--task", task, "--mem-mb", "256",
             "--rootfs", vmrun.ROOTFS, "--runtime", os.path.join(ROOT, "runtimes/python3"),
@@ -40,7 +41,13 @@ def spawn(vmm, task, jail, extra):
     if not jail:
         args.append("--no-jail")
     args += ["--", "/usr/bin/python3", "-S", "/var/runtime/bootstrap.py"]
-    proc = subprocess.Popen(args, pass_fds=[theirs.fileno()])
+    out = subprocess.DEVNULL if stderr else None
+    try:
+        proc = subprocess.Popen(args, pass_fds=[theirs.fileno()], stdout=out, stderr=stderr)
+    except OSError:
+        ours.close()
+        theirs.close()
+        raise
     chan = theirs.fileno()
     theirs.close()
     return proc, ours, chan
@@ -94,13 +101,37 @@ def take_snapshot(vmm, task, store, jail):
     return snap, img, img[:-4] + ".ws"
 
 
-def private_kb(pid):
+def smaps_kb(pid, fields):
     out = 0
     with open(f"/proc/{pid}/smaps_rollup") as f:
         for line in f:
-            if line.startswith(("Private_Clean:", "Private_Dirty:")):
+            if line.split(":")[0] in fields:
+                out += int(line.split()[1])
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.split(":")[0] in fields:
                 out += int(line.split()[1])
     return out
+
+
+def rss_private_kb(pid):
+    """The old figure: pages only this process maps. It counts the restore image's page
+    cache as private when no other VM maps it, although every VM would share it."""
+    return smaps_kb(pid, ("Private_Clean", "Private_Dirty"))
+
+
+def unshared_kb(pid, jail):
+    """What one more VM costs in its processes: anonymous memory (proportional share of
+    what the supervisor and VMM share after fork) and page tables, of both processes.
+    File pages (the image, binaries) are shared page cache and not counted."""
+    pids = [pid, vmm_pid_of(pid)] if jail else [pid]
+    return sum(smaps_kb(p, ("Pss_Anon", "VmPTE")) for p in pids if p)
+
+
+def vmm_pid_of(supervisor):
+    with open(f"/proc/{supervisor}/task/{supervisor}/children") as f:
+        kids = f.read().split()
+    return int(kids[0]) if kids else None
 
 
 def evict(img):

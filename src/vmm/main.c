@@ -303,6 +303,8 @@ int main(int argc, char **argv)
 	if (die_with_parent())
 		return EXIT_VMM_FAILED;
 	mark("start");
+	vmsnap_preload(&cfg);
+	mark("working-set readahead");
 	jc.tmp_bytes = cfg.tmp_bytes;
 	jc.jail = cfg.jail;
 	r = jail_prepare(&jc, &cfg);
