@@ -118,7 +118,7 @@ class Fleet:
             except (OSError, RuntimeError):
                 continue
             procs.append(kb * 1024)
-            cg = cgroup_bytes(proc.pid)
+            cg = snapbench.cgroup_bytes(proc.pid)
             if cg is not None:
                 cgroups.append(cg)
         return procs, cgroups
@@ -140,18 +140,6 @@ class Fleet:
                 proc.kill()
                 proc.wait()
         self.vms = []
-
-
-def cgroup_bytes(supervisor_pid):
-    """Memory charged to the VM's own cgroup (--cgroup=auto: stoke-vm-<supervisor pid>)."""
-    for path in ("/sys/fs/cgroup/stoke-vm-%d/memory.current",
-                 "/sys/fs/cgroup/memory/stoke-vm-%d/memory.usage_in_bytes"):
-        try:
-            with open(path % supervisor_pid) as f:
-                return int(f.read())
-        except OSError:
-            pass
-    return None
 
 
 def grow(fleet, a, base):
