@@ -7,13 +7,17 @@ Drives build/src/vmm/stoke-vmm directly over the channel, as bench/vm/run.py doe
   restore       spawn stoke-vmm --restore (working set prefetched) -> first response
   shell         a VMM spawned and restored ahead of the request (a pre-created VM shell,
                 parked in the pending read): request sent -> first response
-  shell_touch   the same, the guest having touched its working set before parking
+  generic_shell a VMM spawned ahead as a generic shell (--shell: jail, VM and vCPU, no
+                function yet): launch frame + request sent -> first response
+  shell_touch   the same as shell, the guest having touched its working set before parking
                 (--snap-touch: the VM tier's shells); also spawn -> parked
   restore_huge, shell_huge   with the working set's 2 MiB regions in private huge pages
   evicted_ws    image evicted (posix_fadvise DONTNEED), restore prefetching the working set
   evicted_lazy  image evicted, restore without a working set (guest faults bring pages in)
   warm_ws_same_runs, warm_lazy_same_runs   the two restores with the cache warm, right
                 after the evicted ones: what eviction adds is the difference
+  evicted_ws_generic, evicted_lazy_generic   the evicted pair restored into generic
+                shells (no process, jail or VM creation on the measured path)
   memory        per idle VM after its first request: unshared memory (anonymous pages
                 and page tables of its processes), its cgroup's charge (KVM kernel memory
                 included) and the old Private_Clean + Private_Dirty figure
@@ -39,15 +43,20 @@ ROOT = vmrun.ROOT
 HELLO = os.path.join(ROOT, "examples", "hello-py")
 
 
-def spawn(vmm, task, jail, extra, stderr=None):
-    """Starts a VMM on a socketpair; with stderr (a file) the guest's stdout is dropped."""
+def function_args(task, extra):
+    """The function's part of a stoke-vmm command line (a generic shell gets it later)."""
+    return (["--task", task, "--mem-mb", "256", "--rootfs", vmrun.ROOTFS,
+             "--runtime", os.path.join(ROOT, "runtimes/python3"),
+             "--env", "STOKE_ENTRY=handler.py", "--env", "STOKE_SNAPSHOT=1"] + extra +
+            ["--", "/usr/bin/python3", "-S", "/var/runtime/bootstrap.py"])
+
+
+def spawn(vmm, task, jail, extra, stderr=None, shell=False):
+    """Starts a VMM on a socketpair; with stderr (a file) the guest's stdout is dropped.
+    shell: a generic shell (--shell), whose function comes later (send_launch)."""
     ours, theirs = socket.socketpair()
-    args = [vmm, "--channel-fd", str(theirs.fileno()), "--task", task, "--mem-mb", "256",
-            "--rootfs", vmrun.ROOTFS, "--runtime", os.path.join(ROOT, "runtimes/python3"),
-            "--env", "STOKE_ENTRY=handler.py", "--env", "STOKE_SNAPSHOT=1"] + extra
-    if not jail:
-        args.append("--no-jail")
-    args += ["--", "/usr/bin/python3", "-S", "/var/runtime/bootstrap.py"]
+    args = [vmm, "--channel-fd", str(theirs.fileno())] + ([] if jail else ["--no-jail"])
+    args += ["--shell", "--mem-mb", "256"] + extra if shell else function_args(task, extra)
     out = subprocess.DEVNULL if stderr else None
     try:
         proc = subprocess.Popen(args, pass_fds=[theirs.fileno()], stdout=out, stderr=stderr)
@@ -181,6 +190,26 @@ def one_shell(vmm, task, jail, extra, mem=None, park=None):
     return ms
 
 
+def send_launch(sock, task, extra):
+    """Tells a generic shell its function: one launch frame (type 4), NUL-separated."""
+    payload = b"".join(a.encode() + b"\0" for a in function_args(task, extra))
+    sock.sendall(len(payload).to_bytes(4, "little") + bytes([4, 1, 0, 0]) + payload)
+
+
+def one_generic(vmm, task, jail, extra):
+    """A generic shell (jail, VM and vCPU made before the function is known): from
+    sending its launch to the first response."""
+    proc, sock, chan = spawn(vmm, task, jail, [], shell=True)
+    wait_parked(vmm_pid(proc, jail), chan)
+    t0 = time.perf_counter()
+    send_launch(sock, task, extra)
+    vmrun.request(sock)
+    ms = (time.perf_counter() - t0) * 1e3
+    sock.close()
+    proc.wait(timeout=30)
+    return ms
+
+
 def summary(xs):
     return {"p50": vmrun.pct(xs, 50), "p99": vmrun.pct(xs, 99), "min": min(xs),
             "max": max(xs), "n": len(xs)}
@@ -224,14 +253,16 @@ def measure(vmm, task, jail, runs, snap, img, ws, store):
     prefetch = restore + ["--snap-ws", ws]
     touch = prefetch + ["--snap-touch"]
     huge = prefetch + ["--snap-huge"]
-    r = {k: [] for k in ("boot", "restore", "shell", "shell_touch", "restore_huge",
+    r = {k: [] for k in ("boot", "restore", "generic_shell", "shell", "shell_touch",
+                         "restore_huge",
                          "shell_huge", "evicted_ws", "evicted_lazy", "warm_ws_same_runs",
-                         "warm_lazy_same_runs")}
+                         "warm_lazy_same_runs", "evicted_ws_generic", "evicted_lazy_generic")}
     mem = {"boot": [], "restore": [], "shell_touch": [], "restore_huge": []}
     park = []
     for i in range(runs):
         m = i % 10 == 0
         r["restore"].append(one(vmm, task, jail, prefetch, mem["restore"] if m else None))
+        r["generic_shell"].append(one_generic(vmm, task, jail, prefetch))
         r["shell"].append(one_shell(vmm, task, jail, prefetch))
         r["shell_touch"].append(one_shell(vmm, task, jail, touch,
                                           mem["shell_touch"] if m else None, park))
@@ -253,6 +284,10 @@ def evicted(vmm, task, jail, img, prefetch, restore, r):
     r["evicted_lazy"].append(one(vmm, task, jail, restore))
     r["warm_ws_same_runs"].append(one(vmm, task, jail, prefetch))
     r["warm_lazy_same_runs"].append(one(vmm, task, jail, restore))
+    evict(img)
+    r["evicted_ws_generic"].append(one_generic(vmm, task, jail, prefetch))
+    evict(img)
+    r["evicted_lazy_generic"].append(one_generic(vmm, task, jail, restore))
 
 
 def cgroup_memory(vmm, task, jail, snap, ws, store, k):
@@ -272,9 +307,10 @@ def print_table(res):
     print("shell_touch: spawn to parked (off the request path) p50 %.1f ms, p99 %.1f ms"
           % (p["p50"], p["p99"]))
     ev = res["evicted"]
-    print("evicted image, lazy / prefetched: %.2fx end to end (p50); what eviction adds: "
-          "lazy %.1f ms, prefetched %.1f ms" % (ev["ratio_p50"], ev["lazy_added_ms"],
-                                                ev["prefetched_added_ms"]))
+    print("evicted image, lazy / prefetched: %.2fx end to end (p50), %.2fx into generic "
+          "shells; what eviction adds: lazy %.1f ms, prefetched %.1f ms" % (
+              ev["ratio_p50"], ev["ratio_generic_p50"], ev["lazy_added_ms"],
+              ev["prefetched_added_ms"]))
     print("\n%-15s %13s %13s %15s" % ("idle VM memory", "unshared MiB", "cgroup MiB",
                                        "old metric MiB"))
     for k, v in res["idle_vm_memory_mib"].items():
@@ -313,6 +349,8 @@ def main():
     res = {"runs": a.runs, "jail": jail, "function": "examples/hello-py",
            "first_response_ms": first, "shell_touch_park_ms": summary(park),
            "evicted": {"ratio_p50": first["evicted_lazy"]["p50"] / first["evicted_ws"]["p50"],
+                       "ratio_generic_p50": first["evicted_lazy_generic"]["p50"] /
+                       first["evicted_ws_generic"]["p50"],
                        "lazy_added_ms": first["evicted_lazy"]["p50"] -
                        first["warm_lazy_same_runs"]["p50"],
                        "prefetched_added_ms": first["evicted_ws"]["p50"] -

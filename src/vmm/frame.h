@@ -16,6 +16,7 @@ enum frame_type {
 	FRAME_REQUEST = 1,	/* daemon -> function: one invocation */
 	FRAME_RESPONSE = 2,	/* function -> daemon: its answer */
 	FRAME_VMM_STATS = 3,	/* stoke-vmm -> daemon, after each response; never guest */
+	FRAME_VMM_LAUNCH = 4,	/* daemon -> stoke-vmm --shell, first: its command line */
 };
 
 struct frame_hdr {

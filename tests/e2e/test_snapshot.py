@@ -52,22 +52,32 @@ def need_vm():
         raise Skip("no python3 root file system (run scripts/setup)")
 
 
-class Vmm:
-    """One stoke-vmm process running the handler above, its channel a socketpair."""
+def function_args(task, extra, mem_mb=256):
+    return (["--rootfs=" + ROOTFS, "--task=" + task, "--runtime=" + RUNTIME,
+             "--mem-mb=%d" % mem_mb, "--env=STOKE_CHANNEL_FD=3",
+             "--env=STOKE_ENTRY=handler.py", "--env=STOKE_SNAPSHOT=1"] + list(extra) +
+            ["--", "/usr/bin/python3", "-S", "/var/runtime/bootstrap.py"])
 
-    def __init__(self, task, *extra, jail=False):
+
+class Vmm:
+    """One stoke-vmm process running the handler above, its channel a socketpair. With
+    shell=True it starts as a generic shell (--shell) and gets the rest by launch()."""
+
+    def __init__(self, task, *extra, jail=False, shell=False):
         mine, theirs = socket.socketpair()
-        args = [VMM, "--rootfs=" + ROOTFS, "--task=" + task, "--runtime=" + RUNTIME,
-                "--mem-mb=256", "--channel-fd=%d" % theirs.fileno(),
-                "--env=STOKE_CHANNEL_FD=3", "--env=STOKE_ENTRY=handler.py",
-                "--env=STOKE_SNAPSHOT=1"] + ([] if jail else ["--no-jail"]) + list(extra)
-        args += ["--", "/usr/bin/python3", "-S", "/var/runtime/bootstrap.py"]
+        args = [VMM, "--channel-fd=%d" % theirs.fileno()] + ([] if jail else ["--no-jail"])
+        args += ["--shell", "--mem-mb=256"] + list(extra) if shell else \
+            function_args(task, extra)
         self.proc = subprocess.Popen(args, pass_fds=(theirs.fileno(),),
                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE)
         theirs.close()
         self.sock = mine
         self.sock.settimeout(30)
+
+    def launch(self, task, *extra, mem_mb=256):
+        payload = b"".join(a.encode() + b"\0" for a in function_args(task, extra, mem_mb))
+        self.sock.sendall(struct.pack("<IBBH", len(payload), 4, 1, 0) + payload)
 
     def invoke(self, path="/"):
         payload = json.dumps({"request_id": "t", "method": "GET", "path": path,
@@ -266,6 +276,25 @@ def test_touched_working_set_gives_the_same_results(d):
     for a, b in zip(s.original, got):
         assert (a["n"], a["chain"], a["blob"]) == (b["n"], b["chain"], b["blob"]), (a, b)
     assert got[0]["hooks"] == ["before", "after"], got[0]
+
+
+def test_generic_shell_restores_the_function_it_is_given(d):
+    """--shell: jail and VM first, the function's command line later over the channel."""
+    need_vm()
+    s = snapshot()
+    jail = os.geteuid() == 0
+    vm = Vmm(s.task, jail=jail, shell=True)
+    vm.launch(s.task, "--restore=" + s.file, "--snap-store=" + s.store)
+    got = [vm.invoke(), vm.invoke()]
+    vm.close()
+    for a, b in zip(s.original, got):
+        assert (a["n"], a["chain"], a["blob"]) == (b["n"], b["chain"], b["blob"]), (a, b)
+    # A launch for another memory size does not fit the VM the shell made: refused.
+    vm = Vmm(s.task, jail=jail, shell=True)
+    vm.launch(s.task, "--restore=" + s.file, "--snap-store=" + s.store, mem_mb=512)
+    vm.proc.wait(timeout=30)
+    err = vm.close()
+    assert vm.proc.returncode == 125 and "shell launch" in err, err
 
 
 def metric(d, name):
