@@ -86,8 +86,9 @@ def vmm_pid(proc, jail):
 
 
 def wait_parked(pid, chan, timeout=10):
-    """Until the VMM blocks in read() on the channel: the restored guest awaits a request."""
-    want = "0 %s " % hex(chan)
+    """Until the VMM blocks in read() on the channel (the restored guest awaits a
+    request) or in recvfrom() (a generic shell awaits its launch)."""
+    want = ("0 %s " % hex(chan), "45 %s " % hex(chan))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with open(f"/proc/{pid}/syscall") as f:

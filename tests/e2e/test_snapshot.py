@@ -345,6 +345,9 @@ def test_daemon_parks_restored_vms_and_stops_them(d):
         assert all(r.status == 200 for r in rs), rs
         assert len({r.json()["uuid"] for r in rs}) == 3, rs
         assert metric(sd, "stoke_vm_restores_total") >= 3, sd.logs()
+        # The warm VM, the version's shell, then the generic shell (jail and VM made
+        # before the function was known) take the three requests.
+        assert metric(sd, "stoke_vm_generic_shell_starts_total") >= 1, sd.logs()
         r = sd.admin("DELETE", "/functions/parked")
         assert r.status in (200, 204), r
         deadline = time.monotonic() + 10
