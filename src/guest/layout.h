@@ -31,6 +31,8 @@
 #define GL_STACK_TOP		0x30000
 #define GL_VDSO			0x40000	/* user read-execute: the vDSO image */
 #define GL_VDSO_SIZE		0x10000
+#define GL_TRACK_PT		0x100000	/* page tables of a VM recording its working set */
+#define GL_TRACK_PT_SIZE	0x100000	/* 256 of them: the first 512 MiB of user memory */
 #define GL_KERNEL_END		0x200000	/* user memory starts here */
 
 /* Unbacked guest-physical pages behind the doorbells (below the 4 GiB PCI hole). */

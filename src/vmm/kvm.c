@@ -21,6 +21,8 @@
 #define PTE_P	0x1ULL
 #define PTE_W	0x2ULL
 #define PTE_U	0x4ULL
+#define PTE_A	0x20ULL
+#define PTE_D	0x40ULL
 #define PTE_PS	0x80ULL
 #define HUGE	(2ULL << 20)
 
@@ -413,6 +415,48 @@ int vm_run(struct vm *vm, uint64_t entry, uint64_t sp)
 	int r = enter_user(vm, entry, sp);
 
 	return r ? r : run_loop(vm);
+}
+
+/* User regions (2 MiB, from GL_KERNEL_END) that vm_track_pages maps with 4 KiB pages. */
+static uint64_t tracked_regions(struct vm *vm)
+{
+	uint64_t n = vm->mem_size / HUGE - 1;
+
+	return n < GL_TRACK_PT_SIZE / VM_PAGE ? n : GL_TRACK_PT_SIZE / VM_PAGE;
+}
+
+int vm_track_pages(struct vm *vm)
+{
+	uint64_t *pd = gtab(vm, GL_PD), *pt, r, i, a;
+
+	if (vm->nr_runs)
+		return -EBUSY;
+	for (r = 0; r < tracked_regions(vm); r++) {
+		a = (r + 1) * HUGE;
+		/* The guest's MMU may have set accessed and dirty: nothing else differs. */
+		if ((pd[a / HUGE] & ~(PTE_A | PTE_D)) != (a | PTE_P | PTE_W | PTE_U | PTE_PS))
+			return -EINVAL;
+		pt = gtab(vm, GL_TRACK_PT + r * VM_PAGE);
+		for (i = 0; i < HUGE / VM_PAGE; i++)
+			pt[i] = (a + i * VM_PAGE) | PTE_P | PTE_W | PTE_U;
+		pd[a / HUGE] = (GL_TRACK_PT + r * VM_PAGE) | PTE_P | PTE_W | PTE_U;
+	}
+	return 0;
+}
+
+uint64_t vm_tracked_end(struct vm *vm)
+{
+	return (tracked_regions(vm) + 1) * HUGE;
+}
+
+void vm_tracked_accessed(struct vm *vm, uint64_t *bitmap)
+{
+	const uint64_t *pt = gtab(vm, GL_TRACK_PT);
+	uint64_t p, first = GL_KERNEL_END / VM_PAGE;
+
+	for (p = 0; p < tracked_regions(vm) * (HUGE / VM_PAGE); p++)
+		if (pt[p] & PTE_A)
+			bitmap[(first + p) / 64] |= 1ULL << ((first + p) % 64);
 }
 
 int vm_touch_ready(struct vm *vm)

@@ -141,6 +141,19 @@ int vm_run(struct vm *vm, uint64_t entry, uint64_t sp);
 /* Continues a restored VM: finishes its pending system call, then runs as vm_run. */
 int vm_resume(struct vm *vm);
 /*
+ * For recording a working set exactly: maps the user memory below GL_TRACK_PT's reach
+ * with 4 KiB guest pages (normally 2 MiB), so that the accessed bits the guest's MMU
+ * sets name the pages it touched. The host's page tables cannot tell: one host fault
+ * maps a whole large folio of the image. Only before the vCPU first runs: this
+ * machine's shadow MMU does not see edits of present entries. Returns 0 or -errno
+ * (-EINVAL: the page directory is not the one this VMM builds).
+ */
+int vm_track_pages(struct vm *vm);
+/* End of the guest-physical range vm_track_pages covers (from GL_KERNEL_END). */
+uint64_t vm_tracked_end(struct vm *vm);
+/* Sets the bits of the pages the guest accessed since vm_track_pages (one per page). */
+void vm_tracked_accessed(struct vm *vm, uint64_t *bitmap);
+/*
  * Whether this VM's memory (a restored image) has the guest kernel and the GL_TOUCH
  * mapping this VMM was built with, so that vm_touch can run.
  */

@@ -72,6 +72,7 @@ struct vmsnap_state {
 	int ws_fd;
 	int dumped;
 	int ws_done;
+	int tracking;		/* vm_track_pages: the guest's accessed bits name its pages */
 	struct vcpu_blob vcpu;
 	struct snap_id image;
 	uint32_t touch_n;	/* ranges at GL_TOUCH for vm_touch, 0 for none */
@@ -677,6 +678,9 @@ int vmsnap_restore_memory(struct vm *vm, int *mapped, char *why, size_t len)
 		set_vm_fields(vm, b);
 		r = restore_fds(vm, b, why, len);
 	}
+	/* A VM that records the working set notes what its guest touches, page by page. */
+	if (!r && vm->snap->ws_fd >= 0)
+		vm->snap->tracking = !vm_track_pages(vm);
 	snap_file_release(&f);
 	return r;
 }
@@ -731,6 +735,45 @@ static int write_ws(int fd, const struct snap_ws *ws)
 	return r ? r : pwrite_all(fd, &h, sizeof(h), 0);
 }
 
+static void set_range_bits(uint64_t *bm, const struct snap_range *r, uint32_t n,
+			   uint64_t from, uint64_t to)
+{
+	uint64_t p;
+
+	for (uint32_t i = 0; i < n; i++)
+		for (p = r[i].gpn; p < r[i].gpn + r[i].count; p++)
+			if (p < from || p >= to)
+				bm[p / 64] |= 1ULL << (p % 64);
+}
+
+/*
+ * Narrows the touched pages to what the guest's accessed bits name where they are
+ * tracked (vm_track_pages), keeping every written page: the host's page tables also
+ * hold the large folios' neighbours that one fault mapped (about 3x the pages here).
+ */
+static int narrow_to_accessed(struct vm *vm, struct snap_ws *ws)
+{
+	uint64_t n = vm->mem_size / VM_PAGE, *bm = calloc((n + 63) / 64, 8);
+	struct snap_ws out;
+	int r;
+
+	if (!bm)
+		return -ENOMEM;
+	set_range_bits(bm, ws->r, ws->nranges, GL_KERNEL_END / VM_PAGE,
+		       vm_tracked_end(vm) / VM_PAGE);
+	set_range_bits(bm, ws->w, ws->nwritten, 0, 0);
+	vm_tracked_accessed(vm, bm);
+	r = snap_ws_from_bitmap(bm, n, &ws->image, &out);
+	free(bm);
+	if (r)
+		return r;
+	free(ws->r);
+	ws->r = out.r;
+	ws->nranges = out.nranges;
+	ws->pages = out.pages;
+	return 0;
+}
+
 void vmsnap_after_response(struct vm *vm)
 {
 	struct vmsnap_state *s = vm->snap;
@@ -741,6 +784,8 @@ void vmsnap_after_response(struct vm *vm)
 		return;
 	s->ws_done = 1;
 	r = snap_ws_from_pagemap(s->pagemap_fd, vm->mem, vm->mem_size, &s->image, &ws);
+	if (!r && s->tracking && (r = narrow_to_accessed(vm, &ws)))
+		snap_ws_release(&ws);
 	if (!r) {
 		r = write_ws(s->ws_fd, &ws);
 		snap_ws_release(&ws);
