@@ -753,24 +753,34 @@ static void set_range_bits(uint64_t *bm, const struct snap_range *r, uint32_t n,
  */
 static int narrow_to_accessed(struct vm *vm, struct snap_ws *ws)
 {
-	uint64_t n = vm->mem_size / VM_PAGE, *bm = calloc((n + 63) / 64, 8);
-	struct snap_ws out;
-	int r;
+	uint64_t n = vm->mem_size / VM_PAGE, words = (n + 63) / 64;
+	uint64_t *bm = calloc(words, 8), *wm = calloc(words, 8);
+	uint64_t pt = GL_TRACK_PT / VM_PAGE, pt_end = pt + GL_TRACK_PT_SIZE / VM_PAGE;
+	struct snap_ws out, written;
+	int r = bm && wm ? 0 : -ENOMEM;
 
-	if (!bm)
-		return -ENOMEM;
-	set_range_bits(bm, ws->r, ws->nranges, GL_KERNEL_END / VM_PAGE,
-		       vm_tracked_end(vm) / VM_PAGE);
-	set_range_bits(bm, ws->w, ws->nwritten, 0, 0);
-	vm_tracked_accessed(vm, bm);
-	r = snap_ws_from_bitmap(bm, n, &ws->image, &out);
+	if (!r) {
+		/* The tracking page tables are this VM's own, not the program's. */
+		set_range_bits(wm, ws->w, ws->nwritten, pt, pt_end);
+		set_range_bits(bm, ws->r, ws->nranges, GL_KERNEL_END / VM_PAGE,
+			       vm_tracked_end(vm) / VM_PAGE);
+		for (uint64_t p = pt; p < pt_end; p++)
+			bm[p / 64] &= ~(1ULL << (p % 64));
+		vm_tracked_accessed(vm, bm);
+		for (uint64_t i = 0; i < words; i++)
+			bm[i] |= wm[i];
+		r = snap_ws_from_bitmap(bm, n, &ws->image, &out);
+	}
+	if (!r && (r = snap_ws_from_bitmap(wm, n, &ws->image, &written)))
+		snap_ws_release(&out);
 	free(bm);
+	free(wm);
 	if (r)
 		return r;
-	free(ws->r);
-	ws->r = out.r;
-	ws->nranges = out.nranges;
-	ws->pages = out.pages;
+	snap_ws_release(ws);
+	*ws = out;
+	ws->w = written.r;
+	ws->nwritten = written.nranges;
 	return 0;
 }
 
