@@ -13,6 +13,7 @@ extern const unsigned char guest_kernel_end[];
 extern const unsigned char gk_enter[];
 extern const unsigned char gk_syscall[];
 extern const unsigned char gk_vectors[];
+extern const unsigned char gk_touch[];
 
 /* Guest-virtual address of a symbol of the image. */
 #define GK_ADDR(sym) (GL_TEXT + (unsigned long)((sym) - guest_kernel_start))

@@ -25,15 +25,22 @@
 #define GL_TEXT			0x10000	/* guest kernel code, user-readable (stub runs at CPL 3) */
 #define GL_TEXT_SIZE		0x4000
 #define GL_VVAR			0x18000	/* user read-only: clock data for the vDSO */
+#define GL_TOUCH		0x19000	/* user read-only: page ranges for gk_touch */
+#define GL_TOUCH_SIZE		0x7000
 #define GL_STACK_LO		0x20000	/* kernel stack for exceptions */
 #define GL_STACK_TOP		0x30000
 #define GL_VDSO			0x40000	/* user read-execute: the vDSO image */
 #define GL_VDSO_SIZE		0x10000
+#define GL_TRACK_PT		0x100000	/* page tables of a VM recording its working set */
+#define GL_TRACK_PT_SIZE	0x100000	/* 256 of them: the first 512 MiB of user memory */
 #define GL_KERNEL_END		0x200000	/* user memory starts here */
 
 /* Unbacked guest-physical pages behind the doorbells (below the 4 GiB PCI hole). */
 #define GL_DOORBELL_GPA		0xf0000000
 #define GL_MAX_MEMORY		0xe0000000
+
+/* rax of gk_touch's final doorbell store: no Linux system call has this number. */
+#define GK_TOUCH_DONE		0x746f756368
 
 /* Segment selectors: GDT entries 1..5 and the TSS at 6 (two slots). */
 #define GL_SEL_KCODE		0x08

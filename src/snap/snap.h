@@ -213,12 +213,18 @@ struct snap_ws {
 	uint64_t pages;
 	uint32_t nranges;
 	struct snap_range *r;
+	/* The subset the VM wrote (private copies), which a restore may copy ahead. */
+	uint32_t nwritten;
+	struct snap_range *w;
 };
 
-/* Records the pages of [addr, addr + len) present in this process's page tables. */
+/*
+ * Records the pages of [addr, addr + len) present in this process's page tables, and
+ * as written those that are private copies (anonymous) rather than file pages.
+ */
 int snap_ws_from_pagemap(int pagemap_fd, const void *addr, uint64_t len,
 			 const struct snap_id *image, struct snap_ws *ws);
-/* Builds a working set from a bitmap of touched pages. */
+/* Builds a working set from a bitmap of touched pages (none written). */
 int snap_ws_from_bitmap(const uint64_t *bitmap, uint64_t npages,
 			const struct snap_id *image, struct snap_ws *ws);
 int snap_ws_write(const char *path, const struct snap_ws *ws, struct snap_err *err);

@@ -20,6 +20,7 @@ enum frame_type {
 	/* daemon -> stoke-vmm between requests (--state-dump): dump the VM and end; the
 	 * guest never sees it. */
 	FRAME_STATE_DUMP = 5,
+	FRAME_VMM_LAUNCH = 6,	/* daemon -> stoke-vmm --shell, first: its command line */
 };
 
 struct frame_hdr {

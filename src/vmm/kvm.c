@@ -21,6 +21,8 @@
 #define PTE_P	0x1ULL
 #define PTE_W	0x2ULL
 #define PTE_U	0x4ULL
+#define PTE_A	0x20ULL
+#define PTE_D	0x40ULL
 #define PTE_PS	0x80ULL
 #define HUGE	(2ULL << 20)
 
@@ -93,6 +95,8 @@ static void setup_page_tables(struct vm *vm)
 	for (a = GL_TEXT; a < GL_TEXT + GL_TEXT_SIZE; a += VM_PAGE)
 		pt[a / VM_PAGE] = a | PTE_P | PTE_U;
 	pt[GL_VVAR / VM_PAGE] = GL_VVAR | PTE_P | PTE_U;
+	for (a = GL_TOUCH; a < GL_TOUCH + GL_TOUCH_SIZE; a += VM_PAGE)
+		pt[a / VM_PAGE] = a | PTE_P | PTE_U;
 	for (a = GL_VDSO; a < GL_VDSO + GL_VDSO_SIZE; a += VM_PAGE)
 		pt[a / VM_PAGE] = a | PTE_P | PTE_U;
 	for (a = GL_STACK_LO; a < GL_STACK_TOP; a += VM_PAGE)
@@ -411,6 +415,88 @@ int vm_run(struct vm *vm, uint64_t entry, uint64_t sp)
 	int r = enter_user(vm, entry, sp);
 
 	return r ? r : run_loop(vm);
+}
+
+/* User regions (2 MiB, from GL_KERNEL_END) that vm_track_pages maps with 4 KiB pages. */
+static uint64_t tracked_regions(struct vm *vm)
+{
+	uint64_t n = vm->mem_size / HUGE - 1;
+
+	return n < GL_TRACK_PT_SIZE / VM_PAGE ? n : GL_TRACK_PT_SIZE / VM_PAGE;
+}
+
+int vm_track_pages(struct vm *vm)
+{
+	uint64_t *pd = gtab(vm, GL_PD), *pt, r, i, a;
+
+	if (vm->nr_runs)
+		return -EBUSY;
+	for (r = 0; r < tracked_regions(vm); r++) {
+		a = (r + 1) * HUGE;
+		/* The guest's MMU may have set accessed and dirty: nothing else differs. */
+		if ((pd[a / HUGE] & ~(PTE_A | PTE_D)) != (a | PTE_P | PTE_W | PTE_U | PTE_PS))
+			return -EINVAL;
+		pt = gtab(vm, GL_TRACK_PT + r * VM_PAGE);
+		for (i = 0; i < HUGE / VM_PAGE; i++)
+			pt[i] = (a + i * VM_PAGE) | PTE_P | PTE_W | PTE_U;
+		pd[a / HUGE] = (GL_TRACK_PT + r * VM_PAGE) | PTE_P | PTE_W | PTE_U;
+	}
+	return 0;
+}
+
+uint64_t vm_tracked_end(struct vm *vm)
+{
+	return (tracked_regions(vm) + 1) * HUGE;
+}
+
+void vm_tracked_accessed(struct vm *vm, uint64_t *bitmap)
+{
+	const uint64_t *pt = gtab(vm, GL_TRACK_PT);
+	uint64_t p, first = GL_KERNEL_END / VM_PAGE;
+
+	for (p = 0; p < tracked_regions(vm) * (HUGE / VM_PAGE); p++)
+		if (pt[p] & PTE_A)
+			bitmap[(first + p) / 64] |= 1ULL << ((first + p) % 64);
+}
+
+int vm_touch_ready(struct vm *vm)
+{
+	size_t klen = (size_t)(guest_kernel_end - guest_kernel_start);
+	const uint64_t *pt = gtab(vm, GL_PT_LOW);
+	uint64_t a;
+
+	/* A snapshot of another VMM build may lack gk_touch or the list's mapping. */
+	if (memcmp(vm->mem + GL_TEXT, guest_kernel_start, klen))
+		return 0;
+	for (a = GL_TOUCH; a < GL_TOUCH + GL_TOUCH_SIZE; a += VM_PAGE)
+		if (pt[a / VM_PAGE] != (a | PTE_P | PTE_U))
+			return 0;
+	return 1;
+}
+
+int vm_touch(struct vm *vm, uint32_t n)
+{
+	struct kvm_run *run = vm->run;
+	struct kvm_regs *r = &run->s.regs.regs, saved = *r;
+	struct kvm_sregs ssaved = run->s.regs.sregs;
+	int rc, ok;
+
+	if (!n)
+		return 0;
+	r->rip = GK_ADDR(gk_touch);
+	r->rsi = GL_TOUCH;
+	r->rcx = n;
+	run->kvm_dirty_regs = KVM_SYNC_X86_REGS;
+	run->kvm_valid_regs = KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS;
+	while ((rc = timed_run(vm)) < 0 && errno == EINTR)
+		;
+	ok = rc == 0 && run->exit_reason == KVM_EXIT_MMIO && run->mmio.is_write &&
+	     run->mmio.phys_addr == GL_DOORBELL_GPA && r->rax == GK_TOUCH_DONE;
+	/* Back into the pending system call, as if the touch had never run. */
+	*r = saved;
+	run->s.regs.sregs = ssaved;
+	run->kvm_dirty_regs = KVM_SYNC_X86_REGS;
+	return ok ? 0 : -EIO;
 }
 
 /*

@@ -11,14 +11,17 @@
 #include "jail.h"
 #include "clock.h"
 #include "vmsnap.h"
+#include "frame.h"
 
 #include <errno.h>
 #include <getopt.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -52,13 +55,20 @@ static const char usage[] =
 	"  --state-dump F   when the daemon sends a state-dump frame while the guest waits\n"
 	"                   for a request, dump the whole VM to F and end (state: keep)\n"
 	"  --restore-strict a failed --restore ends the VMM (status 125) instead of booting\n"
+	"  --snap-touch     before waiting for the request, have the guest touch the\n"
+	"                   working set (its page faults happen ahead of the request)\n"
+	"  --shell          a generic shell: set up the jail and the VM now, then read the\n"
+	"                   rest of the command line from the channel (a socket: one\n"
+	"                   launch frame; --mem-mb and --tmp-mb must be the shell's);\n"
+	"                   --rootfs and PROGRAM come with it\n"
 	"   or: stoke-vmm --build-snapshot DUMP STORE_DIR SNAPSHOT_FILE\n"
 	"   or: stoke-vmm --build-runtime BASE_DUMP DUMP STORE_DIR SNAPSHOT_FILE\n"
 	"   or: stoke-vmm --commit-ws RAW STORE_DIR\n";
 
 enum { OPT_ROOTFS = 256, OPT_TASK, OPT_RUNTIME, OPT_MEM, OPT_TMP, OPT_WALL, OPT_CHAN, OPT_ENV,
        OPT_NOJAIL, OPT_STATS, OPT_CGROUP, OPT_PARENT, OPT_DUMP, OPT_RESTORE, OPT_STORE,
-       OPT_WS, OPT_WS_OUT, OPT_HUGE, OPT_STATE_DUMP, OPT_STRICT, OPT_BASE_DUMP };
+       OPT_WS, OPT_WS_OUT, OPT_HUGE, OPT_STATE_DUMP, OPT_STRICT, OPT_BASE_DUMP,
+       OPT_TOUCH, OPT_SHELL };
 
 static const struct option options[] = {
 	{ "rootfs", required_argument, NULL, OPT_ROOTFS },
@@ -82,22 +92,46 @@ static const struct option options[] = {
 	{ "snap-huge", no_argument, NULL, OPT_HUGE },
 	{ "state-dump", required_argument, NULL, OPT_STATE_DUMP },
 	{ "restore-strict", no_argument, NULL, OPT_STRICT },
+	{ "snap-touch", no_argument, NULL, OPT_TOUCH },
+	{ "shell", no_argument, NULL, OPT_SHELL },
 	{ NULL, 0, NULL, 0 },
 };
+
+/* Start-up phases, printed with --stats: where a spawn or restore spends its time. */
+struct mark {
+	const char *what;
+	double ms;
+};
+static struct mark marks[16];
+static int nmarks;
+
+static double now_ms(void);
+
+static void mark(const char *what)
+{
+	if (nmarks < (int)(sizeof(marks) / sizeof(marks[0])))
+		marks[nmarks++] = (struct mark){ what, now_ms() };
+}
 
 static char *env[128];
 static int nenv;
 static pid_t parent_pid;
+static int shell;
 
-static int parse_args(int argc, char **argv, struct vm_config *cfg, struct jail_config *jc)
+static void set_defaults(struct vm_config *cfg)
 {
-	int c;
-
 	cfg->mem_bytes = 256ULL << 20;
 	cfg->tmp_bytes = 64ULL << 20;
 	cfg->channel_fd = -1;
 	cfg->jail = 1;
 	cfg->trace = getenv("STOKE_VMM_TRACE") != NULL;
+}
+
+/* Adds options to cfg; a shell's first pass may lack --rootfs and the program. */
+static int parse_args(int argc, char **argv, struct vm_config *cfg, struct jail_config *jc)
+{
+	int c;
+
 	while ((c = getopt_long(argc, argv, "", options, NULL)) != -1) {
 		switch (c) {
 		case OPT_ROOTFS: cfg->rootfs = optarg; break;
@@ -124,11 +158,13 @@ static int parse_args(int argc, char **argv, struct vm_config *cfg, struct jail_
 		case OPT_HUGE: cfg->snap_huge = 1; break;
 		case OPT_STATE_DUMP: cfg->state_dump = optarg; break;
 		case OPT_STRICT: cfg->restore_strict = 1; break;
+		case OPT_TOUCH: cfg->snap_touch = 1; break;
+		case OPT_SHELL: shell = 1; break;
 		default: return -EINVAL;
 		}
 	}
 	if (!cfg->rootfs || optind >= argc)
-		return -EINVAL;
+		return shell && !cfg->rootfs && optind == argc ? 0 : -EINVAL;
 	cfg->argv = argv + optind;
 	cfg->envp = env;
 	return 0;
@@ -139,6 +175,9 @@ static void print_stats(struct vm *vm, double ms)
 	char nb[32];
 	int i;
 
+	for (i = 1; i < nmarks; i++)
+		fprintf(stderr, "stoke-vmm: %-22s %7.2f ms\n", marks[i].what,
+			marks[i].ms - marks[i - 1].ms);
 	fprintf(stderr, "stoke-vmm: %llu system calls in %.1f ms; %llu KVM_RUN, %.1f ms in them\n",
 		(unsigned long long)vm->nr_syscalls, ms, (unsigned long long)vm->nr_runs,
 		(double)vm->run_ns / 1e6);
@@ -202,6 +241,7 @@ static int start(struct vm *vm, int restored)
 		if (r)
 			return fprintf(stderr, "stoke-vmm: restoring: %s\n",
 				       why[0] ? why : strerror(-r)), r;
+		mark("vCPU state");
 		return vm_resume(vm);
 	}
 	r = elf_load_program(vm, &entry, &sp);
@@ -210,6 +250,63 @@ static int start(struct vm *vm, int restored)
 			       strerror(-r)), r;
 	vmsnap_at_load(vm);
 	return vm_run(vm, entry, sp);
+}
+
+/* The channel is a stream socket (the tier's socketpair): one call reads len bytes. */
+static int recv_full(int fd, void *buf, size_t len)
+{
+	ssize_t n = recv(fd, buf, len, MSG_WAITALL);
+
+	if (n == (ssize_t)len)
+		return 0;
+	return n < 0 ? -errno : -EPIPE;
+}
+
+/*
+ * A generic shell (--shell) is set up before anyone knows which function it will run:
+ * the jail's namespaces, supervisor, cgroup and /tmp, and the VM with its vCPU. Then it
+ * waits on the channel for one FRAME_VMM_LAUNCH frame: the rest of a command line
+ * (options and the program, NUL-separated), parsed as if given at start. Memory and
+ * /tmp sizes were fixed by the shell and must match; the jail and the channel stay.
+ */
+static int await_launch(struct vm_config *cfg, struct jail_config *jc)
+{
+	static char *argv[96];
+	uint64_t mem = cfg->mem_bytes, tmp = cfg->tmp_bytes;
+	int chan = cfg->channel_fd, jail = cfg->jail, argc = 1, r;
+	uint8_t hdr[FRAME_HDR_SIZE];
+	struct frame_hdr h;
+	char *buf, *p;
+
+	r = chan < 0 ? -EBADF : recv_full(chan, hdr, sizeof(hdr));
+	if (r)
+		return r;
+	frame_hdr_unpack(hdr, &h);
+	if (h.type != FRAME_VMM_LAUNCH || !h.len || h.len > 65536)
+		return -EPROTO;
+	/* Kept for the process's life: the configuration points into it. */
+	buf = malloc(h.len + 1);
+	if (!buf)
+		return -ENOMEM;
+	r = recv_full(chan, buf, h.len);
+	if (r)
+		return r;
+	buf[h.len] = '\0';
+	argv[0] = (char *)"stoke-vmm";
+	for (p = buf; p < buf + h.len && argc < 95; p += strlen(p) + 1)
+		argv[argc++] = p;
+	argv[argc] = NULL;
+	optind = 0;
+	shell = 0;
+	r = parse_args(argc, argv, cfg, jc);
+	shell = 1;
+	if (r)
+		return r;
+	if (cfg->mem_bytes != mem || cfg->tmp_bytes != tmp)
+		return -EINVAL;
+	cfg->channel_fd = chan;
+	cfg->jail = jail;
+	return 0;
 }
 
 static int run(struct vm *vm, struct vm_config *cfg, struct jail_config *jc)
@@ -223,6 +320,14 @@ static int run(struct vm *vm, struct vm_config *cfg, struct jail_config *jc)
 		return fprintf(stderr, "stoke-vmm: creating the VM: %s\n", strerror(-r)), r;
 	/* Without a vDSO the guest still works, paying an exit per clock read. */
 	clock_init(vm);
+	mark("VM and vCPU");
+	if (shell) {
+		r = await_launch(cfg, jc);
+		if (r)
+			return fprintf(stderr, "stoke-vmm: shell launch: %s\n", strerror(-r)), r;
+		mark("launch received");
+		vmsnap_preload(cfg);
+	}
 	r = vfs_init(vm);
 	if (r)
 		return fprintf(stderr, "stoke-vmm: %s: %s\n", cfg->rootfs, strerror(-r)), r;
@@ -230,9 +335,11 @@ static int run(struct vm *vm, struct vm_config *cfg, struct jail_config *jc)
 	if (r)
 		return fprintf(stderr, "stoke-vmm: snapshot: %s\n", why), r;
 	chan_open_status(vm);
+	mark("files, snapshot open");
 	restored = try_restore(vm);
 	if (restored < 0)
 		return restored;
+	mark("restore memory");
 	r = chan_arm_timer(vm);
 	jc->ioctl_fds[0] = vm->vm_fd;
 	jc->ioctl_fds[1] = vm->vcpu_fd;
@@ -240,6 +347,12 @@ static int run(struct vm *vm, struct vm_config *cfg, struct jail_config *jc)
 		r = jail_enter(jc);
 	if (r)
 		return fprintf(stderr, "stoke-vmm: jail: %s\n", strerror(-r)), r;
+	/*
+	 * Set-up is over (snapshot file, store, seccomp filter): give its freed heap back,
+	 * or each idle VM keeps a few hundred KiB of it.
+	 */
+	malloc_trim(0);
+	mark("jail: pivot, seccomp");
 	t0 = now_ms();
 	r = start(vm, restored);
 	if (cfg->stats)
@@ -306,6 +419,7 @@ int main(int argc, char **argv)
 
 	if (argc > 1 && (r = tool_mode(argc, argv)) >= 0)
 		return r;
+	set_defaults(&cfg);
 	if (parse_args(argc, argv, &cfg, &jc)) {
 		fputs(usage, stderr);
 		return 2;
@@ -318,6 +432,10 @@ int main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 	if (die_with_parent())
 		return EXIT_VMM_FAILED;
+	mark("start");
+	if (!shell)
+		vmsnap_preload(&cfg);
+	mark("working-set readahead");
 	jc.tmp_bytes = cfg.tmp_bytes;
 	jc.jail = cfg.jail;
 	r = jail_prepare(&jc, &cfg);
@@ -325,6 +443,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "stoke-vmm: preparing /tmp and the jail: %s\n", strerror(-r));
 		return EXIT_VMM_FAILED;
 	}
+	mark("jail: namespaces, fork");
 	r = run(&vm, &cfg, &jc);
 	vmsnap_close(&vm);
 	vfs_close_all(&vm);

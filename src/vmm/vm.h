@@ -58,6 +58,7 @@ struct vm_config {
 	int snap_huge;		/* restore: copy the working set's 2 MiB regions to huge pages */
 	const char *state_dump;	/* dump here when the daemon asks at an idle read (keep) */
 	int restore_strict;	/* a failed restore ends the VMM instead of booting */
+	int snap_touch;		/* restore: the guest touches the working set before its read */
 };
 
 /* Frame tracker for the guest's outbound channel bytes (see channel.c). */
@@ -145,6 +146,31 @@ void vm_destroy(struct vm *vm);
 int vm_run(struct vm *vm, uint64_t entry, uint64_t sp);
 /* Continues a restored VM: finishes its pending system call, then runs as vm_run. */
 int vm_resume(struct vm *vm);
+/*
+ * For recording a working set exactly: maps the user memory below GL_TRACK_PT's reach
+ * with 4 KiB guest pages (normally 2 MiB), so that the accessed bits the guest's MMU
+ * sets name the pages it touched. The host's page tables cannot tell: one host fault
+ * maps a whole large folio of the image. Only before the vCPU first runs: this
+ * machine's shadow MMU does not see edits of present entries. Returns 0 or -errno
+ * (-EINVAL: the page directory is not the one this VMM builds).
+ */
+int vm_track_pages(struct vm *vm);
+/* End of the guest-physical range vm_track_pages covers (from GL_KERNEL_END). */
+uint64_t vm_tracked_end(struct vm *vm);
+/* Sets the bits of the pages the guest accessed since vm_track_pages (one per page). */
+void vm_tracked_accessed(struct vm *vm, uint64_t *bitmap);
+/*
+ * Whether this VM's memory (a restored image) has the guest kernel and the GL_TOUCH
+ * mapping this VMM was built with, so that vm_touch can run.
+ */
+int vm_touch_ready(struct vm *vm);
+/*
+ * In a restored VM stopped in its pending system call: runs gk_touch over the n page
+ * ranges at GL_TOUCH (guest-physical, written by the caller), so that the guest's
+ * shadow page faults on them happen now, then restores the registers. Returns 0, or
+ * -EIO when the guest did not finish (the VM is then unusable).
+ */
+int vm_touch(struct vm *vm, uint32_t n);
 
 /* memory.c: guest address space. */
 int gmem_init(struct vm *vm);

@@ -172,6 +172,7 @@ int vm_launch_build(struct vm_launch *l, const struct fn *fn, const char *rootfs
 	r = r ? r : add_arg(l, "--task=%s", fn->dir);
 	r = r ? r : add_arg(l, "--mem-mb=%u", l->mem_mb);
 	/* tmp_mb 0 means no /tmp at all (the manifest fills in the default). */
+	l->tmp_mb = fn->limits.tmp_mb;
 	r = r ? r : add_arg(l, "--tmp-mb=%u", fn->limits.tmp_mb);
 	r = r ? r : add_arg(l, "--wall-ms=%u", l->wall_ms);
 	r = r ? r : add_arg(l, "--channel-fd=%d", CHILD_CHANNEL_FD);
@@ -193,6 +194,46 @@ int vm_launch_build(struct vm_launch *l, const struct fn *fn, const char *rootfs
 		snprintf(err, errlen, "runtime '%s' is not served by the vm tier "
 			 "(python3, native)", fn->runtime), r = -EINVAL;
 	return r ? r : add_program(l, fn, native_dir);
+}
+
+int vm_launch_shell(struct vm_launch *l, const char *vmm_path, uint32_t mem_mb,
+		    uint32_t tmp_mb, int jail)
+{
+	int r;
+
+	memset(l, 0, sizeof(*l));
+	l->mem_mb = mem_mb;
+	l->tmp_mb = tmp_mb;
+	r = add_arg(l, "%s", vmm_path);
+	r = r ? r : add_arg(l, "--shell");
+	r = r ? r : add_arg(l, "--mem-mb=%u", mem_mb);
+	r = r ? r : add_arg(l, "--tmp-mb=%u", tmp_mb);
+	r = r ? r : add_arg(l, "--channel-fd=%d", CHILD_CHANNEL_FD);
+	r = r ? r : add_arg(l, "--parent-pid=%d", (int)getpid());
+	return r ? r : add_arg(l, jail ? "--cgroup=auto" : "--no-jail");
+}
+
+int vm_proc_launch(struct vm_proc *p, const struct vm_launch *l)
+{
+	uint8_t buf[FRAME_HDR_SIZE + sizeof(l->strs)];
+	size_t len = 0, n;
+	ssize_t w;
+	int i;
+
+	if (l->mem_mb != p->mem_mb)
+		return -EINVAL;
+	/* argv[0] is the VMM's path: the shell is that program already. */
+	for (i = 1; i < l->argc; i++) {
+		n = strlen(l->argv[i]) + 1;
+		memcpy(buf + FRAME_HDR_SIZE + len, l->argv[i], n);
+		len += n;
+	}
+	frame_hdr_pack(buf, (uint32_t)len, FRAME_VMM_LAUNCH);
+	/* A fresh socket's buffer holds the whole frame: one write, never EAGAIN. */
+	w = write(p->chan, buf, FRAME_HDR_SIZE + len);
+	if (w != (ssize_t)(FRAME_HDR_SIZE + len))
+		return w < 0 ? -errno : -EIO;
+	return 0;
 }
 
 int vm_launch_with(struct vm_launch *dst, const struct vm_launch *src,

@@ -39,6 +39,7 @@ struct vm_launch {
 	int argc;
 	uint32_t wall_ms;
 	uint32_t mem_mb;
+	uint32_t tmp_mb;
 };
 
 /* Outcome of one exchange, beyond the response it filled in. */
@@ -82,6 +83,18 @@ int vm_native_build(const struct fn *fn, const char *data_dir, char *out_dir, si
 void vm_native_remove(const char *out_dir);
 /* Starts a VM. Returns 0 or -errno. */
 int vm_proc_spawn(struct vm_proc *p, const struct vm_launch *l, const char *vmm_path);
+/*
+ * The launch of a generic shell (stoke-vmm --shell): jail and VM of mem_mb with a
+ * /tmp of tmp_mb, the function to come later (vm_proc_launch).
+ */
+int vm_launch_shell(struct vm_launch *l, const char *vmm_path, uint32_t mem_mb,
+		    uint32_t tmp_mb, int jail);
+/*
+ * Hands a generic shell spawned from vm_launch_shell the function to run: l's command
+ * line, as one launch frame. l must have the shell's mem_mb and tmp_mb.
+ * Returns 0 or -errno (the shell is then unusable).
+ */
+int vm_proc_launch(struct vm_proc *p, const struct vm_launch *l);
 /*
  * Sends inv's request and waits for the response (at most budget_ms), streaming the
  * guest's stdout/stderr into the function's log. On VM_OK inv->resp is filled; on any

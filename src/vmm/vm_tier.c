@@ -88,10 +88,12 @@ struct vm_tier {
 	int nrt_keys, rt_keys_full;
 	struct vm_fn *fns;
 	struct vm_proc *dying;		/* retired VMs the reaper stops off the caller's thread */
+	struct vm_launch generic_launch;	/* generic shell: jail and VM, no function yet */
+	struct vm_proc *generic;	/* one parked, for a restore with no shell of its own */
 	atomic_ullong idle_bytes;
 	atomic_int live;
 	atomic_ullong boots, boot_ns, crashes, timeouts, invocations;
-	atomic_ullong restores, restore_failures;
+	atomic_ullong restores, restore_failures, generic_starts;
 	atomic_ullong state_saves, state_save_failures, state_restores, state_corrupt;
 };
 
@@ -230,7 +232,7 @@ static void park_shell(struct vm_tier *vt, struct vm_fn *vf)
 	    atomic_load(&vt->idle_bytes) + ((uint64_t)vf->launch.mem_mb << 20) >
 	    vt->memory_budget)
 		return;
-	l = vm_tier_snap_launch(&vf->snap);
+	l = vm_tier_snap_shell_launch(&vf->snap);
 	p = l ? calloc(1, sizeof(*p)) : NULL;
 	if (!p)
 		return;
@@ -244,6 +246,77 @@ static void park_shell(struct vm_tier *vt, struct vm_fn *vf)
 	pthread_mutex_lock(&vf->lock);
 	vf->shell = p;
 	pthread_mutex_unlock(&vf->lock);
+}
+
+/*
+ * Keeps one generic shell parked (process, jail and VM of the default size, waiting
+ * for a launch) while a version with a snapshot was invoked within the idle TTL
+ * (wanted): a restore of a version with no shell of its own then skips spawning (10-20
+ * ms here). Counted in idle_bytes like a shell. Called with vt->lock held; returns a
+ * shell to stop when none is wanted any more.
+ */
+static struct vm_proc *park_generic(struct vm_tier *vt, int wanted)
+{
+	uint64_t bytes = (uint64_t)vt->generic_launch.mem_mb << 20;
+	struct vm_proc *p = vt->generic;
+
+	if (!wanted || vt->stopping) {
+		vt->generic = NULL;
+		if (p)
+			p->next = NULL;
+		return p;
+	}
+	if (!vt->snapshots || p || atomic_load(&vt->idle_bytes) + bytes > vt->memory_budget)
+		return NULL;
+	p = calloc(1, sizeof(*p));
+	if (!p || vm_proc_spawn(p, &vt->generic_launch, vt->vmm_path)) {
+		free(p);
+		return NULL;
+	}
+	atomic_fetch_add(&vt->live, 1);
+	atomic_fetch_add(&vt->idle_bytes, bytes);
+	vt->generic = p;
+	return NULL;
+}
+
+/* The parked generic shell, launched with l, when it fits l's sizes. */
+static struct vm_proc *take_generic(struct vm_tier *vt, const struct vm_launch *l)
+{
+	struct vm_proc *p = NULL;
+
+	pthread_mutex_lock(&vt->lock);
+	if (l->mem_mb == vt->generic_launch.mem_mb && l->tmp_mb == vt->generic_launch.tmp_mb) {
+		p = vt->generic;
+		vt->generic = NULL;
+		pthread_cond_signal(&vt->reaper_cond);
+	}
+	pthread_mutex_unlock(&vt->lock);
+	if (p)
+		atomic_fetch_sub(&vt->idle_bytes, (uint64_t)p->mem_mb << 20);
+	if (p && vm_proc_launch(p, l)) {
+		drop(vt, p);
+		return NULL;
+	}
+	if (p)
+		atomic_fetch_add(&vt->generic_starts, 1);
+	return p;
+}
+
+static struct vm_proc *spawn_vm(struct vm_tier *vt, const struct vm_launch *l, int *err)
+{
+	struct vm_proc *p = calloc(1, sizeof(*p));
+
+	if (!p) {
+		*err = -ENOMEM;
+		return NULL;
+	}
+	*err = vm_proc_spawn(p, l, vt->vmm_path);
+	if (*err) {
+		free(p);
+		return NULL;
+	}
+	atomic_fetch_add(&vt->live, 1);
+	return p;
 }
 
 static struct vm_proc *get_vm(struct tier *t, struct vm_fn *vf, struct inv *inv, int *err)
@@ -262,19 +335,11 @@ static struct vm_proc *get_vm(struct tier *t, struct vm_fn *vf, struct inv *inv,
 		inv->cold = 1;
 		return p;
 	}
-	p = calloc(1, sizeof(*p));
-	if (!p) {
-		*err = -ENOMEM;
-		return NULL;
-	}
 	l = vt->snapshots ? vm_tier_snap_launch(&vf->snap) : NULL;
-	*err = vm_proc_spawn(p, l ? l : &vf->launch, t->vmm_path);
-	if (*err) {
-		free(p);
+	p = l ? take_generic(vt, l) : NULL;
+	if (!p && !(p = spawn_vm(vt, l ? l : &vf->launch, err)))
 		return NULL;
-	}
 	p->restored = l != NULL;
-	atomic_fetch_add(&vt->live, 1);
 	atomic_fetch_add(p->restored ? &vt->restores : &vt->boots, 1);
 	inv->cold = 1;
 	return p;
@@ -767,6 +832,7 @@ static void reap_idle(struct vm_tier *vt)
 	struct vm_proc *expired = NULL, *p, *last;
 	uint64_t cutoff = vm_now_ns() - vt->idle_ttl_ns;
 	struct vm_fn *vf;
+	int restoring = 0;
 
 	pthread_mutex_lock(&vt->lock);
 	expired = vt->dying;
@@ -774,6 +840,7 @@ static void reap_idle(struct vm_tier *vt)
 	for (vf = vt->fns; vf; vf = vf->next) {
 		vm_tier_snap_tick(&vf->snap);
 		park_shell(vt, vf);
+		restoring |= vf->snap.ready && atomic_load(&vf->last_used_ns) >= cutoff;
 		p = take_expired(vf, cutoff);
 		if (atomic_load(&vf->last_used_ns) < cutoff && (last = take_parked(vf))) {
 			last->next = p;
@@ -785,6 +852,10 @@ static void reap_idle(struct vm_tier *vt)
 			last->next = expired;
 			expired = p;
 		}
+	}
+	if ((p = park_generic(vt, restoring))) {
+		p->next = expired;
+		expired = p;
 	}
 	pthread_mutex_unlock(&vt->lock);
 	/* Stopping waits for the processes: do it outside every lock. */
@@ -918,6 +989,10 @@ static int vm_start(struct tier *t)
 			  1000000000ULL;
 	vt->vmm_path = t->vmm_path;
 	vt->memory_budget = t->memory_budget;
+	/* The manifest's default sizes: most versions fit the generic shell. */
+	r = vm_launch_shell(&vt->generic_launch, t->vmm_path, 256, 64, vt->jail);
+	if (r)
+		return r;
 	/* On unless $STOKE_VM_SNAPSHOTS=0 (the whole e2e suite passes either way). */
 	vt->snapshots = !getenv("STOKE_VM_SNAPSHOTS") ||
 			strcmp(getenv("STOKE_VM_SNAPSHOTS"), "0") != 0;
@@ -1295,6 +1370,9 @@ static void vm_metrics(struct tier *t, struct strbuf *out)
 	sb_printf(out, "# TYPE stoke_vm_restore_failures_total counter\n"
 		  "stoke_vm_restore_failures_total %llu\n",
 		  (unsigned long long)atomic_load(&vt->restore_failures));
+	sb_printf(out, "# TYPE stoke_vm_generic_shell_starts_total counter\n"
+		  "stoke_vm_generic_shell_starts_total %llu\n",
+		  (unsigned long long)atomic_load(&vt->generic_starts));
 	sb_printf(out, "# TYPE stoke_vm_crashes_total counter\nstoke_vm_crashes_total %llu\n",
 		  (unsigned long long)atomic_load(&vt->crashes));
 	sb_printf(out, "# TYPE stoke_vm_timeouts_total counter\nstoke_vm_timeouts_total %llu\n",
@@ -1399,6 +1477,10 @@ static void vm_stop(struct tier *t)
 			atomic_fetch_sub(&vt->idle_bytes, (uint64_t)p->mem_mb << 20);
 			drop(vt, p);
 		}
+	}
+	if (vt->generic) {
+		atomic_fetch_sub(&vt->idle_bytes, (uint64_t)vt->generic->mem_mb << 20);
+		drop(vt, vt->generic);
 	}
 	while ((p = vt->dying)) {
 		vt->dying = p->next;

@@ -38,6 +38,7 @@ struct vm_tier_snap {
 	struct vm_launch record;	/* restore and record the working set */
 	struct vm_launch plain;		/* restore */
 	struct vm_launch prefetch;	/* restore and prefetch the working set */
+	struct vm_launch shell;		/* the same, and touch it before the request */
 	atomic_int recording;	/* a VM was started to record the working set */
 	atomic_int ws_ready;	/* the working set is in the store */
 	char image[1200];	/* the restore image of top */
@@ -90,6 +91,11 @@ int vm_tier_snap_wait_dump(struct vm_proc *p, const char *dump);
  * whether the restore image is in the image cache (else stoke-vmm assembles it).
  */
 const struct vm_launch *vm_tier_snap_launch(struct vm_tier_snap *s);
+/*
+ * The launch for a VM parked ahead of requests (a shell): a restore that takes its
+ * working set's page faults before it waits; NULL until the working set is recorded.
+ */
+const struct vm_launch *vm_tier_snap_shell_launch(struct vm_tier_snap *s);
 /* Moves a recorded working set into the store once the recording VM wrote it. */
 void vm_tier_snap_tick(struct vm_tier_snap *s);
 /*

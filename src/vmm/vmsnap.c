@@ -2,11 +2,13 @@
 #include "vmsnap.h"
 #include "vm.h"
 #include "clock.h"
+#include "guest/layout.h"
 #include "snap/snap.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/kvm.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -74,8 +76,10 @@ struct vmsnap_state {
 	int ws_done;
 	int responded;		/* a response frame went out since the restore */
 	uint64_t *zeroed;	/* a layer dump is due: pages gmem_zero gave back */
+	int tracking;		/* vm_track_pages: the guest's accessed bits name its pages */
 	struct vcpu_blob vcpu;
 	struct snap_id image;
+	uint32_t touch_n;	/* ranges at GL_TOUCH for vm_touch, 0 for none */
 };
 
 static int say(char *why, size_t len, int r, const char *fmt, const char *arg)
@@ -613,6 +617,45 @@ static void copy_hot_regions(struct vm *vm, const struct snap_image *img,
 	}
 }
 
+/*
+ * Lists the working set's user pages at GL_TOUCH for gk_touch (the guest kernel's own
+ * pages are not user-accessible; it faults them itself). Ranges that do not fit are
+ * left to fault during the request.
+ */
+static uint32_t touch_ranges(struct vm *vm, const struct snap_range *r, uint32_t nr,
+			     int write, uint32_t n)
+{
+	uint64_t *out = (uint64_t *)(vm->mem + GL_TOUCH), lo = GL_KERNEL_END / VM_PAGE;
+	uint64_t hi = vm->mem_size / VM_PAGE, a, b;
+	uint32_t i;
+
+	for (i = 0; i < nr && n < GL_TOUCH_SIZE / 16; i++) {
+		a = r[i].gpn < lo ? lo : r[i].gpn;
+		b = r[i].gpn + r[i].count > hi ? hi : r[i].gpn + r[i].count;
+		if (a >= b)
+			continue;
+		out[2 * n] = a * VM_PAGE | (uint64_t)write;
+		out[2 * n + 1] = b - a;
+		n++;
+	}
+	return n;
+}
+
+/*
+ * The pages the recording VM wrote come first and are written (one fault makes the
+ * private copy and a writable mapping; a read first would cost a second fault), then
+ * every touched page is read (those already mapped cost nothing).
+ */
+static uint32_t touch_list(struct vm *vm, const struct snap_ws *ws)
+{
+	uint32_t n;
+
+	if (!vm_touch_ready(vm))
+		return 0;
+	n = touch_ranges(vm, ws->w, ws->nwritten, 1, 0);
+	return touch_ranges(vm, ws->r, ws->nranges, 0, n);
+}
+
 static void prefetch(struct vm *vm, const struct snap_image *img)
 {
 	struct snap_ws ws;
@@ -623,8 +666,65 @@ static void prefetch(struct vm *vm, const struct snap_image *img)
 	    !memcmp(&ws.image, &img->id, sizeof(ws.image)))
 		copy_hot_regions(vm, img, &ws);
 	/* A working set recorded on another image is refused (-ESTALE): then lazily. */
-	snap_ws_prefetch(img, &ws, vm->mem, SNAP_FILL_DEFAULT, SNAP_PF_DEFAULT, NULL);
+	if (!snap_ws_prefetch(img, &ws, vm->mem, SNAP_FILL_DEFAULT, SNAP_PF_DEFAULT, NULL) &&
+	    vm->cfg->snap_touch)
+		vm->snap->touch_n = touch_list(vm, &ws);
 	snap_ws_release(&ws);
+}
+
+struct preload {
+	struct snap_image img;
+	struct snap_ws ws;
+};
+
+/* Only system calls here: the jail forks while this runs (no lock may be held). */
+static void *preload_io(void *arg)
+{
+	struct preload *p = arg;
+
+	snap_ws_prefetch(&p->img, &p->ws, NULL, SNAP_FILL_READAHEAD, 0, NULL);
+	snap_image_close(&p->img);
+	snap_ws_release(&p->ws);
+	free(p);
+	return NULL;
+}
+
+/*
+ * readahead(2) waits for the file's block map and for room in the device queue (3-17
+ * ms measured for an evicted Python image), so it runs on a thread of its own while
+ * the jail and the VM are set up. Reading the working set and opening the image
+ * (which take locks, in OpenSSL among others) happen before, on the caller's thread.
+ * The jail's fork leaves the thread in the supervisor; the page cache is the same.
+ */
+void vmsnap_preload(const struct vm_config *cfg)
+{
+	struct snap_store *store;
+	struct preload *p;
+	pthread_attr_t attr;
+	pthread_t t;
+	int r, opened = 0;
+
+	if (!cfg->snap_restore || !cfg->snap_ws || !cfg->snap_store ||
+	    !(p = calloc(1, sizeof(*p))))
+		return;
+	r = snap_ws_read(cfg->snap_ws, &p->ws, NULL);
+	/* The image is named by its top layer, which the working set records. */
+	if (!r && !(r = snap_store_open(cfg->snap_store, NULL, &store, NULL))) {
+		r = snap_image_open(store, &p->ws.image, &p->img, NULL);
+		opened = !r;
+		snap_store_close(store);
+	}
+	if (!r && !(r = -pthread_attr_init(&attr))) {
+		pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+		r = -pthread_create(&t, &attr, preload_io, p);
+		pthread_attr_destroy(&attr);
+		if (!r)
+			return;
+	}
+	if (opened)
+		snap_image_close(&p->img);
+	snap_ws_release(&p->ws);
+	free(p);
 }
 
 /* Maps the image over the slot; past this point the boot path is gone. */
@@ -686,6 +786,9 @@ int vmsnap_restore_memory(struct vm *vm, int *mapped, char *why, size_t len)
 		set_vm_fields(vm, b);
 		r = restore_fds(vm, b, why, len);
 	}
+	/* A VM that records the working set notes what its guest touches, page by page. */
+	if (!r && vm->snap->ws_fd >= 0)
+		vm->snap->tracking = !vm_track_pages(vm);
 	snap_file_release(&f);
 	return r;
 }
@@ -709,6 +812,17 @@ int vmsnap_restore_vcpu(struct vm *vm, char *why, size_t len)
 	run->s.regs.regs = b->regs;
 	run->s.regs.sregs = b->sregs;
 	vm->fs_dirty = 0;
+	if (vm->snap->touch_n) {
+		if (vm_touch(vm, vm->snap->touch_n)) {
+			snprintf(why, len, "touching the working set: the guest did not finish");
+			return -EIO;
+		}
+		/* The list's pages read as the image's again: no private copy stays. */
+		madvise(vm->mem + GL_TOUCH, GL_TOUCH_SIZE, MADV_DONTNEED);
+		if (vm->cfg->stats)
+			fprintf(stderr, "stoke-vmm: touched %u working-set ranges\n",
+				vm->snap->touch_n);
+	}
 	return clock_restore(vm);
 }
 
@@ -723,8 +837,59 @@ static int write_ws(int fd, const struct snap_ws *ws)
 	memcpy(h.image, ws->image.b, sizeof(h.image));
 	h.pages = ws->pages;
 	h.nranges = ws->nranges;
+	h.nwritten = ws->nwritten;
 	r = pwrite_all(fd, ws->r, len, sizeof(h));
+	r = r ? r : pwrite_all(fd, ws->w, ws->nwritten * sizeof(ws->w[0]), sizeof(h) + len);
 	return r ? r : pwrite_all(fd, &h, sizeof(h), 0);
+}
+
+static void set_range_bits(uint64_t *bm, const struct snap_range *r, uint32_t n,
+			   uint64_t from, uint64_t to)
+{
+	uint64_t p;
+
+	for (uint32_t i = 0; i < n; i++)
+		for (p = r[i].gpn; p < r[i].gpn + r[i].count; p++)
+			if (p < from || p >= to)
+				bm[p / 64] |= 1ULL << (p % 64);
+}
+
+/*
+ * Narrows the touched pages to what the guest's accessed bits name where they are
+ * tracked (vm_track_pages), keeping every written page: the host's page tables also
+ * hold the large folios' neighbours that one fault mapped (about 3x the pages here).
+ */
+static int narrow_to_accessed(struct vm *vm, struct snap_ws *ws)
+{
+	uint64_t n = vm->mem_size / VM_PAGE, words = (n + 63) / 64;
+	uint64_t *bm = calloc(words, 8), *wm = calloc(words, 8);
+	uint64_t pt = GL_TRACK_PT / VM_PAGE, pt_end = pt + GL_TRACK_PT_SIZE / VM_PAGE;
+	struct snap_ws out, written;
+	int r = bm && wm ? 0 : -ENOMEM;
+
+	if (!r) {
+		/* The tracking page tables are this VM's own, not the program's. */
+		set_range_bits(wm, ws->w, ws->nwritten, pt, pt_end);
+		set_range_bits(bm, ws->r, ws->nranges, GL_KERNEL_END / VM_PAGE,
+			       vm_tracked_end(vm) / VM_PAGE);
+		for (uint64_t p = pt; p < pt_end; p++)
+			bm[p / 64] &= ~(1ULL << (p % 64));
+		vm_tracked_accessed(vm, bm);
+		for (uint64_t i = 0; i < words; i++)
+			bm[i] |= wm[i];
+		r = snap_ws_from_bitmap(bm, n, &ws->image, &out);
+	}
+	if (!r && (r = snap_ws_from_bitmap(wm, n, &ws->image, &written)))
+		snap_ws_release(&out);
+	free(bm);
+	free(wm);
+	if (r)
+		return r;
+	snap_ws_release(ws);
+	*ws = out;
+	ws->w = written.r;
+	ws->nwritten = written.nranges;
+	return 0;
 }
 
 void vmsnap_after_response(struct vm *vm)
@@ -739,6 +904,8 @@ void vmsnap_after_response(struct vm *vm)
 		return;
 	s->ws_done = 1;
 	r = snap_ws_from_pagemap(s->pagemap_fd, vm->mem, vm->mem_size, &s->image, &ws);
+	if (!r && s->tracking && (r = narrow_to_accessed(vm, &ws)))
+		snap_ws_release(&ws);
 	if (!r) {
 		r = write_ws(s->ws_fd, &ws);
 		snap_ws_release(&ws);

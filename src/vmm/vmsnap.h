@@ -55,10 +55,18 @@ struct vmsnap_ws_hdr {
 	uint8_t image[32];	/* id of the image the VM was restored from */
 	uint64_t pages;
 	uint64_t nranges;	/* then nranges pairs of u64 (first page, count) */
+	uint64_t nwritten;	/* then as many pairs: the pages the VM wrote */
 };
 
 /* In the VMM (vmsnap.c). Return 0 or -errno; *why gets a reason for the operator. */
 
+/*
+ * Starts reading the working set of the image a restore will map (readahead, not
+ * waited for), first thing in the process: an image that left the page cache then
+ * comes in while the jail and the VM are set up, not after. Best effort.
+ */
+struct vm_config;
+void vmsnap_preload(const struct vm_config *cfg);
 /* Opens what taking or restoring needs while the host file system is still there. */
 int vmsnap_open(struct vm *vm, char *why, size_t len);
 /*

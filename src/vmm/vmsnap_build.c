@@ -268,25 +268,31 @@ static int read_raw_ws(const char *raw, struct snap_ws *ws)
 {
 	struct vmsnap_ws_hdr h;
 	int fd = open(raw, O_RDONLY | O_CLOEXEC), r = 0;
-	size_t n;
+	size_t n, nw;
 
 	if (fd < 0)
 		return -errno;
 	memset(ws, 0, sizeof(*ws));
 	if (pread(fd, &h, sizeof(h), 0) != (ssize_t)sizeof(h) ||
-	    memcmp(h.magic, "STOKWSRW", 8) || h.nranges > (1u << 24))
+	    memcmp(h.magic, "STOKWSRW", 8) || h.nranges > (1u << 24) ||
+	    h.nwritten > (1u << 24))
 		r = -EINVAL;
 	n = r ? 0 : h.nranges * sizeof(ws->r[0]);
-	if (!r && !(ws->r = malloc(n ? n : 1)))
+	nw = r ? 0 : h.nwritten * sizeof(ws->w[0]);
+	if (!r && (!(ws->r = malloc(n ? n : 1)) || !(ws->w = malloc(nw ? nw : 1))))
 		r = -ENOMEM;
-	if (!r && pread(fd, ws->r, n, sizeof(h)) != (ssize_t)n)
+	if (!r && (pread(fd, ws->r, n, sizeof(h)) != (ssize_t)n ||
+		   pread(fd, ws->w, nw, (off_t)(sizeof(h) + n)) != (ssize_t)nw))
 		r = -ENODATA;
 	close(fd);
-	if (r)
+	if (r) {
+		snap_ws_release(ws);
 		return r;
+	}
 	memcpy(ws->image.b, h.image, sizeof(h.image));
 	ws->pages = h.pages;
 	ws->nranges = (uint32_t)h.nranges;
+	ws->nwritten = (uint32_t)h.nwritten;
 	return 0;
 }
 

@@ -19,24 +19,36 @@ RUNTIME = os.path.join(ROOT, "runtimes", "python3")
 ZERO_ID = "0" * 64
 
 
+def function_args(task, extra, mem_mb=256, mode="1"):
+    """stoke-vmm's arguments for python3's bootstrap (after the VMM's own options)."""
+    args = ["--rootfs=" + ROOTFS, "--runtime=" + RUNTIME, "--mem-mb=%d" % mem_mb,
+            "--env=STOKE_CHANNEL_FD=3", "--env=STOKE_ENTRY=handler.py",
+            "--env=STOKE_SNAPSHOT=" + mode] + list(extra)
+    args += ["--task=" + task] if task else []
+    return args + ["--", "/usr/bin/python3", "-S", "/var/runtime/bootstrap.py"]
+
+
 class Vmm:
     """One stoke-vmm process running python3's bootstrap, its channel a socketpair
-    (mode: STOKE_SNAPSHOT, "1" or "runtime"; no task directory for a runtime)."""
+    (mode: STOKE_SNAPSHOT, "1" or "runtime"; no task directory for a runtime). With
+    shell=True it starts as a generic shell (--shell) and gets the rest by launch()."""
 
-    def __init__(self, task, *extra, jail=False, mode="1"):
+    def __init__(self, task, *extra, jail=False, mode="1", shell=False):
         mine, theirs = socket.socketpair()
-        args = [VMM, "--rootfs=" + ROOTFS, "--runtime=" + RUNTIME,
-                "--mem-mb=256", "--channel-fd=%d" % theirs.fileno(),
-                "--env=STOKE_CHANNEL_FD=3", "--env=STOKE_ENTRY=handler.py",
-                "--env=STOKE_SNAPSHOT=" + mode] + ([] if jail else ["--no-jail"]) + list(extra)
-        args += ["--task=" + task] if task else []
-        args += ["--", "/usr/bin/python3", "-S", "/var/runtime/bootstrap.py"]
+        args = [VMM, "--channel-fd=%d" % theirs.fileno()] + ([] if jail else ["--no-jail"])
+        args += ["--shell", "--mem-mb=256"] + list(extra) if shell else \
+            function_args(task, extra, mode=mode)
         self.proc = subprocess.Popen(args, pass_fds=(theirs.fileno(),),
                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE)
         theirs.close()
         self.sock = mine
         self.sock.settimeout(30)
+
+    def launch(self, task, *extra, mem_mb=256):
+        """A generic shell's launch frame (type 6): the rest of its command line."""
+        payload = b"".join(a.encode() + b"\0" for a in function_args(task, extra, mem_mb))
+        self.sock.sendall(struct.pack("<IBBH", len(payload), 6, 1, 0) + payload)
 
     def load(self, env):
         """The load frame a VM restored from a runtime snapshot waits for."""

@@ -160,6 +160,10 @@ static void test_ws_file(const struct snap_ws *ws)
 	for (uint32_t i = 0; same && i < ws->nranges; i++)
 		same = back.r[i].gpn == ws->r[i].gpn && back.r[i].count == ws->r[i].count;
 	CHECK(same && !memcmp(&back.image, &ws->image, sizeof(ws->image)));
+	CHECK(back.nwritten == ws->nwritten);
+	for (uint32_t i = 0; same && i < ws->nwritten; i++)
+		same = back.w[i].gpn == ws->w[i].gpn && back.w[i].count == ws->w[i].count;
+	CHECK(same);
 	snap_ws_release(&back);
 	snprintf(cmd, sizeof(cmd), "printf 'X' | dd of=%s bs=1 seek=70 conv=notrunc "
 		 "status=none", path);
@@ -224,7 +228,13 @@ static void test_prefetch(struct snap_store *s)
 	CHECK(snap_image_open(s, &id_base, &img, &err) == 0);
 	CHECK(snap_image_map(&img, slot, MEM, 0, &err) == 0);
 	touch(slot, touched, 1);
+	/* Written pages (private copies) are recorded apart: pages 5, 6 and 40. */
+	slot[5 * SNAP_PAGE] ^= 1;
+	slot[6 * SNAP_PAGE + 9] ^= 1;
+	slot[40 * SNAP_PAGE] ^= 1;
 	CHECK(snap_ws_from_pagemap(-1, slot, MEM, &img.id, &ws) == 0);
+	CHECK(ws.nwritten == 2 && ws.w[0].gpn == 5 && ws.w[0].count == 2 &&
+	      ws.w[1].gpn == 40 && ws.w[1].count == 1);
 	/* Fault-around may add neighbours; every touched page must be in. */
 	snap_ws_from_bitmap(touched, NPAGES, &img.id, &exact);
 	CHECK(ws.pages >= exact.pages && exact.pages > 250);
