@@ -54,7 +54,8 @@ struct iso_fn {
 	struct iso_tenant *instances;	/* live instances, linked by `sibling` */
 	int ninstances;
 	int retired;			/* drop instances as soon as they are idle */
-	int code_refreshed;		/* caches remade after a first request */
+	int code_refreshed;		/* caches remade after a request */
+	unsigned ninstances_made;	/* cold starts so far */
 	struct inv **waiting;		/* requests waiting for an instance (FIFO) */
 	size_t nwaiting, waitcap;
 };
