@@ -175,6 +175,7 @@ struct iso_tier {
 
 	atomic_long live, pool_size, mem_bytes;
 	atomic_ulong cold_starts, invocations, evictions, pool_misses, trims, handoffs;
+	atomic_ulong code_refreshes;
 	atomic_long threads;
 	atomic_long trim_pending;
 	atomic_ulong kills_cpu, kills_wall, kills_memory, kills_stack, exceptions;

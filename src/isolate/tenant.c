@@ -168,7 +168,7 @@ void iso__tenant_touch(struct iso_worker *w, struct iso_tenant *tn)
  * 64 KiB in an isolate that has made a code cache (its external reference map), which
  * an idle tenant should not carry for nothing.
  */
-static void maybe_refresh_code(struct iso_tenant *tn)
+static void maybe_refresh_code(struct iso_worker *w, struct iso_tenant *tn)
 {
 	struct iso_fn *f = tn->fn->tier_data;
 
@@ -176,12 +176,13 @@ static void maybe_refresh_code(struct iso_tenant *tn)
 		return;
 	f->code_refreshed = 1;
 	iso_vm_code_refresh(tn->vm, f->code);
+	atomic_fetch_add(&w->tier->code_refreshes, 1);
 }
 
 /* A request (and its waitUntil work) finished: account memory, schedule a trim. */
 void iso__tenant_idle(struct iso_worker *w, struct iso_tenant *tn)
 {
-	maybe_refresh_code(tn);
+	maybe_refresh_code(w, tn);
 	tn->last_used_ns = mono_ns();
 	set_trimmed(w, tn, 0);
 	iso__tenant_account(w, tn);

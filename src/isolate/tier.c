@@ -611,6 +611,8 @@ static void iso_metrics(struct tier *t, struct strbuf *out)
 	iso_metric(out, "stoke_isolate_idle_trims_total", "counter",
 		   (long long)atomic_load(&it->trims));
 	iso_metric(out, "stoke_isolate_trim_pending", "gauge", atomic_load(&it->trim_pending));
+	iso_metric(out, "stoke_isolate_code_refreshes_total", "counter",
+		   (long long)atomic_load(&it->code_refreshes));
 	iso_metric(out, "stoke_isolate_threads", "gauge", atomic_load(&it->threads));
 	iso_metric(out, "stoke_isolate_handoffs_total", "counter",
 		   (long long)atomic_load(&it->handoffs));

@@ -790,6 +790,8 @@ static void test_router_bundle(void)
 	fn_unref(fn);
 }
 
+static long metric_value(const char *name);
+
 static uint64_t mono_ms(void)
 {
 	struct timespec ts;
@@ -836,6 +838,7 @@ static void test_concurrency(void)
 	struct waiter w2 = w1, w3 = w1;
 	struct fn *s1, *s2, *fast;
 	struct inv *a, *b, *c;
+	long refreshes;
 	uint64_t t0;
 
 	if (!want("concurrency"))
@@ -847,6 +850,7 @@ static void test_concurrency(void)
 	CHECK(s1 && s2 && fast, "deploy: %s", errbuf);
 	if (!s1 || !s2 || !fast)
 		return;
+	refreshes = metric_value("stoke_isolate_code_refreshes_total");
 	/* Two workers, assigned round-robin: fast shares a worker with slow1. */
 	t0 = mono_ms();
 	a = call_async(s1, "GET", "/", NULL, NULL, NULL, &w1);
@@ -865,6 +869,10 @@ static void test_concurrency(void)
 	      "c on its own instance: %s after %llu ms", body_of(c),
 	      (unsigned long long)(mono_ms() - t0));
 	CHECK(!strcmp(body_of(b), "slow 1"), "b: %s", body_of(b));
+	/* slow1's second instance remade its code caches; slow2 and fast had one. */
+	CHECK(metric_value("stoke_isolate_code_refreshes_total") == refreshes + 1,
+	      "code refreshes %ld, were %ld", metric_value("stoke_isolate_code_refreshes_total"),
+	      refreshes);
 	inv_free(a);
 	inv_free(b);
 	inv_free(c);
