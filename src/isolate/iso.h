@@ -54,7 +54,8 @@ struct iso_fn {
 	struct iso_tenant *instances;	/* live instances, linked by `sibling` */
 	int ninstances;
 	int retired;			/* drop instances as soon as they are idle */
-	int code_refreshed;		/* caches remade after a first request */
+	int code_refreshed;		/* caches remade after a request */
+	unsigned ninstances_made;	/* cold starts so far */
 	struct inv **waiting;		/* requests waiting for an instance (FIFO) */
 	size_t nwaiting, waitcap;
 };
@@ -176,6 +177,7 @@ struct iso_tier {
 
 	atomic_long live, pool_size, mem_bytes;
 	atomic_ulong cold_starts, invocations, evictions, pool_misses, trims, handoffs;
+	atomic_ulong code_refreshes;
 	atomic_long threads;
 	atomic_long trim_pending;
 	atomic_ulong kills_cpu, kills_wall, kills_memory, kills_stack, exceptions;

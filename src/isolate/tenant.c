@@ -162,16 +162,27 @@ void iso__tenant_touch(struct iso_worker *w, struct iso_tenant *tn)
 	lru_push_front(w, tn);
 }
 
-/* A request (and its waitUntil work) finished: account memory, schedule a trim. The
- * first one of a function version refreshes its code caches (see the shim). */
-void iso__tenant_idle(struct iso_worker *w, struct iso_tenant *tn)
+/*
+ * Remakes a function's code caches (see iso_vm_code_refresh) once it has started a
+ * second instance: only functions that cold-start again gain from it, and V8 keeps
+ * 64 KiB in an isolate that has made a code cache (its external reference map), which
+ * an idle tenant should not carry for nothing.
+ */
+static void maybe_refresh_code(struct iso_worker *w, struct iso_tenant *tn)
 {
 	struct iso_fn *f = tn->fn->tier_data;
 
-	if (!f->code_refreshed) {
-		f->code_refreshed = 1;
-		iso_vm_code_refresh(tn->vm, f->code);
-	}
+	if (f->code_refreshed || f->ninstances_made < 2)
+		return;
+	f->code_refreshed = 1;
+	iso_vm_code_refresh(tn->vm, f->code);
+	atomic_fetch_add(&w->tier->code_refreshes, 1);
+}
+
+/* A request (and its waitUntil work) finished: account memory, schedule a trim. */
+void iso__tenant_idle(struct iso_worker *w, struct iso_tenant *tn)
+{
+	maybe_refresh_code(w, tn);
 	tn->last_used_ns = mono_ns();
 	set_trimmed(w, tn, 0);
 	iso__tenant_account(w, tn);
@@ -184,6 +195,7 @@ void iso__tenant_add(struct iso_worker *w, struct iso_tenant *tn)
 	struct iso_fn *f = tn->fn->tier_data;
 
 	tn->trimmed = 1;
+	f->ninstances_made++;
 	tn->sibling = f->instances;
 	f->instances = tn;
 	f->ninstances++;

@@ -642,6 +642,9 @@ static void iso_metrics(struct tier *t, struct strbuf *out)
 		   (long long)atomic_load(&it->trims), "Idle tenants whose heaps were shrunk.");
 	iso_metric(out, "stoke_isolate_trim_pending", "gauge", atomic_load(&it->trim_pending),
 		   "Tenants waiting to become idle enough to shrink.");
+	iso_metric(out, "stoke_isolate_code_refreshes_total", "counter",
+		   (long long)atomic_load(&it->code_refreshes),
+		   "Code caches remade after a function's first request.");
 	iso_metric(out, "stoke_isolate_threads", "gauge", atomic_load(&it->threads),
 		   "Worker threads, including those added for hand-offs.");
 	iso_metric(out, "stoke_isolate_handoffs_total", "counter",

@@ -102,6 +102,22 @@ def test_metrics_have_isolate_lines(d):
         assert name in m, name
 
 
+def test_map_count_warning_matches_the_host(d):
+    """The daemon warns once at start, with its live-isolate cap, exactly when the host's
+    vm.max_map_count keeps it under 10,000 live isolates; the metric shows the cap."""
+    m = d.admin("GET", "/metrics").text
+    cap = int(m.split("\nstoke_isolate_live_max ")[1].split()[0])
+    with open("/proc/sys/vm/max_map_count") as f:
+        have = int(f.read())
+    warnings = [l for l in d.logs().splitlines() if "vm.max_map_count is" in l]
+    if cap < 10000:
+        assert len(warnings) == 1, warnings
+        assert "vm.max_map_count is %d" % have in warnings[0], warnings
+        assert "at most %d isolates" % cap in warnings[0], warnings
+    else:
+        assert warnings == [], warnings
+
+
 def main():
     tests = [(k, v) for k, v in sorted(globals().items()) if k.startswith("test_")]
     passed = failed = skipped = 0

@@ -790,6 +790,8 @@ static void test_router_bundle(void)
 	fn_unref(fn);
 }
 
+static long metric_value(const char *name);
+
 static uint64_t mono_ms(void)
 {
 	struct timespec ts;
@@ -836,6 +838,7 @@ static void test_concurrency(void)
 	struct waiter w2 = w1, w3 = w1;
 	struct fn *s1, *s2, *fast;
 	struct inv *a, *b, *c;
+	long refreshes;
 	uint64_t t0;
 
 	if (!want("concurrency"))
@@ -847,6 +850,7 @@ static void test_concurrency(void)
 	CHECK(s1 && s2 && fast, "deploy: %s", errbuf);
 	if (!s1 || !s2 || !fast)
 		return;
+	refreshes = metric_value("stoke_isolate_code_refreshes_total");
 	/* Two workers, assigned round-robin: fast shares a worker with slow1. */
 	t0 = mono_ms();
 	a = call_async(s1, "GET", "/", NULL, NULL, NULL, &w1);
@@ -865,6 +869,10 @@ static void test_concurrency(void)
 	      "c on its own instance: %s after %llu ms", body_of(c),
 	      (unsigned long long)(mono_ms() - t0));
 	CHECK(!strcmp(body_of(b), "slow 1"), "b: %s", body_of(b));
+	/* slow1's second instance remade its code caches; slow2 and fast had one. */
+	CHECK(metric_value("stoke_isolate_code_refreshes_total") == refreshes + 1,
+	      "code refreshes %ld, were %ld", metric_value("stoke_isolate_code_refreshes_total"),
+	      refreshes);
 	inv_free(a);
 	inv_free(b);
 	inv_free(c);
@@ -1116,6 +1124,67 @@ out:
 	cur_tier = &T;
 }
 
+/*
+ * Many hand-offs at once on one worker: six requests spinning 1.5 s (two functions,
+ * three instances each) and sixty quick ones to five functions, all sent together.
+ * Every one is answered correctly, and the quick ones before the spinners (which
+ * share the cores with them: on two loaded cores the quick ones took 0.2-0.4 s).
+ */
+static void test_handoff_many(void)
+{
+	enum { NSPIN = 6, NQUICK = 60, NFN = 5 };
+	struct waiter ws[NSPIN + NQUICK];
+	struct inv *inv[NSPIN + NQUICK];
+	struct fn_limits lim = { .cpu_ms = 5000, .max_instances = 3 };
+	struct fn *spin[2], *quick[NFN];
+	struct tier one;
+	char name[32], src[200];
+	int i, ok = 1, quick_first = 1;
+
+	if (!want("handoff") || start_one_worker(&one))
+		return;
+	for (i = 0; i < 2; i++) {
+		snprintf(name, sizeof(name), "manyspin%d", i);
+		spin[i] = deploy_limits(name, &lim, errbuf, sizeof(errbuf), "index.js", spin_src,
+					NULL);
+	}
+	for (i = 0; i < NFN; i++) {
+		snprintf(name, sizeof(name), "manyquick%d", i);
+		snprintf(src, sizeof(src), "export default { fetch() {\n"
+			 "  return new Response('q%d'); } };\n", i);
+		quick[i] = deploy(name, "index.js", src);
+	}
+	CHECK(spin[0] && spin[1] && quick[0] && quick[NFN - 1], "deploy: %s", errbuf);
+	for (i = 0; i < NSPIN + NQUICK; i++) {
+		ws[i] = (struct waiter){ PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0 };
+		inv[i] = i < NSPIN ? call_async(spin[i % 2], "GET", "/?ms=1500", NULL, NULL, NULL,
+						&ws[i])
+				   : call_async(quick[i % NFN], "GET", "/", NULL, NULL, NULL,
+						&ws[i]);
+	}
+	for (i = NSPIN; i < NSPIN + NQUICK; i++) {
+		wait_done(inv[i]);
+		snprintf(name, sizeof(name), "q%d", i % NFN);
+		ok &= inv[i]->resp.status == 200 && !strcmp(body_of(inv[i]), name);
+	}
+	for (i = 0; i < NSPIN; i++)
+		quick_first &= !is_done(&ws[i]);
+	for (i = 0; i < NSPIN; i++) {
+		wait_done(inv[i]);
+		ok &= inv[i]->resp.status == 200 && !strcmp(body_of(inv[i]), "spun");
+	}
+	CHECK(ok, "every request answered correctly");
+	CHECK(quick_first, "the quick requests were answered while the spinners spun");
+	for (i = 0; i < NSPIN + NQUICK; i++)
+		inv_free(inv[i]);
+	for (i = 0; i < 2; i++)
+		fn_unref(spin[i]);
+	for (i = 0; i < NFN; i++)
+		fn_unref(quick[i]);
+	one.ops->stop(&one);
+	cur_tier = &T;
+}
+
 /* stop() while a handed-off slice still spins: it is cut short and answered. */
 static void test_handoff_stop(void)
 {
@@ -1351,6 +1420,7 @@ int main(int argc, char **argv)
 	test_live_cap();
 	test_memory_budget();
 	test_handoff();
+	test_handoff_many();
 	test_handoff_stop();
 	test_code_refresh();
 	test_long_sources();
