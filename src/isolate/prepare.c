@@ -1,12 +1,16 @@
 /*
  * Deploy-time work for the isolate tier: TypeScript goes through esbuild into the
  * function's directory, then every module is compiled once and its V8 code cache kept
- * in fn->tier_data, so cold starts deserialize code instead of parsing it.
+ * in fn->tier_data, so cold starts deserialize code instead of parsing it. Last, the
+ * modules are evaluated once in a throwaway isolate, as a cold start would.
  */
 #include "isolate/iso.h"
 
+#include "common/invoke.h"
+
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -97,6 +101,106 @@ static void ts_output(const char *entry, char *out, size_t len)
 	snprintf(out, len, "%.*s.%.*s.stoke.js", dirlen, entry, (int)(strlen(base) - 3), base);
 }
 
+/* ---- the trial load ---- */
+
+struct trial {
+	struct iso_vm *vm;
+	const struct fn *fn;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	int done;
+};
+
+/* Top-level console output at deploy goes to the function's logs, like a request's. */
+static void trial_log(void *opaque, int is_stderr, const char *msg, size_t len)
+{
+	const struct trial *tr = opaque;
+
+	fnlog_write(tr->fn->name, "deploy", is_stderr ? "stderr" : "stdout", msg, len);
+}
+
+/* Ends top-level code that runs past ISO_STARTUP_CPU_MS (measured as wall time). */
+static void *trial_watch(void *arg)
+{
+	struct trial *tr = arg;
+	struct timespec until;
+	int r = 0;
+
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += ISO_STARTUP_CPU_MS / 1000;
+	until.tv_nsec += (ISO_STARTUP_CPU_MS % 1000) * 1000000L;
+	if (until.tv_nsec >= 1000000000L) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000L;
+	}
+	pthread_mutex_lock(&tr->lock);
+	while (!tr->done && r != ETIMEDOUT)
+		r = pthread_cond_timedwait(&tr->cond, &tr->lock, &until);
+	if (!tr->done)
+		iso_vm_terminate(tr->vm, ISO_CPU_LIMIT);
+	pthread_mutex_unlock(&tr->lock);
+	return NULL;
+}
+
+static int trial_error(const char *entry, int rc, char *err, size_t errlen)
+{
+	char why[1024];
+
+	snprintf(why, sizeof(why), "%s", err);
+	if (rc == ISO_NO_HANDLER)
+		snprintf(err, errlen, "%s has no default export with a fetch method: write "
+			 "export default { async fetch(request, env, ctx) { ... } } "
+			 "(addEventListener('fetch') and module.exports are not supported)", entry);
+	else if (rc == ISO_CPU_LIMIT || rc == ISO_WALL_LIMIT)
+		snprintf(err, errlen, "%s: top-level code ran for more than %d ms", entry,
+			 ISO_STARTUP_CPU_MS);
+	else if (rc == ISO_MEMORY_LIMIT)
+		snprintf(err, errlen, "%s: top-level code exceeded the memory limit", entry);
+	else
+		snprintf(err, errlen, "%s: top-level code failed: %s", entry, why);
+	return -EINVAL;
+}
+
+/*
+ * Evaluates the modules once, as a cold start does, so that a script without a fetch
+ * handler (service-worker syntax, CommonJS) or one that throws at the top level is a
+ * 400 at deploy instead of a 500 on every request. Runs on the admin thread, in an
+ * isolate of its own, under its own watchdog.
+ */
+static int trial_load(const struct fn *fn, const struct iso_code *code, const char *entry,
+		      char *err, size_t errlen)
+{
+	size_t mem = (size_t)(fn->limits.memory_mb ? fn->limits.memory_mb :
+			      ISO_DEFAULT_MEMORY_MB) << 20;
+	struct trial tr = { .fn = fn, .lock = PTHREAD_MUTEX_INITIALIZER,
+			    .cond = PTHREAD_COND_INITIALIZER };
+	struct iso_io io = { .opaque = &tr, .log = trial_log };
+	pthread_t watch;
+	int rc;
+
+	tr.vm = iso_vm_new();
+	if (!tr.vm)
+		return -ENOMEM;
+	iso_vm_set_limits(tr.vm, mem, mem);
+	iso_vm_set_io(tr.vm, &io);
+	if (pthread_create(&watch, NULL, trial_watch, &tr)) {
+		iso_vm_free(tr.vm);
+		return -EAGAIN;
+	}
+	rc = iso_vm_load(tr.vm, code, (const struct iso_kv *)fn->env, fn->nenv,
+			 iso_v8_now_ns() + (uint64_t)ISO_STARTUP_CPU_MS * 1000000u, err, errlen);
+	pthread_mutex_lock(&tr.lock);
+	tr.done = 1;
+	pthread_cond_signal(&tr.cond);
+	pthread_mutex_unlock(&tr.lock);
+	pthread_join(watch, NULL);
+	iso_vm_set_io(tr.vm, NULL);
+	iso_vm_free(tr.vm);
+	return rc == ISO_OK ? 0 : trial_error(entry, rc, err, errlen);
+}
+
+/* ---- prepare and release ---- */
+
 int iso__prepare(struct tier *t, struct fn *fn, char *err, size_t errlen)
 {
 	char js[300], path[4400];
@@ -121,7 +225,11 @@ int iso__prepare(struct tier *t, struct fn *fn, char *err, size_t errlen)
 		return -ENOMEM;
 	atomic_init(&f->worker, -1);
 	rc = iso_code_compile(fn->dir, entry, &f->code, err, errlen);
+	if (!rc)
+		rc = trial_load(fn, f->code, entry, err, errlen);
 	if (rc) {
+		if (f->code)
+			iso_code_free(f->code);
 		free(f);
 		return rc;
 	}

@@ -233,6 +233,7 @@ int vm_proc_launch(struct vm_proc *p, const struct vm_launch *l)
 	w = write(p->chan, buf, FRAME_HDR_SIZE + len);
 	if (w != (ssize_t)(FRAME_HDR_SIZE + len))
 		return w < 0 ? -errno : -EIO;
+	p->wall_ms = l->wall_ms;	/* the shell was spawned before it knew the function */
 	return 0;
 }
 

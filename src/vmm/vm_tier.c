@@ -92,7 +92,7 @@ struct vm_tier {
 	struct vm_proc *generic;	/* one parked, for a restore with no shell of its own */
 	atomic_ullong idle_bytes;
 	atomic_int live;
-	atomic_ullong boots, boot_ns, crashes, timeouts, invocations;
+	atomic_ullong boots, boot_ns, cold_starts, crashes, timeouts, invocations;
 	atomic_ullong restores, restore_failures, generic_starts;
 	atomic_ullong state_saves, state_save_failures, state_restores, state_corrupt;
 };
@@ -100,6 +100,13 @@ struct vm_tier {
 static struct vm_tier *tier_of(struct tier *t)
 {
 	return t->priv;
+}
+
+/* A cold start (boot or restore) answered: its time to first response. */
+static void count_cold_start(struct vm_tier *vt, uint64_t t0)
+{
+	atomic_fetch_add(&vt->boot_ns, vm_now_ns() - t0);
+	atomic_fetch_add(&vt->cold_starts, 1);
 }
 
 struct stats_ctx {
@@ -426,7 +433,7 @@ static void run_invocation(struct tier *t, struct inv *inv)
 	o = vm_proc_invoke(p, inv, budget_ms(vf, inv), &hooks, &status);
 	if (o == VM_OK) {
 		if (inv->cold)
-			atomic_fetch_add(&vt->boot_ns, vm_now_ns() - t0);
+			count_cold_start(vt, t0);
 		put_idle(t, vf, p);
 		return;
 	}
@@ -615,7 +622,7 @@ static void run_keep(struct tier *t, struct vm_slot *sl, struct inv *inv)
 	o = vm_proc_invoke(p, inv, budget_ms(vf, inv), &hooks, &status);
 	if (o == VM_OK) {
 		if (inv->cold && !from_state)
-			atomic_fetch_add(&vt->boot_ns, vm_now_ns() - t0);
+			count_cold_start(vt, t0);
 		keep_idle(t, vf, sl, p);
 		return;
 	}
@@ -1324,31 +1331,36 @@ static void metrics_enosys(struct vm_fn *vf, struct strbuf *out)
 	pthread_mutex_unlock(&vf->lock);
 }
 
+static void vm_metric(struct strbuf *out, const char *name, const char *type,
+		      unsigned long long v, const char *help)
+{
+	sb_metric_head(out, name, type, help);
+	sb_printf(out, "%s %llu\n", name, v);
+}
+
 static void metrics_snap(struct vm_snap_stats *st, struct strbuf *out)
 {
 	static const char *const kinds[] = { "base", "runtime", "function", "image" };
 	int k;
 
-	sb_adds(out, "# HELP stoke_snapshot_layer_cache_total Snapshot layers (and restore "
-		"images) found already built (hit) or built (miss), by kind.\n"
-		"# TYPE stoke_snapshot_layer_cache_total counter\n");
+	sb_metric_head(out, "stoke_snapshot_layer_cache_total", "counter", "Snapshot layers "
+		       "(and restore images) found already built (hit) or built (miss), by kind.");
 	for (k = 0; k < VM_LAYER_KINDS; k++)
 		sb_printf(out, "stoke_snapshot_layer_cache_total{kind=\"%s\",result=\"hit\"} %llu\n"
 			  "stoke_snapshot_layer_cache_total{kind=\"%s\",result=\"miss\"} %llu\n",
 			  kinds[k], (unsigned long long)atomic_load(&st->hit[k]), kinds[k],
 			  (unsigned long long)atomic_load(&st->miss[k]));
-	sb_adds(out, "# TYPE stoke_snapshot_stored_bytes_total counter\n");
+	sb_metric_head(out, "stoke_snapshot_stored_bytes_total", "counter",
+		       "Bytes of new pages written to the page store, by layer kind.");
 	for (k = 0; k < VM_LAYER_IMAGE; k++)
 		sb_printf(out, "stoke_snapshot_stored_bytes_total{kind=\"%s\"} %llu\n", kinds[k],
 			  (unsigned long long)atomic_load(&st->bytes[k]));
-	sb_printf(out, "# TYPE stoke_snapshot_runtime_damaged_total counter\n"
-		  "stoke_snapshot_runtime_damaged_total %llu\n"
-		  "# TYPE stoke_snapshot_gc_runs_total counter\nstoke_snapshot_gc_runs_total %llu\n"
-		  "# TYPE stoke_snapshot_gc_freed_bytes_total counter\n"
-		  "stoke_snapshot_gc_freed_bytes_total %llu\n",
-		  (unsigned long long)atomic_load(&st->damaged),
-		  (unsigned long long)atomic_load(&st->gc_runs),
-		  (unsigned long long)atomic_load(&st->gc_freed_bytes));
+	vm_metric(out, "stoke_snapshot_runtime_damaged_total", "counter",
+		  atomic_load(&st->damaged), "Runtime layers found damaged (versions boot).");
+	vm_metric(out, "stoke_snapshot_gc_runs_total", "counter", atomic_load(&st->gc_runs),
+		  "Snapshot store collections.");
+	vm_metric(out, "stoke_snapshot_gc_freed_bytes_total", "counter",
+		  atomic_load(&st->gc_freed_bytes), "Bytes the collections freed.");
 }
 
 static void vm_metrics(struct tier *t, struct strbuf *out)
@@ -1356,41 +1368,42 @@ static void vm_metrics(struct tier *t, struct strbuf *out)
 	struct vm_tier *vt = tier_of(t);
 	struct vm_fn *vf;
 
-	sb_printf(out, "# TYPE stoke_vm_live gauge\nstoke_vm_live %d\n", atomic_load(&vt->live));
-	sb_printf(out, "# TYPE stoke_vm_idle_bytes gauge\nstoke_vm_idle_bytes %llu\n",
-		  (unsigned long long)atomic_load(&vt->idle_bytes));
-	sb_printf(out, "# TYPE stoke_vm_boots_total counter\nstoke_vm_boots_total %llu\n",
-		  (unsigned long long)atomic_load(&vt->boots));
-	sb_printf(out, "# TYPE stoke_vm_cold_start_seconds summary\n"
-		  "stoke_vm_cold_start_seconds_sum %.6f\nstoke_vm_cold_start_seconds_count %llu\n",
+	vm_metric(out, "stoke_vm_live", "gauge", (unsigned)atomic_load(&vt->live),
+		  "VMs running, idle or parked.");
+	vm_metric(out, "stoke_vm_idle_bytes", "gauge", atomic_load(&vt->idle_bytes),
+		  "Guest memory size of idle and parked VMs, what the idle budget counts "
+		  "(their host memory is far less).");
+	vm_metric(out, "stoke_vm_boots_total", "counter", atomic_load(&vt->boots),
+		  "VMs booted without a snapshot.");
+	sb_metric_head(out, "stoke_vm_cold_start_seconds", "summary",
+		       "Cold starts (boots and restores): request to response.");
+	sb_printf(out, "stoke_vm_cold_start_seconds_sum %.6f\n"
+		  "stoke_vm_cold_start_seconds_count %llu\n",
 		  (double)atomic_load(&vt->boot_ns) / 1e9,
-		  (unsigned long long)atomic_load(&vt->boots));
-	sb_printf(out, "# TYPE stoke_vm_restores_total counter\nstoke_vm_restores_total %llu\n",
-		  (unsigned long long)atomic_load(&vt->restores));
-	sb_printf(out, "# TYPE stoke_vm_restore_failures_total counter\n"
-		  "stoke_vm_restore_failures_total %llu\n",
-		  (unsigned long long)atomic_load(&vt->restore_failures));
-	sb_printf(out, "# TYPE stoke_vm_generic_shell_starts_total counter\n"
-		  "stoke_vm_generic_shell_starts_total %llu\n",
-		  (unsigned long long)atomic_load(&vt->generic_starts));
-	sb_printf(out, "# TYPE stoke_vm_crashes_total counter\nstoke_vm_crashes_total %llu\n",
-		  (unsigned long long)atomic_load(&vt->crashes));
-	sb_printf(out, "# TYPE stoke_vm_timeouts_total counter\nstoke_vm_timeouts_total %llu\n",
-		  (unsigned long long)atomic_load(&vt->timeouts));
-	sb_printf(out, "# TYPE stoke_vm_state_saves_total counter\n"
-		  "stoke_vm_state_saves_total %llu\n"
-		  "# TYPE stoke_vm_state_save_failures_total counter\n"
-		  "stoke_vm_state_save_failures_total %llu\n"
-		  "# TYPE stoke_vm_state_restores_total counter\n"
-		  "stoke_vm_state_restores_total %llu\n"
-		  "# TYPE stoke_vm_state_corrupt_total counter\n"
-		  "stoke_vm_state_corrupt_total %llu\n",
-		  (unsigned long long)atomic_load(&vt->state_saves),
-		  (unsigned long long)atomic_load(&vt->state_save_failures),
-		  (unsigned long long)atomic_load(&vt->state_restores),
-		  (unsigned long long)atomic_load(&vt->state_corrupt));
+		  (unsigned long long)atomic_load(&vt->cold_starts));
+	vm_metric(out, "stoke_vm_restores_total", "counter", atomic_load(&vt->restores),
+		  "VMs started from a snapshot.");
+	vm_metric(out, "stoke_vm_restore_failures_total", "counter",
+		  atomic_load(&vt->restore_failures),
+		  "Restores whose VMM failed (the version then boots).");
+	vm_metric(out, "stoke_vm_generic_shell_starts_total", "counter",
+		  atomic_load(&vt->generic_starts),
+		  "Restores into the generic shell made before the function was known.");
+	vm_metric(out, "stoke_vm_crashes_total", "counter", atomic_load(&vt->crashes),
+		  "VMs that crashed or exited during a request.");
+	vm_metric(out, "stoke_vm_timeouts_total", "counter", atomic_load(&vt->timeouts),
+		  "Requests stopped at their wall-time limit.");
+	vm_metric(out, "stoke_vm_state_saves_total", "counter", atomic_load(&vt->state_saves),
+		  "Idle stateful instances saved to disk (state: keep).");
+	vm_metric(out, "stoke_vm_state_save_failures_total", "counter",
+		  atomic_load(&vt->state_save_failures), "Saves of kept state that failed.");
+	vm_metric(out, "stoke_vm_state_restores_total", "counter",
+		  atomic_load(&vt->state_restores), "Stateful instances restored from disk.");
+	vm_metric(out, "stoke_vm_state_corrupt_total", "counter",
+		  atomic_load(&vt->state_corrupt), "Saved states found damaged and set aside.");
 	metrics_snap(&vt->snap_stats, out);
-	sb_adds(out, "# TYPE stoke_vm_enosys_total counter\n");
+	sb_metric_head(out, "stoke_vm_enosys_total", "counter",
+		       "Guest system calls stoke does not implement, by function and call.");
 	pthread_mutex_lock(&vt->lock);
 	for (vf = vt->fns; vf; vf = vf->next)
 		metrics_enosys(vf, out);

@@ -252,6 +252,10 @@ def test_metrics_prometheus(d):
     assert "# TYPE stoke_request_duration_seconds histogram" in text
     assert "stoke_process_resident_bytes" in text
     assert "\nstoke_inflight_requests 0\n" in text, "the scrape counts itself"
+    # every metric family says what it is, whichever part of stoke adds it
+    families = {l.split()[2] for l in text.splitlines() if l.startswith("# TYPE ")}
+    helped = {l.split()[2] for l in text.splitlines() if l.startswith("# HELP ")}
+    assert families and families <= helped, sorted(families - helped)
 
 
 def test_status(d):

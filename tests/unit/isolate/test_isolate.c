@@ -450,16 +450,23 @@ static void test_deploy_errors(void)
 	CHECK(!fn && strstr(errbuf, "nope.js"), "missing import: '%s'", errbuf);
 	fn = deploy("bare", "index.js", "import 'hono';\n");
 	CHECK(!fn && strstr(errbuf, "hono"), "bare import: '%s'", errbuf);
+	/* Deploys evaluate the modules once: what could never answer is refused. */
 	fn = deploy("nohandler", "index.js", "export default { x: 1 };\n");
-	CHECK(fn, "no handler deploys: %s", errbuf);
-	if (fn) {
-		struct inv *inv = call(fn, "GET", "/", NULL);
-
-		CHECK(inv->resp.status == 500 && !strcmp(inv->resp.error_kind, "no_handler"),
-		      "no handler: %d", inv->resp.status);
-		inv_free(inv);
-		fn_unref(fn);
-	}
+	CHECK(!fn && strstr(errbuf, "no default export with a fetch method"),
+	      "no handler: '%s'", errbuf);
+	fn = deploy("swsyntax", "index.js",
+		    "addEventListener('fetch', (e) => e.respondWith(new Response('x')));\n");
+	CHECK(!fn && strstr(errbuf, "top-level code failed") &&
+	      strstr(errbuf, "addEventListener"), "service-worker syntax: '%s'", errbuf);
+	fn = deploy("cjs", "index.js", "module.exports = { fetch() {} };\n");
+	CHECK(!fn && strstr(errbuf, "module is not defined"), "CommonJS: '%s'", errbuf);
+	fn = deploy("topthrow", "index.js", "throw new Error('at load');\n"
+		    "export default { fetch: () => new Response('x') };\n");
+	CHECK(!fn && strstr(errbuf, "at load"), "top-level throw: '%s'", errbuf);
+	fn = deploy("topspin", "index.js", "while (true) {}\n"
+		    "export default { fetch: () => new Response('x') };\n");
+	CHECK(!fn && strstr(errbuf, "top-level code ran for more than"),
+	      "top-level loop: '%s'", errbuf);
 	fn = deploy("tsbad", "index.ts", "const x: number = ;\nexport default {};\n");
 	CHECK(!fn && strstr(errbuf, "index.ts: line 1, column 19"), "ts error: '%s'", errbuf);
 }
