@@ -123,6 +123,31 @@ def test_chunked_request_body(d):
     assert b'"body":"hello world"' in out
 
 
+def test_request_arriving_while_one_is_served(d):
+    """The connection stays readable while a request is served elsewhere (route.c,
+    gw_keep_reading): a request sent before the first one's answer, and a client that
+    goes away mid-request, must both be handled as if reading had stopped."""
+    d.deploy_files("held", {"index.js": SLOW})
+    d.deploy_files("quick", {"index.js": HELLO})
+    with socket.create_connection(("127.0.0.1", d.port), timeout=10) as s:
+        s.sendall(b"GET /fn/held/first HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.2)  # the first is in flight now
+        s.sendall(b"GET /fn/quick/second HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        out = b""
+        while True:
+            got = s.recv(65536)
+            if not got:
+                break
+            out += got
+    assert out.count(b"HTTP/1.1 200") == 2, out
+    assert out.index(b"slow done") < out.index(b"/second"), out
+    with socket.create_connection(("127.0.0.1", d.port), timeout=10) as s:
+        s.sendall(b"GET /fn/held/gone HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.1)
+    r = d.invoke("quick", "/after")
+    assert r.status == 200, r
+
+
 def test_keepalive_and_pipelining(d):
     d.deploy_files("pipe", {"index.js": HELLO})
     one = b"GET /fn/pipe/%d HTTP/1.1\r\nHost: x\r\n\r\n"
