@@ -387,10 +387,41 @@ static int dirty_pages(struct vm *vm, struct vmsnap_state *s, uint64_t *bm)
 	return r;
 }
 
-static int take_dump(struct vm *vm, struct vmsnap_state *s)
+static int page_is_zero(const uint8_t *p)
 {
-	struct dump_parts d = { .fd = s->dump_fd, .vcpu = &s->vcpu,
-				.vcpu_len = sizeof(s->vcpu) };
+	static const uint8_t zero[VM_PAGE];
+
+	return !memcmp(p, zero, VM_PAGE);
+}
+
+/*
+ * Every page whose contents the guest could read back: those the address space owns
+ * (page_used) and those written since boot or restore (the pagemap), minus the zero
+ * ones. On a restored VM the pagemap alone would miss pages still shared with the
+ * image it came from, so this dump stands alone as a base layer.
+ */
+static void state_bitmap(struct vm *vm, uint64_t *bm)
+{
+	uint64_t p, n = vm->mem_size / VM_PAGE, bit;
+
+	for (p = 0; p < n; p++) {
+		bit = 1ULL << (p % 64);
+		if (vm->page_used[p])
+			bm[p / 64] |= bit;
+		if ((bm[p / 64] & bit) && page_is_zero(vm->mem + p * VM_PAGE))
+			bm[p / 64] &= ~bit;
+	}
+}
+
+/*
+ * Dumps the VM to fd. A layer dump holds the pages written since the restore (or the
+ * boot) and names its parent; a whole dump (kept state) holds every non-zero page the
+ * guest can read and no parent. /tmp is not part of either: a restored VM starts with
+ * an empty one, so a VM with files there is not dumped (-ENOTEMPTY).
+ */
+static int take_dump(struct vm *vm, struct vmsnap_state *s, int fd, int whole)
+{
+	struct dump_parts d = { .fd = fd, .vcpu = &s->vcpu, .vcpu_len = sizeof(s->vcpu) };
 	uint64_t *bm;
 	void *vmm = NULL;
 	int r;
@@ -405,9 +436,11 @@ static int take_dump(struct vm *vm, struct vmsnap_state *s)
 		vmm = vmm_blob(vm, &d.vmm_len, &r);
 	if (!r)
 		r = dirty_pages(vm, s, bm);
+	if (!r && whole)
+		state_bitmap(vm, bm);
 	d.vmm = vmm;
 	d.bm = bm;
-	d.parent = vm->mem_is_file ? &s->image : NULL;
+	d.parent = !whole && vm->mem_is_file ? &s->image : NULL;
 	if (!r)
 		r = write_dump(vm, &d);
 	free(vmm);
@@ -468,7 +501,7 @@ void vmsnap_at_read(struct vm *vm)
 	if (vm->mem_is_file && !s->responded)
 		return;
 	s->dumped = 1;
-	r = take_dump(vm, s);
+	r = take_dump(vm, s, s->dump_fd, 0);
 	/* A failed dump costs the snapshot, not the request: the VM goes on serving. */
 	if (r) {
 		fprintf(stderr, "stoke-vmm: snapshot dump: %s\n", strerror(-r));
@@ -918,67 +951,17 @@ void vmsnap_after_response(struct vm *vm)
 
 /* ---- state dumps (state: keep) ---- */
 
-static int page_is_zero(const uint8_t *p)
-{
-	static const uint8_t zero[VM_PAGE];
-
-	return !memcmp(p, zero, VM_PAGE);
-}
-
-/*
- * Every page whose contents the guest could read back: those the address space owns
- * (page_used) and those written since boot or restore (the pagemap), minus the zero
- * ones. On a restored VM the pagemap alone would miss pages still shared with the
- * image it came from, so this dump stands alone as a base layer.
- */
-static void state_bitmap(struct vm *vm, uint64_t *bm)
-{
-	uint64_t p, n = vm->mem_size / VM_PAGE, bit;
-
-	for (p = 0; p < n; p++) {
-		bit = 1ULL << (p % 64);
-		if (vm->page_used[p])
-			bm[p / 64] |= bit;
-		if ((bm[p / 64] & bit) && page_is_zero(vm->mem + p * VM_PAGE))
-			bm[p / 64] &= ~bit;
-	}
-}
-
 int vmsnap_dump_state(struct vm *vm)
 {
 	struct vmsnap_state *s = vm->snap;
-	struct dump_parts d = { 0 };
-	uint64_t *bm;
-	void *vmm = NULL;
 	int r;
 
 	if (!s || s->state_fd < 0)
 		return -EBADF;
-	d.fd = s->state_fd;
-	d.vcpu = &s->vcpu;
-	d.vcpu_len = sizeof(s->vcpu);
-	d.bm_len = (vm->mem_size / VM_PAGE + 63) / 64 * 8;
-	bm = calloc(1, d.bm_len);
-	r = bm ? 0 : -ENOMEM;
-	/* /tmp is not part of the dump (a restored VM starts with an empty one). */
-	if (!r && !tmp_is_empty(vm))
-		r = -ENOTEMPTY;
-	r = r ? r : get_vcpu(vm, &s->vcpu);
-	if (!r)
-		vmm = vmm_blob(vm, &d.vmm_len, &r);
-	if (!r)
-		r = snap_dirty_from_pagemap(s->pagemap_fd, vm->mem, vm->mem_size, bm);
-	d.vmm = vmm;
-	d.bm = bm;
-	if (!r) {
-		state_bitmap(vm, bm);
-		r = write_dump(vm, &d);	/* whole: no parent layer */
-	}
+	r = take_dump(vm, s, s->state_fd, 1);
 	if (r) {
 		fprintf(stderr, "stoke-vmm: state dump: %s\n", strerror(-r));
 		pwrite_all(s->state_fd, VMSNAP_DUMP_NONE, 8, 0);
 	}
-	free(vmm);
-	free(bm);
 	return r;
 }
