@@ -184,6 +184,7 @@ struct iso_tier {
 };
 
 /* tier.c */
+void iso__deadline_after(struct timespec *ts, uint64_t ns);
 uint64_t iso__cpu_mark(void);
 uint64_t iso__cpu_marked(void);
 void iso__watch_begin(struct iso_worker *w, struct iso_vm *vm, uint64_t cpu_limit_ns,

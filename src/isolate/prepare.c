@@ -126,13 +126,7 @@ static void *trial_watch(void *arg)
 	struct timespec until;
 	int r = 0;
 
-	clock_gettime(CLOCK_REALTIME, &until);
-	until.tv_sec += ISO_STARTUP_CPU_MS / 1000;
-	until.tv_nsec += (ISO_STARTUP_CPU_MS % 1000) * 1000000L;
-	if (until.tv_nsec >= 1000000000L) {
-		until.tv_sec++;
-		until.tv_nsec -= 1000000000L;
-	}
+	iso__deadline_after(&until, (uint64_t)ISO_STARTUP_CPU_MS * 1000000u);
 	pthread_mutex_lock(&tr->lock);
 	while (!tr->done && r != ETIMEDOUT)
 		r = pthread_cond_timedwait(&tr->cond, &tr->lock, &until);

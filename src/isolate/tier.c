@@ -275,7 +275,8 @@ static int idle_step(struct iso_worker *w)
 	return w->untrimmed && iso__tenants_trim_one(w);
 }
 
-static void deadline_after(struct timespec *ts, uint64_t ns)
+/* A CLOCK_REALTIME deadline ns from now, for pthread_cond_timedwait. */
+void iso__deadline_after(struct timespec *ts, uint64_t ns)
 {
 	clock_gettime(CLOCK_REALTIME, ts);
 	ts->tv_sec += ns / 1000000000u;
@@ -313,12 +314,12 @@ static enum pop queue_pop(struct iso_worker *w, struct iso_msg *m)
 			break;
 		if (wake != UINT64_MAX) {
 			if (wake > now) {
-				deadline_after(&until, wake - now);
+				iso__deadline_after(&until, wake - now);
 				pthread_cond_timedwait(&w->cond, &w->lock, &until);
 			}
 		} else if (w->untrimmed) {
 			/* Tenants are waiting to become idle enough to trim. */
-			deadline_after(&until, 100 * 1000000u);
+			iso__deadline_after(&until, 100 * 1000000u);
 			pthread_cond_timedwait(&w->cond, &w->lock, &until);
 		} else {
 			pthread_cond_wait(&w->cond, &w->lock);
