@@ -69,6 +69,13 @@ void sb_metric_head(struct strbuf *sb, const char *name, const char *type, const
 	sb_printf(sb, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
+void sb_metric(struct strbuf *sb, const char *name, const char *type, long long v,
+	       const char *help)
+{
+	sb_metric_head(sb, name, type, help);
+	sb_printf(sb, "%s %lld\n", name, v);
+}
+
 void sb_json_str(struct strbuf *sb, const char *s, size_t len)
 {
 	static const char hex[] = "0123456789abcdef";

@@ -23,6 +23,9 @@ void sb_vprintf(struct strbuf *sb, const char *fmt, va_list ap);
 void sb_json_str(struct strbuf *sb, const char *s, size_t len);
 /* A Prometheus metric family's HELP and TYPE lines (text format 0.0.4). */
 void sb_metric_head(struct strbuf *sb, const char *name, const char *type, const char *help);
+/* A metric family of one unlabelled sample: its HELP and TYPE lines and the value. */
+void sb_metric(struct strbuf *sb, const char *name, const char *type, long long v,
+	       const char *help);
 static inline int sb_failed(const struct strbuf *sb) { return sb->failed; }
 /* Hands the buffer to the caller (NULL if it failed) and resets sb. */
 char *sb_detach(struct strbuf *sb, size_t *len);

@@ -102,16 +102,13 @@ void gw_metrics_render(struct gw *gw, struct strbuf *out)
 			for (e = gw->buckets[i]; e; e = e->next)
 				gw_metric_entry(gw, out, e, part);
 	}
-	sb_metric_head(out, "stoke_functions", "gauge", "Functions deployed and routed.");
-	sb_printf(out, "stoke_functions %zu\n", gw->nlive);
+	sb_metric(out, "stoke_functions", "gauge", (long long)gw->nlive,
+		  "Functions deployed and routed.");
 	pthread_rwlock_unlock(&gw->lock);
-	sb_metric_head(out, "stoke_inflight_requests", "gauge",
-		       "Requests being served, not counting this scrape.");
-	sb_printf(out, "stoke_inflight_requests %llu\n",
-		  (unsigned long long)gw_inflight_others(gw));
-	sb_metric_head(out, "stoke_process_resident_bytes", "gauge",
-		       "Resident memory of the daemon process.");
-	sb_printf(out, "stoke_process_resident_bytes %ld\n", gw_rss_bytes());
+	sb_metric(out, "stoke_inflight_requests", "gauge", (long long)gw_inflight_others(gw),
+		  "Requests being served, not counting this scrape.");
+	sb_metric(out, "stoke_process_resident_bytes", "gauge", gw_rss_bytes(),
+		  "Resident memory of the daemon process.");
 	for (i = 0; i < TIER_COUNT; i++)
 		if (gw->tiers[i].ops->metrics)
 			gw->tiers[i].ops->metrics(&gw->tiers[i], out);

@@ -600,14 +600,6 @@ static void iso_retire(struct tier *t, struct fn *fn)
 		fn_unref(fn);
 }
 
-/* One sample with its HELP and TYPE lines. */
-static void iso_metric(struct strbuf *out, const char *name, const char *type, long long v,
-		       const char *help)
-{
-	sb_metric_head(out, name, type, help);
-	sb_printf(out, "%s %lld\n", name, v);
-}
-
 static void iso_metrics(struct tier *t, struct strbuf *out)
 {
 	struct iso_tier *it = t->priv;
@@ -618,43 +610,43 @@ static void iso_metrics(struct tier *t, struct strbuf *out)
 			      (long long)atomic_load(&it->kills_stack) };
 	size_t i;
 
-	iso_metric(out, "stoke_isolate_live", "gauge", atomic_load(&it->live),
-		   "Tenant isolates alive (warm or idle).");
-	iso_metric(out, "stoke_isolate_pool_size", "gauge", atomic_load(&it->pool_size),
-		   "Blank isolates ready for cold starts.");
-	iso_metric(out, "stoke_isolate_live_max", "gauge",
-		   (long long)it->max_live_per_worker * it->nworkers,
-		   "Live isolates the process can hold (vm.max_map_count).");
-	iso_metric(out, "stoke_isolate_memory_bytes", "gauge", atomic_load(&it->mem_bytes),
-		   "Heap and ArrayBuffer bytes of tenant isolates.");
-	iso_metric(out, "stoke_isolate_snapshot_bytes", "gauge",
-		   (long long)iso_v8_snapshot_size(), "Size of the runtime's startup snapshot.");
-	iso_metric(out, "stoke_isolate_cold_starts_total", "counter",
-		   (long long)atomic_load(&it->cold_starts), "Tenants loaded for a request.");
-	iso_metric(out, "stoke_isolate_pool_misses_total", "counter",
-		   (long long)atomic_load(&it->pool_misses),
-		   "Cold starts that found the pool empty and built an isolate.");
-	iso_metric(out, "stoke_isolate_invocations_total", "counter",
-		   (long long)atomic_load(&it->invocations), "Requests the tier received.");
-	iso_metric(out, "stoke_isolate_evictions_total", "counter",
-		   (long long)atomic_load(&it->evictions),
-		   "Idle tenants dropped for the memory budget or the isolate cap.");
-	iso_metric(out, "stoke_isolate_idle_trims_total", "counter",
-		   (long long)atomic_load(&it->trims), "Idle tenants whose heaps were shrunk.");
-	iso_metric(out, "stoke_isolate_trim_pending", "gauge", atomic_load(&it->trim_pending),
-		   "Tenants waiting to become idle enough to shrink.");
-	iso_metric(out, "stoke_isolate_code_refreshes_total", "counter",
-		   (long long)atomic_load(&it->code_refreshes),
-		   "Code caches remade after a function's first request.");
-	iso_metric(out, "stoke_isolate_threads", "gauge", atomic_load(&it->threads),
-		   "Worker threads, including those added for hand-offs.");
-	iso_metric(out, "stoke_isolate_handoffs_total", "counter",
-		   (long long)atomic_load(&it->handoffs),
-		   "Long slices that handed their worker to another thread.");
-	iso_metric(out, "stoke_isolate_exceptions_total", "counter",
-		   (long long)atomic_load(&it->exceptions), "Requests ended by an exception.");
+	sb_metric(out, "stoke_isolate_live", "gauge", atomic_load(&it->live),
+		  "Tenant isolates alive (warm or idle).");
+	sb_metric(out, "stoke_isolate_pool_size", "gauge", atomic_load(&it->pool_size),
+		  "Blank isolates ready for cold starts.");
+	sb_metric(out, "stoke_isolate_live_max", "gauge",
+		  (long long)it->max_live_per_worker * it->nworkers,
+		  "Live isolates the process can hold (vm.max_map_count).");
+	sb_metric(out, "stoke_isolate_memory_bytes", "gauge", atomic_load(&it->mem_bytes),
+		  "Heap and ArrayBuffer bytes of tenant isolates.");
+	sb_metric(out, "stoke_isolate_snapshot_bytes", "gauge",
+		  (long long)iso_v8_snapshot_size(), "Size of the runtime's startup snapshot.");
+	sb_metric(out, "stoke_isolate_cold_starts_total", "counter",
+		  (long long)atomic_load(&it->cold_starts), "Tenants loaded for a request.");
+	sb_metric(out, "stoke_isolate_pool_misses_total", "counter",
+		  (long long)atomic_load(&it->pool_misses),
+		  "Cold starts that found the pool empty and built an isolate.");
+	sb_metric(out, "stoke_isolate_invocations_total", "counter",
+		  (long long)atomic_load(&it->invocations), "Requests the tier received.");
+	sb_metric(out, "stoke_isolate_evictions_total", "counter",
+		  (long long)atomic_load(&it->evictions),
+		  "Idle tenants dropped for the memory budget or the isolate cap.");
+	sb_metric(out, "stoke_isolate_idle_trims_total", "counter",
+		  (long long)atomic_load(&it->trims), "Idle tenants whose heaps were shrunk.");
+	sb_metric(out, "stoke_isolate_trim_pending", "gauge", atomic_load(&it->trim_pending),
+		  "Tenants waiting to become idle enough to shrink.");
+	sb_metric(out, "stoke_isolate_code_refreshes_total", "counter",
+		  (long long)atomic_load(&it->code_refreshes),
+		  "Code caches remade after a function's first request.");
+	sb_metric(out, "stoke_isolate_threads", "gauge", atomic_load(&it->threads),
+		  "Worker threads, including those added for hand-offs.");
+	sb_metric(out, "stoke_isolate_handoffs_total", "counter",
+		  (long long)atomic_load(&it->handoffs),
+		  "Long slices that handed their worker to another thread.");
+	sb_metric(out, "stoke_isolate_exceptions_total", "counter",
+		  (long long)atomic_load(&it->exceptions), "Requests ended by an exception.");
 	sb_metric_head(out, "stoke_isolate_limit_kills_total", "counter",
-		       "Requests stopped by a limit.");
+		      "Requests stopped by a limit.");
 	for (i = 0; i < sizeof(limits) / sizeof(limits[0]); i++)
 		sb_printf(out, "stoke_isolate_limit_kills_total{limit=\"%s\"} %lld\n", limits[i],
 			  kills[i]);

@@ -1331,13 +1331,6 @@ static void metrics_enosys(struct vm_fn *vf, struct strbuf *out)
 	pthread_mutex_unlock(&vf->lock);
 }
 
-static void vm_metric(struct strbuf *out, const char *name, const char *type,
-		      unsigned long long v, const char *help)
-{
-	sb_metric_head(out, name, type, help);
-	sb_printf(out, "%s %llu\n", name, v);
-}
-
 static void metrics_snap(struct vm_snap_stats *st, struct strbuf *out)
 {
 	static const char *const kinds[] = { "base", "runtime", "function", "image" };
@@ -1355,11 +1348,11 @@ static void metrics_snap(struct vm_snap_stats *st, struct strbuf *out)
 	for (k = 0; k < VM_LAYER_IMAGE; k++)
 		sb_printf(out, "stoke_snapshot_stored_bytes_total{kind=\"%s\"} %llu\n", kinds[k],
 			  (unsigned long long)atomic_load(&st->bytes[k]));
-	vm_metric(out, "stoke_snapshot_runtime_damaged_total", "counter",
+	sb_metric(out, "stoke_snapshot_runtime_damaged_total", "counter",
 		  atomic_load(&st->damaged), "Runtime layers found damaged (versions boot).");
-	vm_metric(out, "stoke_snapshot_gc_runs_total", "counter", atomic_load(&st->gc_runs),
+	sb_metric(out, "stoke_snapshot_gc_runs_total", "counter", atomic_load(&st->gc_runs),
 		  "Snapshot store collections.");
-	vm_metric(out, "stoke_snapshot_gc_freed_bytes_total", "counter",
+	sb_metric(out, "stoke_snapshot_gc_freed_bytes_total", "counter",
 		  atomic_load(&st->gc_freed_bytes), "Bytes the collections freed.");
 }
 
@@ -1368,12 +1361,12 @@ static void vm_metrics(struct tier *t, struct strbuf *out)
 	struct vm_tier *vt = tier_of(t);
 	struct vm_fn *vf;
 
-	vm_metric(out, "stoke_vm_live", "gauge", (unsigned)atomic_load(&vt->live),
+	sb_metric(out, "stoke_vm_live", "gauge", (unsigned)atomic_load(&vt->live),
 		  "VMs running, idle or parked.");
-	vm_metric(out, "stoke_vm_idle_bytes", "gauge", atomic_load(&vt->idle_bytes),
+	sb_metric(out, "stoke_vm_idle_bytes", "gauge", atomic_load(&vt->idle_bytes),
 		  "Guest memory size of idle and parked VMs, what the idle budget counts "
 		  "(their host memory is far less).");
-	vm_metric(out, "stoke_vm_boots_total", "counter", atomic_load(&vt->boots),
+	sb_metric(out, "stoke_vm_boots_total", "counter", atomic_load(&vt->boots),
 		  "VMs booted without a snapshot.");
 	sb_metric_head(out, "stoke_vm_cold_start_seconds", "summary",
 		       "Cold starts (boots and restores): request to response.");
@@ -1381,25 +1374,25 @@ static void vm_metrics(struct tier *t, struct strbuf *out)
 		  "stoke_vm_cold_start_seconds_count %llu\n",
 		  (double)atomic_load(&vt->boot_ns) / 1e9,
 		  (unsigned long long)atomic_load(&vt->cold_starts));
-	vm_metric(out, "stoke_vm_restores_total", "counter", atomic_load(&vt->restores),
+	sb_metric(out, "stoke_vm_restores_total", "counter", atomic_load(&vt->restores),
 		  "VMs started from a snapshot.");
-	vm_metric(out, "stoke_vm_restore_failures_total", "counter",
+	sb_metric(out, "stoke_vm_restore_failures_total", "counter",
 		  atomic_load(&vt->restore_failures),
 		  "Restores whose VMM failed (the version then boots).");
-	vm_metric(out, "stoke_vm_generic_shell_starts_total", "counter",
+	sb_metric(out, "stoke_vm_generic_shell_starts_total", "counter",
 		  atomic_load(&vt->generic_starts),
 		  "Restores into the generic shell made before the function was known.");
-	vm_metric(out, "stoke_vm_crashes_total", "counter", atomic_load(&vt->crashes),
+	sb_metric(out, "stoke_vm_crashes_total", "counter", atomic_load(&vt->crashes),
 		  "VMs that crashed or exited during a request.");
-	vm_metric(out, "stoke_vm_timeouts_total", "counter", atomic_load(&vt->timeouts),
+	sb_metric(out, "stoke_vm_timeouts_total", "counter", atomic_load(&vt->timeouts),
 		  "Requests stopped at their wall-time limit.");
-	vm_metric(out, "stoke_vm_state_saves_total", "counter", atomic_load(&vt->state_saves),
+	sb_metric(out, "stoke_vm_state_saves_total", "counter", atomic_load(&vt->state_saves),
 		  "Idle stateful instances saved to disk (state: keep).");
-	vm_metric(out, "stoke_vm_state_save_failures_total", "counter",
+	sb_metric(out, "stoke_vm_state_save_failures_total", "counter",
 		  atomic_load(&vt->state_save_failures), "Saves of kept state that failed.");
-	vm_metric(out, "stoke_vm_state_restores_total", "counter",
+	sb_metric(out, "stoke_vm_state_restores_total", "counter",
 		  atomic_load(&vt->state_restores), "Stateful instances restored from disk.");
-	vm_metric(out, "stoke_vm_state_corrupt_total", "counter",
+	sb_metric(out, "stoke_vm_state_corrupt_total", "counter",
 		  atomic_load(&vt->state_corrupt), "Saved states found damaged and set aside.");
 	metrics_snap(&vt->snap_stats, out);
 	sb_metric_head(out, "stoke_vm_enosys_total", "counter",
