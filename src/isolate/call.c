@@ -239,7 +239,8 @@ static void list_remove(struct iso_worker *w, struct iso_call *c)
 	}
 }
 
-static void answer(struct iso_call *c, int rc, int status, const char *err)
+/* Returns the tenant's heap bytes it read (0 without a tenant). */
+static uint64_t answer(struct iso_call *c, int rc, int status, const char *err)
 {
 	struct inv *inv = c->inv;
 	uint64_t mem = c->tn ? iso_vm_memory(c->tn->vm) : 0;
@@ -254,6 +255,7 @@ static void answer(struct iso_call *c, int rc, int status, const char *err)
 	}
 	c->inv = NULL;
 	inv_done(inv);
+	return mem;
 }
 
 static void log_drain_failure(struct iso_call *c, int rc, const char *err)
@@ -341,7 +343,8 @@ static void pumps_run(struct iso_worker *w)
 	w->pumping = 0;
 }
 
-static void call_end(struct iso_call *c, int rc)
+/* mem: the tenant's heap bytes if read since its JavaScript last ran, else 0. */
+static void call_end(struct iso_call *c, int rc, size_t mem)
 {
 	struct iso_worker *w = c->w;
 	struct iso_tenant *tn = c->tn;
@@ -355,7 +358,7 @@ static void call_end(struct iso_call *c, int rc)
 	if (is_fatal(rc) || (f->retired && !f->nwaiting))
 		iso__tenant_drop(w, tn);
 	else
-		iso__tenant_idle(w, tn);
+		iso__tenant_idle(w, tn, mem);
 	pump_later(w, fn);
 	fn_unref(fn);
 	pumps_run(w);
@@ -365,13 +368,14 @@ static void call_end(struct iso_call *c, int rc)
 static void call_after(struct iso_call *c, int rc, int status, const char *err)
 {
 	char err2[512] = "";
+	size_t mem;
 
 	if (rc == ISO_PENDING)
 		return;
 	if (!c->draining) {
-		answer(c, rc, status, err);
+		mem = answer(c, rc, status, err);
 		if (rc != ISO_OK || !iso_vm_busy(c->tn->vm)) {
-			call_end(c, rc);
+			call_end(c, rc, mem);	/* no JavaScript ran since */
 			return;
 		}
 		c->draining = 1;	/* answered; waitUntil work goes on */
@@ -382,7 +386,7 @@ static void call_after(struct iso_call *c, int rc, int status, const char *err)
 	}
 	if (rc != ISO_OK)
 		log_drain_failure(c, rc, err);
-	call_end(c, rc);
+	call_end(c, rc, 0);
 }
 
 static void call_start(struct iso_worker *w, struct inv *inv, struct iso_tenant *tn)
