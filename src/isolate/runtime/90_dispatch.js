@@ -32,7 +32,7 @@ function dispatch(handler, method, url, flat, bodyLen, env) {
 		 * separate backing store, a malloc and a memset per request. */
 		if (bodyLen) native.readBody(body);
 	}
-	const req = new Request(kInternal, { method, url, headers: Headers[kGuard](flat), body });
+	const req = new Request(kInternal, { method, url, flat, body });
 	return Promise.resolve(handler.fetch(req, env, new ExecutionContext())).then(toWire);
 }
 
