@@ -274,6 +274,7 @@ static void *watchdog_main(void *arg)
 	struct timespec nap = { 0, ISO_WATCH_NS };
 	int i, idle_ticks = 0;
 
+	pthread_setname_np(pthread_self(), "iso-watchdog");
 	pthread_mutex_lock(&it->wd_lock);
 	while (!it->wd_stop) {
 		idle_ticks = atomic_load(&it->nbusy) ? 0 : idle_ticks + 1;
