@@ -193,18 +193,18 @@ static int call_slice(struct iso_call *c, enum slice_start start, int *status,
 	uint64_t cpu0 = iso__cpu_marked();
 	uint64_t left = c->cpu_limit_ns > c->cpu_used_ns ? c->cpu_limit_ns - c->cpu_used_ns : 0;
 	struct iso_req req;
-	int rc = ISO_PENDING;
 	uint64_t mem;
+	int rc;
 
 	iso_vm_set_io(vm, &c->io);
 	c->running = 1;
 	iso__watch_begin(c->w, vm, left, c->deadline_ns);
 	if (start == SLICE_CALL) {
 		fill_req(&req, c->inv, c->deadline_ns);
-		rc = iso_vm_call_start(vm, &req, err, errlen);
-	}
-	if (rc == ISO_PENDING)
+		rc = iso_vm_call(vm, &req, status, &c->wake_ns, err, errlen);
+	} else {
 		rc = iso_vm_step(vm, status, &c->wake_ns, err, errlen);
+	}
 	iso__watch_end(c->w);
 	c->running = 0;
 	iso_vm_set_io(vm, NULL);
