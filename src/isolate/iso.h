@@ -181,6 +181,9 @@ struct iso_tier {
 	int wd_stop;
 	atomic_int nbusy;
 	atomic_int wd_sleeping;		/* the watchdog waits for a wake-up */
+	atomic_ullong wd_next_ns;	/* when it wakes next, CLOCK_MONOTONIC */
+	int wd_kick;			/* under wd_lock: why it was woken early */
+	uint64_t wd_short_until;	/* the watchdog's: 1 ms horizon until then */
 
 	atomic_long live, pool_size, mem_bytes;
 	atomic_ulong cold_starts, invocations, evictions, pool_misses, trims, handoffs;
