@@ -193,7 +193,7 @@ static int call_slice(struct iso_call *c, enum slice_start start, int *status,
 	uint64_t cpu0 = iso__cpu_marked();
 	uint64_t left = c->cpu_limit_ns > c->cpu_used_ns ? c->cpu_limit_ns - c->cpu_used_ns : 0;
 	struct iso_req req;
-	uint64_t mem;
+	uint64_t mem, mark;
 	int rc;
 
 	iso_vm_set_io(vm, &c->io);
@@ -208,7 +208,10 @@ static int call_slice(struct iso_call *c, enum slice_start start, int *status,
 	iso__watch_end(c->w);
 	c->running = 0;
 	iso_vm_set_io(vm, NULL);
-	c->cpu_used_ns += iso__cpu_mark() - cpu0;
+	/* A mark that re-reads the CPU clock can land below an estimated one (see
+	 * iso__cpu_mark): a slice is never charged less than nothing. */
+	mark = iso__cpu_mark();
+	c->cpu_used_ns += mark > cpu0 ? mark - cpu0 : 0;
 	/* Sampled where the call pauses: the metered peak, not every allocation's. A
 	 * call that ends here is sampled once, by answer(). */
 	mem = rc == ISO_PENDING ? iso_vm_memory(vm) : 0;

@@ -71,7 +71,8 @@ static __thread struct iso_thread *iso_self;
  * the lock word of a perf event's mapped page whenever the thread is switched out or
  * in. So a mark reads the clock only after a switch, or when the clock was last read
  * ISO_CPU_RESYNC_NS ago, which bounds how far the estimate can drift from the clock.
- * Without perf events (a seccomp filter, perf_event_paranoid 3) every mark reads it.
+ * Such a read may land a little below the estimate it replaces, so callers clamp the
+ * differences of marks at zero. Without perf events (a seccomp filter, perf_event_paranoid 3) every mark reads it.
  */
 #define ISO_CPU_RESYNC_NS 1000000u
 
@@ -149,7 +150,6 @@ void iso__watch_begin(struct iso_worker *w, struct iso_vm *vm, uint64_t cpu_limi
 {
 	struct iso_tier *it = w->tier;
 	struct iso_thread *th = iso_self;
-
 	uint64_t due;
 
 	pthread_mutex_lock(&w->lock);
