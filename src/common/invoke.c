@@ -37,34 +37,42 @@ void fn_unref(struct fn *fn)
 	free(fn);
 }
 
-static char *memdup0(const char *s, size_t len)
+/* The header array grows to 4, 8, 16... entries: one realloc for most responses. */
+static int inv_resp_reserve(struct inv_response *r)
 {
-	char *p = malloc(len + 1);
+	size_t n = r->nheaders;
+	struct kv *h;
 
-	if (p) {
-		memcpy(p, s, len);
-		p[len] = '\0';
-	}
-	return p;
+	if (n && (n < 4 || (n & (n - 1))))
+		return 0;
+	h = realloc(r->headers, (n < 4 ? 4 : 2 * n) * sizeof(*h));
+	if (!h)
+		return -ENOMEM;
+	r->headers = h;
+	return 0;
 }
 
+/*
+ * A header is one allocation, the value right after the name's NUL: responses are
+ * built on a tier's thread and freed on the gateway's, where every allocation costs
+ * a trip through the allocator's cross-thread path.
+ */
 int inv_resp_add_header(struct inv *inv, const char *name, size_t nlen,
 			const char *value, size_t vlen)
 {
 	struct inv_response *r = &inv->resp;
-	struct kv *h = realloc(r->headers, (r->nheaders + 1) * sizeof(*h));
+	struct kv *h;
+	char *p;
 
-	if (!h)
+	if (inv_resp_reserve(r) || !(p = malloc(nlen + vlen + 2)))
 		return -ENOMEM;
-	r->headers = h;
-	h += r->nheaders;
-	h->name = memdup0(name, nlen);
-	h->value = memdup0(value, vlen);
-	if (!h->name || !h->value) {
-		free(h->name);
-		free(h->value);
-		return -ENOMEM;
-	}
+	h = &r->headers[r->nheaders];
+	memcpy(p, name, nlen);
+	p[nlen] = '\0';
+	memcpy(p + nlen + 1, value, vlen);
+	p[nlen + 1 + vlen] = '\0';
+	h->name = p;
+	h->value = p + nlen + 1;
 	h->name_len = nlen;
 	h->value_len = vlen;
 	r->nheaders++;
@@ -82,10 +90,8 @@ static void inv_resp_clear(struct inv_response *r)
 {
 	size_t i;
 
-	for (i = 0; i < r->nheaders; i++) {
-		free(r->headers[i].name);
-		free(r->headers[i].value);
-	}
+	for (i = 0; i < r->nheaders; i++)
+		free(r->headers[i].name);	/* the value shares its allocation */
 	free(r->headers);
 	free(r->body);
 	memset(r, 0, sizeof(*r));
@@ -133,6 +139,11 @@ void inv_free(struct inv *inv)
 	if (!inv)
 		return;
 	inv_resp_clear(&inv->resp);
+	if (inv->req_packed) {
+		fn_unref(inv->fn);
+		free(inv);
+		return;
+	}
 	for (i = 0; i < inv->req.nheaders; i++) {
 		free(inv->req.headers[i].name);
 		free(inv->req.headers[i].value);

@@ -95,6 +95,9 @@ struct inv {
 	uint64_t peak_mem_bytes;
 	void (*on_done)(struct inv *inv);	/* gateway's; do not call directly */
 	void *gw;			/* gateway's */
+	/* The request's strings and header array live in the allocation that holds
+	 * the inv (the gateway's), instead of one malloc each. */
+	int req_packed;
 };
 
 /* Response builders for tiers. Each copies its arguments; return 0 or -ENOMEM. */

@@ -340,6 +340,7 @@ static void *gw_thread_main(void *arg)
 	struct gw_thread *t = arg;
 	uint64_t deadline = 0, idle_since = 0;
 
+	pthread_setname_np(pthread_self(), "gw-loop");
 	gw_thread_init(t);
 	pthread_barrier_wait(&t->gw->ready);	/* gw_signal_threads needs ctl_rx */
 	for (;;) {

@@ -193,22 +193,25 @@ static int call_slice(struct iso_call *c, enum slice_start start, int *status,
 	uint64_t cpu0 = iso__cpu_marked();
 	uint64_t left = c->cpu_limit_ns > c->cpu_used_ns ? c->cpu_limit_ns - c->cpu_used_ns : 0;
 	struct iso_req req;
-	int rc = ISO_PENDING;
-	uint64_t mem;
+	uint64_t mem, mark;
+	int rc;
 
 	iso_vm_set_io(vm, &c->io);
 	c->running = 1;
 	iso__watch_begin(c->w, vm, left, c->deadline_ns);
 	if (start == SLICE_CALL) {
 		fill_req(&req, c->inv, c->deadline_ns);
-		rc = iso_vm_call_start(vm, &req, err, errlen);
-	}
-	if (rc == ISO_PENDING)
+		rc = iso_vm_call(vm, &req, status, &c->wake_ns, err, errlen);
+	} else {
 		rc = iso_vm_step(vm, status, &c->wake_ns, err, errlen);
+	}
 	iso__watch_end(c->w);
 	c->running = 0;
 	iso_vm_set_io(vm, NULL);
-	c->cpu_used_ns += iso__cpu_mark() - cpu0;
+	/* A mark that re-reads the CPU clock can land below an estimated one (see
+	 * iso__cpu_mark): a slice is never charged less than nothing. */
+	mark = iso__cpu_mark();
+	c->cpu_used_ns += mark > cpu0 ? mark - cpu0 : 0;
 	/* Sampled where the call pauses: the metered peak, not every allocation's. A
 	 * call that ends here is sampled once, by answer(). */
 	mem = rc == ISO_PENDING ? iso_vm_memory(vm) : 0;
@@ -239,7 +242,8 @@ static void list_remove(struct iso_worker *w, struct iso_call *c)
 	}
 }
 
-static void answer(struct iso_call *c, int rc, int status, const char *err)
+/* Returns the tenant's heap bytes it read (0 without a tenant). */
+static uint64_t answer(struct iso_call *c, int rc, int status, const char *err)
 {
 	struct inv *inv = c->inv;
 	uint64_t mem = c->tn ? iso_vm_memory(c->tn->vm) : 0;
@@ -254,6 +258,7 @@ static void answer(struct iso_call *c, int rc, int status, const char *err)
 	}
 	c->inv = NULL;
 	inv_done(inv);
+	return mem;
 }
 
 static void log_drain_failure(struct iso_call *c, int rc, const char *err)
@@ -341,7 +346,8 @@ static void pumps_run(struct iso_worker *w)
 	w->pumping = 0;
 }
 
-static void call_end(struct iso_call *c, int rc)
+/* mem: the tenant's heap bytes if read since its JavaScript last ran, else 0. */
+static void call_end(struct iso_call *c, int rc, size_t mem)
 {
 	struct iso_worker *w = c->w;
 	struct iso_tenant *tn = c->tn;
@@ -355,7 +361,7 @@ static void call_end(struct iso_call *c, int rc)
 	if (is_fatal(rc) || (f->retired && !f->nwaiting))
 		iso__tenant_drop(w, tn);
 	else
-		iso__tenant_idle(w, tn);
+		iso__tenant_idle(w, tn, mem);
 	pump_later(w, fn);
 	fn_unref(fn);
 	pumps_run(w);
@@ -365,13 +371,14 @@ static void call_end(struct iso_call *c, int rc)
 static void call_after(struct iso_call *c, int rc, int status, const char *err)
 {
 	char err2[512] = "";
+	size_t mem;
 
 	if (rc == ISO_PENDING)
 		return;
 	if (!c->draining) {
-		answer(c, rc, status, err);
+		mem = answer(c, rc, status, err);
 		if (rc != ISO_OK || !iso_vm_busy(c->tn->vm)) {
-			call_end(c, rc);
+			call_end(c, rc, mem);	/* no JavaScript ran since */
 			return;
 		}
 		c->draining = 1;	/* answered; waitUntil work goes on */
@@ -382,7 +389,7 @@ static void call_after(struct iso_call *c, int rc, int status, const char *err)
 	}
 	if (rc != ISO_OK)
 		log_drain_failure(c, rc, err);
-	call_end(c, rc);
+	call_end(c, rc, 0);
 }
 
 static void call_start(struct iso_worker *w, struct inv *inv, struct iso_tenant *tn)

@@ -103,6 +103,7 @@ struct iso_msg {
 
 struct iso_tier;
 struct iso_worker;
+struct perf_event_mmap_page;
 
 /* One OS thread of a worker. */
 struct iso_thread {
@@ -110,7 +111,13 @@ struct iso_thread {
 	struct iso_worker *w;
 	pthread_t thread;
 	clockid_t cpu_clock;
-	uint64_t cpu_mark_ns;		/* its CPU clock at its last mark (iso__cpu_mark) */
+	uint64_t cpu_mark_ns;		/* its CPU time at its last mark (iso__cpu_mark) */
+	uint64_t mark_wall_ns;		/* CLOCK_MONOTONIC at that mark */
+	uint64_t sync_wall_ns;		/* ... when the CPU clock was last read */
+	uint32_t mark_seq;		/* switches->lock at that read */
+	/* A perf event's page, whose lock word changes when the thread is switched
+	 * out or in; NULL without perf events. */
+	const struct perf_event_mmap_page *switches;
 	/* Guarded by w->lock: JavaScript running under the watchdog. */
 	struct iso_vm *watched;
 	uint64_t cpu_start_ns, wall_start_ns, cpu_limit_ns, wall_deadline_ns;
@@ -174,6 +181,9 @@ struct iso_tier {
 	int wd_stop;
 	atomic_int nbusy;
 	atomic_int wd_sleeping;		/* the watchdog waits for a wake-up */
+	atomic_ullong wd_next_ns;	/* when it wakes next, CLOCK_MONOTONIC */
+	int wd_kick;			/* under wd_lock: why it was woken early */
+	uint64_t wd_short_until;	/* the watchdog's: 1 ms horizon until then */
 
 	atomic_long live, pool_size, mem_bytes;
 	atomic_ulong cold_starts, invocations, evictions, pool_misses, trims, handoffs;
@@ -196,9 +206,11 @@ struct iso_vm *iso__pool_take(struct iso_worker *w);
 void iso__pool_refill_one(struct iso_worker *w);
 void iso__tenant_add(struct iso_worker *w, struct iso_tenant *tn);
 void iso__tenant_touch(struct iso_worker *w, struct iso_tenant *tn);
-void iso__tenant_idle(struct iso_worker *w, struct iso_tenant *tn);
+/* mem: the tenant's heap bytes if measured since its JavaScript last ran, else 0
+ * (reading V8's heap statistics walks every space: once per request is enough). */
+void iso__tenant_idle(struct iso_worker *w, struct iso_tenant *tn, size_t mem);
 void iso__tenant_drop(struct iso_worker *w, struct iso_tenant *tn);
-void iso__tenant_account(struct iso_worker *w, struct iso_tenant *tn);
+void iso__tenant_account(struct iso_worker *w, struct iso_tenant *tn, size_t mem);
 int iso__tenants_trim_one(struct iso_worker *w);
 void iso__tenants_evict(struct iso_worker *w, struct iso_tenant *keep);
 

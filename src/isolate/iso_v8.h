@@ -118,6 +118,9 @@ int iso_vm_call_start(struct iso_vm *vm, const struct iso_req *req, char *err,
  */
 int iso_vm_step(struct iso_vm *vm, int *status, uint64_t *wake_ns, char *err,
 		size_t errlen);
+/* iso_vm_call_start() and, if it is pending, the first iso_vm_step(), in one entry. */
+int iso_vm_call(struct iso_vm *vm, const struct iso_req *req, int *status, uint64_t *wake_ns,
+		char *err, size_t errlen);
 /* Whether work is pending: after an answered call, waitUntil work to step through. */
 int iso_vm_busy(struct iso_vm *vm);
 /* Any thread: stops running JavaScript; the call returns `why`. */

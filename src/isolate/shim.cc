@@ -1330,14 +1330,11 @@ static int begin(iso_vm *vm, Local<Context> ctx, TryCatch &tc, MaybeLocal<Value>
 	return ISO_PENDING;
 }
 
-int iso_vm_call_start(struct iso_vm *vm, const struct iso_req *req, char *err,
+/* Calls dispatch(); the caller has entered the isolate, a handle scope and ctx. */
+static int call_begin(iso_vm *vm, Local<Context> ctx, const struct iso_req *req, char *err,
 		      size_t errlen)
 {
-	Isolate *iso = held(vm);
-	Isolate::Scope is(iso);
-	HandleScope hs(iso);
-	Local<Context> ctx = vm->ctx.Get(iso);
-	Context::Scope cs(ctx);
+	Isolate *iso = vm->isolate;
 	TryCatch tc(iso);
 	Local<Value> args[6];
 	int rc;
@@ -1356,6 +1353,18 @@ int iso_vm_call_start(struct iso_vm *vm, const struct iso_req *req, char *err,
 		   true, req->wall_deadline_ns, err, errlen);
 	vm->req = nullptr;
 	return rc;
+}
+
+int iso_vm_call_start(struct iso_vm *vm, const struct iso_req *req, char *err,
+		      size_t errlen)
+{
+	Isolate *iso = held(vm);
+	Isolate::Scope is(iso);
+	HandleScope hs(iso);
+	Local<Context> ctx = vm->ctx.Get(iso);
+	Context::Scope cs(ctx);
+
+	return call_begin(vm, ctx, req, err, errlen);
 }
 
 int iso_vm_busy(struct iso_vm *vm)
@@ -1401,13 +1410,11 @@ static int finish(iso_vm *vm, Local<Context> ctx, Local<Promise> p, int *status,
 	return rc;
 }
 
-int iso_vm_step(struct iso_vm *vm, int *status, uint64_t *wake_ns, char *err, size_t errlen)
+/* One step of the pending work; the caller has entered the isolate and ctx. */
+static int step_in(iso_vm *vm, Local<Context> ctx, int *status, uint64_t *wake_ns,
+		   char *err, size_t errlen)
 {
-	Isolate *iso = held(vm);
-	Isolate::Scope is(iso);
-	HandleScope hs(iso);
-	Local<Context> ctx = vm->ctx.Get(iso);
-	Context::Scope cs(ctx);
+	Isolate *iso = vm->isolate;
 	TryCatch tc(iso);
 	Local<Promise> p = vm->pending.Get(iso);
 	int rc;
@@ -1421,4 +1428,30 @@ int iso_vm_step(struct iso_vm *vm, int *status, uint64_t *wake_ns, char *err, si
 	if (rc != ISO_OK)
 		return rc;
 	return finish(vm, ctx, p, status, err, errlen);
+}
+
+int iso_vm_step(struct iso_vm *vm, int *status, uint64_t *wake_ns, char *err, size_t errlen)
+{
+	Isolate *iso = held(vm);
+	Isolate::Scope is(iso);
+	HandleScope hs(iso);
+	Local<Context> ctx = vm->ctx.Get(iso);
+	Context::Scope cs(ctx);
+
+	return step_in(vm, ctx, status, wake_ns, err, errlen);
+}
+
+/* Entering an isolate and its context costs about as much as a trivial handler, so the
+ * usual request (a call that answers in its first step) enters them once. */
+int iso_vm_call(struct iso_vm *vm, const struct iso_req *req, int *status, uint64_t *wake_ns,
+		char *err, size_t errlen)
+{
+	Isolate *iso = held(vm);
+	Isolate::Scope is(iso);
+	HandleScope hs(iso);
+	Local<Context> ctx = vm->ctx.Get(iso);
+	Context::Scope cs(ctx);
+	int rc = call_begin(vm, ctx, req, err, errlen);
+
+	return rc == ISO_PENDING ? step_in(vm, ctx, status, wake_ns, err, errlen) : rc;
 }

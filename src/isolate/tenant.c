@@ -104,9 +104,8 @@ void iso__tenant_drop(struct iso_worker *w, struct iso_tenant *tn)
 	free(tn);
 }
 
-void iso__tenant_account(struct iso_worker *w, struct iso_tenant *tn)
+void iso__tenant_account(struct iso_worker *w, struct iso_tenant *tn, size_t mem)
 {
-	size_t mem = iso_vm_memory(tn->vm);
 	long maps = ISO_MAPS_PER_ISOLATE +
 		    (mem > (1u << 20) ? (long)((mem - (1u << 20)) / ISO_HEAP_PAGE) : 0);
 
@@ -129,7 +128,7 @@ int iso__tenants_trim_one(struct iso_worker *w)
 			continue;
 		iso_vm_idle(tn->vm);
 		set_trimmed(w, tn, 1);
-		iso__tenant_account(w, tn);
+		iso__tenant_account(w, tn, iso_vm_memory(tn->vm));
 		atomic_fetch_add(&w->tier->trims, 1);
 		return 1;
 	}
@@ -168,24 +167,26 @@ void iso__tenant_touch(struct iso_worker *w, struct iso_tenant *tn)
  * 64 KiB in an isolate that has made a code cache (its external reference map), which
  * an idle tenant should not carry for nothing.
  */
-static void maybe_refresh_code(struct iso_worker *w, struct iso_tenant *tn)
+static int maybe_refresh_code(struct iso_worker *w, struct iso_tenant *tn)
 {
 	struct iso_fn *f = tn->fn->tier_data;
 
 	if (f->code_refreshed || f->ninstances_made < 2)
-		return;
+		return 0;
 	f->code_refreshed = 1;
 	iso_vm_code_refresh(tn->vm, f->code);
 	atomic_fetch_add(&w->tier->code_refreshes, 1);
+	return 1;
 }
 
 /* A request (and its waitUntil work) finished: account memory, schedule a trim. */
-void iso__tenant_idle(struct iso_worker *w, struct iso_tenant *tn)
+void iso__tenant_idle(struct iso_worker *w, struct iso_tenant *tn, size_t mem)
 {
-	maybe_refresh_code(w, tn);
+	if (maybe_refresh_code(w, tn) || !mem)
+		mem = iso_vm_memory(tn->vm);
 	tn->last_used_ns = mono_ns();
 	set_trimmed(w, tn, 0);
-	iso__tenant_account(w, tn);
+	iso__tenant_account(w, tn, mem);
 	iso__tenants_evict(w, tn);
 }
 

@@ -9,7 +9,10 @@
 #include <time.h>
 
 #define METER_MAX_PENDING (1 << 20)
+/* The writer wakes this often, or sooner for a flush or this many records: under load
+ * one transaction a second, instead of one per commit's worth of requests. */
 #define METER_FLUSH_MS 1000
+#define METER_BATCH_MAX (1 << 16)
 
 struct meter {
 	sqlite3 *db;
@@ -64,7 +67,9 @@ static int meter_cmp(const void *a, const void *b)
 	const struct meter_rec *x = a, *y = b;
 	int c = strcmp(x->function, y->function);
 
-	return c ? c : strcmp(x->tier, y->tier);
+	if (!c)
+		c = strcmp(x->tier, y->tier);
+	return c ? c : (x->minute > y->minute) - (x->minute < y->minute);
 }
 
 static void meter_add(struct meter_sum *s, const struct meter_rec *r)
@@ -83,12 +88,12 @@ static void meter_add(struct meter_sum *s, const struct meter_rec *r)
 	s->peak_n++;
 }
 
-static int meter_upsert_sum(sqlite3_stmt *st, const struct meter_sum *s, int64_t minute)
+static int meter_upsert_sum(sqlite3_stmt *st, const struct meter_sum *s)
 {
 	int ok;
 
 	sqlite3_bind_text(st, 1, s->rec->function, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 2, minute);
+	sqlite3_bind_int64(st, 2, s->rec->minute);
 	sqlite3_bind_text(st, 3, s->rec->tier, -1, SQLITE_STATIC);
 	sqlite3_bind_int64(st, 4, s->invocations);
 	sqlite3_bind_int64(st, 5, s->cold);
@@ -106,7 +111,6 @@ static int meter_upsert_sum(sqlite3_stmt *st, const struct meter_sum *s, int64_t
 
 static int meter_write(struct meter *m, struct meter_rec *recs, size_t n)
 {
-	int64_t minute = (int64_t)time(NULL) / 60 * 60;
 	struct meter_sum sum = { 0 };
 	sqlite3_stmt *st;
 	size_t i;
@@ -118,7 +122,7 @@ static int meter_write(struct meter *m, struct meter_rec *recs, size_t n)
 	sqlite3_exec(m->db, "BEGIN", NULL, NULL, NULL);
 	for (i = 0; i < n && ok; i++) {
 		if (sum.rec && meter_cmp(sum.rec, &recs[i])) {
-			ok = meter_upsert_sum(st, &sum, minute);
+			ok = meter_upsert_sum(st, &sum);
 			memset(&sum, 0, sizeof(sum));
 		}
 		if (!sum.rec)
@@ -126,7 +130,7 @@ static int meter_write(struct meter *m, struct meter_rec *recs, size_t n)
 		meter_add(&sum, &recs[i]);
 	}
 	if (ok && sum.rec)
-		ok = meter_upsert_sum(st, &sum, minute);
+		ok = meter_upsert_sum(st, &sum);
 	sqlite3_finalize(st);
 	sqlite3_exec(m->db, ok ? "COMMIT" : "ROLLBACK", NULL, NULL, NULL);
 	return ok ? 0 : -EIO;
@@ -140,11 +144,12 @@ static void *meter_main(void *arg)
 	uint64_t gen;
 	struct timespec ts;
 
+	pthread_setname_np(pthread_self(), "meter");
 	pthread_mutex_lock(&m->lock);
 	for (;;) {
 		clock_gettime(CLOCK_REALTIME, &ts);
 		ts.tv_sec += METER_FLUSH_MS / 1000;
-		while (!m->npending && !m->stop && m->written == m->generation)
+		while (m->npending < METER_BATCH_MAX && !m->stop && m->written == m->generation)
 			if (pthread_cond_timedwait(&m->cond, &m->lock, &ts))
 				break;
 		/* Swap buffers so recorders never wait on SQLite. */
@@ -212,6 +217,8 @@ int meter_start(const char *db_path, struct meter **out)
 
 void meter_record(struct meter *m, const struct meter_rec *rec)
 {
+	int64_t minute = rec->minute ? rec->minute : (int64_t)time(NULL) / 60 * 60;
+
 	pthread_mutex_lock(&m->lock);
 	if (m->npending == m->cap && m->cap < METER_MAX_PENDING) {
 		size_t cap = m->cap ? m->cap * 2 : 1024;
@@ -222,9 +229,12 @@ void meter_record(struct meter *m, const struct meter_rec *rec)
 			m->cap = cap;
 		}
 	}
-	if (m->npending < m->cap)
-		m->pending[m->npending++] = *rec;
-	else
+	if (m->npending < m->cap) {
+		m->pending[m->npending] = *rec;
+		m->pending[m->npending++].minute = minute;
+		if (m->npending == METER_BATCH_MAX)
+			pthread_cond_signal(&m->cond);
+	} else
 		m->dropped++;
 	pthread_mutex_unlock(&m->lock);
 }

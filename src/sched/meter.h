@@ -19,6 +19,7 @@ struct meter_rec {
 	uint64_t cpu_us;
 	uint32_t memory_mb;	/* configured memory: what GB-s are billed on */
 	uint64_t peak_kb;	/* memory high-water the tier measured (0: none) */
+	int64_t minute;		/* Unix time of its minute; 0: when it is recorded */
 };
 
 /* Opens its own connection to the registry database at path and starts the writer. */

@@ -214,13 +214,15 @@ function normMethod(m) {
 const kInternal = Symbol('internal');
 
 class Request extends Body {
-	#method; #url; #headers; #redirect; #signal;
+	#method; #url; #headers; #flat; #redirect; #signal;
 	constructor(input, init = {}) {
 		super();
 		if (input === kInternal) {
+			/* From the gateway: [name, value, ...], made a Headers on first use
+			 * (most handlers never look at most requests' headers). */
 			this.#method = init.method;
 			this.#url = init.url;
-			this.#headers = init.headers;
+			this.#flat = init.flat;
 			this.#redirect = 'follow';
 			this._initBody(init.body);
 			return;
@@ -256,15 +258,17 @@ class Request extends Body {
 	}
 	get method() { return this.#method; }
 	get url() { return this.#url; }
-	get headers() { return this.#headers; }
+	get headers() { return this.#headers || (this.#headers = Headers[kGuard](this.#flat)); }
 	get redirect() { return this.#redirect; }
 	get signal() { return this.#signal || (this.#signal = new AbortController().signal); }
 	get cf() { return undefined; }
 	clone() {
 		if (this.bodyUsed)
 			throw new TypeError('Request.clone: body has already been used');
-		return new Request(kInternal, { method: this.#method, url: this.#url,
-			headers: new Headers(this.#headers), body: this._rawBody() });
+		const r = new Request(kInternal, { method: this.#method, url: this.#url,
+			body: this._rawBody() });
+		r.#headers = new Headers(this.headers);
+		return r;
 	}
 	get [Symbol.toStringTag]() { return 'Request'; }
 }

@@ -376,9 +376,13 @@ static void test_limits(void)
 {
 	struct fn_limits small = { .memory_mb = 32, .cpu_ms = 5000 };
 	struct fn_limits wall = { .wall_ms = 300, .cpu_ms = 50 };
+	/* A budget under the watchdog's 2 ms horizon: the slice wakes it as it starts. */
+	struct fn_limits tiny = { .cpu_ms = 1 };
 
 	expect_limit("cpu", "while (true) {}", NULL, 503, "cpu_limit",
 		     "exceeded its CPU time limit (50 ms)");
+	expect_limit("cpu1", "while (true) {}", &tiny, 503, "cpu_limit",
+		     "exceeded its CPU time limit (1 ms)");
 	expect_limit("heap", "const a = []; while (true) a.push({ x: new Array(100).fill(n) });",
 		     &small, 503, "memory_limit", "exceeded its memory limit (32 MB)");
 	expect_limit("buffers", "const a = []; for (let i = 0; i < 1000; i++) "
