@@ -1181,6 +1181,8 @@ long iso_vm_code_refresh(struct iso_vm *vm, struct iso_code *code)
 	long grew = 0;
 	size_t i;
 
+	/* The request may have ended in a limit (the deploy-time trial's watchdog). */
+	iso->CancelTerminateExecution();
 	for (i = 0; i < vm->loaded.size() && i < code->mods.size(); i++) {
 		iso_mod &m = code->mods[i];
 
