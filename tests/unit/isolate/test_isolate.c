@@ -614,6 +614,12 @@ static const char *const api_cases[][3] = {
 	{ "url-ipv4", "return new URL('http://0x7f.1/').host + ' ' +"
 	  "new URL('http://[::1]:8/').host",
 	  "127.0.0.1 [::1]:8" },
+	{ "url-ipv4-forms", "const h = (s) => { try { return new URL('http://' + s + '/').host }"
+	  " catch (e) { return 'bad' } };"
+	  "return ['0177.0.0.1', '4294967295', '0x', '1.0x10.3', '192.168.1.1.', '256.1.1.1',"
+	  " '1.2.3.4.5', '09.1.1.1', '0xg.1', '1.2.65536', '127.1:8'].map(h).join()",
+	  "127.0.0.1,255.255.255.255,0.0.0.0,1.16.0.3,192.168.1.1,bad,bad,bad,bad,bad,"
+	  "127.0.0.1:8" },
 	{ "url-invalid", "try { new URL('nope'); return 'no' } catch (e) {"
 	  "return e instanceof TypeError }", "true" },
 	{ "url-canparse", "return [URL.canParse('http://a'), URL.canParse('/x'),"
