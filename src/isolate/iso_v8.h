@@ -131,10 +131,11 @@ void iso_vm_interrupt(struct iso_vm *vm, struct iso_interrupt *in);
 /* Lets other threads use every vm this thread used, except `keep` (may be NULL). */
 void iso_v8_release(struct iso_vm *keep);
 /*
- * After a request: replaces code's caches with ones made from the vm's modules, which
- * now hold the functions that request compiled. Only for the vm's own code, only while
- * no other thread loads from it, and once per vm. The vm stays 64 KiB bigger (V8's
- * external reference map). Returns the bytes the caches grew.
+ * After a request (also one a limit ended): replaces code's caches with ones made from
+ * the vm's modules, which now hold the functions that request compiled, where they are
+ * bigger. Only for the vm's own code, only while no other thread loads from it, and
+ * once per vm. The vm stays 64 KiB bigger (V8's external reference map). Returns the
+ * bytes the caches grew.
  */
 long iso_vm_code_refresh(struct iso_vm *vm, struct iso_code *code);
 /* Heap bytes in use (V8's used_heap_size plus external ArrayBuffer memory). */

@@ -118,6 +118,46 @@ def test_map_count_warning_matches_the_host(d):
         assert warnings == [], warnings
 
 
+
+TRIAL = """let n = 0;
+console.log("top-level ran");
+export default {
+  async fetch(request) {
+    n++;
+    const path = new URL(request.url).pathname;
+    console.log("fetch saw " + path);
+    if (path === "/") throw new Error("trial throws");
+    return new Response("n=" + n);
+  }
+};
+"""
+
+
+def test_deploy_trial_request_leaves_no_trace(d):
+    """A deploy calls fetch() once with a synthetic GET / in a throwaway isolate (so the
+    code cache holds fetch() compiled). A fetch that throws there still deploys and
+    serves; its console output is not in the function's logs; its state is not seen by
+    the first real request."""
+    t = time.monotonic()
+    r = d.deploy_files("trial", {"index.js": TRIAL})
+    assert r.status == 201, r
+    assert time.monotonic() - t < 10, "deploy took %.1fs" % (time.monotonic() - t)
+    r = d.invoke("trial", "/first")
+    assert r.status == 200 and r.text == "n=1", r
+    rid = r.headers["x-stoke-request-id"]
+    assert "fetch saw /first" in _log_text(d, "trial", rid, "fetch saw /first")
+    lines = d.admin("GET", "/functions/trial/logs").json()["lines"]
+    msgs = [l["msg"] for l in lines]
+    assert "top-level ran" in msgs, msgs
+    assert "fetch saw /" not in msgs and not any("trial throws" in m for m in msgs), msgs
+    r = d.invoke("trial", "/")
+    assert r.status == 500 and r.json()["error"] == "exception", r
+    t = time.monotonic()
+    d.deploy_files("trial-spin", {"index.js": TRIAL.replace('throw new Error("trial throws")',
+                                                            "while (true) {}")})
+    assert time.monotonic() - t < 10, "deploy took %.1fs" % (time.monotonic() - t)
+    assert d.invoke("trial-spin", "/x").text == "n=1"
+
 def main():
     tests = [(k, v) for k, v in sorted(globals().items()) if k.startswith("test_")]
     passed = failed = skipped = 0

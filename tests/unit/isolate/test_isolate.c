@@ -475,6 +475,81 @@ static void test_deploy_errors(void)
 	CHECK(!fn && strstr(errbuf, "index.ts: line 1, column 19"), "ts error: '%s'", errbuf);
 }
 
+static uint64_t ms_now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Deploys src (index.js) and answers GET /real; fails the check if deploying took
+ * more than max_ms. */
+static void trial_case(const char *name, const char *src, uint64_t max_ms,
+		       const char *want_body)
+{
+	uint64_t t0 = ms_now(), took;
+	struct fn *fn = deploy(name, "index.js", src);
+	struct inv *inv;
+
+	took = ms_now() - t0;
+	CHECK(fn, "%s: deploy failed: %s", name, errbuf);
+	if (!fn)
+		return;
+	CHECK(took <= max_ms, "%s: deploy took %llu ms", name, (unsigned long long)took);
+	inv = call(fn, "GET", "/real", NULL);
+	CHECK(inv->resp.status == 200 && !strcmp(body_of(inv), want_body),
+	      "%s: %d '%s'", name, inv->resp.status, body_of(inv));
+	inv_free(inv);
+	fn_unref(fn);
+}
+
+/*
+ * A deploy calls fetch() once with a synthetic GET / in its throwaway trial isolate
+ * (so the code cache holds fetch() compiled). However that call ends, the deploy
+ * stands, the call's output reaches no log, and none of its state reaches the tenant.
+ */
+static void test_deploy_trial(void)
+{
+	if (!want("trial"))
+		return;
+	trial_case("trial-throw", "export default { fetch(r) {\n"
+		   "  if (new URL(r.url).pathname === '/') throw new Error('trial-boom');\n"
+		   "  return new Response('served'); } };\n", 5000, "served");
+	trial_case("trial-reject", "export default { async fetch(r) {\n"
+		   "  if (new URL(r.url).pathname === '/') return Promise.reject(1);\n"
+		   "  return new Response('served'); } };\n", 5000, "served");
+	trial_case("trial-spin", "export default { fetch(r) {\n"
+		   "  if (new URL(r.url).pathname === '/') while (true) {}\n"
+		   "  return new Response('served'); } };\n", 5000, "served");
+	trial_case("trial-microtasks", "export default { fetch(r) {\n"
+		   "  if (new URL(r.url).pathname === '/') {\n"
+		   "    const f = () => Promise.resolve().then(f); return f(); }\n"
+		   "  return new Response('served'); } };\n", 5000, "served");
+	trial_case("trial-timers", "export default { async fetch(r) {\n"
+		   "  if (new URL(r.url).pathname === '/') {\n"
+		   "    setInterval(() => console.log('trial-interval'), 0);\n"
+		   "    await new Promise((ok) => setTimeout(ok, 60000)); }\n"
+		   "  return new Response('served'); } };\n", 5000, "served");
+	trial_case("trial-state", "let n = 0; globalThis.seen = [];\n"
+		   "export default { fetch(r, env, ctx) {\n"
+		   "  n++; seen.push(new URL(r.url).pathname);\n"
+		   "  ctx.waitUntil(Promise.resolve().then(() => console.log('trial-wait')));\n"
+		   "  return new Response(n + ' ' + seen.join()); } };\n", 5000, "1 /real");
+	trial_case("trial-console", "console.log('top-level-line');\n"
+		   "export default { fetch(r) {\n"
+		   "  console.log('fetch-line ' + new URL(r.url).pathname);\n"
+		   "  console.error('fetch-err ' + new URL(r.url).pathname);\n"
+		   "  return new Response('served'); } };\n", 5000, "served");
+	CHECK(log_has("trial-console deploy stdout: top-level-line"),
+	      "top-level output of a deploy is in the logs");
+	CHECK(log_has("fetch-line /real") && log_has("fetch-err /real"),
+	      "the real request's output is in the logs");
+	CHECK(!log_has("fetch-line /\n") && !log_has("fetch-err /\n") &&
+	      !log_has("trial-boom") && !log_has("trial-interval"),
+	      "the trial request's output reached the logs");
+}
+
 /* Every context comes from one snapshot: its Math.random state must not. */
 static void test_random_differs(void)
 {
@@ -543,6 +618,12 @@ static const char *const api_cases[][3] = {
 	{ "url-ipv4", "return new URL('http://0x7f.1/').host + ' ' +"
 	  "new URL('http://[::1]:8/').host",
 	  "127.0.0.1 [::1]:8" },
+	{ "url-ipv4-forms", "const h = (s) => { try { return new URL('http://' + s + '/').host }"
+	  " catch (e) { return 'bad' } };"
+	  "return ['0177.0.0.1', '4294967295', '0x', '1.0x10.3', '192.168.1.1.', '256.1.1.1',"
+	  " '1.2.3.4.5', '09.1.1.1', '0xg.1', '1.2.65536', '127.1:8'].map(h).join()",
+	  "127.0.0.1,255.255.255.255,0.0.0.0,1.16.0.3,192.168.1.1,bad,bad,bad,bad,bad,"
+	  "127.0.0.1:8" },
 	{ "url-invalid", "try { new URL('nope'); return 'no' } catch (e) {"
 	  "return e instanceof TypeError }", "true" },
 	{ "url-canparse", "return [URL.canParse('http://a'), URL.canParse('/x'),"
@@ -1421,6 +1502,7 @@ int main(int argc, char **argv)
 	test_apis();
 	test_limits();
 	test_deploy_errors();
+	test_deploy_trial();
 	test_response_tampering();
 	test_isolation();
 	test_modules();
