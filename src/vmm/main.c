@@ -12,6 +12,7 @@
 #include "clock.h"
 #include "vmsnap.h"
 #include "frame.h"
+#include "snap/snap.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -322,6 +323,8 @@ static int run(struct vm *vm, struct vm_config *cfg, struct jail_config *jc)
 	clock_init(vm);
 	mark("VM and vCPU");
 	if (shell) {
+		/* While nobody waits: the restore's first hash would pay it. */
+		snap_warm_up();
 		r = await_launch(cfg, jc);
 		if (r)
 			return fprintf(stderr, "stoke-vmm: shell launch: %s\n", strerror(-r)), r;

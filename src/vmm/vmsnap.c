@@ -80,6 +80,8 @@ struct vmsnap_state {
 	struct vcpu_blob vcpu;
 	struct snap_id image;
 	uint32_t touch_n;	/* ranges at GL_TOUCH for vm_touch, 0 for none */
+	pthread_t populate;	/* maps the working set while the guest starts */
+	int populating;
 };
 
 static int say(char *why, size_t len, int r, const char *fmt, const char *arg)
@@ -147,6 +149,7 @@ void vmsnap_close(struct vm *vm)
 
 	if (!s)
 		return;
+	vmsnap_settle(vm);
 	if (s->dump_fd >= 0)
 		close(s->dump_fd);
 	if (s->base_fd >= 0)
@@ -426,6 +429,7 @@ static int take_dump(struct vm *vm, struct vmsnap_state *s, int fd, int whole)
 	void *vmm = NULL;
 	int r;
 
+	vmsnap_settle(vm);
 	d.bm_len = (vm->mem_size / VM_PAGE + 63) / 64 * 8;
 	bm = calloc(1, d.bm_len);
 	r = bm ? 0 : -ENOMEM;
@@ -689,6 +693,66 @@ static uint32_t touch_list(struct vm *vm, const struct snap_ws *ws)
 	return touch_ranges(vm, ws->r, ws->nranges, 0, n);
 }
 
+/*
+ * Besides mapping the working set shared: copy the pages the recording VM wrote (one
+ * guest fault each instead of a read fault and a write fault) and bring the dense
+ * read-only 2 MiB regions in as huge folios (one guest fault per region): docs/vmm.md.
+ */
+#define PF_FLAGS	(SNAP_PF_DEFAULT | SNAP_PF_WRITTEN | SNAP_PF_HUGE)
+
+/* Set once the preload thread runs (before the jail's fork: the VMM inherits it). */
+static int preloaded;
+
+struct populate {
+	struct snap_image img;	/* id and size only: nothing is read through it */
+	struct snap_ws ws;
+	uint8_t *mem;
+};
+
+static void *populate_run(void *arg)
+{
+	struct populate *p = arg;
+
+	snap_ws_prefetch(&p->img, &p->ws, p->mem, SNAP_FILL_NONE, PF_FLAGS, NULL);
+	snap_ws_release(&p->ws);
+	free(p);
+	return NULL;
+}
+
+/*
+ * Where the preload thread is reading the working set, mapping it (and copying the
+ * written pages) waits for that I/O. A thread does it while the jail is entered and the
+ * guest starts, whose faults wait only for the pages they need: the disk overlaps the
+ * guest's first work instead of preceding it. The thread only calls madvise on guest
+ * memory, never sees guest input, and is joined (vmsnap_settle) before the VMM serves
+ * the guest's next system call or exception, so nothing that reads pagemap or remaps
+ * guest memory runs beside it. Takes ws over.
+ */
+static void populate_start(struct vm *vm, const struct snap_image *img, struct snap_ws *ws)
+{
+	struct populate *p = malloc(sizeof(*p));
+
+	if (p) {
+		*p = (struct populate){ .img = *img, .ws = *ws, .mem = vm->mem };
+		p->img.fd = -1;
+		if (!pthread_create(&vm->snap->populate, NULL, populate_run, p)) {
+			vm->snap->populating = 1;
+			return;
+		}
+		free(p);
+	}
+	snap_ws_prefetch(img, ws, vm->mem, SNAP_FILL_NONE, PF_FLAGS, NULL);
+	snap_ws_release(ws);
+}
+
+void vmsnap_settle(struct vm *vm)
+{
+	if (vm->snap && vm->snap->populating) {
+		pthread_join(vm->snap->populate, NULL);
+		vm->snap->populating = 0;
+	}
+}
+
 static void prefetch(struct vm *vm, const struct snap_image *img)
 {
 	struct snap_ws ws;
@@ -699,10 +763,21 @@ static void prefetch(struct vm *vm, const struct snap_image *img)
 	    !memcmp(&ws.image, &img->id, sizeof(ws.image)))
 		copy_hot_regions(vm, img, &ws);
 	/* A working set recorded on another image is refused (-ESTALE): then lazily. */
-	if (!snap_ws_prefetch(img, &ws, vm->mem, SNAP_FILL_DEFAULT, SNAP_PF_DEFAULT, NULL) &&
-	    vm->cfg->snap_touch)
+	if (!preloaded) {
+		if (!snap_ws_prefetch(img, &ws, vm->mem, SNAP_FILL_DEFAULT, PF_FLAGS, NULL) &&
+		    vm->cfg->snap_touch)
+			vm->snap->touch_n = touch_list(vm, &ws);
+		snap_ws_release(&ws);
+		return;
+	}
+	/* Advice on the huge regions now (FILL_NONE: nothing is read or mapped here). */
+	if (snap_ws_prefetch(img, &ws, vm->mem, SNAP_FILL_NONE, SNAP_PF_HUGE, NULL)) {
+		snap_ws_release(&ws);
+		return;
+	}
+	if (vm->cfg->snap_touch)
 		vm->snap->touch_n = touch_list(vm, &ws);
-	snap_ws_release(&ws);
+	populate_start(vm, img, &ws);
 }
 
 struct preload {
@@ -710,12 +785,15 @@ struct preload {
 	struct snap_ws ws;
 };
 
-/* Only system calls here: the jail forks while this runs (no lock may be held). */
+/*
+ * Only system calls and thread creation here: the jail forks while this runs, so it
+ * holds no lock that fork does not handle (OpenSSL's, among others, are not).
+ */
 static void *preload_io(void *arg)
 {
 	struct preload *p = arg;
 
-	snap_ws_prefetch(&p->img, &p->ws, NULL, SNAP_FILL_READAHEAD, 0, NULL);
+	snap_ws_prefetch(&p->img, &p->ws, NULL, SNAP_FILL_READAHEAD, PF_FLAGS, NULL);
 	snap_image_close(&p->img);
 	snap_ws_release(&p->ws);
 	free(p);
@@ -751,6 +829,7 @@ void vmsnap_preload(const struct vm_config *cfg)
 		pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
 		r = -pthread_create(&t, &attr, preload_io, p);
 		pthread_attr_destroy(&attr);
+		preloaded = !r;
 		if (!r)
 			return;
 	}
@@ -936,6 +1015,7 @@ void vmsnap_after_response(struct vm *vm)
 	if (!s || s->ws_fd < 0 || s->ws_done || !vm->mem_is_file)
 		return;
 	s->ws_done = 1;
+	vmsnap_settle(vm);
 	r = snap_ws_from_pagemap(s->pagemap_fd, vm->mem, vm->mem_size, &s->image, &ws);
 	if (!r && s->tracking && (r = narrow_to_accessed(vm, &ws)))
 		snap_ws_release(&ws);

@@ -78,6 +78,12 @@ int vmsnap_restore_memory(struct vm *vm, int *mapped, char *why, size_t len);
 /* Sets the vCPU state and the clocks (after the jail); then run vm_resume. */
 int vmsnap_restore_vcpu(struct vm *vm, char *why, size_t len);
 /*
+ * Waits for the restore's populate thread (it maps the working set while the guest
+ * starts). The run loop calls it at every exit, and every call below that reads
+ * pagemap or changes guest memory calls it first. Cheap when there is none.
+ */
+void vmsnap_settle(struct vm *vm);
+/*
  * chan_read hook: takes the dump at the first read of the channel (on a restored VM:
  * the first read after its first response, so a runtime restored to import a
  * function is dumped once that function is loaded).
