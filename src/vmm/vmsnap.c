@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <linux/kvm.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -66,6 +67,9 @@ struct fd_blob {
 	char path[PATH_MAX_SNAP];
 };
 
+struct populate;
+static void populate_free(struct populate *p);
+
 struct vmsnap_state {
 	int dump_fd;
 	int state_fd;		/* --state-dump: the whole VM, when the daemon asks */
@@ -80,7 +84,8 @@ struct vmsnap_state {
 	struct vcpu_blob vcpu;
 	struct snap_id image;
 	uint32_t touch_n;	/* ranges at GL_TOUCH for vm_touch, 0 for none */
-	pthread_t populate;	/* maps the working set while the guest starts */
+	struct populate *pending;	/* the restore's mapping, for vmsnap_populate */
+	pthread_t populate;	/* runs it beside the starting guest */
 	int populating;
 };
 
@@ -150,6 +155,8 @@ void vmsnap_close(struct vm *vm)
 	if (!s)
 		return;
 	vmsnap_settle(vm);
+	if (s->pending)
+		populate_free(s->pending);
 	if (s->dump_fd >= 0)
 		close(s->dump_fd);
 	if (s->base_fd >= 0)
@@ -709,40 +716,53 @@ struct populate {
 	uint8_t *mem;
 };
 
+static void populate_free(struct populate *p)
+{
+	snap_ws_release(&p->ws);
+	free(p);
+}
+
 static void *populate_run(void *arg)
 {
 	struct populate *p = arg;
 
 	snap_ws_prefetch(&p->img, &p->ws, p->mem, SNAP_FILL_NONE, PF_FLAGS, NULL);
-	snap_ws_release(&p->ws);
-	free(p);
+	populate_free(p);
 	return NULL;
 }
 
 /*
- * Where the preload thread is reading the working set, mapping it (and copying the
- * written pages) waits for that I/O. A thread does it while the jail is entered and the
- * guest starts, whose faults wait only for the pages they need: the disk overlaps the
- * guest's first work instead of preceding it. The thread only calls madvise on guest
- * memory, never sees guest input, and is joined (vmsnap_settle) before the VMM serves
- * the guest's next system call or exception, so nothing that reads pagemap or remaps
- * guest memory runs beside it. Takes ws over.
+ * Where the preload is reading the working set, mapping it (and copying the written
+ * pages) waits for that I/O. So the restore only records the job (taking ws over), and
+ * vmsnap_populate runs it on a thread beside the starting guest.
  */
-static void populate_start(struct vm *vm, const struct snap_image *img, struct snap_ws *ws)
+static void populate_later(struct vm *vm, const struct snap_image *img, struct snap_ws *ws)
 {
 	struct populate *p = malloc(sizeof(*p));
 
-	if (p) {
-		*p = (struct populate){ .img = *img, .ws = *ws, .mem = vm->mem };
-		p->img.fd = -1;
-		if (!pthread_create(&vm->snap->populate, NULL, populate_run, p)) {
-			vm->snap->populating = 1;
-			return;
-		}
-		free(p);
+	if (!p) {
+		snap_ws_prefetch(img, ws, vm->mem, SNAP_FILL_NONE, PF_FLAGS, NULL);
+		snap_ws_release(ws);
+		return;
 	}
-	snap_ws_prefetch(img, ws, vm->mem, SNAP_FILL_NONE, PF_FLAGS, NULL);
-	snap_ws_release(ws);
+	*p = (struct populate){ .img = *img, .ws = *ws, .mem = vm->mem };
+	p->img.fd = -1;
+	vm->snap->pending = p;
+}
+
+void vmsnap_populate(void *arg)
+{
+	struct vm *vm = arg;
+	struct populate *p = vm->snap ? vm->snap->pending : NULL;
+
+	if (!p)
+		return;
+	vm->snap->pending = NULL;
+	if (!pthread_create(&vm->snap->populate, NULL, populate_run, p)) {
+		vm->snap->populating = 1;
+		return;
+	}
+	populate_run(p);
 }
 
 void vmsnap_settle(struct vm *vm)
@@ -777,7 +797,7 @@ static void prefetch(struct vm *vm, const struct snap_image *img)
 	}
 	if (vm->cfg->snap_touch)
 		vm->snap->touch_n = touch_list(vm, &ws);
-	populate_start(vm, img, &ws);
+	populate_later(vm, img, &ws);
 }
 
 struct preload {
@@ -807,7 +827,32 @@ static void *preload_io(void *arg)
  * (which take locks, in OpenSSL among others) happen before, on the caller's thread.
  * The jail's fork leaves the thread in the supervisor; the page cache is the same.
  */
-void vmsnap_preload(const struct vm_config *cfg)
+/*
+ * The preload in a child process of its own, for a VMM that is already jailed in
+ * namespaces (a generic shell) and drops its privileges soon: glibc's setresuid makes
+ * every thread of the process take a signal first, which a thread waiting in a 2 MiB
+ * read would delay by milliseconds. The child keeps only the image's descriptor and
+ * exits when the reads are done (SIGCHLD ignored: nobody waits for it).
+ */
+static int preload_apart(struct preload *p)
+{
+	pid_t pid;
+
+	signal(SIGCHLD, SIG_IGN);
+	pid = fork();
+	if (pid < 0)
+		return -errno;
+	if (pid == 0) {
+		if (p->img.fd > 3)
+			close_range(3, (unsigned)p->img.fd - 1, 0);
+		close_range((unsigned)p->img.fd + 1, ~0U, 0);
+		snap_ws_prefetch(&p->img, &p->ws, NULL, SNAP_FILL_READAHEAD, PF_FLAGS, NULL);
+		_exit(0);
+	}
+	return 0;
+}
+
+void vmsnap_preload(const struct vm_config *cfg, int apart)
 {
 	struct snap_store *store;
 	struct preload *p;
@@ -825,7 +870,10 @@ void vmsnap_preload(const struct vm_config *cfg)
 		opened = !r;
 		snap_store_close(store);
 	}
-	if (!r && !(r = -pthread_attr_init(&attr))) {
+	if (!r && apart) {
+		r = preload_apart(p);
+		preloaded = !r;
+	} else if (!r && !(r = -pthread_attr_init(&attr))) {
 		pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
 		r = -pthread_create(&t, &attr, preload_io, p);
 		pthread_attr_destroy(&attr);
