@@ -154,7 +154,7 @@ static int pf_write(uint64_t off, uint64_t len, struct pf *pf)
 	return madvise(pf->mem + off, len, MADV_POPULATE_WRITE) < 0 ? -errno : 0;
 }
 
-/* Working-set pages in [first, end), and whether any of them was written. */
+/* How many pages of the sorted ranges lie in [first, end). */
 static uint64_t pages_in(const struct snap_range *rg, uint32_t n, uint64_t first,
 			 uint64_t end)
 {
@@ -175,6 +175,8 @@ void snap_ws_huge_plan(const struct snap_ws *ws, uint64_t size, struct snap_huge
 
 	plan->n = 0;
 	for (uint32_t i = 0; i < ws->nranges && plan->n < SNAP_HUGE_MAX; i++) {
+		if (!ws->r[i].count)
+			continue;
 		for (reg = ws->r[i].gpn / HUGE_PAGES;
 		     reg <= (ws->r[i].gpn + ws->r[i].count - 1) / HUGE_PAGES &&
 		     plan->n < SNAP_HUGE_MAX; reg++) {

@@ -707,7 +707,7 @@ static uint32_t touch_list(struct vm *vm, const struct snap_ws *ws)
  */
 #define PF_FLAGS	(SNAP_PF_DEFAULT | SNAP_PF_WRITTEN | SNAP_PF_HUGE)
 
-/* Set once the preload thread runs (before the jail's fork: the VMM inherits it). */
+/* Set once the preload runs elsewhere (set before the jail's fork: the VMM inherits it). */
 static int preloaded;
 
 struct populate {
@@ -726,7 +726,13 @@ static void *populate_run(void *arg)
 {
 	struct populate *p = arg;
 
-	snap_ws_prefetch(&p->img, &p->ws, p->mem, SNAP_FILL_NONE, PF_FLAGS, NULL);
+	/*
+	 * The huge regions were advised before the guest ran (advice takes the mmap lock
+	 * for writing, which the guest's faults would wait for); populating them here maps
+	 * each folio with one PMD once it is read.
+	 */
+	snap_ws_prefetch(&p->img, &p->ws, p->mem, SNAP_FILL_NONE, PF_FLAGS & ~SNAP_PF_HUGE,
+			 NULL);
 	populate_free(p);
 	return NULL;
 }
@@ -741,7 +747,7 @@ static void populate_later(struct vm *vm, const struct snap_image *img, struct s
 	struct populate *p = malloc(sizeof(*p));
 
 	if (!p) {
-		snap_ws_prefetch(img, ws, vm->mem, SNAP_FILL_NONE, PF_FLAGS, NULL);
+		snap_ws_prefetch(img, ws, vm->mem, SNAP_FILL_NONE, PF_FLAGS & ~SNAP_PF_HUGE, NULL);
 		snap_ws_release(ws);
 		return;
 	}
@@ -821,13 +827,6 @@ static void *preload_io(void *arg)
 }
 
 /*
- * readahead(2) waits for the file's block map and for room in the device queue (3-17
- * ms measured for an evicted Python image), so it runs on a thread of its own while
- * the jail and the VM are set up. Reading the working set and opening the image
- * (which take locks, in OpenSSL among others) happen before, on the caller's thread.
- * The jail's fork leaves the thread in the supervisor; the page cache is the same.
- */
-/*
  * The preload in a child process of its own, for a VMM that is already jailed in
  * namespaces (a generic shell) and drops its privileges soon: glibc's setresuid makes
  * every thread of the process take a signal first, which a thread waiting in a 2 MiB
@@ -852,6 +851,13 @@ static int preload_apart(struct preload *p)
 	return 0;
 }
 
+/*
+ * readahead(2) waits for the file's block map and for room in the device queue (3-17
+ * ms measured for an evicted Python image), so it runs on a thread of its own while
+ * the jail and the VM are set up. Reading the working set and opening the image
+ * (which take locks, in OpenSSL among others) happen before, on the caller's thread.
+ * The jail's fork leaves the thread in the supervisor; the page cache is the same.
+ */
 void vmsnap_preload(const struct vm_config *cfg, int apart)
 {
 	struct snap_store *store;
