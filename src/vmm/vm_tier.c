@@ -94,6 +94,7 @@ struct vm_tier {
 	atomic_int live;
 	atomic_ullong boots, boot_ns, cold_starts, crashes, timeouts, invocations;
 	atomic_ullong restores, restore_failures, generic_starts;
+	atomic_int generic_parked;	/* 1 while vt->generic is set, for the metrics */
 	atomic_ullong state_saves, state_save_failures, state_restores, state_corrupt;
 };
 
@@ -288,6 +289,7 @@ static struct vm_proc *park_generic(struct vm_tier *vt, int wanted)
 
 	if (!wanted || vt->stopping) {
 		vt->generic = NULL;
+		atomic_store(&vt->generic_parked, 0);
 		if (p)
 			p->next = NULL;
 		return p;
@@ -302,6 +304,7 @@ static struct vm_proc *park_generic(struct vm_tier *vt, int wanted)
 	atomic_fetch_add(&vt->live, 1);
 	count_idle(vt, p, bytes);
 	vt->generic = p;
+	atomic_store(&vt->generic_parked, 1);
 	return NULL;
 }
 
@@ -314,6 +317,7 @@ static struct vm_proc *take_generic(struct vm_tier *vt, const struct vm_launch *
 	if (l->mem_mb == vt->generic_launch.mem_mb && l->tmp_mb == vt->generic_launch.tmp_mb) {
 		p = vt->generic;
 		vt->generic = NULL;
+		atomic_store(&vt->generic_parked, 0);
 		pthread_cond_signal(&vt->reaper_cond);
 	}
 	pthread_mutex_unlock(&vt->lock);
@@ -1401,6 +1405,9 @@ static void vm_metrics(struct tier *t, struct strbuf *out)
 	sb_metric(out, "stoke_vm_generic_shell_starts_total", "counter",
 		  atomic_load(&vt->generic_starts),
 		  "Restores into the generic shell made before the function was known.");
+	sb_metric(out, "stoke_vm_generic_shells_parked", "gauge",
+		  (unsigned)atomic_load(&vt->generic_parked),
+		  "Generic shells parked (counted in stoke_vm_live): 0 or 1.");
 	sb_metric(out, "stoke_vm_crashes_total", "counter", atomic_load(&vt->crashes),
 		  "VMs that crashed or exited during a request.");
 	sb_metric(out, "stoke_vm_timeouts_total", "counter", atomic_load(&vt->timeouts),
