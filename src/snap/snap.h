@@ -30,6 +30,12 @@ struct snap_err {
 	char msg[240];
 };
 
+/*
+ * Readies the hash (OpenSSL loads its SHA-256 provider on first use: about 1 ms here),
+ * for processes that wait before they restore, such as generic VM shells.
+ */
+void snap_warm_up(void);
+
 /* Hex form of an id: 64 characters and a NUL. */
 void snap_id_hex(const struct snap_id *id, char out[65]);
 /* Parses 64 hex characters; returns 0 or -EINVAL. */
@@ -242,6 +248,18 @@ enum snap_fill {
 };
 
 #define SNAP_PF_MAP	1u	/* then MADV_POPULATE_READ the ranges into the mapping */
+/*
+ * Copy the written ranges into the mapping now (MADV_POPULATE_WRITE): the private
+ * copies the guest's first writes would make, so each such page costs a virtualized
+ * guest one write fault instead of a read fault and then a write fault.
+ */
+#define SNAP_PF_WRITTEN	2u
+/*
+ * Read the working set's dense, unwritten 2 MiB regions (snap_ws_huge_plan) as whole
+ * huge page-cache folios, and advise the mapping there so that a fault maps each with
+ * one PMD, still shared (a guest then faults once per region instead of per page).
+ */
+#define SNAP_PF_HUGE	4u
 /* What this machine measured fastest from an evicted cache (bench/snapshot). */
 #define SNAP_FILL_DEFAULT	SNAP_FILL_READAHEAD
 #define SNAP_PF_DEFAULT		SNAP_PF_MAP
@@ -249,9 +267,34 @@ enum snap_fill {
 /*
  * Brings the working set's pages of img into the page cache in one ascending pass and,
  * with SNAP_PF_MAP, into the page tables of mem (the image mapped MAP_PRIVATE at mem),
- * read-only, so they stay shared with every other VM mapping the image.
+ * read-only, so they stay shared with every other VM mapping the image. mem may be
+ * NULL (fill only, e.g. on a thread before the mapping exists); SNAP_PF_HUGE needs mem
+ * 2 MiB aligned (otherwise it is ignored). With SNAP_FILL_NONE nothing is read (a
+ * fill-only call did it) and huge regions are left for the guest's faults to map.
  */
 int snap_ws_prefetch(const struct snap_image *img, const struct snap_ws *ws, uint8_t *mem,
 		     enum snap_fill fill, unsigned flags, struct snap_err *err);
+
+#define SNAP_HUGE		(2ULL << 20)
+#define SNAP_HUGE_MAX		8
+/*
+ * A 2 MiB region is read whole only when at least this many working-set pages lie in
+ * it: reading 2 MiB from an evicted image costs about as much disk time (1.5-2 ms here)
+ * as 64-100 guest page faults (20-25 us each).
+ */
+#define SNAP_HUGE_MIN_PAGES	64
+
+/* The 2 MiB regions (numbers: offset / SNAP_HUGE) that SNAP_PF_HUGE reads whole. */
+struct snap_huge_plan {
+	uint32_t n;
+	uint64_t region[SNAP_HUGE_MAX];
+};
+
+/*
+ * Regions of the image (size bytes) holding at least SNAP_HUGE_MIN_PAGES pages of the
+ * working set and none of its written pages (a write would split the mapping), in
+ * ascending order, at most SNAP_HUGE_MAX.
+ */
+void snap_ws_huge_plan(const struct snap_ws *ws, uint64_t size, struct snap_huge_plan *plan);
 
 #endif

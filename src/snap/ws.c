@@ -19,8 +19,6 @@
 #define PM_SWAPPED	(1ULL << 62)
 #define PM_FILE		(1ULL << 61)	/* file page or shared anonymous */
 #define PM_CHUNK	4096		/* entries read per pread */
-/* Ranges closer than this are read as one: a few extra pages cost less than a seek. */
-#define MERGE_GAP	8
 
 /* Calls fn for each page of [addr, addr + len) with its pagemap entry. */
 static int pagemap_scan(int fd, const void *addr, uint64_t len,
@@ -254,103 +252,4 @@ int snap_ws_read(const char *path, struct snap_ws *ws, struct snap_err *err)
 	if (r)
 		snap_ws_release(ws);
 	return r;
-}
-
-static int fill_run(const struct snap_image *img, uint8_t *mem, uint64_t off, uint64_t len,
-		    enum snap_fill fill, uint8_t *scratch)
-{
-	void *p;
-
-	switch (fill) {
-	case SNAP_FILL_NONE:
-		return 0;
-	case SNAP_FILL_READAHEAD:
-		return readahead(img->fd, (off64_t)off, len) < 0 ? -errno : 0;
-	case SNAP_FILL_FADVISE:
-		return -posix_fadvise(img->fd, (off_t)off, (off_t)len, POSIX_FADV_WILLNEED);
-	case SNAP_FILL_MADVISE:
-		return madvise(mem + off, len, MADV_WILLNEED) < 0 ? -errno : 0;
-	case SNAP_FILL_MAP_SHARED:
-		p = mmap(NULL, len, PROT_READ, MAP_SHARED | MAP_POPULATE, img->fd, (off_t)off);
-		if (p == MAP_FAILED)
-			return -errno;
-		munmap(p, len);
-		return 0;
-	case SNAP_FILL_PREAD:
-		for (uint64_t done = 0; done < len; done += 256 * SNAP_PAGE) {
-			uint64_t k = len - done < 256 * SNAP_PAGE ? len - done : 256 * SNAP_PAGE;
-
-			if (pread(img->fd, scratch, k, (off_t)(off + done)) < 0)
-				return -errno;
-		}
-		return 0;
-	}
-	return -EINVAL;
-}
-
-/* Calls fn on each run of the working set, ranges merged across small gaps. */
-static int for_runs(const struct snap_ws *ws, uint64_t limit,
-		    int (*fn)(uint64_t off, uint64_t len, void *arg), void *arg)
-{
-	uint32_t i = 0;
-	int r;
-
-	while (i < ws->nranges) {
-		uint64_t start = ws->r[i].gpn, end = start + ws->r[i].count;
-
-		while (++i < ws->nranges && ws->r[i].gpn < end + MERGE_GAP)
-			end = ws->r[i].gpn + ws->r[i].count;
-		if (end > limit)
-			end = limit;
-		if (start >= end)
-			break;
-		r = fn(start * SNAP_PAGE, (end - start) * SNAP_PAGE, arg);
-		if (r)
-			return r;
-	}
-	return 0;
-}
-
-struct pf {
-	const struct snap_image *img;
-	uint8_t *mem;
-	enum snap_fill fill;
-	uint8_t *scratch;
-};
-
-static int pf_fill(uint64_t off, uint64_t len, void *arg)
-{
-	struct pf *pf = arg;
-
-	return fill_run(pf->img, pf->mem, off, len, pf->fill, pf->scratch);
-}
-
-static int pf_map(uint64_t off, uint64_t len, void *arg)
-{
-	struct pf *pf = arg;
-
-	/* Maps the file pages read-only: a later guest write still copies only its page. */
-	return madvise(pf->mem + off, len, MADV_POPULATE_READ) < 0 ? -errno : 0;
-}
-
-int snap_ws_prefetch(const struct snap_image *img, const struct snap_ws *ws, uint8_t *mem,
-		     enum snap_fill fill, unsigned flags, struct snap_err *err)
-{
-	struct pf pf = { img, mem, fill, NULL };
-	uint64_t limit = img->size / SNAP_PAGE;
-	int r;
-
-	if (memcmp(&ws->image, &img->id, sizeof(img->id)))
-		return snap__fail(err, ESTALE, "prefetch: working set recorded on another image");
-	if (fill == SNAP_FILL_PREAD && !(pf.scratch = malloc(256 * SNAP_PAGE)))
-		return snap__fail(err, ENOMEM, "prefetch: out of memory");
-	r = for_runs(ws, limit, pf_fill, &pf);
-	free(pf.scratch);
-	if (r)
-		return snap__fail(err, -r, "prefetch: %s", strerror(-r));
-	if ((flags & SNAP_PF_MAP) && mem)
-		r = for_runs(ws, limit, pf_map, &pf);
-	if (r)
-		return snap__fail(err, -r, "prefetch: populate: %s", strerror(-r));
-	return 0;
 }

@@ -279,6 +279,8 @@ int jail_enter(struct jail_config *jc)
 
 	if (!r)
 		r = drop_privileges();
+	if (!r && jc->before_filter)
+		jc->before_filter(jc->before_filter_arg);
 	if (!r)
 		r = seccomp_install(jc);
 	return r;

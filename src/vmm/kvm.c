@@ -5,6 +5,7 @@
  */
 #include "vm.h"
 #include "guest/kernel.h"
+#include "vmsnap.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -390,6 +391,7 @@ static int run_loop(struct vm *vm)
 	while (!vm->exited) {
 		run->kvm_valid_regs = KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS;
 		r = timed_run(vm);
+		vmsnap_settle(vm);
 		if (r < 0) {
 			if (errno != EINTR)
 				return -errno;

@@ -12,6 +12,7 @@
 #include "clock.h"
 #include "vmsnap.h"
 #include "frame.h"
+#include "snap/snap.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -322,11 +323,13 @@ static int run(struct vm *vm, struct vm_config *cfg, struct jail_config *jc)
 	clock_init(vm);
 	mark("VM and vCPU");
 	if (shell) {
+		/* While nobody waits: the restore's first hash would pay it. */
+		snap_warm_up();
 		r = await_launch(cfg, jc);
 		if (r)
 			return fprintf(stderr, "stoke-vmm: shell launch: %s\n", strerror(-r)), r;
 		mark("launch received");
-		vmsnap_preload(cfg);
+		vmsnap_preload(cfg, 1);
 	}
 	r = vfs_init(vm);
 	if (r)
@@ -343,8 +346,12 @@ static int run(struct vm *vm, struct vm_config *cfg, struct jail_config *jc)
 	r = chan_arm_timer(vm);
 	jc->ioctl_fds[0] = vm->vm_fd;
 	jc->ioctl_fds[1] = vm->vcpu_fd;
+	jc->before_filter = vmsnap_populate;
+	jc->before_filter_arg = vm;
 	if (!r && cfg->jail)
 		r = jail_enter(jc);
+	else if (!r)
+		vmsnap_populate(vm);
 	if (r)
 		return fprintf(stderr, "stoke-vmm: jail: %s\n", strerror(-r)), r;
 	/*
@@ -434,7 +441,7 @@ int main(int argc, char **argv)
 		return EXIT_VMM_FAILED;
 	mark("start");
 	if (!shell)
-		vmsnap_preload(&cfg);
+		vmsnap_preload(&cfg, 0);
 	mark("working-set readahead");
 	jc.tmp_bytes = cfg.tmp_bytes;
 	jc.jail = cfg.jail;

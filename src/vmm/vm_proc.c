@@ -356,6 +356,31 @@ fail:
 	return r < 0 ? r : -EAGAIN;
 }
 
+uint64_t vm_proc_idle_cost(const struct vm_proc *p)
+{
+	/* jail.c names a VM's cgroup after its supervisor, the process we spawned. */
+	static const char *const paths[] = {
+		"/sys/fs/cgroup/stoke-vm-%d/memory.current",
+		"/sys/fs/cgroup/memory/stoke-vm-%d/memory.usage_in_bytes",
+	};
+	unsigned long long bytes;
+	char path[96];
+	FILE *f;
+
+	for (size_t i = 0; i < sizeof(paths) / sizeof(paths[0]); i++) {
+		snprintf(path, sizeof(path), paths[i], (int)p->pid);
+		f = fopen(path, "re");
+		if (!f)
+			continue;
+		if (fscanf(f, "%llu", &bytes) != 1)
+			bytes = 0;
+		fclose(f);
+		if (bytes)
+			return bytes;
+	}
+	return (uint64_t)p->mem_mb << 20;
+}
+
 /* SIGTERM first (a jailed VMM's supervisor then cleans up); SIGKILL after 500 ms. */
 void vm_proc_stop(pid_t pid, int *status)
 {

@@ -28,6 +28,7 @@ struct vm_proc {
 	char line[2][16384];	/* a partial stdout / stderr line, joined before logging */
 	size_t line_len[2];
 	uint64_t idle_since_ns;	/* when it last went idle */
+	uint64_t idle_cost;	/* what the tier's idle budget counts for it while idle */
 	struct vm_proc *next;	/* idle list */
 };
 
@@ -102,6 +103,14 @@ int vm_proc_launch(struct vm_proc *p, const struct vm_launch *l);
  */
 enum vm_outcome vm_proc_invoke(struct vm_proc *p, struct inv *inv, uint32_t budget_ms,
 			       const struct vm_hooks *hooks, int *status);
+/*
+ * What the idle VM costs the host in bytes: its cgroup's charge (the VMM's anonymous
+ * memory and page tables, KVM's kernel memory for the VM, page cache it brought in
+ * first), read from the per-VM cgroup a jailed VM runs in (--cgroup=auto). The guest
+ * size when there is no such cgroup (unjailed): an upper bound, since guest memory is
+ * only allocated where touched.
+ */
+uint64_t vm_proc_idle_cost(const struct vm_proc *p);
 /* Kills (if still running) and reaps the process, closes its descriptors. */
 void vm_proc_kill(struct vm_proc *p);
 /* Stops and reaps a stoke-vmm process: SIGTERM, then SIGKILL after 500 ms. */

@@ -94,6 +94,7 @@ struct vm_tier {
 	atomic_int live;
 	atomic_ullong boots, boot_ns, cold_starts, crashes, timeouts, invocations;
 	atomic_ullong restores, restore_failures, generic_starts;
+	atomic_int generic_parked;	/* 1 while vt->generic is set, for the metrics */
 	atomic_ullong state_saves, state_save_failures, state_restores, state_corrupt;
 };
 
@@ -165,11 +166,30 @@ static void drop(struct vm_tier *vt, struct vm_proc *p)
 	atomic_fetch_sub(&vt->live, 1);
 }
 
+/*
+ * The idle budget counts what each idle VM costs the host (vm_proc_idle_cost, measured
+ * when it goes idle: about 2 MiB for a restored Python VM, 15 MiB booted), not its guest
+ * size (256 MiB by default), which would keep a hundred times fewer VMs than fit. Parked
+ * shells, whose restore is still under way when they are counted, count their guest
+ * size. Whoever takes a VM off the idle lists takes off what it was counted for.
+ */
+static void count_idle(struct vm_tier *vt, struct vm_proc *p, uint64_t bytes)
+{
+	p->idle_cost = bytes;
+	atomic_fetch_add(&vt->idle_bytes, bytes);
+}
+
+static void uncount_idle(struct vm_tier *vt, struct vm_proc *p)
+{
+	atomic_fetch_sub(&vt->idle_bytes, p->idle_cost);
+	p->idle_cost = 0;
+}
+
 /* Keeps a VM warm for the next request, unless the version is gone or memory is short. */
 static void put_idle(struct tier *t, struct vm_fn *vf, struct vm_proc *p)
 {
 	struct vm_tier *vt = tier_of(t);
-	uint64_t bytes = (uint64_t)p->mem_mb << 20;
+	uint64_t bytes = vm_proc_idle_cost(p);
 	int keep;
 
 	pthread_mutex_lock(&vf->lock);
@@ -180,7 +200,7 @@ static void put_idle(struct tier *t, struct vm_fn *vf, struct vm_proc *p)
 		p->next = vf->idle;
 		vf->idle = p;
 		vf->nidle++;
-		atomic_fetch_add(&vt->idle_bytes, bytes);
+		count_idle(vt, p, bytes);
 	}
 	pthread_mutex_unlock(&vf->lock);
 	if (!keep)
@@ -213,7 +233,7 @@ static struct vm_proc *take_shell(struct vm_tier *vt, struct vm_fn *vf)
 	pthread_mutex_unlock(&vf->lock);
 	if (!p)
 		return NULL;
-	atomic_fetch_sub(&vt->idle_bytes, (uint64_t)p->mem_mb << 20);
+	uncount_idle(vt, p);
 	atomic_fetch_add(&vt->restores, 1);
 	pthread_mutex_lock(&vt->lock);
 	pthread_cond_signal(&vt->reaper_cond);
@@ -249,7 +269,7 @@ static void park_shell(struct vm_tier *vt, struct vm_fn *vf)
 	}
 	p->restored = 1;
 	atomic_fetch_add(&vt->live, 1);
-	atomic_fetch_add(&vt->idle_bytes, (uint64_t)p->mem_mb << 20);
+	count_idle(vt, p, (uint64_t)p->mem_mb << 20);
 	pthread_mutex_lock(&vf->lock);
 	vf->shell = p;
 	pthread_mutex_unlock(&vf->lock);
@@ -269,6 +289,7 @@ static struct vm_proc *park_generic(struct vm_tier *vt, int wanted)
 
 	if (!wanted || vt->stopping) {
 		vt->generic = NULL;
+		atomic_store(&vt->generic_parked, 0);
 		if (p)
 			p->next = NULL;
 		return p;
@@ -281,8 +302,9 @@ static struct vm_proc *park_generic(struct vm_tier *vt, int wanted)
 		return NULL;
 	}
 	atomic_fetch_add(&vt->live, 1);
-	atomic_fetch_add(&vt->idle_bytes, bytes);
+	count_idle(vt, p, bytes);
 	vt->generic = p;
+	atomic_store(&vt->generic_parked, 1);
 	return NULL;
 }
 
@@ -295,11 +317,12 @@ static struct vm_proc *take_generic(struct vm_tier *vt, const struct vm_launch *
 	if (l->mem_mb == vt->generic_launch.mem_mb && l->tmp_mb == vt->generic_launch.tmp_mb) {
 		p = vt->generic;
 		vt->generic = NULL;
+		atomic_store(&vt->generic_parked, 0);
 		pthread_cond_signal(&vt->reaper_cond);
 	}
 	pthread_mutex_unlock(&vt->lock);
 	if (p)
-		atomic_fetch_sub(&vt->idle_bytes, (uint64_t)p->mem_mb << 20);
+		uncount_idle(vt, p);
 	if (p && vm_proc_launch(p, l)) {
 		drop(vt, p);
 		return NULL;
@@ -333,7 +356,7 @@ static struct vm_proc *get_vm(struct tier *t, struct vm_fn *vf, struct inv *inv,
 	const struct vm_launch *l;
 
 	if (p) {
-		atomic_fetch_sub(&vt->idle_bytes, (uint64_t)p->mem_mb << 20);
+		uncount_idle(vt, p);
 		inv->cold = 0;
 		return p;
 	}
@@ -550,7 +573,7 @@ static struct vm_proc *keep_vm(struct tier *t, struct vm_fn *vf, struct vm_slot 
 	sl->proc = NULL;
 	pthread_mutex_unlock(&vt->lock);
 	if (p) {
-		atomic_fetch_sub(&vt->idle_bytes, (uint64_t)p->mem_mb << 20);
+		uncount_idle(vt, p);
 		inv->cold = 0;
 		return p;
 	}
@@ -590,7 +613,7 @@ static void keep_idle(struct tier *t, struct vm_fn *vf, struct vm_slot *sl, stru
 	if (keep) {
 		p->idle_since_ns = vm_now_ns();
 		sl->proc = p;
-		atomic_fetch_add(&vt->idle_bytes, (uint64_t)p->mem_mb << 20);
+		count_idle(vt, p, vm_proc_idle_cost(p));
 		if (atomic_load(&vt->idle_bytes) > t->memory_budget)
 			pthread_cond_signal(&vt->reaper_cond);
 	}
@@ -734,7 +757,7 @@ static int pick_saves(struct vm_tier *vt, uint64_t budget, int all, struct state
 			if (sl->busy || !sl->proc ||
 			    (!all && now - sl->proc->idle_since_ns < vt->idle_ttl_ns))
 				continue;
-			bytes -= (uint64_t)sl->proc->mem_mb << 20;
+			bytes -= sl->proc->idle_cost;
 			take_for_save(vf, sl, all ? "daemon stopping" : "idle", &out[n++]);
 		}
 	}
@@ -752,7 +775,7 @@ static int pick_saves(struct vm_tier *vt, uint64_t budget, int all, struct state
 			}
 		if (!lru)
 			break;
-		bytes -= (uint64_t)lru->proc->mem_mb << 20;
+		bytes -= lru->proc->idle_cost;
 		take_for_save(lru_fn, lru, "memory budget", &out[n++]);
 	}
 	return n;
@@ -791,7 +814,7 @@ static void save_one(struct vm_tier *vt, const struct state_save *s)
 	pthread_cond_broadcast(&vt->state_cond);
 	pthread_mutex_unlock(&vt->lock);
 	if (r != -ENOTSUP) {
-		atomic_fetch_sub(&vt->idle_bytes, (uint64_t)s->p->mem_mb << 20);
+		uncount_idle(vt, s->p);
 		drop(vt, s->p);
 	}
 }
@@ -868,7 +891,7 @@ static void reap_idle(struct vm_tier *vt)
 	/* Stopping waits for the processes: do it outside every lock. */
 	while ((p = expired)) {
 		expired = p->next;
-		atomic_fetch_sub(&vt->idle_bytes, (uint64_t)p->mem_mb << 20);
+		uncount_idle(vt, p);
 		drop(vt, p);
 	}
 }
@@ -1212,7 +1235,7 @@ static void drain_idle(struct vm_tier *vt, struct vm_fn *vf)
 	struct vm_proc *p;
 
 	while ((p = take_idle(vf)) || (p = take_parked(vf))) {
-		atomic_fetch_sub(&vt->idle_bytes, (uint64_t)p->mem_mb << 20);
+		uncount_idle(vt, p);
 		drop(vt, p);
 	}
 }
@@ -1364,8 +1387,8 @@ static void vm_metrics(struct tier *t, struct strbuf *out)
 	sb_metric(out, "stoke_vm_live", "gauge", (unsigned)atomic_load(&vt->live),
 		  "VMs running, idle or parked.");
 	sb_metric(out, "stoke_vm_idle_bytes", "gauge", atomic_load(&vt->idle_bytes),
-		  "Guest memory size of idle and parked VMs, what the idle budget counts "
-		  "(their host memory is far less).");
+		  "Host memory of idle VMs as measured when they went idle (their cgroup's "
+		  "charge), plus the guest size of parked shells: what the idle budget counts.");
 	sb_metric(out, "stoke_vm_boots_total", "counter", atomic_load(&vt->boots),
 		  "VMs booted without a snapshot.");
 	sb_metric_head(out, "stoke_vm_cold_start_seconds", "summary",
@@ -1382,6 +1405,9 @@ static void vm_metrics(struct tier *t, struct strbuf *out)
 	sb_metric(out, "stoke_vm_generic_shell_starts_total", "counter",
 		  atomic_load(&vt->generic_starts),
 		  "Restores into the generic shell made before the function was known.");
+	sb_metric(out, "stoke_vm_generic_shells_parked", "gauge",
+		  (unsigned)atomic_load(&vt->generic_parked),
+		  "Generic shells parked (counted in stoke_vm_live): 0 or 1.");
 	sb_metric(out, "stoke_vm_crashes_total", "counter", atomic_load(&vt->crashes),
 		  "VMs that crashed or exited during a request.");
 	sb_metric(out, "stoke_vm_timeouts_total", "counter", atomic_load(&vt->timeouts),
@@ -1480,17 +1506,17 @@ static void vm_stop(struct tier *t)
 		for (i = 0; vf->state && i < (int)vf->state->nslots; i++)
 			fail_slot(&vf->state->slots[i]);
 		while ((p = take_slot_vm(vf))) {
-			atomic_fetch_sub(&vt->idle_bytes, (uint64_t)p->mem_mb << 20);
+			uncount_idle(vt, p);
 			drop(vt, p);
 		}
 	}
 	if (vt->generic) {
-		atomic_fetch_sub(&vt->idle_bytes, (uint64_t)vt->generic->mem_mb << 20);
+		uncount_idle(vt, vt->generic);
 		drop(vt, vt->generic);
 	}
 	while ((p = vt->dying)) {
 		vt->dying = p->next;
-		atomic_fetch_sub(&vt->idle_bytes, (uint64_t)p->mem_mb << 20);
+		uncount_idle(vt, p);
 		drop(vt, p);
 	}
 	t->priv = NULL;

@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <linux/kvm.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -66,6 +67,9 @@ struct fd_blob {
 	char path[PATH_MAX_SNAP];
 };
 
+struct populate;
+static void populate_free(struct populate *p);
+
 struct vmsnap_state {
 	int dump_fd;
 	int state_fd;		/* --state-dump: the whole VM, when the daemon asks */
@@ -80,6 +84,9 @@ struct vmsnap_state {
 	struct vcpu_blob vcpu;
 	struct snap_id image;
 	uint32_t touch_n;	/* ranges at GL_TOUCH for vm_touch, 0 for none */
+	struct populate *pending;	/* the restore's mapping, for vmsnap_populate */
+	pthread_t populate;	/* runs it beside the starting guest */
+	int populating;
 };
 
 static int say(char *why, size_t len, int r, const char *fmt, const char *arg)
@@ -147,6 +154,9 @@ void vmsnap_close(struct vm *vm)
 
 	if (!s)
 		return;
+	vmsnap_settle(vm);
+	if (s->pending)
+		populate_free(s->pending);
 	if (s->dump_fd >= 0)
 		close(s->dump_fd);
 	if (s->base_fd >= 0)
@@ -426,6 +436,7 @@ static int take_dump(struct vm *vm, struct vmsnap_state *s, int fd, int whole)
 	void *vmm = NULL;
 	int r;
 
+	vmsnap_settle(vm);
 	d.bm_len = (vm->mem_size / VM_PAGE + 63) / 64 * 8;
 	bm = calloc(1, d.bm_len);
 	r = bm ? 0 : -ENOMEM;
@@ -689,6 +700,85 @@ static uint32_t touch_list(struct vm *vm, const struct snap_ws *ws)
 	return touch_ranges(vm, ws->r, ws->nranges, 0, n);
 }
 
+/*
+ * Besides mapping the working set shared: copy the pages the recording VM wrote (one
+ * guest fault each instead of a read fault and a write fault) and bring the dense
+ * read-only 2 MiB regions in as huge folios (one guest fault per region): docs/vmm.md.
+ */
+#define PF_FLAGS	(SNAP_PF_DEFAULT | SNAP_PF_WRITTEN | SNAP_PF_HUGE)
+
+/* Set once the preload runs elsewhere (set before the jail's fork: the VMM inherits it). */
+static int preloaded;
+
+struct populate {
+	struct snap_image img;	/* id and size only: nothing is read through it */
+	struct snap_ws ws;
+	uint8_t *mem;
+};
+
+static void populate_free(struct populate *p)
+{
+	snap_ws_release(&p->ws);
+	free(p);
+}
+
+static void *populate_run(void *arg)
+{
+	struct populate *p = arg;
+
+	/*
+	 * The huge regions were advised before the guest ran (advice takes the mmap lock
+	 * for writing, which the guest's faults would wait for); populating them here maps
+	 * each folio with one PMD once it is read.
+	 */
+	snap_ws_prefetch(&p->img, &p->ws, p->mem, SNAP_FILL_NONE, PF_FLAGS & ~SNAP_PF_HUGE,
+			 NULL);
+	populate_free(p);
+	return NULL;
+}
+
+/*
+ * Where the preload is reading the working set, mapping it (and copying the written
+ * pages) waits for that I/O. So the restore only records the job (taking ws over), and
+ * vmsnap_populate runs it on a thread beside the starting guest.
+ */
+static void populate_later(struct vm *vm, const struct snap_image *img, struct snap_ws *ws)
+{
+	struct populate *p = malloc(sizeof(*p));
+
+	if (!p) {
+		snap_ws_prefetch(img, ws, vm->mem, SNAP_FILL_NONE, PF_FLAGS & ~SNAP_PF_HUGE, NULL);
+		snap_ws_release(ws);
+		return;
+	}
+	*p = (struct populate){ .img = *img, .ws = *ws, .mem = vm->mem };
+	p->img.fd = -1;
+	vm->snap->pending = p;
+}
+
+void vmsnap_populate(void *arg)
+{
+	struct vm *vm = arg;
+	struct populate *p = vm->snap ? vm->snap->pending : NULL;
+
+	if (!p)
+		return;
+	vm->snap->pending = NULL;
+	if (!pthread_create(&vm->snap->populate, NULL, populate_run, p)) {
+		vm->snap->populating = 1;
+		return;
+	}
+	populate_run(p);
+}
+
+void vmsnap_settle(struct vm *vm)
+{
+	if (vm->snap && vm->snap->populating) {
+		pthread_join(vm->snap->populate, NULL);
+		vm->snap->populating = 0;
+	}
+}
+
 static void prefetch(struct vm *vm, const struct snap_image *img)
 {
 	struct snap_ws ws;
@@ -699,10 +789,21 @@ static void prefetch(struct vm *vm, const struct snap_image *img)
 	    !memcmp(&ws.image, &img->id, sizeof(ws.image)))
 		copy_hot_regions(vm, img, &ws);
 	/* A working set recorded on another image is refused (-ESTALE): then lazily. */
-	if (!snap_ws_prefetch(img, &ws, vm->mem, SNAP_FILL_DEFAULT, SNAP_PF_DEFAULT, NULL) &&
-	    vm->cfg->snap_touch)
+	if (!preloaded) {
+		if (!snap_ws_prefetch(img, &ws, vm->mem, SNAP_FILL_DEFAULT, PF_FLAGS, NULL) &&
+		    vm->cfg->snap_touch)
+			vm->snap->touch_n = touch_list(vm, &ws);
+		snap_ws_release(&ws);
+		return;
+	}
+	/* Advice on the huge regions now (FILL_NONE: nothing is read or mapped here). */
+	if (snap_ws_prefetch(img, &ws, vm->mem, SNAP_FILL_NONE, SNAP_PF_HUGE, NULL)) {
+		snap_ws_release(&ws);
+		return;
+	}
+	if (vm->cfg->snap_touch)
 		vm->snap->touch_n = touch_list(vm, &ws);
-	snap_ws_release(&ws);
+	populate_later(vm, img, &ws);
 }
 
 struct preload {
@@ -710,16 +811,44 @@ struct preload {
 	struct snap_ws ws;
 };
 
-/* Only system calls here: the jail forks while this runs (no lock may be held). */
+/*
+ * Only system calls and thread creation here: the jail forks while this runs, so it
+ * holds no lock that fork does not handle (OpenSSL's, among others, are not).
+ */
 static void *preload_io(void *arg)
 {
 	struct preload *p = arg;
 
-	snap_ws_prefetch(&p->img, &p->ws, NULL, SNAP_FILL_READAHEAD, 0, NULL);
+	snap_ws_prefetch(&p->img, &p->ws, NULL, SNAP_FILL_READAHEAD, PF_FLAGS, NULL);
 	snap_image_close(&p->img);
 	snap_ws_release(&p->ws);
 	free(p);
 	return NULL;
+}
+
+/*
+ * The preload in a child process of its own, for a VMM that is already jailed in
+ * namespaces (a generic shell) and drops its privileges soon: glibc's setresuid makes
+ * every thread of the process take a signal first, which a thread waiting in a 2 MiB
+ * read would delay by milliseconds. The child keeps only the image's descriptor and
+ * exits when the reads are done (SIGCHLD ignored: nobody waits for it).
+ */
+static int preload_apart(struct preload *p)
+{
+	pid_t pid;
+
+	signal(SIGCHLD, SIG_IGN);
+	pid = fork();
+	if (pid < 0)
+		return -errno;
+	if (pid == 0) {
+		if (p->img.fd > 3)
+			close_range(3, (unsigned)p->img.fd - 1, 0);
+		close_range((unsigned)p->img.fd + 1, ~0U, 0);
+		snap_ws_prefetch(&p->img, &p->ws, NULL, SNAP_FILL_READAHEAD, PF_FLAGS, NULL);
+		_exit(0);
+	}
+	return 0;
 }
 
 /*
@@ -729,7 +858,7 @@ static void *preload_io(void *arg)
  * (which take locks, in OpenSSL among others) happen before, on the caller's thread.
  * The jail's fork leaves the thread in the supervisor; the page cache is the same.
  */
-void vmsnap_preload(const struct vm_config *cfg)
+void vmsnap_preload(const struct vm_config *cfg, int apart)
 {
 	struct snap_store *store;
 	struct preload *p;
@@ -747,10 +876,14 @@ void vmsnap_preload(const struct vm_config *cfg)
 		opened = !r;
 		snap_store_close(store);
 	}
-	if (!r && !(r = -pthread_attr_init(&attr))) {
+	if (!r && apart) {
+		r = preload_apart(p);
+		preloaded = !r;
+	} else if (!r && !(r = -pthread_attr_init(&attr))) {
 		pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
 		r = -pthread_create(&t, &attr, preload_io, p);
 		pthread_attr_destroy(&attr);
+		preloaded = !r;
 		if (!r)
 			return;
 	}
@@ -936,6 +1069,7 @@ void vmsnap_after_response(struct vm *vm)
 	if (!s || s->ws_fd < 0 || s->ws_done || !vm->mem_is_file)
 		return;
 	s->ws_done = 1;
+	vmsnap_settle(vm);
 	r = snap_ws_from_pagemap(s->pagemap_fd, vm->mem, vm->mem_size, &s->image, &ws);
 	if (!r && s->tracking && (r = narrow_to_accessed(vm, &ws)))
 		snap_ws_release(&ws);

@@ -63,10 +63,11 @@ struct vmsnap_ws_hdr {
 /*
  * Starts reading the working set of the image a restore will map (readahead, not
  * waited for), first thing in the process: an image that left the page cache then
- * comes in while the jail and the VM are set up, not after. Best effort.
+ * comes in while the jail and the VM are set up, not after. Best effort. On a thread,
+ * or with apart in a child process (for a VMM whose jail fork is already behind it).
  */
 struct vm_config;
-void vmsnap_preload(const struct vm_config *cfg);
+void vmsnap_preload(const struct vm_config *cfg, int apart);
 /* Opens what taking or restoring needs while the host file system is still there. */
 int vmsnap_open(struct vm *vm, char *why, size_t len);
 /*
@@ -77,6 +78,22 @@ int vmsnap_open(struct vm *vm, char *why, size_t len);
 int vmsnap_restore_memory(struct vm *vm, int *mapped, char *why, size_t len);
 /* Sets the vCPU state and the clocks (after the jail); then run vm_resume. */
 int vmsnap_restore_vcpu(struct vm *vm, char *why, size_t len);
+/*
+ * Starts mapping the restored working set (copying the pages the guest will write, and
+ * waiting for the preload's I/O) on a thread beside the guest. Called as late as a
+ * thread can still be made: after the jail's privilege drop (glibc's setresuid makes
+ * every thread take a signal, which one inside a long madvise would delay by
+ * milliseconds), before its seccomp filter (jail_config.before_filter), or before
+ * resuming when unjailed. The thread only calls madvise on guest memory and never sees
+ * guest input. arg: the struct vm.
+ */
+void vmsnap_populate(void *arg);
+/*
+ * Waits for the restore's populate thread (it maps the working set while the guest
+ * starts). The run loop calls it at every exit, and every call below that reads
+ * pagemap or changes guest memory calls it first. Cheap when there is none.
+ */
+void vmsnap_settle(struct vm *vm);
 /*
  * chan_read hook: takes the dump at the first read of the channel (on a restored VM:
  * the first read after its first response, so a runtime restored to import a

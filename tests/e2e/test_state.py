@@ -111,7 +111,8 @@ def test_key_routing_gives_each_key_its_instance(d):
         assert count(sd, "keyed", "dave") == 3
         assert count(sd, "keyed") == 4
         assert count(sd, "keyed", "carol") == 4    # bob's slot
-        assert metric(sd, "stoke_vm_live") == 2
+        # Two instances; the reaper may have parked the tier's generic shell meanwhile.
+        assert metric(sd, "stoke_vm_live") - metric(sd, "stoke_vm_generic_shells_parked") == 2
         assert sd.admin("GET", "/functions/keyed").json()["limits"]["max_instances"] == 2
 
 

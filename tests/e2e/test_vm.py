@@ -249,6 +249,44 @@ def test_concurrent_requests_use_parallel_vms(d):
     assert took < 16 * 0.3 / 2, "16 warm 300 ms requests took %.1f s" % took
 
 
+def test_idle_budget_counts_what_idle_vms_cost():
+    """A 600 MiB idle budget holds two VMs counted at their 256 MiB guest size; counted at
+    what they cost the host (their cgroup's charge, ~15 MiB booted), every VM a burst of
+    four concurrent requests started stays warm, and the gauge shows far less than
+    256 MiB per VM."""
+    need_vm()
+    if os.geteuid() != 0:
+        raise Skip("per-VM cgroups (the measured cost) need root")
+    mib = 1 << 20
+    env = {"STOKE_MEMORY_BUDGET_MB": "600", "STOKE_VM_SNAPSHOTS": "0"}
+    with Daemon(env=env) as d:
+        deploy_stateful(d, "vmbudget", max_instances=4)
+        for burst in range(2):
+            results = []
+            threads = [threading.Thread(target=lambda: results.append(
+                d.invoke("vmbudget", "/sleep"))) for _ in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+            assert [r.status for r in results] == [200] * 4, results
+            time.sleep(0.3)  # the workers park (or stop) their VMs after answering
+            m = vm_metrics(d)
+            vms = m["stoke_vm_boots_total"]
+            # None stopped for the budget: every VM booted is alive (idle).
+            assert vms >= 3 and m["stoke_vm_live"] == vms, (burst, m)
+            assert vms * mib < m["stoke_vm_idle_bytes"] < vms * 100 * mib, m
+
+
+def vm_metrics(d):
+    out = {}
+    for line in d.request("GET", "/_stoke/metrics", auth=True).text.splitlines():
+        if line.startswith("stoke_vm_") and "{" not in line:
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
 def test_python_import_errors_fail_the_deploy(d):
     need_vm()
     r = d.deploy_files("pysyntax", {"handler.py": "def handler(e, c)\n    return 1\n"},

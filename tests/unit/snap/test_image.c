@@ -2,7 +2,9 @@
  * Restore images as the VMM uses them: an image mapped over a VM's memory slot equals
  * the snapshot byte for byte; the pages the guest then writes are found in pagemap
  * and become the next layer; a recorded working set is prefetched by every method,
- * lands in the page cache and the page tables, and stays shared (no private copies).
+ * lands in the page cache and the page tables, and stays shared (no private copies);
+ * with the written pages copied ahead exactly those become private, and a dense
+ * unwritten 2 MiB region comes in as one huge folio mapped by one PMD.
  */
 #include "check.h"
 #include "snap/snap.h"
@@ -217,6 +219,111 @@ static void prefetch_with(const struct snap_image *img, const struct snap_ws *ws
 	free(dirty);
 }
 
+/* The plan takes dense regions without written pages, inside the image, and no more. */
+static void test_huge_plan(void)
+{
+	struct snap_range r[] = { { 512, 100 }, { 1024, 10 }, { 1100, 90 }, { 1536, 30 },
+				  { 2040, 16 }, { 8150, 200 } };
+	struct snap_range w[] = { { 1090, 1 } };
+	struct snap_ws ws = { .nranges = 6, .r = r, .nwritten = 1, .w = w };
+	struct snap_huge_plan plan;
+
+	/* Regions: 1 dense; 2 dense but written; 3 sparse (38); 15 sparse; 16 past 32 MiB. */
+	snap_ws_huge_plan(&ws, MEM, &plan);
+	CHECK(plan.n == 1 && plan.region[0] == 1);
+	r[3].count = 64;
+	snap_ws_huge_plan(&ws, MEM, &plan);
+	CHECK(plan.n == 2 && plan.region[0] == 1 && plan.region[1] == 3);
+	snap_ws_huge_plan(&ws, 16ULL << 30, &plan);
+	CHECK(plan.n == 3 && plan.region[2] == 16);
+}
+
+static int thp_on(void)
+{
+	char buf[128] = "";
+	FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
+
+	if (f) {
+		if (!fgets(buf, sizeof(buf), f))
+			buf[0] = 0;
+		fclose(f);
+	}
+	return buf[0] && !strstr(buf, "[never]");
+}
+
+/* KiB of [addr, addr + len) mapped by PMDs from files (smaps FilePmdMapped). */
+static long file_pmd_kb(const void *addr)
+{
+	char line[256];
+	unsigned long a, b;
+	long kb = -1;
+	int in = 0;
+	FILE *f = fopen("/proc/self/smaps", "r");
+
+	while (f && fgets(line, sizeof(line), f)) {
+		if (sscanf(line, "%lx-%lx ", &a, &b) == 2 && strchr(line, '-') < strchr(line, ' '))
+			in = (uintptr_t)addr >= a && (uintptr_t)addr < b;
+		else if (in && sscanf(line, "FilePmdMapped: %ld kB", &kb) == 1)
+			break;
+	}
+	if (f)
+		fclose(f);
+	return kb;
+}
+
+/*
+ * Written pages copied ahead and a dense region read whole: from an evicted cache the
+ * mapping equals the image, exactly the written pages are private, and (where THP is
+ * on) the dense region is mapped by one PMD, still a file page (shared).
+ */
+static void test_prefetch_written_huge(const struct snap_image *img, const struct snap_ws *rec)
+{
+	/* What was recorded (pages 5-6 and 40 written), plus a dense read-only region. */
+	struct snap_range r[] = { { 5, 2 }, { 40, 1 }, { 3 * 512 + 7, 200 } };
+	struct snap_ws dense = { .image = rec->image, .pages = 203, .nranges = 3, .r = r,
+				 .nwritten = rec->nwritten, .w = rec->w }, *ws = &dense;
+	uint64_t *dirty = calloc(NPAGES / 64, 8), want = 0;
+	uint8_t *raw = mmap(NULL, MEM + SNAP_HUGE, PROT_NONE,
+			    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	uint8_t *slot = (uint8_t *)(((uintptr_t)raw + SNAP_HUGE - 1) & ~(SNAP_HUGE - 1));
+	struct snap_huge_plan plan;
+	struct snap_err err;
+	int same = 1;
+
+	snap_ws_huge_plan(ws, MEM, &plan);
+	CHECK(plan.n == 1 && plan.region[0] == 3);
+	evict(img);
+	CHECK(snap_image_map(img, slot, MEM, 0, &err) == 0);
+	/* As the VMM does it: the fill first (a thread there), then the mapping. */
+	CHECK(snap_ws_prefetch(img, ws, NULL, SNAP_FILL_READAHEAD,
+			       SNAP_PF_WRITTEN | SNAP_PF_HUGE, &err) == 0);
+	CHECK(snap_ws_prefetch(img, ws, slot, SNAP_FILL_NONE,
+			       SNAP_PF_MAP | SNAP_PF_WRITTEN | SNAP_PF_HUGE, &err) == 0);
+	snap_dirty_from_pagemap(-1, slot, MEM, dirty);
+	for (uint32_t i = 0; i < ws->nwritten; i++) {
+		want += ws->w[i].count;
+		for (uint64_t k = 0; k < ws->w[i].count; k++)
+			same &= bit(dirty, ws->w[i].gpn + k);
+	}
+	CHECK(same && popcount(dirty) == want);
+	/* A read in the region maps it: one PMD when its folio is huge. */
+	for (uint32_t i = 0; i < plan.n; i++) {
+		uint64_t at = plan.region[i] * SNAP_HUGE + 100;
+
+		same &= slot[at] == orig[at];
+	}
+	CHECK(same && !memcmp(slot, orig, MEM));
+	if (thp_on())
+		CHECK(file_pmd_kb(slot + plan.region[0] * SNAP_HUGE) >= 2048);
+	else
+		fprintf(stderr, "transparent huge pages off: huge folios not checked\n");
+	memset(dirty, 0, NPAGES / 8);
+	snap_dirty_from_pagemap(-1, slot, MEM, dirty);
+	CHECK(popcount(dirty) == want);
+	munmap(raw, MEM + SNAP_HUGE);
+	free(dirty);
+}
+
 static void test_prefetch(struct snap_store *s)
 {
 	uint64_t *touched = calloc(NPAGES / 64, 8);
@@ -244,6 +351,7 @@ static void test_prefetch(struct snap_store *s)
 	munmap(slot, MEM);
 	for (int fill = SNAP_FILL_READAHEAD; fill <= SNAP_FILL_MAP_SHARED; fill++)
 		prefetch_with(&img, &ws, fill);
+	test_prefetch_written_huge(&img, &ws);
 	other = ws;
 	other.image.b[0] ^= 1;
 	CHECK(snap_ws_prefetch(&img, &other, NULL, SNAP_FILL_PREAD, 0, &err) == -ESTALE);
@@ -267,6 +375,7 @@ int main(void)
 				memcpy(orig + g * SNAP_PAGE + i, &(unsigned){ next() }, 4);
 	id_base = build(s, orig, NULL, NULL);
 	test_map_and_diff(s);
+	test_huge_plan();
 	test_prefetch(s);
 	snap_store_close(s);
 	free(orig);
