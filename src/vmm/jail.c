@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
@@ -248,6 +249,8 @@ static const int allowed[] = {
 	SCMP_SYS(rt_sigreturn), SCMP_SYS(rt_sigaction), SCMP_SYS(rt_sigprocmask),
 	SCMP_SYS(timer_settime), SCMP_SYS(timer_delete), SCMP_SYS(getpid),
 	SCMP_SYS(futex), SCMP_SYS(time),
+	/* A thread started just before the filter runs glibc's start-up under it. */
+	SCMP_SYS(rseq), SCMP_SYS(set_robust_list),
 };
 
 static int seccomp_install(const struct jail_config *jc)
@@ -264,9 +267,16 @@ static int seccomp_install(const struct jail_config *jc)
 	for (i = 0; i < 2 && !r; i++)
 		r = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(ioctl), 1,
 				     SCMP_A0(SCMP_CMP_EQ, (scmp_datum_t)jc->ioctl_fds[i]));
+	/* malloc grows a thread's arena with mprotect; never to make memory executable. */
+	if (!r)
+		r = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(mprotect), 1,
+				     SCMP_A2(SCMP_CMP_MASKED_EQ, PROT_EXEC, 0));
 	/* libc may look for locale files when formatting messages: refuse, do not kill. */
 	if (!r)
 		r = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EACCES), SCMP_SYS(openat), 0);
+	/* Threads made before the filter (the restore's populate thread) get it too. */
+	if (!r)
+		r = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_TSYNC, 1);
 	if (!r)
 		r = seccomp_load(ctx);
 	seccomp_release(ctx);

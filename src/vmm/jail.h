@@ -21,7 +21,8 @@ struct jail_config {
 	char tmp[80];
 	char cg_paths[2][256];	/* cgroup directories created (v2: one; v1: memory, cpu) */
 	int ioctl_fds[2];	/* the only descriptors ioctl(2) may touch: VM and vCPU */
-	/* Run by jail_enter after the privilege drop, before the seccomp filter. */
+	/* Run by jail_enter after the privilege drop, before the seccomp filter (which
+	 * then also applies to any thread it started). */
 	void (*before_filter)(void *arg);
 	void *before_filter_arg;
 };

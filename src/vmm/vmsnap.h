@@ -83,9 +83,9 @@ int vmsnap_restore_vcpu(struct vm *vm, char *why, size_t len);
  * waiting for the preload's I/O) on a thread beside the guest. Called as late as a
  * thread can still be made: after the jail's privilege drop (glibc's setresuid makes
  * every thread take a signal, which one inside a long madvise would delay by
- * milliseconds), before its seccomp filter (jail_config.before_filter), or before
- * resuming when unjailed. The thread only calls madvise on guest memory and never sees
- * guest input. arg: the struct vm.
+ * milliseconds), just before its seccomp filter (jail_config.before_filter: the filter
+ * is synchronized onto the thread too), or before resuming when unjailed. The thread
+ * only calls madvise on guest memory and never sees guest input. arg: the struct vm.
  */
 void vmsnap_populate(void *arg);
 /*
