@@ -94,7 +94,6 @@ struct vm_tier {
 	atomic_int live;
 	atomic_ullong boots, boot_ns, cold_starts, crashes, timeouts, invocations;
 	atomic_ullong restores, restore_failures, generic_starts;
-	atomic_int generic_parked;	/* 1 while vt->generic is set, for the metrics */
 	atomic_ullong state_saves, state_save_failures, state_restores, state_corrupt;
 };
 
@@ -159,19 +158,13 @@ static struct vm_proc *take_idle(struct vm_fn *vf)
 	return p;
 }
 
-static void drop(struct vm_tier *vt, struct vm_proc *p)
-{
-	vm_proc_kill(p);
-	free(p);
-	atomic_fetch_sub(&vt->live, 1);
-}
-
 /*
  * The idle budget counts what each idle VM costs the host (vm_proc_idle_cost, measured
  * when it goes idle: about 2 MiB for a restored Python VM, 15 MiB booted), not its guest
  * size (256 MiB by default), which would keep a hundred times fewer VMs than fit. Parked
  * shells, whose restore is still under way when they are counted, count their guest
- * size. Whoever takes a VM off the idle lists takes off what it was counted for.
+ * size. Whoever takes a VM off the idle lists takes off what it was counted for;
+ * drop() does so for a VM it stops.
  */
 static void count_idle(struct vm_tier *vt, struct vm_proc *p, uint64_t bytes)
 {
@@ -183,6 +176,15 @@ static void uncount_idle(struct vm_tier *vt, struct vm_proc *p)
 {
 	atomic_fetch_sub(&vt->idle_bytes, p->idle_cost);
 	p->idle_cost = 0;
+}
+
+/* Stops a VM for good; one still counted by the idle budget is taken off it. */
+static void drop(struct vm_tier *vt, struct vm_proc *p)
+{
+	uncount_idle(vt, p);
+	vm_proc_kill(p);
+	free(p);
+	atomic_fetch_sub(&vt->live, 1);
 }
 
 /* Keeps a VM warm for the next request, unless the version is gone or memory is short. */
@@ -289,7 +291,6 @@ static struct vm_proc *park_generic(struct vm_tier *vt, int wanted)
 
 	if (!wanted || vt->stopping) {
 		vt->generic = NULL;
-		atomic_store(&vt->generic_parked, 0);
 		if (p)
 			p->next = NULL;
 		return p;
@@ -304,7 +305,6 @@ static struct vm_proc *park_generic(struct vm_tier *vt, int wanted)
 	atomic_fetch_add(&vt->live, 1);
 	count_idle(vt, p, bytes);
 	vt->generic = p;
-	atomic_store(&vt->generic_parked, 1);
 	return NULL;
 }
 
@@ -317,7 +317,6 @@ static struct vm_proc *take_generic(struct vm_tier *vt, const struct vm_launch *
 	if (l->mem_mb == vt->generic_launch.mem_mb && l->tmp_mb == vt->generic_launch.tmp_mb) {
 		p = vt->generic;
 		vt->generic = NULL;
-		atomic_store(&vt->generic_parked, 0);
 		pthread_cond_signal(&vt->reaper_cond);
 	}
 	pthread_mutex_unlock(&vt->lock);
@@ -814,7 +813,6 @@ static void save_one(struct vm_tier *vt, const struct state_save *s)
 	pthread_cond_broadcast(&vt->state_cond);
 	pthread_mutex_unlock(&vt->lock);
 	if (r != -ENOTSUP) {
-		uncount_idle(vt, s->p);
 		drop(vt, s->p);
 	}
 }
@@ -891,7 +889,6 @@ static void reap_idle(struct vm_tier *vt)
 	/* Stopping waits for the processes: do it outside every lock. */
 	while ((p = expired)) {
 		expired = p->next;
-		uncount_idle(vt, p);
 		drop(vt, p);
 	}
 }
@@ -1235,7 +1232,6 @@ static void drain_idle(struct vm_tier *vt, struct vm_fn *vf)
 	struct vm_proc *p;
 
 	while ((p = take_idle(vf)) || (p = take_parked(vf))) {
-		uncount_idle(vt, p);
 		drop(vt, p);
 	}
 }
@@ -1383,7 +1379,11 @@ static void vm_metrics(struct tier *t, struct strbuf *out)
 {
 	struct vm_tier *vt = tier_of(t);
 	struct vm_fn *vf;
+	unsigned generic;
 
+	pthread_mutex_lock(&vt->lock);
+	generic = vt->generic != NULL;
+	pthread_mutex_unlock(&vt->lock);
 	sb_metric(out, "stoke_vm_live", "gauge", (unsigned)atomic_load(&vt->live),
 		  "VMs running, idle or parked.");
 	sb_metric(out, "stoke_vm_idle_bytes", "gauge", atomic_load(&vt->idle_bytes),
@@ -1406,7 +1406,7 @@ static void vm_metrics(struct tier *t, struct strbuf *out)
 		  atomic_load(&vt->generic_starts),
 		  "Restores into the generic shell made before the function was known.");
 	sb_metric(out, "stoke_vm_generic_shells_parked", "gauge",
-		  (unsigned)atomic_load(&vt->generic_parked),
+		  generic,
 		  "Generic shells parked (counted in stoke_vm_live): 0 or 1.");
 	sb_metric(out, "stoke_vm_crashes_total", "counter", atomic_load(&vt->crashes),
 		  "VMs that crashed or exited during a request.");
@@ -1506,17 +1506,14 @@ static void vm_stop(struct tier *t)
 		for (i = 0; vf->state && i < (int)vf->state->nslots; i++)
 			fail_slot(&vf->state->slots[i]);
 		while ((p = take_slot_vm(vf))) {
-			uncount_idle(vt, p);
 			drop(vt, p);
 		}
 	}
 	if (vt->generic) {
-		uncount_idle(vt, vt->generic);
 		drop(vt, vt->generic);
 	}
 	while ((p = vt->dying)) {
 		vt->dying = p->next;
-		uncount_idle(vt, p);
 		drop(vt, p);
 	}
 	t->priv = NULL;
