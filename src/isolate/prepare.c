@@ -196,11 +196,12 @@ static void discard_body(void *opaque, char *body, size_t len)
  * Calls fetch() once with a synthetic `GET http://localhost/`, so that the code caches
  * made afterwards hold fetch() and what it called already compiled: V8 compiles inner
  * functions lazily, at their first call, and offers no eager compile for modules (a
- * small function's first call in a fresh isolate measured 298 -> 150 us of CPU). Nothing of the call leaves the trial isolate,
- * which is thrown away: the runtime has no outbound I/O (its fetch() throws; there are
- * no sockets, files or clocks to set), console output and the response are dropped,
- * timers that are not due yet and waitUntil() work never run. How it ends (a response,
- * a throw, a limit) does not matter: whatever it compiled is kept.
+ * small function's first call in a fresh isolate measured 298 -> 150 us of CPU).
+ * Nothing of the call leaves the trial isolate, which is thrown away: the runtime has
+ * no outbound I/O (its fetch() throws; there are no sockets, files or clocks to set),
+ * console output and the response are dropped, timers that are not due yet and
+ * waitUntil() work never run. How it ends (a response, a throw, a limit) does not
+ * matter: whatever it compiled is kept.
  */
 static void trial_call(struct trial *tr, uint64_t budget_ns)
 {
@@ -237,6 +238,7 @@ static int trial_load(const struct fn *fn, struct iso_code *code, const char *en
 	size_t mem = (size_t)(fn->limits.memory_mb ? fn->limits.memory_mb :
 			      ISO_DEFAULT_MEMORY_MB) << 20;
 	uint32_t call_ms = fn->limits.cpu_ms ? fn->limits.cpu_ms : ISO_DEFAULT_CPU_MS;
+	uint64_t load_ns = (uint64_t)ISO_STARTUP_CPU_MS * 1000000u, call_ns;
 	struct trial tr = { .fn = fn, .lock = PTHREAD_MUTEX_INITIALIZER,
 			    .cond = PTHREAD_COND_INITIALIZER };
 	struct iso_io io = { .opaque = &tr, .log = trial_log };
@@ -247,17 +249,16 @@ static int trial_load(const struct fn *fn, struct iso_code *code, const char *en
 		return -ENOMEM;
 	iso_vm_set_limits(tr.vm, mem, mem);
 	iso_vm_set_io(tr.vm, &io);
-	if (trial_watch_start(&tr, (uint64_t)ISO_STARTUP_CPU_MS * 1000000u)) {
+	if (trial_watch_start(&tr, load_ns)) {
 		iso_vm_free(tr.vm);
 		return -EAGAIN;
 	}
 	rc = iso_vm_load(tr.vm, code, (const struct iso_kv *)fn->env, fn->nenv,
-			 iso_v8_now_ns() + (uint64_t)ISO_STARTUP_CPU_MS * 1000000u, err, errlen);
+			 iso_v8_now_ns() + load_ns, err, errlen);
 	trial_watch_stop(&tr);
-	if (call_ms > ISO_TRIAL_CALL_MS)
-		call_ms = ISO_TRIAL_CALL_MS;
-	if (rc == ISO_OK && !trial_watch_start(&tr, (uint64_t)call_ms * 1000000u)) {
-		trial_call(&tr, (uint64_t)call_ms * 1000000u);
+	call_ns = (uint64_t)(call_ms < ISO_TRIAL_CALL_MS ? call_ms : ISO_TRIAL_CALL_MS) * 1000000u;
+	if (rc == ISO_OK && !trial_watch_start(&tr, call_ns)) {
+		trial_call(&tr, call_ns);
 		trial_watch_stop(&tr);
 		iso_vm_code_refresh(tr.vm, code);
 	}

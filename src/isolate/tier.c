@@ -72,7 +72,8 @@ static __thread struct iso_thread *iso_self;
  * in. So a mark reads the clock only after a switch, or when the clock was last read
  * ISO_CPU_RESYNC_NS ago, which bounds how far the estimate can drift from the clock.
  * Such a read may land a little below the estimate it replaces, so callers clamp the
- * differences of marks at zero. Without perf events (a seccomp filter, perf_event_paranoid 3) every mark reads it.
+ * differences of marks at zero. Without perf events (a seccomp filter,
+ * perf_event_paranoid 3) every mark reads it.
  */
 #define ISO_CPU_RESYNC_NS 1000000u
 
@@ -121,9 +122,9 @@ uint64_t iso__cpu_mark(void)
 		th->mark_wall_ns = wall;
 		return th->cpu_mark_ns;
 	}
-	/* The sequence first: a switch after it shows at the next mark. */
-	th->mark_seq = switches_seq(th);
-	th->mark_wall_ns = th->sync_wall_ns = clock_ns(CLOCK_MONOTONIC);
+	/* seq was read before the clock: a switch after it shows at the next mark. */
+	th->mark_seq = seq;
+	th->mark_wall_ns = th->sync_wall_ns = wall;
 	th->cpu_mark_ns = clock_ns(CLOCK_THREAD_CPUTIME_ID);
 	return th->cpu_mark_ns;
 }
