@@ -82,6 +82,7 @@ struct iso_vm {
 	const struct iso_code *code;		/* during iso_vm_load */
 	Global<Promise> pending;		/* fetch() or waitUntil work in progress */
 	bool pending_is_call;
+	bool drain_due;				/* waitUntil work or timers since dispatch */
 	uint64_t deadline, stall;
 	std::vector<Local<Module>> *mods;	/* during iso_vm_load */
 	std::vector<Global<Module>> loaded;	/* until iso_vm_code_refresh() */
@@ -216,6 +217,24 @@ static std::string utf8(Isolate *iso, Local<String> s)
 	return out;
 }
 
+/*
+ * The same for strings short enough to convert in one pass into a buffer sized for the
+ * worst case (3 bytes per UTF-16 unit): response headers and small bodies skip the
+ * length pass and, for a header, the allocation. A longer string goes to *big.
+ */
+static size_t utf8_short(Isolate *iso, Local<String> s, char *buf, size_t cap,
+			 std::string *big, const char **out)
+{
+	if ((size_t)s->Length() * 3 > cap) {
+		*big = utf8(iso, s);
+		*out = big->data();
+		return big->size();
+	}
+	*out = buf;
+	return (size_t)s->WriteUtf8(iso, buf, (int)cap, nullptr,
+				    String::NO_NULL_TERMINATION | String::REPLACE_INVALID_UTF8);
+}
+
 static std::string to_std(Isolate *iso, Local<Value> v)
 {
 	TryCatch tc(iso);
@@ -262,6 +281,15 @@ static void n_random_fill(const FunctionCallbackInfo<Value> &info)
 			break;
 		done += r;
 	}
+}
+
+/* drainDue(): the request has waitUntil work or timers; see drain_begin(). */
+static void n_drain_due(const FunctionCallbackInfo<Value> &info)
+{
+	iso_vm *vm = vm_of(info.GetIsolate());
+
+	if (vm)
+		vm->drain_due = true;
 }
 
 static void n_utf8_length(const FunctionCallbackInfo<Value> &info)
@@ -354,7 +382,7 @@ static void n_read_body(const FunctionCallbackInfo<Value> &info)
 static const intptr_t iso_refs[] = {
 	(intptr_t)n_log, (intptr_t)n_random_fill, (intptr_t)n_utf8_length,
 	(intptr_t)n_utf8_write, (intptr_t)n_utf8_decode, (intptr_t)n_now,
-	(intptr_t)n_clone, (intptr_t)n_read_body, 0,
+	(intptr_t)n_clone, (intptr_t)n_read_body, (intptr_t)n_drain_due, 0,
 };
 
 static void native_fn(Isolate *iso, Local<Context> ctx, Local<Object> obj, const char *name,
@@ -377,6 +405,7 @@ static Local<Object> natives(Isolate *iso, Local<Context> ctx)
 	native_fn(iso, ctx, o, "now", n_now);
 	native_fn(iso, ctx, o, "clone", n_clone);
 	native_fn(iso, ctx, o, "readBody", n_read_body);
+	native_fn(iso, ctx, o, "drainDue", n_drain_due);
 	return o;
 }
 
@@ -1224,13 +1253,17 @@ static void emit_body(iso_vm *vm, Local<Value> body)
 	size_t n;
 
 	if (body->IsString()) {
-		n = body.As<String>()->Utf8Length(iso);
-		buf = (char *)malloc(n + 1);
+		Local<String> s = body.As<String>();
+		size_t len = (size_t)s->Length();
+		/* Up to 16 Ki units in one pass, into the worst case's size (see utf8_short). */
+		size_t cap = len <= 16384 ? 3 * len : (size_t)s->Utf8Length(iso);
+
+		buf = (char *)malloc(cap + 1);
 		if (!buf)
 			return;
-		body.As<String>()->WriteUtf8(iso, buf, (int)n, nullptr,
-					     String::NO_NULL_TERMINATION |
-					     String::REPLACE_INVALID_UTF8);
+		n = (size_t)s->WriteUtf8(iso, buf, (int)cap, nullptr,
+					 String::NO_NULL_TERMINATION |
+					 String::REPLACE_INVALID_UTF8);
 	} else if (body->IsArrayBufferView()) {
 		Local<ArrayBufferView> view = body.As<ArrayBufferView>();
 
@@ -1254,7 +1287,9 @@ static bool is_token(const char *s, size_t n)
 	for (i = 0; i < n; i++) {
 		unsigned char c = (unsigned char)s[i];
 
-		if (!isalnum(c) && !(c && strchr(extra, c)))
+		if ((c | 0x20) >= 'a' && (c | 0x20) <= 'z')
+			continue;
+		if ((c < '0' || c > '9') && !(c && strchr(extra, c)))
 			return false;
 	}
 	return n > 0;
@@ -1290,16 +1325,18 @@ static int emit_response(iso_vm *vm, Local<Context> ctx, Local<Value> v, int *st
 	for (i = 0; i + 1 < h->Length(); i += 2) {
 		Local<Value> nv = h->Get(ctx, i).ToLocalChecked();
 		Local<Value> vv = h->Get(ctx, i + 1).ToLocalChecked();
-		std::string name, val;
+		char nbuf[192], vbuf[768];
+		std::string nbig, vbig;
+		const char *name, *val;
+		size_t nlen, vlen;
 
 		if (!nv->IsString() || !vv->IsString())
 			return ISO_BAD_RESPONSE;
-		name = utf8(iso, nv.As<String>());
-		val = utf8(iso, vv.As<String>());
-		if (!is_token(name.data(), name.size()) || !is_field_value(val.data(), val.size()))
+		nlen = utf8_short(iso, nv.As<String>(), nbuf, sizeof(nbuf), &nbig, &name);
+		vlen = utf8_short(iso, vv.As<String>(), vbuf, sizeof(vbuf), &vbig, &val);
+		if (!is_token(name, nlen) || !is_field_value(val, vlen))
 			return ISO_BAD_RESPONSE;
-		vm->io->add_header(vm->io->opaque, name.data(), name.size(), val.data(),
-				   val.size());
+		vm->io->add_header(vm->io->opaque, name, nlen, val, vlen);
 	}
 	/* 204 and 304 have no body (RFC 9110 15.3.5, 15.4.5). */
 	if (*status != 204 && *status != 304)
@@ -1313,11 +1350,16 @@ static void reset_request(iso_vm *vm)
 	vm->alloc.hit.store(false);
 	vm->isolate->CancelTerminateExecution();
 	vm->stall = 0;
+	vm->drain_due = false;	/* dispatch() drops what an earlier request left */
 }
 
-/* Keeps the promise a hook returned as the vm's pending work. */
+/*
+ * The promise dispatch() returned, in *p. The caller keeps it in vm->pending only if
+ * it is still pending after its first step: a global handle per request measured as
+ * much as the rest of the hand-over.
+ */
 static int begin(iso_vm *vm, Local<Context> ctx, TryCatch &tc, MaybeLocal<Value> mv,
-		 bool is_call, uint64_t deadline, char *err, size_t errlen)
+		 uint64_t deadline, Local<Promise> *p, char *err, size_t errlen)
 {
 	Local<Value> v;
 
@@ -1327,15 +1369,15 @@ static int begin(iso_vm *vm, Local<Context> ctx, TryCatch &tc, MaybeLocal<Value>
 		errf(err, errlen, "runtime hook did not return a promise");
 		return ISO_EXCEPTION;
 	}
-	vm->pending.Reset(vm->isolate, v.As<Promise>());
-	vm->pending_is_call = is_call;
+	*p = v.As<Promise>();
+	vm->pending_is_call = true;
 	vm->deadline = deadline;
 	return ISO_PENDING;
 }
 
 /* Calls dispatch(); the caller has entered the isolate, a handle scope and ctx. */
-static int call_begin(iso_vm *vm, Local<Context> ctx, const struct iso_req *req, char *err,
-		      size_t errlen)
+static int call_begin(iso_vm *vm, Local<Context> ctx, const struct iso_req *req,
+		      Local<Promise> *p, char *err, size_t errlen)
 {
 	Isolate *iso = vm->isolate;
 	TryCatch tc(iso);
@@ -1353,7 +1395,7 @@ static int call_begin(iso_vm *vm, Local<Context> ctx, const struct iso_req *req,
 	args[5] = vm->env.Get(iso);
 	rc = begin(vm, ctx, tc, vm->hooks[HOOK_DISPATCH].Get(iso)->Call(ctx, Undefined(iso),
 									 6, args),
-		   true, req->wall_deadline_ns, err, errlen);
+		   req->wall_deadline_ns, p, err, errlen);
 	vm->req = nullptr;
 	return rc;
 }
@@ -1366,8 +1408,12 @@ int iso_vm_call_start(struct iso_vm *vm, const struct iso_req *req, char *err,
 	HandleScope hs(iso);
 	Local<Context> ctx = vm->ctx.Get(iso);
 	Context::Scope cs(ctx);
+	Local<Promise> p;
+	int rc = call_begin(vm, ctx, req, &p, err, errlen);
 
-	return call_begin(vm, ctx, req, err, errlen);
+	if (rc == ISO_PENDING)
+		vm->pending.Reset(iso, p);
+	return rc;
 }
 
 int iso_vm_busy(struct iso_vm *vm)
@@ -1387,6 +1433,10 @@ static void drain_begin(iso_vm *vm, Local<Context> ctx)
 	TryCatch tc(iso);
 	Local<Value> v;
 
+	/* Nothing to wait for and no timer to drop: skip the call into the runtime. */
+	if (!vm->drain_due)
+		return;
+	vm->drain_due = false;
 	if (vm->hooks[HOOK_DRAIN].Get(iso)->Call(ctx, Undefined(iso), 0, nullptr).ToLocal(&v) &&
 	    v->IsPromise()) {
 		vm->pending.Reset(iso, v.As<Promise>());
@@ -1413,18 +1463,20 @@ static int finish(iso_vm *vm, Local<Context> ctx, Local<Promise> p, int *status,
 	return rc;
 }
 
-/* One step of the pending work; the caller has entered the isolate and ctx. */
-static int step_in(iso_vm *vm, Local<Context> ctx, int *status, uint64_t *wake_ns,
-		   char *err, size_t errlen)
+/* One step of p, which is vm->pending unless it is a call's first step; the caller has
+ * entered the isolate and ctx. */
+static int step_in(iso_vm *vm, Local<Context> ctx, Local<Promise> p, int *status,
+		   uint64_t *wake_ns, char *err, size_t errlen)
 {
-	Isolate *iso = vm->isolate;
-	TryCatch tc(iso);
-	Local<Promise> p = vm->pending.Get(iso);
+	TryCatch tc(vm->isolate);
 	int rc;
 
 	rc = loop_step(vm, ctx, p, vm->deadline, wake_ns);
-	if (rc == ISO_PENDING)
+	if (rc == ISO_PENDING) {
+		if (vm->pending.IsEmpty())
+			vm->pending.Reset(vm->isolate, p);
 		return rc;
+	}
 	vm->pending.Reset();
 	if (rc == ISO_NO_RESPONSE)
 		errf(err, errlen, "the promise returned by fetch() can never settle");
@@ -1441,7 +1493,7 @@ int iso_vm_step(struct iso_vm *vm, int *status, uint64_t *wake_ns, char *err, si
 	Local<Context> ctx = vm->ctx.Get(iso);
 	Context::Scope cs(ctx);
 
-	return step_in(vm, ctx, status, wake_ns, err, errlen);
+	return step_in(vm, ctx, vm->pending.Get(iso), status, wake_ns, err, errlen);
 }
 
 /* Entering an isolate and its context costs about as much as a trivial handler, so the
@@ -1454,7 +1506,8 @@ int iso_vm_call(struct iso_vm *vm, const struct iso_req *req, int *status, uint6
 	HandleScope hs(iso);
 	Local<Context> ctx = vm->ctx.Get(iso);
 	Context::Scope cs(ctx);
-	int rc = call_begin(vm, ctx, req, err, errlen);
+	Local<Promise> p;
+	int rc = call_begin(vm, ctx, req, &p, err, errlen);
 
-	return rc == ISO_PENDING ? step_in(vm, ctx, status, wake_ns, err, errlen) : rc;
+	return rc == ISO_PENDING ? step_in(vm, ctx, p, status, wake_ns, err, errlen) : rc;
 }

@@ -52,6 +52,7 @@ function addTimer(fn, delay, args, repeat) {
 		every: repeat ? Math.max(ms, 1) : 0, live: true };
 	timers.set(t.id, t);
 	heapPush(t);
+	native.drainDue();	/* the shim calls drain() only after this or waitUntil */
 	return t.id;
 }
 

@@ -3,7 +3,10 @@
 let waitList = [];
 
 class ExecutionContext {
-	waitUntil(p) { waitList.push(Promise.resolve(p).catch(reportError)); }
+	waitUntil(p) {
+		waitList.push(Promise.resolve(p).catch(reportError));
+		native.drainDue();
+	}
 	passThroughOnException() {}
 }
 
@@ -38,7 +41,8 @@ function dispatch(handler, method, url, flat, bodyLen, env) {
 }
 
 /* After the response: a promise for the waitUntil work, or nothing when there is none
- * (then timers the request left behind are dropped now). */
+ * (then timers the request left behind are dropped now). The shim calls it only if
+ * waitUntil() or a timer called native.drainDue() since dispatch(). */
 function drain() {
 	if (!waitList.length) {
 		clearTimers();

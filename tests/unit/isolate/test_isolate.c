@@ -999,6 +999,35 @@ static void test_wait_until(void)
 	fn_unref(fn);
 }
 
+/*
+ * A timer a request leaves behind is dropped with the response, and a request that set
+ * none skips the runtime's drain() (the shim only calls it after waitUntil or a timer):
+ * neither may let a later request see the first one's timer fire.
+ */
+static void test_leftover_timer(void)
+{
+	struct fn *fn;
+
+	if (!want("leftover"))
+		return;
+	fn = deploy("leftover", "index.js",
+		    "let fired = 0;\n"
+		    "export default { fetch(req) {\n"
+		    "  if (req.url.endsWith('/set')) setTimeout(() => { fired++;\n"
+		    "    console.log('leftover fired'); }, 1);\n"
+		    "  return new Response('fired ' + fired);\n} };\n");
+	CHECK(fn, "deploy: %s", errbuf);
+	if (!fn)
+		return;
+	expect_body(fn, "/set", "fired 0");
+	usleep(30000);
+	expect_body(fn, "/", "fired 0");
+	usleep(30000);
+	expect_body(fn, "/", "fired 0");
+	CHECK(!log_has("leftover fired"), "a timer left by an answered request never fires");
+	fn_unref(fn);
+}
+
 static void test_retire(void)
 {
 	struct fn *fn;
@@ -1509,6 +1538,7 @@ int main(int argc, char **argv)
 	test_router_bundle();
 	test_concurrency();
 	test_wait_until();
+	test_leftover_timer();
 	test_retire();
 	test_live_cap();
 	test_memory_budget();
