@@ -175,7 +175,8 @@ def handler_error(req, exc):
     message = (f"the handler raised {type(exc).__name__}; the traceback is in the "
                f"function's logs: stoke logs {req.get('function', '')}")
     body = json.dumps({"error": "handler_error", "message": message,
-                       "request_id": req.get("request_id", "")}) + "\n"
+                       "request_id": req.get("request_id", "")},
+                      separators=(",", ":")) + "\n"
     return {"statusCode": 500, "headers": {"content-type": "application/json"},
             "body": body, "isBase64Encoded": False}
 

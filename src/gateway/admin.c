@@ -218,6 +218,18 @@ static int admin_prepare(struct gw *gw, struct admin_deploy *d, const cJSON *man
 	return ret;
 }
 
+/* A deploy that failed (or only advised) for a name never deployed leaves no empty
+ * functions/NAME directory behind; rmdir refuses one that holds versions. */
+static void admin_rmdir_if_empty(struct gw *gw, const char *name)
+{
+	char dir[4200];
+
+	if (!name || !name[0])
+		return;
+	snprintf(dir, sizeof(dir), "%s/functions/%s", gw->cfg->data_dir, name);
+	(void)rmdir(dir);
+}
+
 /* Writes the files to a temporary directory and renames it, so a version's directory
  * is either complete or absent. */
 static int admin_stage(struct gw *gw, struct admin_deploy *d, const cJSON *files)
@@ -373,8 +385,10 @@ static void admin_deploy(struct gw *gw, struct inv *inv, const char *name, int a
 		admin_advise_answer(gw, inv, &d);
 	else
 		admin_deploy_answer(gw, inv, &d);
-	if (ret || advise_only)
+	if (ret || advise_only) {
 		admin_rmtree(d.dir);
+		admin_rmdir_if_empty(gw, d.name);
+	}
 	fn_unref(d.fn);
 	cJSON_Delete(body);
 }
@@ -490,6 +504,7 @@ static void admin_delete(struct gw *gw, struct inv *inv, const char *name)
 		return;
 	}
 	gw_fn_install(gw, name, NULL, 0);
+	gw_fn_logs_clear(gw, name);
 	log_info("deleted %s", name);
 	o = cJSON_CreateObject();
 	cJSON_AddStringToObject(o, "deleted", name);
@@ -541,6 +556,8 @@ static void admin_logs(struct gw *gw, struct inv *inv, const char *name)
 	limit = limit < 1 ? 1 : limit > GW_LOG_RING ? GW_LOG_RING : limit;
 	pthread_mutex_lock(&r->lock);
 	first = r->next_seq > GW_LOG_RING ? r->next_seq - GW_LOG_RING : 1;
+	if (first < r->first_seq)
+		first = r->first_seq;
 	/* Without since: the newest `limit` lines. */
 	seq = since > 0 ? (uint64_t)since : r->next_seq - (uint64_t)limit;
 	if (since <= 0 && r->next_seq <= (uint64_t)limit)

@@ -139,6 +139,30 @@ static void gw_logring_add(struct gw_logring *r, const char *request_id, const c
 	pthread_mutex_unlock(&r->lock);
 }
 
+/* `stoke rm`: the function's log lines go with it; sequence numbers keep counting, so a
+ * follower (`stoke logs -f`) just sees no more of them. */
+void gw_fn_logs_clear(struct gw *gw, const char *name)
+{
+	struct gw_logring *r;
+	struct gw_entry *e;
+	size_t i;
+
+	pthread_rwlock_rdlock(&gw->lock);
+	e = gw_entry_get(gw, name, strlen(name), 0);
+	pthread_rwlock_unlock(&gw->lock);
+	if (!e)
+		return;
+	r = &e->logs;
+	pthread_mutex_lock(&r->lock);
+	for (i = 0; i < GW_LOG_RING; i++) {
+		free(r->lines[i].msg);
+		r->lines[i].msg = NULL;
+		r->lines[i].len = 0;
+	}
+	r->first_seq = r->next_seq;
+	pthread_mutex_unlock(&r->lock);
+}
+
 void gw_fnlog_sink(const char *fn_name, const char *request_id, const char *stream,
 		   const char *msg, size_t len)
 {

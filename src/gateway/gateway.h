@@ -45,11 +45,13 @@ struct gw_logline {
 struct gw_logring {
 	pthread_mutex_t lock;
 	uint64_t next_seq;
+	uint64_t first_seq;	/* lines before it were deleted with their function */
 	struct gw_logline lines[GW_LOG_RING];
 };
 
 /* One name in the function table. Entries are never freed while the daemon runs:
- * a deleted function leaves a tombstone (fn == NULL) that keeps its stats and logs. */
+ * a deleted function leaves a tombstone (fn == NULL) that keeps its stats; its logs
+ * go with it (gw_fn_logs_clear). */
 struct gw_entry {
 	char name[64];
 	struct fn *fn;		/* live version, or NULL; guarded by the table lock */
@@ -113,6 +115,7 @@ struct gw_entry *gw_entry_get(struct gw *gw, const char *name, size_t len, int c
 struct fn *gw_fn_lookup(struct gw *gw, const char *name, size_t len, struct gw_entry **entry);
 /* Installs fn as the live version of its name (NULL deletes); retires the old one. */
 void gw_fn_install(struct gw *gw, const char *name, struct fn *fn, int64_t deployed_at);
+void gw_fn_logs_clear(struct gw *gw, const char *name);
 void gw_fnlog_sink(const char *fn_name, const char *request_id, const char *stream,
 		   const char *msg, size_t len);
 void gw_fn_release(struct fn *fn);

@@ -538,13 +538,23 @@ static int gw_admit(struct gw_entry *e, const struct fn *fn)
 
 static void gw_send_busy(h2o_req_t *req, const char *name)
 {
-	char msg[160];
+	char msg[256];
 
 	snprintf(msg, sizeof(msg), "function %s has as many requests running and queued as "
-		 "its limits allow; retry later", name);
+		 "its limits allow (limits.max_instances x concurrency, plus queue); "
+		 "retry later", name);
 	h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_RETRY_AFTER, NULL,
 		       H2O_STRLIT("1"));
 	gw_send_error(req, 429, "too_many_requests", msg);
+}
+
+static void gw_send_not_routed(struct gw *gw, h2o_req_t *req)
+{
+	char msg[512];
+
+	snprintf(msg, sizeof(msg), "no route: call a function at /fn/NAME/ or with "
+		 "Host: NAME.%s; the admin API is under /_stoke/", gw->cfg->domain);
+	gw_send_error(req, 404, "not_found", msg);
 }
 
 /* Answers the request itself when the function cannot take it now; returns whether. */
@@ -700,8 +710,7 @@ int gw_on_req(h2o_handler_t *self, h2o_req_t *req)
 	else if (gw_route_path(req, &name, &len, &rest, &rlen))
 		gw_route_fn(t, req, name, len, rest, rlen);
 	else
-		gw_send_error(req, 404, "not_found", "no route: call a function at /fn/NAME/ "
-			      "or NAME.<domain>; the admin API is under /_stoke/");
+		gw_send_not_routed(t->gw, req);
 	return 0;
 }
 

@@ -420,6 +420,7 @@ static int gw_start_threads(struct gw *gw)
 
 int gw_run(struct gw *gw)
 {
+	unsigned long long n;
 	int i, ret, sig;
 
 	gw_register_handler(gw);
@@ -429,15 +430,17 @@ int gw_run(struct gw *gw)
 		return -ENOMEM;
 	ret = gw_start_threads(gw);
 	if (ret) {
-		log_error("cannot listen on %s: %s", gw->cfg->listen, strerror(-ret));
+		log_error("cannot listen on %s: %s%s", gw->cfg->listen, strerror(-ret),
+			  ret == -EADDRINUSE ? " (another process uses it: stop it, or choose "
+			  "another address with --listen HOST:PORT)" : "");
 		return ret;
 	}
 	log_info("stoke listening on http://%s (data %s, %d loop threads)", gw->cfg->listen,
 		 gw->cfg->data_dir, gw->nthreads);
 	sig = gw_wait_signal();
-	log_info("%s: finishing %llu in-flight requests (at most %u ms), then exiting",
-		 strsignal(sig), (unsigned long long)atomic_load(&gw->inflight),
-		 gw->cfg->shutdown_grace_ms);
+	n = atomic_load(&gw->inflight);
+	log_info("%s: finishing %llu in-flight request%s (at most %u ms), then exiting",
+		 strsignal(sig), n, n == 1 ? "" : "s", gw->cfg->shutdown_grace_ms);
 	gw_signal_threads(gw);
 	for (i = 0; i < gw->nthreads; i++)
 		pthread_join(gw->threads[i].tid, NULL);

@@ -117,14 +117,16 @@ static void fail_call(struct iso_call *c, struct inv *inv, int rc, const char *e
 	char line[600];
 	int n;
 
+	/* Each limit names the manifest field that sets it. */
 	if (rc == ISO_CPU_LIMIT)
-		n = snprintf(line, sizeof(line), "stoke: the request %s (%u ms)", f.what,
-			     or_default(fn->limits.cpu_ms, ISO_DEFAULT_CPU_MS));
+		n = snprintf(line, sizeof(line), "stoke: the request %s (%u ms, limits.cpu_ms)",
+			     f.what, or_default(fn->limits.cpu_ms, ISO_DEFAULT_CPU_MS));
 	else if (rc == ISO_WALL_LIMIT)
-		n = snprintf(line, sizeof(line), "stoke: the request %s (%u ms)", f.what,
-			     or_default(fn->limits.wall_ms, ISO_DEFAULT_WALL_MS));
+		n = snprintf(line, sizeof(line), "stoke: the request %s (%u ms, limits.wall_s)",
+			     f.what, or_default(fn->limits.wall_ms, ISO_DEFAULT_WALL_MS));
 	else if (rc == ISO_MEMORY_LIMIT)
-		n = snprintf(line, sizeof(line), "stoke: the request %s (%u MB)", f.what,
+		n = snprintf(line, sizeof(line), "stoke: the request %s (%u MB, "
+			     "limits.memory_mb)", f.what,
 			     or_default(fn->limits.memory_mb, ISO_DEFAULT_MEMORY_MB));
 	else
 		n = snprintf(line, sizeof(line), "stoke: the function %s: %s", f.what, err);

@@ -175,6 +175,13 @@ static int trial_error(const char *entry, int rc, char *err, size_t errlen)
 			 ISO_STARTUP_CPU_MS);
 	else if (rc == ISO_MEMORY_LIMIT)
 		snprintf(err, errlen, "%s: top-level code exceeded the memory limit", entry);
+	else if (strstr(why, "ReferenceError") && (strstr(why, "module is not defined") ||
+		 strstr(why, "exports is not defined") || strstr(why, "require is not defined") ||
+		 strstr(why, "addEventListener is not defined")))
+		/* A CommonJS or service-worker script: say which form works instead. */
+		snprintf(err, errlen, "%s: top-level code failed: %s (stoke runs ES modules: "
+			 "write export default { async fetch(request, env, ctx) { ... } }, and "
+			 "bundle CommonJS dependencies with esbuild)", entry, why);
 	else
 		snprintf(err, errlen, "%s: top-level code failed: %s", entry, why);
 	return -EINVAL;

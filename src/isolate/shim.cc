@@ -1312,6 +1312,7 @@ static int emit_response(iso_vm *vm, Local<Context> ctx, Local<Value> v, int *st
 	Local<Array> a, h;
 	uint32_t i;
 
+	*status = -1;
 	if (!v->IsArray())
 		return ISO_BAD_RESPONSE;
 	a = v.As<Array>();
@@ -1444,6 +1445,18 @@ static void drain_begin(iso_vm *vm, Local<Context> ctx)
 	}
 }
 
+/* The runtime's reason why fetch() gave no Response (see toWire in 90_dispatch.js). */
+static void not_a_response(iso_vm *vm, Local<Context> ctx, Local<Value> wire, char *err,
+			   size_t errlen)
+{
+	Local<Value> why;
+
+	if (wire->IsArray() && wire.As<Array>()->Get(ctx, 2).ToLocal(&why) && why->IsString())
+		errf(err, errlen, "%s", utf8(vm->isolate, why.As<String>()).c_str());
+	else
+		errf(err, errlen, "fetch() must return a Response");
+}
+
 /* The pending promise settled: the response of a call, or the end of waitUntil work. */
 static int finish(iso_vm *vm, Local<Context> ctx, Local<Promise> p, int *status,
 		  char *err, size_t errlen)
@@ -1455,7 +1468,9 @@ static int finish(iso_vm *vm, Local<Context> ctx, Local<Promise> p, int *status,
 	if (!vm->pending_is_call)
 		return ISO_OK;
 	rc = emit_response(vm, ctx, p->Result(), status);
-	if (rc)
+	if (rc && *status == 0)
+		not_a_response(vm, ctx, p->Result(), err, errlen);
+	else if (rc)
 		errf(err, errlen, "fetch() resolved to a Response with an invalid status or "
 		     "header");
 	else

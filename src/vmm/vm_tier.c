@@ -404,8 +404,8 @@ static void report_failure(struct vm_tier *vt, struct vm_fn *vf, struct inv *inv
 		break;
 	case VM_TIMEOUT:
 		atomic_fetch_add(&vt->timeouts, 1);
-		inv_fail(inv, 504, "timeout", "the function ran past its wall-time limit of %u ms",
-			 vf->launch.wall_ms);
+		inv_fail(inv, 504, "wall_limit", "the function ran past its wall-time limit of "
+			 "%u ms (limits.wall_s)", vf->launch.wall_ms);
 		break;
 	case VM_CRASHED:
 		/* The VMM itself failed (125) on a restore: later cold starts boot. */

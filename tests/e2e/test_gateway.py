@@ -79,6 +79,7 @@ def test_unknown_function_is_404_json(d):
 def test_unrouted_path_is_404_json(d):
     r = d.request("GET", "/elsewhere")
     assert r.status == 404 and r.json()["error"] == "not_found"
+    assert "Host: NAME.localhost" in r.json()["message"]  # the configured domain
 
 
 def test_deploy_and_invoke_by_path(d):
@@ -210,6 +211,7 @@ def test_deploy_invalid_fields_name_the_field(d):
         assert r.json()["field"] == field, (manifest, r.json())
         assert r.json()["error"] == "invalid_manifest"
     assert d.invoke("bad").status == 404  # nothing half-deployed
+    assert not os.path.exists(os.path.join(d.data_dir, "functions", "bad")), "no empty dir"
 
 
 def test_deploy_bad_name_and_body(d):
@@ -268,6 +270,19 @@ def test_logs_capture_console(d):
     assert any(l["msg"] == "hello from logs" and l["request_id"] == rid for l in lines), lines
     nxt = d.admin("GET", "/functions/logger/logs").json()["next"]
     assert d.admin("GET", "/functions/logger/logs?since=%d" % nxt).json()["lines"] == []
+
+
+def test_rm_deletes_the_logs_too(d):
+    src = "export default {fetch(){console.log('before rm'); return new Response('k')}}"
+    d.deploy_files("gone", {"index.js": src})
+    assert d.invoke("gone").status == 200
+    lines = d.admin("GET", "/functions/gone/logs").json()["lines"]
+    assert any(l["msg"] == "before rm" for l in lines), lines
+    assert d.admin("DELETE", "/functions/gone").status == 200
+    d.deploy_files("gone", {"index.js": src.replace("before rm", "after redeploy")})
+    assert d.invoke("gone").status == 200
+    msgs = [l["msg"] for l in d.admin("GET", "/functions/gone/logs").json()["lines"]]
+    assert "after redeploy" in msgs and "before rm" not in msgs, msgs
 
 
 def test_metrics_prometheus(d):
@@ -379,6 +394,7 @@ def test_queue_overflow_is_429_with_retry_after(d):
     busy = [r for r in results if r.status == 429][0]
     assert busy.headers["retry-after"] == "1"
     assert busy.json()["error"] == "too_many_requests"
+    assert "limits.max_instances" in busy.json()["message"]  # says what to raise
     assert d.invoke("narrow").status == 200  # and it recovers
 
 

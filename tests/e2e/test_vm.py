@@ -147,7 +147,7 @@ def test_timeout_gives_504(d):
     deploy_stateful(d, "vmslow", wall_s=1)
     t0 = time.monotonic()
     r = d.invoke("vmslow", "/loop")
-    assert r.status == 504 and r.json()["error"] == "timeout", r
+    assert r.status == 504 and r.json()["error"] == "wall_limit", r
     assert time.monotonic() - t0 < 10
     assert d.invoke("vmslow", "/").status == 200
 

@@ -14,10 +14,12 @@ class ExecutionContext {
 const responseWire = Response[kWire];
 const ResponseClass = Response;
 
+/* Something other than a Response becomes status 0 with the reason as its body: the
+ * shim answers 500 bad_response with that text (it names a type, nothing of the value). */
 function toWire(r) {
 	if (!(r instanceof ResponseClass))
-		throw new TypeError('fetch() must return a Response, not ' +
-				    (r === null ? 'null' : typeof r));
+		return [0, [], 'fetch() must return a Response, not ' +
+			(r === null ? 'null' : typeof r)];
 	const wire = responseWire(r);
 	/* A redefined status would be ignored on the wire; refuse it instead. */
 	if (r.status !== wire[0]) throw new TypeError('the Response status was redefined');

@@ -156,7 +156,7 @@ static void test_failures(struct tier *t, struct fn *fn)
 
 	inv = run(t, fn, "/loop", "");
 	CHECK(inv->resp.status == 504);
-	CHECK(inv->resp.error_kind && !strcmp(inv->resp.error_kind, "timeout"));
+	CHECK(inv->resp.error_kind && !strcmp(inv->resp.error_kind, "wall_limit"));
 	inv_free(inv);
 }
 
