@@ -129,3 +129,19 @@ def stored_pages(store):
     """Names (ids) of the page files in a store."""
     top = os.path.join(store, "pages")
     return {d + f for d in os.listdir(top) for f in os.listdir(os.path.join(top, d))}
+
+
+def top_file(store, lid):
+    """A split image's top-layer file (docs/snapshots.md): (runs as (first page, count),
+    parent id hex, its memory size, the file's bytes), trailer checksum verified."""
+    with open(os.path.join(store, "images", lid + ".top"), "rb") as f:
+        data = f.read()
+    hdr = data[-128:-32]
+    if hdr[:8] != b"STOKTOPL" or hashlib.sha256(data[:-32][-(96 + 16 * struct.unpack_from(
+            "<I", hdr, 12)[0]):]).digest() != data[-32:]:
+        raise ValueError("top-layer file of %s does not verify" % lid)
+    n, mem = struct.unpack_from("<IQ", hdr, 12)
+    assert hdr[24:56].hex() == lid and len(data) == mem + 16 * n + 128
+    runs = [struct.unpack_from("<QQ", data, mem + 16 * i) for i in range(n)]
+    return runs, hdr[56:88].hex(), mem, data
+
