@@ -282,27 +282,3 @@ int snap_image_read(const struct snap_image *img, void *buf, uint64_t len, uint6
 		return -EINVAL;
 	return snap__image_pieces(img, off, len, read_piece, &at);
 }
-
-int snap_image_overlay(struct snap_store *s, const struct snap_id *layer, uint8_t *mem,
-		       uint64_t mem_bytes, struct snap_err *err)
-{
-	struct snap_layer l;
-	int r;
-
-	r = snap__lock(s, 0);
-	if (r)
-		return snap__fail(err, -r, "overlay: store lock: %s", strerror(-r));
-	r = snap_layer_read(s, layer, &l, err);
-	if (r) {
-		snap__unlock(s);
-		return r;
-	}
-	if (l.mem_bytes != mem_bytes)
-		r = snap__fail(err, EINVAL, "overlay: layer has %llu bytes of memory",
-			       (unsigned long long)l.mem_bytes);
-	for (uint64_t i = 0; !r && i < l.n; i++)
-		r = snap_page_read(s, &l.e[i].page, mem + l.e[i].gpn * SNAP_PAGE, err);
-	snap_layer_release(&l);
-	snap__unlock(s);
-	return r;
-}

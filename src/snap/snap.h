@@ -224,12 +224,6 @@ int snap_image_map(const struct snap_image *img, void *addr, uint64_t len, uint6
 		   struct snap_err *err);
 /* Reads [off, off + len) of the image's memory (from both files when split). */
 int snap_image_read(const struct snap_image *img, void *buf, uint64_t len, uint64_t off);
-/*
- * Copies one layer's own pages into mem (a private mapping of its parent's image):
- * lets functions that share a runtime share that runtime's image in the page cache.
- */
-int snap_image_overlay(struct snap_store *s, const struct snap_id *layer, uint8_t *mem,
-		       uint64_t mem_bytes, struct snap_err *err);
 
 /*
  * Pages a mapping has private copies of (written since it was mapped MAP_PRIVATE, or
