@@ -78,6 +78,21 @@ static int flatten(struct snap_store *s, const struct snap_id *top, struct flat 
 	return r;
 }
 
+int snap__flatten(struct snap_store *s, const struct snap_id *top,
+		  struct snap_layer_entry **e, uint64_t *n, struct snap_err *err)
+{
+	struct flat f = { 0 };
+	int r = flatten(s, top, &f, err);
+
+	if (r) {
+		free(f.e);
+		return r;
+	}
+	*e = f.e;
+	*n = f.n;
+	return 0;
+}
+
 static int write_run(int fd, const uint8_t *buf, uint64_t k, uint64_t gpn,
 		     struct snap_err *err)
 {

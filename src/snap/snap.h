@@ -199,6 +199,15 @@ struct snap_image {
 	struct snap_id parent;		/* split: whose image fd is */
 };
 
+/*
+ * A split image's top-layer file also holds the parent's pages in the gaps of at most
+ * this many pages between the layer's own: each run costs a restore one mmap (about
+ * 5 us here) and splits the guest mapping, which slowed a restored Python's first
+ * response by 1-2 ms with 176 runs; with gaps up to 4 filled, 74 runs remain and a
+ * hello function's file holds 192 of the runtime's pages besides its 389 own.
+ */
+#define SNAP_SPLIT_GAP	4
+
 int snap_image_open(struct snap_store *s, const struct snap_id *top, struct snap_image *img,
 		    struct snap_err *err);
 /*

@@ -74,6 +74,9 @@ void snap__idset_free(struct snap__idset *set);
 int snap__image_write(struct snap_store *s, const char *name,
 		      const struct snap_layer_entry *e, uint64_t n, uint64_t mem_bytes,
 		      const void *tail, size_t tail_len, struct snap_err *err);
+/* Every non-hole page of a chain, top layer first winning, sorted (malloc'd *e). */
+int snap__flatten(struct snap_store *s, const struct snap_id *top,
+		  struct snap_layer_entry **e, uint64_t *n, struct snap_err *err);
 /* Opens images/<name> read-only; *size is its length. */
 int snap__image_open_file(struct snap_store *s, const char *name, int *fd, uint64_t *size);
 

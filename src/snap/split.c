@@ -29,26 +29,78 @@ static void top_name(const struct snap_id *top, char name[80])
 }
 
 /* The runs of contiguous entries (zero entries included: they read as holes). */
-static struct snap_range *runs_of(const struct snap_layer *l, uint32_t *n)
+static struct snap_range *runs_of(const struct snap_layer_entry *e, uint64_t ne,
+				  uint32_t *n)
 {
-	struct snap_range *r = malloc((l->n ? l->n : 1) * sizeof(*r));
+	struct snap_range *r = malloc((ne ? ne : 1) * sizeof(*r));
 	uint32_t k = 0;
 
 	if (!r)
 		return NULL;
-	for (uint64_t i = 0; i < l->n; i++) {
-		if (k && r[k - 1].gpn + r[k - 1].count == l->e[i].gpn)
+	for (uint64_t i = 0; i < ne; i++) {
+		if (k && r[k - 1].gpn + r[k - 1].count == e[i].gpn)
 			r[k - 1].count++;
 		else
-			r[k++] = (struct snap_range){ l->e[i].gpn, 1 };
+			r[k++] = (struct snap_range){ e[i].gpn, 1 };
 	}
 	*n = k;
 	return r;
 }
 
+/* The parent's page at gpn in its flattened entries (zero id: a hole). */
+static struct snap_id parent_page(const struct snap_layer_entry *pe, uint64_t pn,
+				  uint64_t gpn)
+{
+	uint64_t lo = 0, hi = pn;
+	struct snap_id zero = { { 0 } };
+
+	while (lo < hi) {
+		uint64_t mid = lo + (hi - lo) / 2;
+
+		if (pe[mid].gpn < gpn)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo < pn && pe[lo].gpn == gpn ? pe[lo].page : zero;
+}
+
+/*
+ * The layer's entries with the gaps of at most gap pages between them filled with the
+ * parent's pages: fewer runs (each one an mmap and two memory areas per restore) for a
+ * few of the parent's pages held twice.
+ */
+static int fill_gaps(struct snap_store *s, const struct snap_layer *l, uint64_t gap,
+		     struct snap_layer_entry **out, uint64_t *nout, struct snap_err *err)
+{
+	struct snap_layer_entry *pe = NULL, *e;
+	uint64_t pn = 0, k = 0, extra = 0;
+	int r;
+
+	for (uint64_t i = 1; i < l->n; i++)
+		if (l->e[i].gpn - l->e[i - 1].gpn - 1 <= gap)
+			extra += l->e[i].gpn - l->e[i - 1].gpn - 1;
+	if (!(e = malloc((l->n + extra + 1) * sizeof(*e))))
+		return snap__fail(err, ENOMEM, "image: out of memory");
+	if (extra && (r = snap__flatten(s, &l->parent, &pe, &pn, err))) {
+		free(e);
+		return r;
+	}
+	for (uint64_t i = 0; i < l->n; i++) {
+		if (i && l->e[i].gpn - l->e[i - 1].gpn - 1 <= gap)
+			for (uint64_t g = l->e[i - 1].gpn + 1; g < l->e[i].gpn; g++)
+				e[k++] = (struct snap_layer_entry){ g, parent_page(pe, pn, g) };
+		e[k++] = l->e[i];
+	}
+	free(pe);
+	*out = e;
+	*nout = k;
+	return 0;
+}
+
 /* The tail after mem_bytes: runs, header, SHA-256 of both. */
 static uint8_t *encode_tail(const struct snap_layer *l, const struct snap_range *runs,
-			    uint32_t n, size_t *len)
+			    uint32_t n, uint64_t pages, size_t *len)
 {
 	size_t rl = (size_t)n * 16;
 	uint8_t *t = calloc(1, rl + TOP_TAIL), *h = t + rl;
@@ -66,7 +118,7 @@ static uint8_t *encode_tail(const struct snap_layer *l, const struct snap_range 
 	snap__put64(h + 16, l->mem_bytes);
 	memcpy(h + 24, l->id.b, 32);
 	memcpy(h + 56, l->parent.b, 32);
-	snap__put64(h + 88, l->n);
+	snap__put64(h + 88, pages);
 	snap__sha256(t, rl + TOP_HDR, &sum);
 	memcpy(h + TOP_HDR, sum.b, 32);
 	*len = rl + TOP_TAIL;
@@ -76,10 +128,12 @@ static uint8_t *encode_tail(const struct snap_layer *l, const struct snap_range 
 static int assemble_top(struct snap_store *s, const struct snap_id *chain, const char *name,
 			struct snap_err *err)
 {
+	struct snap_layer_entry *e = NULL;
 	struct snap_range *runs = NULL;
 	struct snap_layer l;
 	uint8_t *tail = NULL;
 	size_t len = 0;
+	uint64_t ne = 0;
 	uint32_t n = 0;
 	int r;
 
@@ -89,12 +143,16 @@ static int assemble_top(struct snap_store *s, const struct snap_id *chain, const
 	if (!l.has_parent || memcmp(&l.parent, &chain[1], sizeof(l.parent)))
 		r = snap__fail(err, EINVAL, "image %s: the layer's parent is not the chain's",
 			       name);
-	if (!r && (!(runs = runs_of(&l, &n)) || !(tail = encode_tail(&l, runs, n, &len))))
+	if (!r)
+		r = fill_gaps(s, &l, SNAP_SPLIT_GAP, &e, &ne, err);
+	if (!r && (!(runs = runs_of(e, ne, &n)) ||
+		   !(tail = encode_tail(&l, runs, n, ne, &len))))
 		r = snap__fail(err, ENOMEM, "image %s: out of memory", name);
 	if (!r)
-		r = snap__image_write(s, name, l.e, l.n, l.mem_bytes, tail, len, err);
+		r = snap__image_write(s, name, e, ne, l.mem_bytes, tail, len, err);
 	free(tail);
 	free(runs);
+	free(e);
 	snap_layer_release(&l);
 	return r;
 }

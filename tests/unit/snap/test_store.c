@@ -366,7 +366,7 @@ static void test_split(struct snap_store *s)
 	struct snap_err err;
 	struct snap_layer l;
 	char hex[65], name[400];
-	uint64_t in_runs = 0, nonzero = 0;
+	uint64_t in_runs = 0, nonzero = 0, gaps = 0;
 	struct stat st;
 	uint8_t *mem, *buf = malloc(MEM);
 
@@ -387,14 +387,24 @@ static void test_split(struct snap_store *s)
 	CHECK(snap_image_read(&a, buf, MEM, 0) == 0 && !memcmp(buf, fa, MEM));
 	CHECK(snap_image_read(&a, buf, 3 * SNAP_PAGE, MEM - 3 * SNAP_PAGE) == 0);
 
-	/* The top file holds the function layer's pages only: none of the runtime's. */
+	/*
+	 * The top file holds the function layer's pages, and of the runtime's only those
+	 * in gaps of at most SNAP_SPLIT_GAP pages between them (they read as the runtime's:
+	 * the memory compared above).
+	 */
 	CHECK(snap_layer_read(s, &id_fa, &l, &err) == 0);
-	for (uint32_t i = 0; i < a.nruns; i++)
+	for (uint32_t i = 0; i < a.nruns; i++) {
 		in_runs += a.runs[i].count;
-	for (uint64_t k = 0; k < l.n; k++)
+		CHECK(!i || a.runs[i].gpn - a.runs[i - 1].gpn - a.runs[i - 1].count >
+			    SNAP_SPLIT_GAP);
+	}
+	for (uint64_t k = 0; k < l.n; k++) {
 		nonzero += !snap_id_is_zero(&l.e[k].page);
-	CHECK(in_runs == l.n && !fstat(a.top_fd, &st));
-	CHECK((uint64_t)st.st_blocks * 512 <= (nonzero + 2) * SNAP_PAGE);
+		gaps += k && l.e[k].gpn - l.e[k - 1].gpn - 1 <= SNAP_SPLIT_GAP ?
+			l.e[k].gpn - l.e[k - 1].gpn - 1 : 0;
+	}
+	CHECK(in_runs == l.n + gaps && !fstat(a.top_fd, &st));
+	CHECK((uint64_t)st.st_blocks * 512 <= (nonzero + gaps + 2) * SNAP_PAGE);
 	snap_layer_release(&l);
 	snap_image_close(&a);
 	snap_image_close(&b);
