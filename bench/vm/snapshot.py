@@ -147,6 +147,12 @@ def take_layered(vmm, task, store, jail):
     """The VM tier's chain: base and runtime layers from one boot of python3 with no
     function, then the function's layer from that runtime restored and sent a load
     frame (channel type 4) that imports examples/hello-py."""
+    take_runtime(vmm, store, jail)
+    return take_function(vmm, task, store, jail, "hello")
+
+
+def take_runtime(vmm, store, jail):
+    """Boots python3 with no function: base and runtime layers, rt.snap beside store."""
     p = lambda name: os.path.join(os.path.dirname(store), name)
     ours, theirs = socket.socketpair()
     args = [vmm, "--channel-fd", str(theirs.fileno())] + ([] if jail else ["--no-jail"])
@@ -162,16 +168,21 @@ def take_layered(vmm, task, store, jail):
     proc.wait(timeout=30)
     subprocess.run([vmm, "--build-runtime", p("base.dump"), p("rt.dump"), store,
                     p("rt.snap")], check=True, stdout=subprocess.DEVNULL)
+
+
+def take_function(vmm, task, store, jail, name):
+    """The function in task as a layer on the runtime (take_runtime): NAME.snap."""
+    p = lambda f: os.path.join(os.path.dirname(store), f)
     proc, sock, _ = spawn(vmm, task, jail, ["--restore", p("rt.snap"), "--snap-store", store,
-                                            "--snapshot-dump", p("hello.dump")])
+                                            "--snapshot-dump", p(name + ".dump")])
     env = json.dumps({"env": {"STOKE_ENTRY": "handler.py", "STOKE_CHANNEL_FD": "3"}})
     sock.sendall(len(env).to_bytes(4, "little") + bytes([4, 1, 0, 0]) + env.encode())
-    wait_dump(p("hello.dump"), proc)
+    wait_dump(p(name + ".dump"), proc)
     sock.close()
     proc.wait(timeout=30)
-    subprocess.run([vmm, "--build-snapshot", p("hello.dump"), store, p("hello.snap")],
+    subprocess.run([vmm, "--build-snapshot", p(name + ".dump"), store, p(name + ".snap")],
                    check=True, stdout=subprocess.DEVNULL)
-    return p("hello.snap")
+    return p(name + ".snap")
 
 
 def smaps_kb(pid, fields):

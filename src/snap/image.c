@@ -248,18 +248,18 @@ void snap_image_close(struct snap_image *img)
  * MAP_FIXED replaces the pages under an existing memory slot in one step; KVM drops
  * its translations of the old pages through its MMU notifier.
  */
-/* Where a piece of the image goes: file offset off is at base. */
+/* Where a piece of the image goes: memory offset off is at base. */
 struct place {
 	uint8_t *base;
 	uint64_t off;
 };
 
-static int map_piece(int fd, uint64_t off, uint64_t len, void *arg)
+static int map_piece(int fd, uint64_t file_off, uint64_t off, uint64_t len, void *arg)
 {
 	struct place *at = arg;
 
 	if (mmap(at->base + (off - at->off), len, PROT_READ | PROT_WRITE,
-		 MAP_PRIVATE | MAP_FIXED | MAP_NORESERVE, fd, (off_t)off) == MAP_FAILED)
+		 MAP_PRIVATE | MAP_FIXED | MAP_NORESERVE, fd, (off_t)file_off) == MAP_FAILED)
 		return -errno;
 	return 0;
 }
@@ -274,7 +274,7 @@ int snap_image_map(const struct snap_image *img, void *addr, uint64_t len, uint6
 	    off > img->size || len > img->size - off)
 		return snap__fail(err, EINVAL, "image map: range not page aligned or too long");
 	/* A split image: the parent's image under all of it, then each top-layer run. */
-	r = map_piece(img->fd, off, len, &at);
+	r = map_piece(img->fd, off, off, len, &at);
 	if (!r && img->top_fd >= 0)
 		r = snap__image_runs(img, off, len, map_piece, &at);
 	if (r)
@@ -282,11 +282,11 @@ int snap_image_map(const struct snap_image *img, void *addr, uint64_t len, uint6
 	return 0;
 }
 
-static int read_piece(int fd, uint64_t off, uint64_t len, void *arg)
+static int read_piece(int fd, uint64_t file_off, uint64_t off, uint64_t len, void *arg)
 {
 	struct place *at = arg;
 
-	return snap__pread_all(fd, at->base + (off - at->off), len, off);
+	return snap__pread_all(fd, at->base + (off - at->off), len, file_off);
 }
 
 int snap_image_read(const struct snap_image *img, void *buf, uint64_t len, uint64_t off)

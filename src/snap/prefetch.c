@@ -25,8 +25,8 @@ struct pf {
 	struct snap_huge_plan plan;
 };
 
-/* Brings [off, off + len) of one file in (a split image's piece: same offsets). */
-static int fill_piece(int fd, uint64_t off, uint64_t len, void *arg)
+/* Brings the file's part of memory [mem_off, mem_off + len) in, from off in fd. */
+static int fill_piece(int fd, uint64_t off, uint64_t mem_off, uint64_t len, void *arg)
 {
 	struct pf *pf = arg;
 	void *p;
@@ -231,25 +231,22 @@ static void *huge_read(void *arg)
 }
 
 /*
- * The file a 2 MiB region of a split image comes from whole: fd (no top-layer page in
- * it), top_fd (inside one top-layer run), or -1 when it mixes both. A huge folio and
- * the one PMD that maps it need the whole region from one file at one offset.
+ * The file a 2 MiB region comes from whole: fd, or -1 when a split image's top layer
+ * has pages in it. A huge folio and the one PMD that maps it need the whole region
+ * from one file at an offset aligned as the region is (the top-layer file packs its
+ * runs, so only the parent's image qualifies).
  */
 static int region_fd(const struct snap_image *img, uint64_t region)
 {
-	uint64_t a = region * HUGE_PAGES, b = a + HUGE_PAGES, in = 0;
+	uint64_t a = region * HUGE_PAGES, b = a + HUGE_PAGES;
 
-	for (uint32_t i = 0; i < img->nruns && img->runs[i].gpn < b; i++) {
-		uint64_t s = img->runs[i].gpn > a ? img->runs[i].gpn : a;
-		uint64_t e = img->runs[i].gpn + img->runs[i].count;
-
-		e = e < b ? e : b;
-		in += e > s ? e - s : 0;
-	}
-	return !in ? img->fd : in == HUGE_PAGES ? img->top_fd : -1;
+	for (uint32_t i = 0; i < img->nruns && img->runs[i].gpn < b; i++)
+		if (img->runs[i].gpn + img->runs[i].count > a)
+			return -1;
+	return img->fd;
 }
 
-/* Leaves out the regions that mix the two files of a split image. */
+/* Leaves out the regions with top-layer pages of a split image. */
 static void plan_one_file(struct snap_huge_plan *plan, const struct snap_image *img)
 {
 	uint32_t k = 0;

@@ -178,6 +178,13 @@ struct snap_range {
 	uint64_t count;
 };
 
+/* A run of a split image's top-layer pages: guest pages, and where the file has them. */
+struct snap_image_run {
+	uint64_t gpn;
+	uint64_t count;
+	uint64_t file_page;
+};
+
 /*
  * Restore images: a layer chain assembled into one uncompressed file of mem_bytes
  * (zero pages are holes), cached in the image directory under the top layer's id.
@@ -195,7 +202,7 @@ struct snap_image {
 	int damaged;			/* -errno: why a cached top-layer file was rebuilt */
 	int top_fd;			/* split: the top layer's pages, else -1 */
 	uint32_t nruns;			/* split: the top layer's runs of pages, sorted */
-	struct snap_range *runs;
+	struct snap_image_run *runs;
 	struct snap_id parent;		/* split: whose image fd is */
 };
 

@@ -80,8 +80,9 @@ int snap__flatten(struct snap_store *s, const struct snap_id *top,
 /* Opens images/<name> read-only; *size is its length. */
 int snap__image_open_file(struct snap_store *s, const char *name, int *fd, uint64_t *size);
 
-/* Called per piece of an image: fd holds [off, off + len) at the same offsets. */
-typedef int (*snap__piece_fn)(int fd, uint64_t off, uint64_t len, void *arg);
+/* Called per piece of an image: fd holds memory [off, off + len) at file_off. */
+typedef int (*snap__piece_fn)(int fd, uint64_t file_off, uint64_t off, uint64_t len,
+			      void *arg);
 /* Calls fn for each part of [off, off + len) in a top-layer run of a split image. */
 int snap__image_runs(const struct snap_image *img, uint64_t off, uint64_t len,
 		     snap__piece_fn fn, void *arg);

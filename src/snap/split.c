@@ -1,8 +1,8 @@
 /*
  * Split restore images: the parent chain's image (shared by every layer on that
  * parent, so by every function of a runtime) plus a file of the top layer's own pages,
- * mapped over it run by run. Two functions of one runtime then map the same runtime
- * pages from the page cache. Layout of the top-layer file: docs/snapshots.md.
+ * packed run after run, mapped over it run by run. Two functions of one runtime then
+ * map the same runtime pages from the page cache. Layout: docs/snapshots.md.
  */
 #include "snap_int.h"
 
@@ -28,11 +28,14 @@ static void top_name(const struct snap_id *top, char name[80])
 	snprintf(name, 80, "%s.top", hex);
 }
 
-/* The runs of contiguous entries (zero entries included: they read as holes). */
-static struct snap_range *runs_of(const struct snap_layer_entry *e, uint64_t ne,
-				  uint32_t *n)
+/*
+ * The runs of contiguous entries (zero entries included: they read as holes), each
+ * packed after the one before in the file.
+ */
+static struct snap_image_run *runs_of(const struct snap_layer_entry *e, uint64_t ne,
+				      uint32_t *n)
 {
-	struct snap_range *r = malloc((ne ? ne : 1) * sizeof(*r));
+	struct snap_image_run *r = malloc((ne ? ne : 1) * sizeof(*r));
 	uint32_t k = 0;
 
 	if (!r)
@@ -41,7 +44,7 @@ static struct snap_range *runs_of(const struct snap_layer_entry *e, uint64_t ne,
 		if (k && r[k - 1].gpn + r[k - 1].count == e[i].gpn)
 			r[k - 1].count++;
 		else
-			r[k++] = (struct snap_range){ e[i].gpn, 1 };
+			r[k++] = (struct snap_image_run){ e[i].gpn, 1, i };
 	}
 	*n = k;
 	return r;
@@ -99,7 +102,7 @@ static int fill_gaps(struct snap_store *s, const struct snap_layer *l, uint64_t 
 }
 
 /* The tail after mem_bytes: runs, header, SHA-256 of both. */
-static uint8_t *encode_tail(const struct snap_layer *l, const struct snap_range *runs,
+static uint8_t *encode_tail(const struct snap_layer *l, const struct snap_image_run *runs,
 			    uint32_t n, uint64_t pages, size_t *len)
 {
 	size_t rl = (size_t)n * 16;
@@ -129,7 +132,7 @@ static int assemble_top(struct snap_store *s, const struct snap_id *chain, const
 			struct snap_err *err)
 {
 	struct snap_layer_entry *e = NULL;
-	struct snap_range *runs = NULL;
+	struct snap_image_run *runs = NULL;
 	struct snap_layer l;
 	uint8_t *tail = NULL;
 	size_t len = 0;
@@ -148,8 +151,11 @@ static int assemble_top(struct snap_store *s, const struct snap_id *chain, const
 	if (!r && (!(runs = runs_of(e, ne, &n)) ||
 		   !(tail = encode_tail(&l, runs, n, ne, &len))))
 		r = snap__fail(err, ENOMEM, "image %s: out of memory", name);
+	/* Packed: entry i is the file's page i. */
+	for (uint64_t i = 0; !r && i < ne; i++)
+		e[i].gpn = i;
 	if (!r)
-		r = snap__image_write(s, name, e, ne, l.mem_bytes, tail, len, err);
+		r = snap__image_write(s, name, e, ne, ne * SNAP_PAGE, tail, len, err);
 	free(tail);
 	free(runs);
 	free(e);
@@ -157,14 +163,15 @@ static int assemble_top(struct snap_store *s, const struct snap_id *chain, const
 	return r;
 }
 
-static int check_runs(const struct snap_range *r, uint32_t n, uint64_t npages,
+/* Sorted, disjoint, inside memory, separated (else they would be one), pages in all. */
+static int check_runs(const struct snap_image_run *r, uint32_t n, uint64_t npages,
 		      uint64_t pages)
 {
 	uint64_t end = 0, sum = 0;
 
 	for (uint32_t i = 0; i < n; i++) {
 		if (!r[i].count || r[i].gpn < end || (i && r[i].gpn == end) ||
-		    r[i].count > npages - r[i].gpn || r[i].gpn >= npages)
+		    r[i].gpn >= npages || r[i].count > npages - r[i].gpn)
 			return -EINVAL;
 		end = r[i].gpn + r[i].count;
 		sum += r[i].count;
@@ -172,11 +179,27 @@ static int check_runs(const struct snap_range *r, uint32_t n, uint64_t npages,
 	return sum == pages ? 0 : -EINVAL;
 }
 
+/* The runs of the tail t (n of them), with the file page each starts at. */
+static int decode_runs(const uint8_t *t, uint32_t n, struct snap_image *img)
+{
+	uint64_t at = 0;
+
+	img->runs = malloc((n ? n : 1) * sizeof(*img->runs));
+	if (!img->runs)
+		return -ENOMEM;
+	for (uint32_t i = 0; i < n; i++) {
+		img->runs[i] = (struct snap_image_run){ snap__get64(t + 16 * i),
+							snap__get64(t + 16 * i + 8), at };
+		at += img->runs[i].count;
+	}
+	return 0;
+}
+
 /* Reads and checks the tail of a top-layer file of size bytes into img. */
 static int read_tail(int fd, uint64_t size, const struct snap_id *top, struct snap_image *img)
 {
 	uint8_t h[TOP_TAIL], *t;
-	uint64_t mem, rl;
+	uint64_t mem, rl, pages;
 	struct snap_id sum;
 	uint32_t n;
 	int r;
@@ -189,25 +212,23 @@ static int read_tail(int fd, uint64_t size, const struct snap_id *top, struct sn
 		return -EPROTONOSUPPORT;
 	n = snap__get32(h + 12);
 	mem = snap__get64(h + 16);
+	pages = snap__get64(h + 88);
 	rl = (uint64_t)n * 16;
-	if (n > TOP_MAX_RUNS || mem % SNAP_PAGE || size != mem + rl + TOP_TAIL)
+	if (n > TOP_MAX_RUNS || mem % SNAP_PAGE || pages > mem / SNAP_PAGE ||
+	    size != pages * SNAP_PAGE + rl + TOP_TAIL)
 		return -ENODATA;
 	if (memcmp(h + 24, top->b, 32))
 		return -ESTALE;
 	if (!(t = malloc(rl + TOP_HDR)))
 		return -ENOMEM;
-	r = snap__pread_all(fd, t, rl + TOP_HDR, mem);
+	r = snap__pread_all(fd, t, rl + TOP_HDR, pages * SNAP_PAGE);
 	if (!r) {
 		snap__sha256(t, rl + TOP_HDR, &sum);
 		r = memcmp(sum.b, h + TOP_HDR, 32) ? -EBADMSG : 0;
 	}
-	img->runs = r ? NULL : malloc((n ? n : 1) * sizeof(*img->runs));
-	if (!r && !img->runs)
-		r = -ENOMEM;
-	for (uint32_t i = 0; !r && i < n; i++)
-		img->runs[i] = (struct snap_range){ snap__get64(t + 16 * i),
-						    snap__get64(t + 16 * i + 8) };
-	if (!r && !(r = check_runs(img->runs, n, mem / SNAP_PAGE, snap__get64(h + 88)))) {
+	if (!r)
+		r = decode_runs(t, n, img);
+	if (!r && !(r = check_runs(img->runs, n, mem / SNAP_PAGE, pages))) {
 		img->nruns = n;
 		img->size = mem;
 		memcpy(img->parent.b, h + 56, 32);
@@ -341,17 +362,26 @@ int snap__image_runs(const struct snap_image *img, uint64_t off, uint64_t len,
 	int r;
 
 	for (uint32_t i = run_after(img, off / SNAP_PAGE); i < img->nruns; i++) {
-		uint64_t a = img->runs[i].gpn * SNAP_PAGE;
-		uint64_t b = a + img->runs[i].count * SNAP_PAGE;
+		const struct snap_image_run *run = &img->runs[i];
+		uint64_t a = run->gpn * SNAP_PAGE, b = a + run->count * SNAP_PAGE;
+		uint64_t base = run->file_page * SNAP_PAGE;
 
 		if (a >= end)
 			break;
 		a = a > off ? a : off;
 		b = b < end ? b : end;
-		if ((r = fn(img->top_fd, a, b - a, arg)))
+		r = fn(img->top_fd, base + a - run->gpn * SNAP_PAGE, a, b - a, arg);
+		if (r)
 			return r;
 	}
 	return 0;
+}
+
+/* Calls fn for the parent's part [at, a) of a split image (nothing if empty). */
+static int parent_piece(const struct snap_image *img, uint64_t at, uint64_t a,
+			snap__piece_fn fn, void *arg)
+{
+	return a > at ? fn(img->fd, at, at, a - at, arg) : 0;
 }
 
 int snap__image_pieces(const struct snap_image *img, uint64_t off, uint64_t len,
@@ -361,18 +391,20 @@ int snap__image_pieces(const struct snap_image *img, uint64_t off, uint64_t len,
 	int r;
 
 	for (uint32_t i = run_after(img, off / SNAP_PAGE); at < end && i < img->nruns; i++) {
-		uint64_t a = img->runs[i].gpn * SNAP_PAGE;
-		uint64_t b = a + img->runs[i].count * SNAP_PAGE;
+		const struct snap_image_run *run = &img->runs[i];
+		uint64_t a = run->gpn * SNAP_PAGE, b = a + run->count * SNAP_PAGE;
+		uint64_t base = run->file_page * SNAP_PAGE;
 
 		a = a > at ? a : at;
 		b = b < end ? b : end;
 		if (a >= end)
 			break;
-		if (a > at && (r = fn(img->fd, at, a - at, arg)))
+		if ((r = parent_piece(img, at, a, fn, arg)))
 			return r;
-		if ((r = fn(img->top_fd, a, b - a, arg)))
+		r = fn(img->top_fd, base + a - run->gpn * SNAP_PAGE, a, b - a, arg);
+		if (r)
 			return r;
 		at = b;
 	}
-	return at < end ? fn(img->fd, at, end - at, arg) : 0;
+	return parent_piece(img, at, end, fn, arg);
 }

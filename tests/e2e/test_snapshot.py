@@ -309,19 +309,18 @@ def test_layer_chain_restores_byte_for_byte(d):
     mem, bitmap, off, size, flags, dparent = dump_memory(p("fn.dump"))
     assert flags & 1 and dparent == rt_id
     assert not os.path.exists(os.path.join(store, "images", fn_id + ".img"))
-    runs, top_parent, top_mem, top = snaptools.top_file(store, fn_id)
+    own, runs, top_parent, top_mem = snaptools.top_file(store, fn_id)
     assert top_parent == rt_id and top_mem == size
-    own = {g for a, n in runs for g in range(a, a + n)}
     # The function layer's pages, and the runtime's only in short gaps between them (4
     # pages at most, SNAP_SPLIT_GAP: fewer mmaps per restore); compared below.
-    assert set(fn_entries) <= own, "the top file holds every page of the function layer"
+    assert set(fn_entries) <= set(own), "the top file holds every page of the function layer"
     assert all(b[0] - a[0] - a[1] > 4 for a, b in zip(runs, runs[1:])), runs
-    assert len(own - set(fn_entries)) <= 4 * (len(runs) + len(fn_entries))
+    assert len(set(own) - set(fn_entries)) <= 4 * (len(runs) + len(fn_entries))
     dirty = {i * 8 + b for i, byte in enumerate(bitmap) for b in range(8) if byte >> b & 1}
     for g in range(size // 4096):
         want = mem[off + g * 4096:off + g * 4096 + 4096] if g in dirty else \
             rt_img[g * 4096:g * 4096 + 4096]
-        got = top[g * 4096:g * 4096 + 4096] if g in own else rt_img[g * 4096:g * 4096 + 4096]
+        got = own[g] if g in own else rt_img[g * 4096:g * 4096 + 4096]
         assert got == want, g
 
     vm = Vmm(s.task, "--restore=" + p("fn.snap"), "--snap-store=" + store)

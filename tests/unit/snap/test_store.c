@@ -416,7 +416,7 @@ static void test_split(struct snap_store *s)
 	snap_image_close(&flat);
 
 	/* Derived data: damaged, truncated or missing, it is assembled again. */
-	damage_top(&id_fa, 40, 0);
+	damage_top(&id_fa, 136, 0);	/* in the run list */
 	CHECK(reopen_fa(s) == -EBADMSG);
 	damage_top(&id_fa, 1, 1);
 	CHECK(reopen_fa(s) == -ENOEXEC);	/* its trailer is no longer at the end */
