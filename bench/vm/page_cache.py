@@ -20,7 +20,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -87,10 +86,7 @@ def main():
     ap.add_argument("--build", default=os.path.join(vmrun.ROOT, "build"))
     ap.add_argument("--no-jail", action="store_true")
     a = ap.parse_args()
-    vmm = os.path.join(a.build, "src/vmm/stoke-vmm")
-    jail = not a.no_jail and os.geteuid() == 0
-    tmp = tempfile.mkdtemp(prefix="stoke-bench-pagecache-")
-    os.chmod(tmp, 0o755)
+    vmm, jail, tmp = snapbench.bench_setup(a, "stoke-bench-pagecache-")
     store = os.path.join(tmp, "store")
     try:
         fns = functions(vmm, tmp, store, jail, a.functions)

@@ -393,6 +393,15 @@ def print_table(res):
           "bench/vm/density.py.")
 
 
+def bench_setup(args, prefix):
+    """The VMM of args.build, whether to jail it (root, no --no-jail) and a temporary
+    directory its unprivileged jailed self can read."""
+    vmm = os.path.join(args.build, "src/vmm/stoke-vmm")
+    tmp = tempfile.mkdtemp(prefix=prefix)
+    os.chmod(tmp, 0o755)
+    return vmm, not args.no_jail and os.geteuid() == 0, tmp
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=200)
@@ -403,10 +412,7 @@ def main():
     ap.add_argument("--cgroup-vms", type=int, default=5,
                     help="VMs per variant whose cgroup charge is read")
     a = ap.parse_args()
-    vmm = os.path.join(a.build, "src/vmm/stoke-vmm")
-    jail = not a.no_jail and os.geteuid() == 0
-    tmp = tempfile.mkdtemp(prefix="stoke-bench-snap-")
-    os.chmod(tmp, 0o755)
+    vmm, jail, tmp = bench_setup(a, "stoke-bench-snap-")
     task = os.path.join(tmp, "task")
     store = os.path.join(tmp, "store")
     shutil.copytree(HELLO, task)
