@@ -99,7 +99,7 @@ def wait_parked(pid, chan, timeout=10):
     raise RuntimeError("the VM never waited for its request")
 
 
-def take_snapshot(vmm, task, store, jail, layered):
+def take_snapshot(vmm, task, store, jail, layered=True):
     """The function's snapshot (layered: the tier's three-layer chain; otherwise one
     base layer taken at the first read) and its working set. Returns the snapshot file,
     every image file of the store (an eviction drops them all) and the working set."""

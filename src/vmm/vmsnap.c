@@ -851,7 +851,7 @@ static void keep_only(int a, int b)
  * The preload in a child process of its own, for a VMM that is already jailed in
  * namespaces (a generic shell) and drops its privileges soon: glibc's setresuid makes
  * every thread of the process take a signal first, which a thread waiting in a 2 MiB
- * read would delay by milliseconds. The child keeps only the image's descriptor and
+ * read would delay by milliseconds. The child keeps only the image's descriptors and
  * exits when the reads are done (SIGCHLD ignored: nobody waits for it).
  */
 static int preload_apart(struct preload *p)
