@@ -106,11 +106,12 @@ static uint8_t *encode_tail(const struct snap_layer *l, const struct snap_image_
 			    uint32_t n, uint64_t pages, size_t *len)
 {
 	size_t rl = (size_t)n * 16;
-	uint8_t *t = calloc(1, rl + TOP_TAIL), *h = t + rl;
+	uint8_t *t = calloc(1, rl + TOP_TAIL), *h;
 	struct snap_id sum;
 
 	if (!t)
 		return NULL;
+	h = t + rl;
 	for (uint32_t i = 0; i < n; i++) {
 		snap__put64(t + 16 * i, runs[i].gpn);
 		snap__put64(t + 16 * i + 8, runs[i].count);
