@@ -11,7 +11,7 @@ only events before the response arrived count (the VM then runs on to its exit).
 Columns: faults, entries set, of them prefetched (set - faults), 2 MiB entries, guest
 pages mapped, writable entries. Writes bench/results/guest_faults.json.
 
-usage: bench/vm/guest_faults.py [--runs N] [--build DIR]
+usage: bench/vm/guest_faults.py [--runs N] [--build DIR] [--one-layer]
 """
 import argparse
 import json
@@ -48,7 +48,7 @@ def restore_once(vmm, task, extra, img, out):
 
 def count(tmp, vmm, task, extra, img):
     data, times = os.path.join(tmp, "perf.data"), os.path.join(tmp, "t.json")
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", vmm, task, img, times,
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", vmm, task, json.dumps(img), times,
            json.dumps(extra)]
     subprocess.run(["perf", "record", "-q", "-k", "CLOCK_MONOTONIC", "-o", data, "-e",
                     EVENTS, "--"] + cmd, check=True, stdout=subprocess.DEVNULL,
@@ -78,11 +78,13 @@ def count(tmp, vmm, task, extra, img):
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         vmm, task, img, out, extra = sys.argv[2:7]
-        restore_once(vmm, task, json.loads(extra), img, out)
+        restore_once(vmm, task, json.loads(extra), json.loads(img), out)
         return
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--build", default=os.path.join(vmrun.ROOT, "build"))
+    ap.add_argument("--one-layer", action="store_true",
+                    help="snapshot the function as one base layer (no runtime layer)")
     a = ap.parse_args()
     if os.geteuid() != 0 or not shutil.which("perf"):
         sys.exit("guest_faults: needs root and perf (KVM tracepoints)")
@@ -93,7 +95,7 @@ def main():
     shutil.copytree(snapbench.HELLO, task)
     res = {"with_working_set": [], "without": []}
     try:
-        snap, img, ws = snapbench.take_snapshot(vmm, task, store, True)
+        snap, img, ws = snapbench.take_snapshot(vmm, task, store, True, not a.one_layer)
         restore = ["--restore", snap, "--snap-store", store]
         for _ in range(a.runs):
             res["with_working_set"].append(count(tmp, vmm, task, restore + ["--snap-ws", ws],

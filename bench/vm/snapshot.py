@@ -24,6 +24,7 @@ Drives build/src/vmm/stoke-vmm directly over the channel, as bench/vm/run.py doe
 Prints a table and writes bench/results/snapshot_restore.json.
 
 usage: bench/vm/snapshot.py [--runs N] [--cgroup-vms N] [--build DIR] [--no-jail]
+                           [--one-layer]
 """
 import argparse
 import json
@@ -98,14 +99,20 @@ def wait_parked(pid, chan, timeout=10):
     raise RuntimeError("the VM never waited for its request")
 
 
-def take_snapshot(vmm, task, store, jail):
+def take_snapshot(vmm, task, store, jail, layered=True):
+    """The function's snapshot (layered: the tier's three-layer chain; otherwise one
+    base layer taken at the first read) and its working set. Returns the snapshot file,
+    every image file of the store (an eviction drops them all) and the working set."""
     dump = os.path.join(os.path.dirname(store), "hello.dump")
     snap = os.path.join(os.path.dirname(store), "hello.snap")
-    proc, sock, _ = spawn(vmm, task, jail, ["--snapshot-dump", dump])
-    vmrun.request(sock)  # the dump is complete before the request is read
-    sock.close()
-    proc.wait(timeout=30)
-    subprocess.run([vmm, "--build-snapshot", dump, store, snap], check=True)
+    if layered:
+        take_layered(vmm, task, store, jail)
+    else:
+        proc, sock, _ = spawn(vmm, task, jail, ["--snapshot-dump", dump])
+        vmrun.request(sock)  # the dump is complete before the request is read
+        sock.close()
+        proc.wait(timeout=30)
+        subprocess.run([vmm, "--build-snapshot", dump, store, snap], check=True)
     raw = os.path.join(os.path.dirname(store), "hello.wsraw")
     proc, sock, _ = spawn(vmm, task, jail, ["--restore", snap, "--snap-store", store,
                                             "--ws-out", raw])
@@ -113,9 +120,69 @@ def take_snapshot(vmm, task, store, jail):
     sock.close()
     proc.wait(timeout=30)
     subprocess.run([vmm, "--commit-ws", raw, store], check=True)
-    img = [f for f in os.listdir(os.path.join(store, "images")) if f.endswith(".img")][0]
-    img = os.path.join(store, "images", img)
-    return snap, img, img[:-4] + ".ws"
+    images = os.path.join(store, "images")
+    ws = [os.path.join(images, f) for f in os.listdir(images) if f.endswith(".ws")][0]
+    return snap, [os.path.join(images, f) for f in os.listdir(images)
+                  if not f.endswith(".ws")], ws
+
+
+def wait_dump(path, proc, timeout=120):
+    """Until stoke-vmm wrote a whole dump at path (its magic is written last)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.path.exists(path):
+            with open(path, "rb") as f:
+                magic = f.read(8)
+            if magic == b"STOKDUMP":
+                return
+            if magic == b"STOKNONE":
+                break
+        if proc.poll() is not None:
+            break
+        time.sleep(0.005)
+    raise RuntimeError("no snapshot dump at " + path)
+
+
+def take_layered(vmm, task, store, jail):
+    """The VM tier's chain: base and runtime layers from one boot of python3 with no
+    function, then the function's layer from that runtime restored and sent a load
+    frame (channel type 4) that imports examples/hello-py."""
+    take_runtime(vmm, store, jail)
+    return take_function(vmm, task, store, jail, "hello")
+
+
+def take_runtime(vmm, store, jail):
+    """Boots python3 with no function: base and runtime layers, rt.snap beside store."""
+    p = lambda name: os.path.join(os.path.dirname(store), name)
+    ours, theirs = socket.socketpair()
+    args = [vmm, "--channel-fd", str(theirs.fileno())] + ([] if jail else ["--no-jail"])
+    args += ["--mem-mb", "256", "--rootfs", vmrun.ROOTFS,
+             "--runtime", os.path.join(ROOT, "runtimes/python3"),
+             "--env", "STOKE_SNAPSHOT=runtime", "--snapshot-base-dump", p("base.dump"),
+             "--snapshot-dump", p("rt.dump"),
+             "--", "/usr/bin/python3", "-S", "/var/runtime/bootstrap.py"]
+    proc = subprocess.Popen(args, pass_fds=[theirs.fileno()], stdout=subprocess.DEVNULL)
+    theirs.close()
+    wait_dump(p("rt.dump"), proc)
+    ours.close()
+    proc.wait(timeout=30)
+    subprocess.run([vmm, "--build-runtime", p("base.dump"), p("rt.dump"), store,
+                    p("rt.snap")], check=True, stdout=subprocess.DEVNULL)
+
+
+def take_function(vmm, task, store, jail, name):
+    """The function in task as a layer on the runtime (take_runtime): NAME.snap."""
+    p = lambda f: os.path.join(os.path.dirname(store), f)
+    proc, sock, _ = spawn(vmm, task, jail, ["--restore", p("rt.snap"), "--snap-store", store,
+                                            "--snapshot-dump", p(name + ".dump")])
+    env = json.dumps({"env": {"STOKE_ENTRY": "handler.py", "STOKE_CHANNEL_FD": "3"}})
+    sock.sendall(len(env).to_bytes(4, "little") + bytes([4, 1, 0, 0]) + env.encode())
+    wait_dump(p(name + ".dump"), proc)
+    sock.close()
+    proc.wait(timeout=30)
+    subprocess.run([vmm, "--build-snapshot", p(name + ".dump"), store, p(name + ".snap")],
+                   check=True, stdout=subprocess.DEVNULL)
+    return p(name + ".snap")
 
 
 def smaps_kb(pid, fields):
@@ -151,10 +218,11 @@ def vmm_pid_of(supervisor):
     return int(kids[0]) if kids else None
 
 
-def evict(img):
-    fd = os.open(img, os.O_RDONLY)
-    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    os.close(fd)
+def evict(images):
+    for img in images:
+        fd = os.open(img, os.O_RDONLY)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
 
 
 def idle_memory(proc, jail, mem):
@@ -325,29 +393,38 @@ def print_table(res):
           "bench/vm/density.py.")
 
 
+def bench_setup(args, prefix):
+    """The VMM of args.build, whether to jail it (root, no --no-jail) and a temporary
+    directory its unprivileged jailed self can read."""
+    vmm = os.path.join(args.build, "src/vmm/stoke-vmm")
+    tmp = tempfile.mkdtemp(prefix=prefix)
+    os.chmod(tmp, 0o755)
+    return vmm, not args.no_jail and os.geteuid() == 0, tmp
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=200)
     ap.add_argument("--build", default=os.path.join(ROOT, "build"))
     ap.add_argument("--no-jail", action="store_true")
+    ap.add_argument("--one-layer", action="store_true",
+                    help="snapshot the function as one base layer (before runtime layers)")
     ap.add_argument("--cgroup-vms", type=int, default=5,
                     help="VMs per variant whose cgroup charge is read")
     a = ap.parse_args()
-    vmm = os.path.join(a.build, "src/vmm/stoke-vmm")
-    jail = not a.no_jail and os.geteuid() == 0
-    tmp = tempfile.mkdtemp(prefix="stoke-bench-snap-")
-    os.chmod(tmp, 0o755)
+    vmm, jail, tmp = bench_setup(a, "stoke-bench-snap-")
     task = os.path.join(tmp, "task")
     store = os.path.join(tmp, "store")
     shutil.copytree(HELLO, task)
     try:
-        snap, img, ws = take_snapshot(vmm, task, store, jail)
+        snap, img, ws = take_snapshot(vmm, task, store, jail, not a.one_layer)
         r, mem, park = measure(vmm, task, jail, a.runs, snap, img, ws, store)
         cgroups = cgroup_memory(vmm, task, jail, snap, ws, store, a.cgroup_vms)
     finally:
         shutil.rmtree(tmp)
     first = {k: summary(v) for k, v in r.items()}
     res = {"runs": a.runs, "jail": jail, "function": "examples/hello-py",
+           "snapshot": "one layer" if a.one_layer else "base, runtime, function layers",
            "first_response_ms": first, "shell_touch_park_ms": summary(park),
            "evicted": {"ratio_p50": first["evicted_lazy"]["p50"] / first["evicted_ws"]["p50"],
                        "ratio_generic_p50": first["evicted_lazy_generic"]["p50"] /

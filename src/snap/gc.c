@@ -133,7 +133,8 @@ static void prune_images(struct snap_store *s, struct snap_gc_stats *st)
 		const char *dot = strchr(d->d_name, '.');
 
 		if (d->d_name[0] == '.') {
-			if (strstr(d->d_name, ".img.") && !unlinkat(s->images, d->d_name, 0))
+			if ((strstr(d->d_name, ".img.") || strstr(d->d_name, ".top.")) &&
+			    !unlinkat(s->images, d->d_name, 0))
 				st->tmp_removed++;
 			continue;
 		}

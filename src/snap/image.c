@@ -78,6 +78,21 @@ static int flatten(struct snap_store *s, const struct snap_id *top, struct flat 
 	return r;
 }
 
+int snap__flatten(struct snap_store *s, const struct snap_id *top,
+		  struct snap_layer_entry **e, uint64_t *n, struct snap_err *err)
+{
+	struct flat f = { 0 };
+	int r = flatten(s, top, &f, err);
+
+	if (r) {
+		free(f.e);
+		return r;
+	}
+	*e = f.e;
+	*n = f.n;
+	return 0;
+}
+
 static int write_run(int fd, const uint8_t *buf, uint64_t k, uint64_t gpn,
 		     struct snap_err *err)
 {
@@ -92,8 +107,8 @@ static int write_run(int fd, const uint8_t *buf, uint64_t k, uint64_t gpn,
 }
 
 /* Writes the non-zero pages, batching contiguous ones; zero pages stay holes. */
-static int write_pages(struct snap_store *s, int fd, const struct flat *f,
-		       struct snap_err *err)
+static int write_pages(struct snap_store *s, int fd, const struct snap_layer_entry *e,
+		       uint64_t n, struct snap_err *err)
 {
 	uint8_t *buf = malloc(RUN_PAGES * SNAP_PAGE);
 	uint64_t i = 0, k;
@@ -101,43 +116,51 @@ static int write_pages(struct snap_store *s, int fd, const struct flat *f,
 
 	if (!buf)
 		return snap__fail(err, ENOMEM, "image: out of memory");
-	while (!r && i < f->n) {
-		if (snap_id_is_zero(&f->e[i].page)) {
+	while (!r && i < n) {
+		if (snap_id_is_zero(&e[i].page)) {
 			i++;
 			continue;
 		}
-		for (k = 0; !r && k < RUN_PAGES && i + k < f->n &&
-			    f->e[i + k].gpn == f->e[i].gpn + k &&
-			    !snap_id_is_zero(&f->e[i + k].page); k++)
-			r = snap_page_read(s, &f->e[i + k].page, buf + k * SNAP_PAGE, err);
+		for (k = 0; !r && k < RUN_PAGES && i + k < n && e[i + k].gpn == e[i].gpn + k &&
+			    !snap_id_is_zero(&e[i + k].page); k++)
+			r = snap_page_read(s, &e[i + k].page, buf + k * SNAP_PAGE, err);
 		if (!r)
-			r = write_run(fd, buf, k, f->e[i].gpn, err);
+			r = write_run(fd, buf, k, e[i].gpn, err);
 		i += k;
 	}
 	free(buf);
 	return r;
 }
 
-static int assemble(struct snap_store *s, const struct snap_id *top, const char *name,
-		    struct snap_err *err)
+static int write_tail(int fd, uint64_t mem_bytes, const void *tail, size_t len,
+		      struct snap_err *err)
 {
-	struct flat f = { 0 };
-	char tmp[128];
-	int fd, r;
+	ssize_t n = len ? pwrite(fd, tail, len, (off_t)mem_bytes) : 0;
 
-	r = flatten(s, top, &f, err);
-	if (r)
-		goto out;
+	if (n < 0)
+		return snap__fail(err, errno, "image: write: %s", strerror(errno));
+	if ((size_t)n != len)
+		return snap__fail(err, ENOSPC, "image: write: %s", strerror(ENOSPC));
+	return 0;
+}
+
+int snap__image_write(struct snap_store *s, const char *name,
+		      const struct snap_layer_entry *e, uint64_t n, uint64_t mem_bytes,
+		      const void *tail, size_t tail_len, struct snap_err *err)
+{
+	char tmp[128];
+	int fd, r = 0;
+
 	snprintf(tmp, sizeof(tmp), ".%s.%d.%u.tmp", name, (int)getpid(), snap__seq());
 	fd = openat(s->images, tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-	if (fd < 0) {
-		r = snap__fail(err, errno, "image %s: %s", name, strerror(errno));
-		goto out;
-	}
-	if (ftruncate(fd, (off_t)f.mem_bytes) < 0)
+	if (fd < 0)
+		return snap__fail(err, errno, "image %s: %s", name, strerror(errno));
+	if (ftruncate(fd, (off_t)mem_bytes) < 0)
 		r = snap__fail(err, errno, "image %s: truncate: %s", name, strerror(errno));
 	if (!r)
-		r = write_pages(s, fd, &f, err);
+		r = write_pages(s, fd, e, n, err);
+	if (!r)
+		r = write_tail(fd, mem_bytes, tail, tail_len, err);
 	/* Data before the name: after a crash the name never points at a partial file. */
 	if (!r && fdatasync(fd) < 0)
 		r = snap__fail(err, errno, "image %s: fdatasync: %s", name, strerror(errno));
@@ -146,25 +169,41 @@ static int assemble(struct snap_store *s, const struct snap_id *top, const char 
 		r = snap__fail(err, errno, "image %s: rename: %s", name, strerror(errno));
 	if (r)
 		unlinkat(s->images, tmp, 0);
-out:
+	return r;
+}
+
+static int assemble(struct snap_store *s, const struct snap_id *top, const char *name,
+		    struct snap_err *err)
+{
+	struct flat f = { 0 };
+	int r;
+
+	r = flatten(s, top, &f, err);
+	if (!r)
+		r = snap__image_write(s, name, f.e, f.n, f.mem_bytes, NULL, 0, err);
 	free(f.e);
 	return r;
 }
 
-static int open_cached(struct snap_store *s, const char *name, struct snap_image *img)
+int snap__image_open_file(struct snap_store *s, const char *name, int *fd, uint64_t *size)
 {
 	struct stat st;
 
-	img->fd = openat(s->images, name, O_RDONLY | O_CLOEXEC);
-	if (img->fd < 0)
+	*fd = openat(s->images, name, O_RDONLY | O_CLOEXEC);
+	if (*fd < 0)
 		return -errno;
-	if (fstat(img->fd, &st) < 0) {
-		close(img->fd);
-		img->fd = -1;
+	if (fstat(*fd, &st) < 0) {
+		close(*fd);
+		*fd = -1;
 		return -EIO;
 	}
-	img->size = (uint64_t)st.st_size;
+	*size = (uint64_t)st.st_size;
 	return 0;
+}
+
+static int open_cached(struct snap_store *s, const char *name, struct snap_image *img)
+{
+	return snap__image_open_file(s, name, &img->fd, &img->size);
 }
 
 int snap_image_open(struct snap_store *s, const struct snap_id *top, struct snap_image *img,
@@ -177,6 +216,7 @@ int snap_image_open(struct snap_store *s, const struct snap_id *top, struct snap
 	snprintf(name, sizeof(name), "%s.img", hex);
 	memset(img, 0, sizeof(*img));
 	img->id = *top;
+	img->top_fd = -1;
 	if (!open_cached(s, name, img))
 		return 0;
 	r = snap__lock(s, 0);
@@ -196,48 +236,64 @@ void snap_image_close(struct snap_image *img)
 {
 	if (img->fd >= 0)
 		close(img->fd);
-	img->fd = -1;
+	if (img->top_fd >= 0)
+		close(img->top_fd);
+	free(img->runs);
+	img->fd = img->top_fd = -1;
+	img->runs = NULL;
+	img->nruns = 0;
+}
+
+/*
+ * MAP_FIXED replaces the pages under an existing memory slot in one step; KVM drops
+ * its translations of the old pages through its MMU notifier.
+ */
+/* Where a piece of the image goes: memory offset off is at base. */
+struct place {
+	uint8_t *base;
+	uint64_t off;
+};
+
+static int map_piece(int fd, uint64_t file_off, uint64_t off, uint64_t len, void *arg)
+{
+	struct place *at = arg;
+
+	if (mmap(at->base + (off - at->off), len, PROT_READ | PROT_WRITE,
+		 MAP_PRIVATE | MAP_FIXED | MAP_NORESERVE, fd, (off_t)file_off) == MAP_FAILED)
+		return -errno;
+	return 0;
 }
 
 int snap_image_map(const struct snap_image *img, void *addr, uint64_t len, uint64_t off,
 		   struct snap_err *err)
 {
-	void *p;
+	struct place at = { addr, off };
+	int r;
 
 	if ((uintptr_t)addr % SNAP_PAGE || len % SNAP_PAGE || off % SNAP_PAGE ||
 	    off > img->size || len > img->size - off)
 		return snap__fail(err, EINVAL, "image map: range not page aligned or too long");
-	/*
-	 * MAP_FIXED replaces the pages under an existing memory slot in one step; KVM
-	 * drops its translations of the old pages through its MMU notifier.
-	 */
-	p = mmap(addr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED | MAP_NORESERVE,
-		 img->fd, (off_t)off);
-	if (p == MAP_FAILED)
-		return snap__fail(err, errno, "image map: %s", strerror(errno));
+	/* A split image: the parent's image under all of it, then each top-layer run. */
+	r = map_piece(img->fd, off, off, len, &at);
+	if (!r && img->top_fd >= 0)
+		r = snap__image_runs(img, off, len, map_piece, &at);
+	if (r)
+		return snap__fail(err, -r, "image map: %s", strerror(-r));
 	return 0;
 }
 
-int snap_image_overlay(struct snap_store *s, const struct snap_id *layer, uint8_t *mem,
-		       uint64_t mem_bytes, struct snap_err *err)
+static int read_piece(int fd, uint64_t file_off, uint64_t off, uint64_t len, void *arg)
 {
-	struct snap_layer l;
-	int r;
+	struct place *at = arg;
 
-	r = snap__lock(s, 0);
-	if (r)
-		return snap__fail(err, -r, "overlay: store lock: %s", strerror(-r));
-	r = snap_layer_read(s, layer, &l, err);
-	if (r) {
-		snap__unlock(s);
-		return r;
-	}
-	if (l.mem_bytes != mem_bytes)
-		r = snap__fail(err, EINVAL, "overlay: layer has %llu bytes of memory",
-			       (unsigned long long)l.mem_bytes);
-	for (uint64_t i = 0; !r && i < l.n; i++)
-		r = snap_page_read(s, &l.e[i].page, mem + l.e[i].gpn * SNAP_PAGE, err);
-	snap_layer_release(&l);
-	snap__unlock(s);
-	return r;
+	return snap__pread_all(fd, at->base + (off - at->off), len, file_off);
+}
+
+int snap_image_read(const struct snap_image *img, void *buf, uint64_t len, uint64_t off)
+{
+	struct place at = { buf, off };
+
+	if (off > img->size || len > img->size - off)
+		return -EINVAL;
+	return snap__image_pieces(img, off, len, read_piece, &at);
 }

@@ -17,22 +17,27 @@
 #define MERGE_GAP	8
 #define HUGE_PAGES	(SNAP_HUGE / SNAP_PAGE)
 
-static int fill_run(const struct snap_image *img, uint8_t *mem, uint64_t off, uint64_t len,
-		    enum snap_fill fill, uint8_t *scratch)
+struct pf {
+	const struct snap_image *img;
+	uint8_t *mem;
+	enum snap_fill fill;
+	uint8_t *scratch;
+	struct snap_huge_plan plan;
+};
+
+/* Brings the file's part of memory [mem_off, mem_off + len) in, from off in fd. */
+static int fill_piece(int fd, uint64_t off, uint64_t mem_off, uint64_t len, void *arg)
 {
+	struct pf *pf = arg;
 	void *p;
 
-	switch (fill) {
-	case SNAP_FILL_NONE:
-		return 0;
+	switch (pf->fill) {
 	case SNAP_FILL_READAHEAD:
-		return readahead(img->fd, (off64_t)off, len) < 0 ? -errno : 0;
+		return readahead(fd, (off64_t)off, len) < 0 ? -errno : 0;
 	case SNAP_FILL_FADVISE:
-		return -posix_fadvise(img->fd, (off_t)off, (off_t)len, POSIX_FADV_WILLNEED);
-	case SNAP_FILL_MADVISE:
-		return madvise(mem + off, len, MADV_WILLNEED) < 0 ? -errno : 0;
+		return -posix_fadvise(fd, (off_t)off, (off_t)len, POSIX_FADV_WILLNEED);
 	case SNAP_FILL_MAP_SHARED:
-		p = mmap(NULL, len, PROT_READ, MAP_SHARED | MAP_POPULATE, img->fd, (off_t)off);
+		p = mmap(NULL, len, PROT_READ, MAP_SHARED | MAP_POPULATE, fd, (off_t)off);
 		if (p == MAP_FAILED)
 			return -errno;
 		munmap(p, len);
@@ -41,21 +46,24 @@ static int fill_run(const struct snap_image *img, uint8_t *mem, uint64_t off, ui
 		for (uint64_t done = 0; done < len; done += 256 * SNAP_PAGE) {
 			uint64_t k = len - done < 256 * SNAP_PAGE ? len - done : 256 * SNAP_PAGE;
 
-			if (pread(img->fd, scratch, k, (off_t)(off + done)) < 0)
+			if (pread(fd, pf->scratch, k, (off_t)(off + done)) < 0)
 				return -errno;
 		}
 		return 0;
+	default:
+		return -EINVAL;
 	}
-	return -EINVAL;
 }
 
-struct pf {
-	const struct snap_image *img;
-	uint8_t *mem;
-	enum snap_fill fill;
-	uint8_t *scratch;
-	struct snap_huge_plan plan;
-};
+static int fill_run(struct pf *pf, uint64_t off, uint64_t len)
+{
+	if (pf->fill == SNAP_FILL_NONE)
+		return 0;
+	if (pf->fill == SNAP_FILL_MADVISE)
+		return madvise(pf->mem + off, len, MADV_WILLNEED) < 0 ? -errno : 0;
+	/* A split image: each piece from the file that holds it. */
+	return snap__image_pieces(pf->img, off, len, fill_piece, pf);
+}
 
 static int in_plan(const struct snap_huge_plan *plan, uint64_t region)
 {
@@ -139,7 +147,7 @@ static int for_runs(const struct snap_range *rg, uint32_t n, struct pf *pf, uint
 
 static int pf_fill(uint64_t off, uint64_t len, struct pf *pf)
 {
-	return fill_run(pf->img, pf->mem, off, len, pf->fill, pf->scratch);
+	return fill_run(pf, off, len);
 }
 
 static int pf_map(uint64_t off, uint64_t len, struct pf *pf)
@@ -222,11 +230,40 @@ static void *huge_read(void *arg)
 	return NULL;
 }
 
+/*
+ * The file a 2 MiB region comes from whole: fd, or -1 when a split image's top layer
+ * has pages in it. A huge folio and the one PMD that maps it need the whole region
+ * from one file at an offset aligned as the region is (the top-layer file packs its
+ * runs, so only the parent's image qualifies).
+ */
+static int region_fd(const struct snap_image *img, uint64_t region)
+{
+	uint64_t a = region * HUGE_PAGES, b = a + HUGE_PAGES;
+
+	for (uint32_t i = 0; i < img->nruns && img->runs[i].gpn < b; i++)
+		if (img->runs[i].gpn + img->runs[i].count > a)
+			return -1;
+	return img->fd;
+}
+
+/* Leaves out the regions with top-layer pages of a split image. */
+static void plan_one_file(struct snap_huge_plan *plan, const struct snap_image *img)
+{
+	uint32_t k = 0;
+
+	if (img->top_fd < 0)
+		return;
+	for (uint32_t i = 0; i < plan->n; i++)
+		if (region_fd(img, plan->region[i]) >= 0)
+			plan->region[k++] = plan->region[i];
+	plan->n = k;
+}
+
 /* One thread per region: each fault waits for its own read, so they go in parallel. */
 static void huge_start(const struct pf *pf, struct huge_job *jobs)
 {
 	for (uint32_t i = 0; i < pf->plan.n; i++) {
-		jobs[i] = (struct huge_job){ .fd = pf->img->fd,
+		jobs[i] = (struct huge_job){ .fd = region_fd(pf->img, pf->plan.region[i]),
 					     .off = pf->plan.region[i] * SNAP_HUGE };
 		jobs[i].started = !pthread_create(&jobs[i].t, NULL, huge_read, &jobs[i]);
 		if (!jobs[i].started)
@@ -281,8 +318,10 @@ int snap_ws_prefetch(const struct snap_image *img, const struct snap_ws *ws, uin
 
 	if (memcmp(&ws->image, &img->id, sizeof(img->id)))
 		return snap__fail(err, ESTALE, "prefetch: working set recorded on another image");
-	if ((flags & SNAP_PF_HUGE) && (!mem || (uintptr_t)mem % SNAP_HUGE == 0))
+	if ((flags & SNAP_PF_HUGE) && (!mem || (uintptr_t)mem % SNAP_HUGE == 0)) {
 		snap_ws_huge_plan(ws, img->size, &pf.plan);
+		plan_one_file(&pf.plan, img);
+	}
 	if (how == SNAP_FILL_PREAD && !(pf.scratch = malloc(256 * SNAP_PAGE)))
 		return snap__fail(err, ENOMEM, "prefetch: out of memory");
 	r = fill(&pf, ws, flags);

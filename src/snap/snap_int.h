@@ -66,6 +66,30 @@ int snap__idset_add(struct snap__idset *set, const struct snap_id *id);
 int snap__idset_has(const struct snap__idset *set, const struct snap_id *id);
 void snap__idset_free(struct snap__idset *set);
 
+/*
+ * Writes images/<name> atomically: mem_bytes of memory holding the non-zero pages of
+ * the sorted entries e (from the store, verified), holes elsewhere, then tail at
+ * mem_bytes.
+ */
+int snap__image_write(struct snap_store *s, const char *name,
+		      const struct snap_layer_entry *e, uint64_t n, uint64_t mem_bytes,
+		      const void *tail, size_t tail_len, struct snap_err *err);
+/* Every non-hole page of a chain, top layer first winning, sorted (malloc'd *e). */
+int snap__flatten(struct snap_store *s, const struct snap_id *top,
+		  struct snap_layer_entry **e, uint64_t *n, struct snap_err *err);
+/* Opens images/<name> read-only; *size is its length. */
+int snap__image_open_file(struct snap_store *s, const char *name, int *fd, uint64_t *size);
+
+/* Called per piece of an image: fd holds memory [off, off + len) at file_off. */
+typedef int (*snap__piece_fn)(int fd, uint64_t file_off, uint64_t off, uint64_t len,
+			      void *arg);
+/* Calls fn for each part of [off, off + len) in a top-layer run of a split image. */
+int snap__image_runs(const struct snap_image *img, uint64_t off, uint64_t len,
+		     snap__piece_fn fn, void *arg);
+/* Calls fn for each part of [off, off + len), in order, with the file that holds it. */
+int snap__image_pieces(const struct snap_image *img, uint64_t off, uint64_t len,
+		       snap__piece_fn fn, void *arg);
+
 /* Decodes and verifies a layer manifest whose SHA-256 must equal id. */
 int snap__layer_decode(const uint8_t *buf, size_t len, const struct snap_id *id,
 		       struct snap_layer *l, struct snap_err *err);

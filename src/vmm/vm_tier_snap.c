@@ -217,9 +217,11 @@ static int top_layer(struct vm_tier_snap *s)
 	if (r)
 		return r;
 	s->top = f.st.layers[0];
-	snap_file_release(&f);
 	snap_id_hex(&s->top, hex);
-	snprintf(s->image, sizeof(s->image), "%s/images/%s.img", s->store, hex);
+	/* A function on a runtime restores from a split image (snap_image_open_chain). */
+	snprintf(s->image, sizeof(s->image), "%s/images/%s.%s", s->store, hex,
+		 f.st.nlayers >= 3 ? "top" : "img");
+	snap_file_release(&f);
 	return 0;
 }
 

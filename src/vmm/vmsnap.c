@@ -654,7 +654,7 @@ static void copy_hot_regions(struct vm *vm, const struct snap_image *img,
 				 MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0) == MAP_FAILED)
 				continue;
 			madvise(r, HUGE_SIZE, MADV_HUGEPAGE);
-			if (pread(img->fd, r, HUGE_SIZE, (off_t)(reg * HUGE_SIZE)) != HUGE_SIZE)
+			if (snap_image_read(img, r, HUGE_SIZE, reg * HUGE_SIZE))
 				/* Back to the image's pages: never leave the region zeroed. */
 				snap_image_map(img, r, HUGE_SIZE, reg * HUGE_SIZE, NULL);
 		}
@@ -752,7 +752,9 @@ static void populate_later(struct vm *vm, const struct snap_image *img, struct s
 		return;
 	}
 	*p = (struct populate){ .img = *img, .ws = *ws, .mem = vm->mem };
-	p->img.fd = -1;
+	p->img.fd = p->img.top_fd = -1;
+	p->img.runs = NULL;
+	p->img.nruns = 0;
 	vm->snap->pending = p;
 }
 
@@ -826,11 +828,30 @@ static void *preload_io(void *arg)
 	return NULL;
 }
 
+/* Closes every descriptor from 3 up but a and b (b may be -1). */
+static void keep_only(int a, int b)
+{
+	int lo = a < b ? a : b, hi = a < b ? b : a;
+	unsigned from = 3;
+
+	if (lo < 0)
+		lo = hi, hi = -1;
+	if (lo > 3)
+		close_range(from, (unsigned)lo - 1, 0);
+	from = (unsigned)lo + 1;
+	if (hi >= 0) {
+		if (hi > lo + 1)
+			close_range(from, (unsigned)hi - 1, 0);
+		from = (unsigned)hi + 1;
+	}
+	close_range(from, ~0U, 0);
+}
+
 /*
  * The preload in a child process of its own, for a VMM that is already jailed in
  * namespaces (a generic shell) and drops its privileges soon: glibc's setresuid makes
  * every thread of the process take a signal first, which a thread waiting in a 2 MiB
- * read would delay by milliseconds. The child keeps only the image's descriptor and
+ * read would delay by milliseconds. The child keeps only the image's descriptors and
  * exits when the reads are done (SIGCHLD ignored: nobody waits for it).
  */
 static int preload_apart(struct preload *p)
@@ -842,9 +863,7 @@ static int preload_apart(struct preload *p)
 	if (pid < 0)
 		return -errno;
 	if (pid == 0) {
-		if (p->img.fd > 3)
-			close_range(3, (unsigned)p->img.fd - 1, 0);
-		close_range((unsigned)p->img.fd + 1, ~0U, 0);
+		keep_only(p->img.fd, p->img.top_fd);
 		snap_ws_prefetch(&p->img, &p->ws, NULL, SNAP_FILL_READAHEAD, PF_FLAGS, NULL);
 		_exit(0);
 	}
@@ -870,9 +889,12 @@ void vmsnap_preload(const struct vm_config *cfg, int apart)
 	    !(p = calloc(1, sizeof(*p))))
 		return;
 	r = snap_ws_read(cfg->snap_ws, &p->ws, NULL);
-	/* The image is named by its top layer, which the working set records. */
+	/*
+	 * The image is named by its top layer, which the working set records; only a
+	 * cached one is read ahead (the restore assembles a missing one).
+	 */
 	if (!r && !(r = snap_store_open(cfg->snap_store, NULL, &store, NULL))) {
-		r = snap_image_open(store, &p->ws.image, &p->img, NULL);
+		r = snap_image_find(store, &p->ws.image, &p->img);
 		opened = !r;
 		snap_store_close(store);
 	}
@@ -903,13 +925,20 @@ static int map_image(struct vm *vm, const struct snap_file *f, char *why, size_t
 
 	r = snap_store_open(vm->cfg->snap_store, NULL, &store, &e);
 	if (!r) {
-		r = snap_image_open(store, &f->st.layers[0], &img, &e);
+		/* A function on a runtime maps the runtime's image, shared by its functions. */
+		r = snap_image_open_chain(store, f->st.layers, f->st.nlayers, &img, &e);
 		snap_store_close(store);
 	}
 	if (r) {
 		snprintf(why, len, "%s", e.msg);
 		return r;
 	}
+	if (img.damaged)
+		fprintf(stderr, "stoke-vmm: the cached restore image was damaged (%s): "
+			"assembled again from the store\n", strerror(-img.damaged));
+	if (vm->cfg->stats && img.top_fd >= 0)
+		fprintf(stderr, "stoke-vmm: split image: the parent's image and %u runs of "
+			"the top layer's pages\n", img.nruns);
 	if (img.size != vm->mem_size) {
 		snap_image_close(&img);
 		snprintf(why, len, "restore image size does not match the VM");

@@ -134,10 +134,14 @@ static int build_layer(struct snap_store *s, const struct dump *d, const struct 
 static int build_image(struct snap_store *s, const struct snap_id *top,
 		       struct vmsnap_build_info *info, struct snap_err *e)
 {
+	struct snap_id chain[SNAP_MAX_CHAIN];
 	struct snap_image img;
 	double t0 = now_ms();
-	int r = snap_image_open(s, top, &img, e);
+	int n = snap_layer_chain(s, top, chain, e), r = n < 0 ? n : 0;
 
+	/* The form restores map: a function's own pages beside its runtime's image. */
+	if (!r)
+		r = snap_image_open_chain(s, chain, (uint32_t)n, &img, e);
 	if (!r) {
 		info->image_built = img.built;
 		snap_image_close(&img);

@@ -129,3 +129,25 @@ def stored_pages(store):
     """Names (ids) of the page files in a store."""
     top = os.path.join(store, "pages")
     return {d + f for d in os.listdir(top) for f in os.listdir(os.path.join(top, d))}
+
+
+def top_file(store, lid):
+    """A split image's top-layer file (docs/snapshots.md), trailer checksum verified:
+    ({guest page: its 4 KiB}, runs as (first page, count), parent id hex, memory size)."""
+    with open(os.path.join(store, "images", lid + ".top"), "rb") as f:
+        data = f.read()
+    hdr = data[-128:-32]
+    n, mem = struct.unpack_from("<IQ", hdr, 12)
+    pages, = struct.unpack_from("<Q", hdr, 88)
+    if hdr[:8] != b"STOKTOPL" or len(data) != pages * 4096 + 16 * n + 128 or \
+            hashlib.sha256(data[pages * 4096:-32]).digest() != data[-32:]:
+        raise ValueError("top-layer file of %s does not verify" % lid)
+    assert hdr[24:56].hex() == lid
+    runs = [struct.unpack_from("<QQ", data, pages * 4096 + 16 * i) for i in range(n)]
+    own, at = {}, 0
+    for first, count in runs:
+        for g in range(first, first + count):
+            own[g] = data[at * 4096:at * 4096 + 4096]
+            at += 1
+    return own, runs, hdr[56:88].hex(), mem
+

@@ -304,16 +304,24 @@ def test_layer_chain_restores_byte_for_byte(d):
     fn_entries, parent = layer_entries(store, fn_id)
     assert parent == rt_id and 0 < len(fn_entries) < len(rt_entries) + len(base_entries)
 
-    # The function's image is the runtime's with the function dump's pages over it.
+    # The function restores from a split image: the runtime's image with the function
+    # dump's pages over it, those in a file of their own (no flat image of its own).
     mem, bitmap, off, size, flags, dparent = dump_memory(p("fn.dump"))
     assert flags & 1 and dparent == rt_id
-    with open(os.path.join(store, "images", fn_id + ".img"), "rb") as f:
-        fn_img = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+    assert not os.path.exists(os.path.join(store, "images", fn_id + ".img"))
+    own, runs, top_parent, top_mem = snaptools.top_file(store, fn_id)
+    assert top_parent == rt_id and top_mem == size
+    # The function layer's pages, and the runtime's only in short gaps between them (4
+    # pages at most, SNAP_SPLIT_GAP: fewer mmaps per restore); compared below.
+    assert set(fn_entries) <= set(own), "the top file holds every page of the function layer"
+    assert all(b[0] - a[0] - a[1] > 4 for a, b in zip(runs, runs[1:])), runs
+    assert len(set(own) - set(fn_entries)) <= 4 * (len(runs) + len(fn_entries))
     dirty = {i * 8 + b for i, byte in enumerate(bitmap) for b in range(8) if byte >> b & 1}
     for g in range(size // 4096):
         want = mem[off + g * 4096:off + g * 4096 + 4096] if g in dirty else \
             rt_img[g * 4096:g * 4096 + 4096]
-        assert fn_img[g * 4096:g * 4096 + 4096] == want, g
+        got = own[g] if g in own else rt_img[g * 4096:g * 4096 + 4096]
+        assert got == want, g
 
     vm = Vmm(s.task, "--restore=" + p("fn.snap"), "--snap-store=" + store)
     got = vm.invoke()
@@ -545,6 +553,123 @@ def test_functions_share_one_runtime_layer(d):
         fn_pages = len(layer_entries(store, a[0])[0]) + len(layer_entries(store, b[0])[0])
         assert fn_pages < runtime_pages, (fn_pages, runtime_pages)
         print("pages referenced by the three chains' layers %d, stored %d" % (refs, len(pages)))
+
+
+def descendants(pid):
+    """Every process below pid (VMMs, their jail supervisors), by /proc children."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            for t in os.listdir("/proc/%d/task" % p):
+                with open("/proc/%d/task/%s/children" % (p, t)) as f:
+                    kids = [int(k) for k in f.read().split()]
+                out += kids
+                todo += kids
+        except OSError:
+            pass
+    return out
+
+
+def file_mappings(pid, files):
+    """{path: (mapped KiB, Rss KiB, Pss KiB)} of pid's mappings of the given files,
+    matched by device and inode (a jailed VMM's paths are not the host's)."""
+    want = {}
+    for path in files:
+        st = os.stat(path)
+        want[(os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)] = path
+    out, cur = {}, None
+    try:
+        with open("/proc/%d/smaps" % pid) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        parts = line.split()
+        if "-" in parts[0] and len(parts) >= 5 and ":" in parts[3]:
+            major, minor = (int(x, 16) for x in parts[3].split(":"))
+            cur = want.get((major, minor, int(parts[4])))
+            if cur:
+                out.setdefault(cur, [0, 0, 0])
+        elif cur and parts[0] in ("Size:", "Rss:", "Pss:"):
+            out[cur][("Size:", "Rss:", "Pss:").index(parts[0])] += int(parts[1])
+    return out
+
+
+def file_frames(pid, path):
+    """Physical frames (from /proc/PID/pagemap: needs root) of the present pages pid maps
+    from the file at path: the same frame in two processes is one page-cache page."""
+    st = os.stat(path)
+    key = "%02x:%02x %d" % (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
+    frames = set()
+    with open("/proc/%d/maps" % pid) as f:
+        ranges = [[int(x, 16) for x in line.split()[0].split("-")]
+                  for line in f if " ".join(line.split()[3:5]) == key]
+    with open("/proc/%d/pagemap" % pid, "rb") as pm:
+        for lo, hi in ranges:
+            pm.seek(lo // 4096 * 8)
+            data = pm.read((hi - lo) // 4096 * 8)
+            for (e,) in struct.iter_unpack("<Q", data):
+                if e >> 63 and e & ((1 << 55) - 1):
+                    frames.add(e & ((1 << 55) - 1))
+    return frames
+
+
+def test_functions_of_one_runtime_map_its_image_from_one_file(d):
+    """Two different functions on one runtime, restored through the daemon: the VMs of
+    both map the same runtime image file under the bulk of their guest memory (so they
+    share its page-cache pages), each its own small top-layer file over it, no flat
+    image of either function exists, and each answers right."""
+    need_vm()
+    with Daemon(env={"STOKE_VM_SNAPSHOTS": "1"}) as sd:
+        deploy_py(sd, "one", HANDLER)
+        deploy_py(sd, "two", SECOND)
+        assert sd.invoke("one").json()["chain"] == snapshot().original[0]["chain"]
+        assert sd.invoke("two").json() == {"second": 5929}
+        a, b = snap_layers(fn_snapshot(sd, "one")), snap_layers(fn_snapshot(sd, "two"))
+        assert a[1:] == b[1:] and a[0] != b[0], (a, b)
+        images = os.path.join(sd.data_dir, "vm-snapshots", "store", "images")
+        rt_img = os.path.join(images, a[1] + ".img")
+        tops = {os.path.join(images, a[0] + ".top"): "one",
+                os.path.join(images, b[0] + ".top"): "two"}
+        assert not [f for f in os.listdir(images) if f[:64] in (a[0], b[0]) and
+                    f.endswith(".img")], os.listdir(images)
+        found = {}
+        for _ in range(100):   # the idle VMs stay; parked shells may still be starting
+            found = {}
+            for pid in descendants(sd.proc.pid):
+                m = file_mappings(pid, [rt_img] + list(tops))
+                for top, name in tops.items():
+                    if top in m and rt_img in m:
+                        found.setdefault(name, []).append(m)
+            if len(found) == 2:
+                break
+            time.sleep(0.05)
+        assert sorted(found) == ["one", "two"], found
+        for name, maps in found.items():
+            for m in maps:
+                size, rss, pss = m[rt_img]
+                top = [v for k, v in m.items() if k != rt_img][0]
+                # The bulk of the 256 MiB guest is the runtime's image; the function's
+                # own pages are a few percent of it.
+                assert size > 200 * 1024 and top[0] < size / 8, (name, m)
+        # Pages of the runtime's image mapped by VMs of both functions count once.
+        shared = [m[rt_img] for maps in found.values() for m in maps]
+        assert sum(pss for _, _, pss in shared) < sum(rss for _, rss, _ in shared), shared
+        if os.geteuid() == 0:   # the frames themselves: one page-cache page, two VMs
+            pids = {n: [p for p in descendants(sd.proc.pid)
+                        if file_mappings(p, [t]) and file_mappings(p, [rt_img])]
+                    for t, n in tops.items()}
+            one = set().union(*(file_frames(p, rt_img) for p in pids["one"]))
+            two = set().union(*(file_frames(p, rt_img) for p in pids["two"]))
+            assert len(one & two) > 256, (len(one), len(two), len(one & two))
+            print("page-cache pages of the runtime image mapped by VMs of both functions: "
+                  "%d (of %d and %d)" % (len(one & two), len(one), len(two)))
+        print("runtime image mapped by %d VMs of two functions: Rss %d KiB, Pss %d KiB; "
+              "top-layer files %s KiB" % (len(shared), sum(r for _, r, _ in shared),
+                                          sum(p for _, _, p in shared),
+                                          [os.stat(t).st_blocks // 2 for t in tops]))
+        assert sd.invoke("one").json()["n"] >= 1 and sd.invoke("two").json() == {"second": 5929}
 
 
 def test_damaged_runtime_layer_boots_cold(d):

@@ -273,20 +273,158 @@ static void test_dedup(struct snap_store *s)
 	free(db);
 }
 
-/* The runtime's image mapped once, a function's own pages copied over it. */
-static void test_overlay(struct snap_store *s)
+/* Maps an image over fresh anonymous memory; NULL if that fails. */
+static uint8_t *mapped(const struct snap_image *img)
 {
-	struct snap_image img;
 	struct snap_err err;
 	uint8_t *mem = mmap(NULL, MEM, PROT_READ | PROT_WRITE,
 			    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 
-	CHECK(snap_image_open(s, &id_rt, &img, &err) == 0);
-	CHECK(snap_image_map(&img, mem, MEM, 0, &err) == 0);
-	CHECK(snap_image_overlay(s, &id_fa, mem, MEM, &err) == 0);
-	CHECK(!memcmp(mem, fa, MEM));
-	munmap(mem, MEM);
+	if (mem == MAP_FAILED)
+		return NULL;
+	if (snap_image_map(img, mem, MEM, 0, &err)) {
+		munmap(mem, MEM);
+		return NULL;
+	}
+	return mem;
+}
+
+/* No private (anonymous) page in mem after reading all of it: every page is shared. */
+static int all_shared(const uint8_t *mem)
+{
+	uint64_t *bm = calloc(NPAGES / 64, 8), any = 0, sum = 0;
+
+	for (uint64_t g = 0; g < NPAGES; g++)
+		sum += mem[g * SNAP_PAGE];
+	snap_dirty_from_pagemap(-1, mem, MEM, bm);
+	for (uint64_t i = 0; i < NPAGES / 64; i++)
+		any |= bm[i];
+	free(bm);
+	return !any && sum != 1;	/* sum only keeps the reads */
+}
+
+static int same_file(int a, const char *name)
+{
+	char path[400];
+	struct stat x, y;
+
+	snprintf(path, sizeof(path), "%s/images/%s", root, name);
+	return !fstat(a, &x) && !stat(path, &y) && x.st_ino == y.st_ino;
+}
+
+/* Changes the byte at off from the end of the function's top-layer file. */
+static void damage_top(const struct snap_id *id, off_t from_end, int truncate_it)
+{
+	char hex[65], path[400];
+	struct stat st;
+	uint8_t b;
+	int fd;
+
+	snap_id_hex(id, hex);
+	snprintf(path, sizeof(path), "%s/images/%s.top", root, hex);
+	fd = open(path, O_RDWR);
+	CHECK(fd >= 0 && !fstat(fd, &st));
+	if (truncate_it) {
+		CHECK(ftruncate(fd, st.st_size - from_end) == 0);
+	} else {
+		CHECK(pread(fd, &b, 1, st.st_size - from_end) == 1);
+		b ^= 0x10;
+		CHECK(pwrite(fd, &b, 1, st.st_size - from_end) == 1);
+	}
+	close(fd);
+}
+
+/* Opens fa's split image again and checks it restores fa; returns img.damaged. */
+static int reopen_fa(struct snap_store *s)
+{
+	struct snap_id chain[] = { id_fa, id_rt, id_base };
+	struct snap_image img;
+	struct snap_err err;
+	uint8_t *mem;
+	int damaged;
+
+	if (snap_image_open_chain(s, chain, 3, &img, &err))
+		return 1;
+	mem = mapped(&img);
+	CHECK(mem && !memcmp(mem, fa, MEM));
+	if (mem)
+		munmap(mem, MEM);
+	damaged = img.built ? img.damaged : 1;
 	snap_image_close(&img);
+	return damaged;
+}
+
+/*
+ * Split images: a function maps its runtime's image, the same file for both functions,
+ * and its own pages from a file holding only them; the result equals its memory, no
+ * page is private, and a damaged or missing top-layer file is assembled again.
+ */
+static void test_split(struct snap_store *s)
+{
+	struct snap_id ca[] = { id_fa, id_rt, id_base }, cb[] = { id_fb, id_rt, id_base };
+	struct snap_image a, b, flat;
+	struct snap_err err;
+	struct snap_layer l;
+	char hex[65], name[400];
+	uint64_t in_runs = 0, nonzero = 0, gaps = 0;
+	struct stat st;
+	uint8_t *mem, *buf = malloc(MEM);
+
+	CHECK(snap_image_open_chain(s, ca, 3, &a, &err) == 0 && a.built && !a.damaged);
+	CHECK(snap_image_open_chain(s, cb, 3, &b, &err) == 0);
+	CHECK(a.top_fd >= 0 && !memcmp(&a.parent, &id_rt, sizeof(id_rt)));
+	snap_id_hex(&id_rt, hex);
+	snprintf(name, sizeof(name), "%s.img", hex);
+	CHECK(same_file(a.fd, name) && same_file(b.fd, name));
+	mem = mapped(&a);
+	CHECK(mem && !memcmp(mem, fa, MEM) && all_shared(mem));
+	if (mem)
+		munmap(mem, MEM);
+	mem = mapped(&b);
+	CHECK(mem && !memcmp(mem, fb, MEM));
+	if (mem)
+		munmap(mem, MEM);
+	CHECK(snap_image_read(&a, buf, MEM, 0) == 0 && !memcmp(buf, fa, MEM));
+	CHECK(snap_image_read(&a, buf, 3 * SNAP_PAGE, MEM - 3 * SNAP_PAGE) == 0);
+
+	/*
+	 * The top file holds the function layer's pages, and of the runtime's only those
+	 * in gaps of at most SNAP_SPLIT_GAP pages between them (they read as the runtime's:
+	 * the memory compared above).
+	 */
+	CHECK(snap_layer_read(s, &id_fa, &l, &err) == 0);
+	for (uint32_t i = 0; i < a.nruns; i++) {
+		in_runs += a.runs[i].count;
+		CHECK(!i || a.runs[i].gpn - a.runs[i - 1].gpn - a.runs[i - 1].count >
+			    SNAP_SPLIT_GAP);
+	}
+	for (uint64_t k = 0; k < l.n; k++) {
+		nonzero += !snap_id_is_zero(&l.e[k].page);
+		gaps += k && l.e[k].gpn - l.e[k - 1].gpn - 1 <= SNAP_SPLIT_GAP ?
+			l.e[k].gpn - l.e[k - 1].gpn - 1 : 0;
+	}
+	CHECK(in_runs == l.n + gaps && !fstat(a.top_fd, &st));
+	CHECK((uint64_t)st.st_blocks * 512 <= (nonzero + gaps + 2) * SNAP_PAGE);
+	snap_layer_release(&l);
+	snap_image_close(&a);
+	snap_image_close(&b);
+
+	/* Cached: found without assembling; a two-layer chain is one flat image. */
+	CHECK(snap_image_find(s, &id_fa, &a) == 0 && a.top_fd >= 0 && a.nruns > 0);
+	snap_image_close(&a);
+	CHECK(snap_image_open_chain(s, ca + 1, 2, &flat, &err) == 0 && flat.top_fd < 0);
+	snap_image_close(&flat);
+
+	/* Derived data: damaged, truncated or missing, it is assembled again. */
+	damage_top(&id_fa, 136, 0);	/* in the run list */
+	CHECK(reopen_fa(s) == -EBADMSG);
+	damage_top(&id_fa, 1, 1);
+	CHECK(reopen_fa(s) == -ENOEXEC);	/* its trailer is no longer at the end */
+	snap_id_hex(&id_fa, hex);
+	snprintf(name, sizeof(name), "%s/images/%s.top", root, hex);
+	CHECK(unlink(name) == 0 && reopen_fa(s) == 0);
+	CHECK(reopen_fa(s) == 1);	/* cached this time: not built */
+	free(buf);
 }
 
 /* A page file left empty (power loss before writeback) is replaced by the next put. */
@@ -383,7 +521,7 @@ static void test_gc(struct snap_store *s)
 	CHECK(all_readable(s, live, 3));
 	CHECK(snap_store_gc(s, &st, &err) == 0);
 	CHECK(st.layers == 3 && st.kept == count_pages());
-	CHECK(st.images_removed == 1);	/* fb's image, assembled by image_equals */
+	CHECK(st.images_removed == 2);	/* fb's flat image (image_equals) and top file */
 	CHECK(count_pages() == distinct_pages_of(s, live, 3));
 	CHECK(all_readable(s, live, 3));
 	CHECK(image_equals(s, &id_fa, fa));
@@ -454,7 +592,7 @@ int main(void)
 		return 1;
 	test_layers(s);
 	test_dedup(s);
-	test_overlay(s);
+	test_split(s);
 	test_empty_page(s);
 	test_gc(s);
 	test_gc_roots(s);

@@ -216,9 +216,12 @@ static void test_layer_chain(void)
 	CHECK(gpn[0] == 3 && zero[0] && gpn[1] == 5 && !zero[1]);
 	CHECK(snap_file_read(fn_snap, &f, NULL) == 0);
 	CHECK(f.st.nlayers == 3 && !memcmp(&f.st.layers[0], &info.layer[0].id, 32));
-	CHECK(snap_image_open(s, &f.st.layers[0], &img, NULL) == 0 && !img.built);
-	m = mmap(NULL, MEM, PROT_READ, MAP_PRIVATE, img.fd, 0);
-	CHECK(m != MAP_FAILED);
+	/* Built split (the runtime's image and the function's own pages): found cached. */
+	CHECK(snap_image_open_chain(s, f.st.layers, 3, &img, NULL) == 0 && !img.built);
+	/* Pages 3 and 5, and the runtime's page 4 between them: one run (SNAP_SPLIT_GAP). */
+	CHECK(img.top_fd >= 0 && img.nruns == 1 && img.runs[0].gpn == 3 && img.runs[0].count == 3);
+	m = mmap(NULL, MEM, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	CHECK(m != MAP_FAILED && snap_image_map(&img, m, MEM, 0, NULL) == 0);
 	CHECK(m[0] == 0 && m[PG] == 0x11 && m[2 * PG + 9] == 0x22 && m[3 * PG] == 0);
 	CHECK(m[4 * PG] == 0 && m[5 * PG + 4095] == 0x55 && m[700 * PG] == 0x71);
 	munmap(m, MEM);
