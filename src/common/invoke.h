@@ -54,6 +54,7 @@ struct fn {
 	size_t nenv;
 	int strict;		/* isolation: strict */
 	int keep_state;		/* state: keep */
+	int retired;		/* replaced or deleted: dir goes with the last reference */
 	void *tier_data;	/* owned by the tier (compiled code, pools...) */
 };
 

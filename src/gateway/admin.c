@@ -12,8 +12,8 @@
 
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <dirent.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -58,16 +58,6 @@ static void admin_field_error(struct inv *inv, const struct mf_error *err)
 }
 
 /* ---- files of a deploy ---- */
-
-static int admin_rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-	return remove(path);
-}
-
-static void admin_rmtree(const char *dir)
-{
-	nftw(dir, admin_rm_one, 16, FTW_DEPTH | FTW_PHYS);
-}
 
 /* A deployed file's path: relative, no "..", ".", or empty components. */
 static int admin_valid_relpath(const char *p)
@@ -240,8 +230,8 @@ static int admin_stage(struct gw *gw, struct admin_deploy *d, const cJSON *files
 	snprintf(d->dir, sizeof(d->dir), "%s/functions/%s/v%lld", gw->cfg->data_dir, d->name,
 		 (long long)d->version);
 	snprintf(tmp, sizeof(tmp), "%s.tmp", d->dir);
-	admin_rmtree(tmp);
-	admin_rmtree(d->dir);
+	gw_rmtree(tmp);
+	gw_rmtree(d->dir);
 	ret = gw_mkdir_parents(tmp, 0755);
 	if (!ret && mkdir(tmp, 0755))
 		ret = -errno;
@@ -253,7 +243,7 @@ static int admin_stage(struct gw *gw, struct admin_deploy *d, const cJSON *files
 		if (!d->err.message[0])
 			snprintf(d->err.message, sizeof(d->err.message), "cannot store files: %s",
 				 strerror(-ret));
-		admin_rmtree(tmp);
+		gw_rmtree(tmp);
 	}
 	return ret;
 }
@@ -386,7 +376,7 @@ static void admin_deploy(struct gw *gw, struct inv *inv, const char *name, int a
 	else
 		admin_deploy_answer(gw, inv, &d);
 	if (ret || advise_only) {
-		admin_rmtree(d.dir);
+		gw_rmtree(d.dir);
 		admin_rmdir_if_empty(gw, d.name);
 	}
 	fn_unref(d.fn);
@@ -1004,4 +994,67 @@ int gw_admin_load(struct gw *gw)
 	log_info("loaded %u functions in %.1f s%s", l.loaded, (gw_now_ns() - t0) / 1e9,
 		 l.failed ? " (some could not be loaded: see above)" : "");
 	return ret;
+}
+
+/* Whether functions/NAME/VER is the live version, or the one that failed to load (it
+ * stays listed with its error). By version number, not path: the data directory may
+ * be spelled another way than when the version was stored. */
+static int admin_version_kept(struct gw *gw, const char *name, const char *ver)
+{
+	struct gw_entry *e;
+	char want[32] = "";
+
+	pthread_rwlock_rdlock(&gw->lock);
+	e = gw_entry_get(gw, name, strlen(name), 0);
+	if (e && e->fn)
+		snprintf(want, sizeof(want), "v%lld", (long long)e->fn->version);
+	else if (e && e->load_error)
+		snprintf(want, sizeof(want), "v%lld", (long long)e->load_version);
+	pthread_rwlock_unlock(&gw->lock);
+	return want[0] && !strcmp(want, ver);
+}
+
+static void admin_sweep_function(struct gw *gw, const char *top, const char *name)
+{
+	char dir[4400], path[4700];
+	struct dirent *v;
+	DIR *d;
+
+	snprintf(dir, sizeof(dir), "%s/%s", top, name);
+	d = opendir(dir);
+	if (!d)
+		return;
+	while ((v = readdir(d))) {
+		if (!strcmp(v->d_name, ".") || !strcmp(v->d_name, ".."))
+			continue;
+		if (admin_version_kept(gw, name, v->d_name))
+			continue;
+		snprintf(path, sizeof(path), "%s/%s", dir, v->d_name);
+		log_info("removing %s: no deployed function uses it", path);
+		gw_rmtree(path);
+	}
+	closedir(d);
+	(void)rmdir(dir);	/* refused while the live version is there */
+}
+
+/*
+ * At start, once the registry is loaded and before anything is served: version
+ * directories no function uses are leftovers (versions replaced or deleted under a
+ * daemon that was killed before their last request ended, a deploy cut short) and
+ * go. Versions replaced while the daemon runs go when their last request ends.
+ */
+void gw_sweep_versions(struct gw *gw)
+{
+	char top[4200];
+	struct dirent *f;
+	DIR *d;
+
+	snprintf(top, sizeof(top), "%s/functions", gw->cfg->data_dir);
+	d = opendir(top);
+	if (!d)
+		return;
+	while ((f = readdir(d)))
+		if (f->d_name[0] != '.' && mf_valid_name(f->d_name, strlen(f->d_name)))
+			admin_sweep_function(gw, top, f->d_name);
+	closedir(d);
 }

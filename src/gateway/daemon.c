@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <libgen.h>
 #include <limits.h>
 #include <netdb.h>
@@ -135,6 +136,17 @@ int daemon_parse_listen(const char *listen, struct sockaddr_storage *ss, socklen
 	*len = pick->ai_addrlen;
 	freeaddrinfo(list);
 	return 0;
+}
+
+static int daemon_rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+	return remove(path);
+}
+
+/* Removes dir and what it holds; symbolic links are removed, never followed. */
+void gw_rmtree(const char *dir)
+{
+	nftw(dir, daemon_rm_one, 16, FTW_DEPTH | FTW_PHYS);
 }
 
 int gw_mkdir_parents(const char *path, mode_t mode)
@@ -376,6 +388,8 @@ int daemon_run(const struct daemon_config *cfg)
 		ret = daemon_start_tiers(gw);
 	if (!ret && (ret = gw_admin_load(gw)))
 		log_error("cannot read the registry: %s", strerror(-ret));
+	if (!ret)
+		gw_sweep_versions(gw);
 	if (!ret)
 		ret = gw_run(gw);
 	daemon_stop_tiers(gw);

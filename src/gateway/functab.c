@@ -96,20 +96,44 @@ void gw_fn_install(struct gw *gw, const char *name, struct fn *fn, int64_t deplo
 	gw->nlive += (fn != NULL) - (old != NULL);
 	pthread_rwlock_unlock(&gw->lock);
 	if (old) {
+		old->retired = 1;
 		gw->tiers[old->tier].ops->retire(&gw->tiers[old->tier], old);
 		fn_unref(old);
 	}
 }
 
-/* The last reference to a version is gone: let its tier free what it built. */
+/* functions/NAME/vN of a version replaced or deleted, and functions/NAME once empty. */
+static void gw_version_remove(struct gw *gw, const struct fn *fn)
+{
+	char top[4200], *slash;
+	size_t n = (size_t)snprintf(top, sizeof(top), "%s/functions/", gw->cfg->data_dir);
+
+	/* Only what the daemon itself stored: never a directory given some other way. */
+	if (!fn->dir || n >= sizeof(top) || strncmp(fn->dir, top, n) || strstr(fn->dir, ".."))
+		return;
+	gw_rmtree(fn->dir);
+	snprintf(top, sizeof(top), "%s", fn->dir);
+	slash = strrchr(top, '/');
+	if (slash && (size_t)(slash - top) > n) {
+		*slash = '\0';
+		(void)rmdir(top);	/* refused while other versions live there */
+	}
+}
+
+/* The last reference to a version is gone: let its tier free what it built, and drop
+ * its files if it was replaced or deleted (requests that still ran on it used them). */
 void gw_fn_release(struct fn *fn)
 {
 	struct tier *t;
 
-	if (!gw_global || !fn->tier_data)
+	if (!gw_global)
 		return;
-	t = &gw_global->tiers[fn->tier];
-	t->ops->release(t, fn);
+	if (fn->tier_data) {
+		t = &gw_global->tiers[fn->tier];
+		t->ops->release(t, fn);
+	}
+	if (fn->retired)
+		gw_version_remove(gw_global, fn);
 }
 
 static void gw_logring_add(struct gw_logring *r, const char *request_id, const char *stream,

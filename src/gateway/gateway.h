@@ -106,6 +106,8 @@ extern struct gw *gw_global;
 uint64_t gw_now_ns(void);
 /* Creates every directory named before a '/' in path (not its last component). */
 int gw_mkdir_parents(const char *path, mode_t mode);
+void gw_rmtree(const char *dir);
+void gw_sweep_versions(struct gw *gw);
 
 /* functab.c */
 int gw_table_init(struct gw *gw);

@@ -328,6 +328,27 @@ def test_restart_keeps_deployments():
         assert r.status == 200 and r.json()["path"] == "/again"
 
 
+def test_replaced_and_deleted_versions_leave_no_files():
+    with Daemon() as d:
+        fns = os.path.join(d.data_dir, "functions")
+        d.deploy_files("vers", {"index.js": HELLO})
+        d.deploy_files("vers", {"index.js": HELLO})
+        assert d.invoke("vers").status == 200
+        assert sorted(os.listdir(os.path.join(fns, "vers"))) == ["v2"]  # v1 went with v2
+        d.deploy_files("gone", {"index.js": HELLO})
+        assert d.admin("DELETE", "/functions/gone").status == 200
+        assert not os.path.exists(os.path.join(fns, "gone"))
+        assert d.stop() == 0
+        # Leftovers of a daemon killed mid-way: an old version, a cut-short deploy and a
+        # deleted function's directory; the start removes them and keeps the live one.
+        for stray in ("vers/v1", "vers/v3.tmp", "ghost/v1"):
+            os.makedirs(os.path.join(fns, stray, "sub"))
+        d.start()
+        assert sorted(os.listdir(os.path.join(fns, "vers"))) == ["v2"]
+        assert not os.path.exists(os.path.join(fns, "ghost"))
+        assert d.invoke("vers").status == 200
+
+
 def test_graceful_shutdown_finishes_inflight():
     with Daemon() as d:
         d.deploy_files("slow", {"index.js": SLOW})
