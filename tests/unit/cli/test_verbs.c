@@ -230,6 +230,11 @@ static void test_usage_and_reach(void)
 	CHECK(strstr(out, "--tier") != NULL);
 	CHECK_INT(RUN("ls", "--help"), 0);
 	CHECK_INT(RUN("frobnicate"), 2);
+	CHECK_STR(err, "stoke: unknown verb 'frobnicate'\nTry 'stoke --help'.\n");
+	CHECK_INT(RUN("deploi"), 2);
+	CHECK(starts(err, "stoke: unknown verb 'deploi' (did you mean deploy?)\n"));
+	CHECK_INT(RUN("help", "invok"), 2);
+	CHECK(strstr(err, "(did you mean invoke?)") != NULL);
 	CHECK_INT(RUN("ls", "--bogus"), 2);
 	CHECK_INT(RUN("show"), 2);
 	CHECK_INT(RUN("logs", "x", "-n", "zero"), 2);
