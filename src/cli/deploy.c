@@ -90,10 +90,10 @@ static int cli_deploy_check_size(struct cli_client *c, const struct cli_manifest
 	code = cli_client_api(c, "GET", "/_stoke/status", NULL, &doc);
 	limit = cJSON_GetObjectItemCaseSensitive(doc, "max_deploy_bytes");
 	if (!code && cJSON_IsNumber(limit) && (double)size > limit->valuedouble) {
-		fprintf(stderr, "stoke: %s is too big to deploy: %zu files of %.1f MiB make a "
-			"%.1f MiB request (contents are sent as base64, 4/3 of their size);\n"
-			"  the daemon at %s accepts %.1f MiB (stoke serve --max-deploy)\n", path,
-			m->nfiles, m->bytes / 1048576.0, size / 1048576.0, c->url_text,
+		cli_client_fail(c, "too_big", "%s is too big to deploy: %zu files of %.1f MiB "
+			"make a %.1f MiB request (contents are sent as base64, 4/3 of their "
+			"size);\n  the daemon at %s accepts %.1f MiB (stoke serve --max-deploy)",
+			path, m->nfiles, m->bytes / 1048576.0, size / 1048576.0, c->url_text,
 			limit->valuedouble / 1048576.0);
 		code = CLI_EXIT_REMOTE;
 	}
@@ -109,7 +109,7 @@ static int cli_deploy_upload(struct cli_client *c, const struct cli_manifest *m,
 	int code;
 
 	if (cli_manifest_body(m, &body, &err)) {
-		fprintf(stderr, "stoke: %s\n", err.msg);
+		cli_client_fail(c, "invalid_input", "%s", err.msg);
 		code = CLI_EXIT_USAGE;
 	} else {
 		code = cli_client_api(c, method, target, &body, doc);
@@ -129,7 +129,7 @@ int cli_deploy_send(struct cli_client *c, const struct cli_manifest_opts *mo,
 	int code;
 
 	if (cli_manifest_build(mo, &m, &err)) {
-		fprintf(stderr, "stoke: %s\n", err.msg);
+		cli_client_fail(c, "invalid_input", "%s", err.msg);
 		return CLI_EXIT_USAGE;
 	}
 	sb_adds(&target, "/_stoke/functions/");

@@ -59,6 +59,25 @@ def test_deploy_errors(d):
     assert d.cli("deploy").returncode == 2
 
 
+def test_json_errors(d):
+    """With --json an error is one JSON object on stdout too; the exit codes stay."""
+    fn = os.path.join(d.tmp.name, "typo-fn")
+    os.makedirs(fn, exist_ok=True)
+    write(d, "typo-fn/index.js", HELLO)
+    write(d, "typo-fn/stoke.json", '{"limts": {"memory_mb": 64}}')
+    r = d.cli("deploy", fn, "--json")
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    doc = json.loads(r.stdout)
+    assert doc["error"] == "invalid_manifest" and doc["field"] == "limts", doc
+    assert doc["status"] == 400 and "limits" in doc["message"], doc
+    assert "(field: limts)" in r.stderr, r.stderr
+    r = d.cli("show", "cli-json-nothing", "--json")
+    assert r.returncode == 1 and json.loads(r.stdout)["status"] == 404, r.stdout
+    r = d.cli("show", "x", "--json", "--url", "http://127.0.0.1:%d" % free_port())
+    assert r.returncode == 3 and json.loads(r.stdout)["error"] == "unreachable", r.stdout
+    assert "cannot reach the daemon" in r.stderr
+
+
 def test_invoke(d):
     deployed(d, "cli-invoke")
     r = ok(d.cli("invoke", "cli-invoke", "/a/b"))
