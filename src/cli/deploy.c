@@ -2,6 +2,7 @@
 #include <string.h>
 
 #include "deploy.h"
+#include "gateway/manifest.h"
 #include "output.h"
 
 enum { OPT_NAME = CLI_OPT_VERB_BASE, OPT_TIER, OPT_RUNTIME };
@@ -118,6 +119,35 @@ static int cli_deploy_upload(struct cli_client *c, const struct cli_manifest *m,
 	return code;
 }
 
+/*
+ * Checks the name as typed (--name 'My Fn', stoke.json, a derived one) before it is
+ * percent-encoded into the URL: the daemon would see and judge "My%20Fn", and suggest
+ * a name made from the escapes. Returns 0, or CLI_EXIT_USAGE after saying which name
+ * would do, like the daemon's own refusal.
+ */
+static int cli_deploy_check_name(const struct cli_client *c, const char *name)
+{
+	char valid[64], msg[512];
+	cJSON *doc;
+
+	if (mf_valid_name(name, strlen(name)))
+		return CLI_EXIT_OK;
+	mf_suggest_name(name, valid, sizeof(valid));
+	snprintf(msg, sizeof(msg), "\"%s\" is not a valid function name: use 1-63 "
+		 "characters of a-z, 0-9 and '-', not starting or ending with '-'%s%s%s", name,
+		 *valid ? " (\"" : "", valid, *valid ? "\" is)" : "");
+	doc = cJSON_CreateObject();
+	if (!doc || !cJSON_AddStringToObject(doc, "error", "invalid_manifest") ||
+	    !cJSON_AddStringToObject(doc, "message", msg) ||
+	    !cJSON_AddStringToObject(doc, "field", "name") ||
+	    (*valid && !cJSON_AddStringToObject(doc, "suggestion", valid)))
+		fprintf(stderr, "stoke: %s\n", msg);
+	else
+		cli_client_error(c, doc);
+	cJSON_Delete(doc);
+	return CLI_EXIT_USAGE;
+}
+
 /* Local problems (a missing PATH, a bad stoke.json) are usage errors. */
 int cli_deploy_send(struct cli_client *c, const struct cli_manifest_opts *mo,
 		    const char *method, const char *suffix, cli_deploy_print_fn *print)
@@ -131,6 +161,11 @@ int cli_deploy_send(struct cli_client *c, const struct cli_manifest_opts *mo,
 	if (cli_manifest_build(mo, &m, &err)) {
 		cli_client_fail(c, "invalid_input", "%s", err.msg);
 		return CLI_EXIT_USAGE;
+	}
+	code = cli_deploy_check_name(c, m.name);
+	if (code) {
+		cli_manifest_free(&m);
+		return code;
 	}
 	sb_adds(&target, "/_stoke/functions/");
 	cli_client_escape(&target, m.name);

@@ -291,6 +291,12 @@ def test_invalid_derived_name_suggests_one(d):
     assert r.returncode != 0, r
     assert '"my_handler" is not a valid function name' in r.stderr, r.stderr
     assert "stoke: hint: use --name my-handler\n" in r.stderr, r.stderr
+    # Judged and fixed up as typed, not as percent-encoded into the URL (My%20Fn).
+    r = d.cli("deploy", write(d, "spaced.js", HELLO), "--name", "My Fn")
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert '"My Fn" is not a valid function name' in r.stderr, r.stderr
+    assert '("my-fn" is)' in r.stderr and "hint: use --name my-fn\n" in r.stderr, r.stderr
+    assert d.cli("show", "my-fn").returncode == 1
     r = d.admin("PUT", "/functions/My_App", {"files": {"index.js": "AAAA"}})
     assert r.status == 400 and r.json()["suggestion"] == "my-app", r
 

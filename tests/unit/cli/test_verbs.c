@@ -155,6 +155,9 @@ static void test_deploy(void)
 	CHECK_INT(RUN("deploy", "/nonexistent/dir", "--json"), 2);
 	CHECK(starts(out, "{\n\t\"error\":\t\"invalid_input\",\n\t\"message\":\t"
 		     "\"/nonexistent/dir: No such file or directory\"\n}\n"));
+	CHECK_INT(RUN("deploy", path, "--name", "My Fn"), 2);	/* refused before sending */
+	CHECK(strstr(err, "\"My Fn\" is not a valid function name") &&
+	      strstr(err, "(\"my-fn\" is)") && strstr(err, "\nstoke: hint: use --name my-fn\n"));
 	CHECK_INT(RUN("deploy", path, "--tier", "fast"), 2);
 	CHECK_INT(RUN("deploy", "/nonexistent/dir"), 2);
 }
