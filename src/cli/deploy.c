@@ -1,5 +1,9 @@
 /* `stoke deploy PATH`: uploads a directory or a single file as a new function version. */
+#include <fcntl.h>
+#include <limits.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "deploy.h"
 #include "gateway/manifest.h"
@@ -148,6 +152,66 @@ static int cli_deploy_check_name(const struct cli_client *c, const char *name)
 	return CLI_EXIT_USAGE;
 }
 
+/* Whether the file at path starts like an ELF program (any class: the daemon says
+ * which one it runs). */
+static int cli_deploy_is_elf(const char *path)
+{
+	unsigned char h[4];
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	ssize_t n = fd < 0 ? -1 : read(fd, h, sizeof(h));
+
+	if (fd >= 0)
+		close(fd);
+	return n == 4 && !memcmp(h, "\177ELF", 4);
+}
+
+/* ".js, .mjs (js), .py (python3)...": the extensions stoke knows, by runtime. */
+static void cli_deploy_exts(struct strbuf *sb)
+{
+	const struct mf_entry_ext *e;
+
+	for (e = mf_entry_exts; e->ext; e++) {
+		sb_printf(sb, "%s%s", e != mf_entry_exts ? ", " : "", e->ext);
+		if (!e[1].ext || strcmp(e[1].runtime, e->runtime))
+			sb_printf(sb, " (%s)", e->runtime);
+	}
+}
+
+/*
+ * Without a runtime from --runtime or stoke.json, the daemon infers one from the entry's
+ * extension and takes anything it does not know for a native program, so readme.txt
+ * would be refused as "not an x86-64 ELF program". Says instead that ".txt" tells no
+ * runtime, before sending. Returns 0 to go on, else CLI_EXIT_USAGE.
+ */
+static int cli_deploy_check_runtime(const struct cli_client *c,
+				    const struct cli_manifest_opts *mo,
+				    const struct cli_manifest *m)
+{
+	const char *entry = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(m->manifest,
+										 "entry"));
+	struct strbuf exts = STRBUF_INIT;
+	char path[PATH_MAX];
+	struct stat st;
+
+	if (cJSON_GetObjectItemCaseSensitive(m->manifest, "runtime") || !entry ||
+	    mf_entry_runtime(entry) || stat(mo->path, &st))
+		return CLI_EXIT_OK;
+	if (S_ISDIR(st.st_mode))
+		snprintf(path, sizeof(path), "%s/%s", mo->path, entry);
+	else
+		snprintf(path, sizeof(path), "%s", mo->path);
+	if (cli_deploy_is_elf(path))
+		return CLI_EXIT_OK;
+	cli_deploy_exts(&exts);
+	cli_client_fail(c, "invalid_input", "cannot tell the runtime of %s from its extension "
+			"\"%s\": stoke knows %s, and a file without an extension is a native "
+			"program; pass --runtime js, python3 or native, or set \"runtime\" in "
+			"stoke.json",
+			entry, strrchr(entry, '.'), sb_failed(&exts) ? "?" : exts.buf);
+	sb_free(&exts);
+	return CLI_EXIT_USAGE;
+}
+
 /* Local problems (a missing PATH, a bad stoke.json) are usage errors. */
 int cli_deploy_send(struct cli_client *c, const struct cli_manifest_opts *mo,
 		    const char *method, const char *suffix, cli_deploy_print_fn *print)
@@ -162,7 +226,7 @@ int cli_deploy_send(struct cli_client *c, const struct cli_manifest_opts *mo,
 		cli_client_fail(c, "invalid_input", "%s", err.msg);
 		return CLI_EXIT_USAGE;
 	}
-	code = cli_deploy_check_name(c, m.name);
+	code = cli_deploy_check_name(c, m.name) ?: cli_deploy_check_runtime(c, mo, &m);
 	if (code) {
 		cli_manifest_free(&m);
 		return code;

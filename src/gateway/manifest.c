@@ -302,27 +302,40 @@ static int mf_pick_entry(struct fn *fn, const char *entry, const char *dir,
 		       "index.js, index.ts or handler.py");
 }
 
-static int mf_has_suffix(const char *s, const char *suffix)
-{
-	size_t n = strlen(s), m = strlen(suffix);
+const struct mf_entry_ext mf_entry_exts[] = {
+	{ ".js", "js" }, { ".mjs", "js" }, { ".ts", "js" }, { ".mts", "js" },
+	{ ".wasm", "js" }, { ".py", "python3" }, { ".c", "native" }, { NULL, NULL },
+};
 
-	return n >= m && !strcmp(s + n - m, suffix);
+const char *mf_entry_runtime(const char *entry)
+{
+	const char *base = strrchr(entry, '/'), *dot;
+	size_t i;
+
+	base = base ? base + 1 : entry;
+	dot = strrchr(base, '.');
+	if (!dot || dot == base)
+		return "native";	/* no extension: a program */
+	for (i = 0; mf_entry_exts[i].ext; i++)
+		if (!strcmp(dot, mf_entry_exts[i].ext))
+			return mf_entry_exts[i].runtime;
+	return NULL;
 }
 
 static int mf_is_js_entry(const char *entry)
 {
-	return mf_has_suffix(entry, ".js") || mf_has_suffix(entry, ".mjs") ||
-	       mf_has_suffix(entry, ".ts") || mf_has_suffix(entry, ".mts") ||
-	       mf_has_suffix(entry, ".wasm");
+	const char *runtime = mf_entry_runtime(entry);
+
+	return runtime && !strcmp(runtime, "js");
 }
 
+/* An unknown extension stays native, as before: the VM tier then checks for an ELF
+ * program (stoke deploy says so before sending, naming the extensions). */
 static const char *mf_default_runtime(const struct fn *fn)
 {
-	if (mf_is_js_entry(fn->entry))
-		return "js";
-	if (mf_has_suffix(fn->entry, ".py"))
-		return "python3";
-	return "native";
+	const char *runtime = mf_entry_runtime(fn->entry);
+
+	return runtime ? runtime : "native";
 }
 
 /* Each rule that sends a function to a micro-VM, with the reason it gives. */

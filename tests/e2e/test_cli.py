@@ -78,6 +78,21 @@ def test_json_errors(d):
     assert "cannot reach the daemon" in r.stderr
 
 
+def test_unknown_extension_names_the_runtimes(d):
+    """readme.txt is not taken for a native program: the extension is named, with the
+    ones stoke knows and --runtime; a file without an extension still is a program."""
+    r = d.cli("deploy", write(d, "readme.txt", "hello\n"))
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert 'cannot tell the runtime of readme.txt from its extension ".txt"' in r.stderr
+    assert ".py (python3)" in r.stderr and "--runtime" in r.stderr, r.stderr
+    assert "ELF" not in r.stderr, r.stderr
+    assert d.cli("show", "readme").returncode == 1
+    r = d.cli("deploy", write(d, "readme.txt", HELLO), "--runtime", "js", "--tier", "isolate")
+    assert "cannot tell the runtime" not in r.stderr, r.stderr
+    r = d.cli("deploy", write(d, "prog", "not a program\n"))
+    assert r.returncode != 0 and "cannot tell the runtime" not in r.stderr, r.stderr
+
+
 def test_invoke(d):
     deployed(d, "cli-invoke")
     r = ok(d.cli("invoke", "cli-invoke", "/a/b"))

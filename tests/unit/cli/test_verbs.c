@@ -158,6 +158,18 @@ static void test_deploy(void)
 	CHECK_INT(RUN("deploy", path, "--name", "My Fn"), 2);	/* refused before sending */
 	CHECK(strstr(err, "\"My Fn\" is not a valid function name") &&
 	      strstr(err, "(\"my-fn\" is)") && strstr(err, "\nstoke: hint: use --name my-fn\n"));
+	/* An extension that tells no runtime is named, with the ones that do, unsent. */
+	snprintf(path, sizeof(path), "%s/readme.txt", tmpdir);
+	f = fopen(path, "w");
+	fputs("hello\n", f);
+	fclose(f);
+	CHECK_INT(RUN("deploy", path), 2);
+	CHECK(starts(err, "stoke: cannot tell the runtime of readme.txt from its extension "
+		     "\".txt\": stoke knows .js, .mjs, .ts, .mts, .wasm (js), .py (python3), "
+		     ".c (native), and a file without an extension is a native program; pass "
+		     "--runtime js, python3 or native"));
+	CHECK_INT(RUN("deploy", path, "--name", "hello", "--runtime", "js"), 0);
+	snprintf(path, sizeof(path), "%s/Hello.js", tmpdir);
 	CHECK_INT(RUN("deploy", path, "--tier", "fast"), 2);
 	CHECK_INT(RUN("deploy", "/nonexistent/dir"), 2);
 }
