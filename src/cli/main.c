@@ -45,7 +45,7 @@ void cli_help(const struct cli_verb *verb, FILE *out)
 		fprintf(out, "\n%s", verb->notes);
 	if (verb->client)
 		fputs(cli_client_help, out);
-	fputs(cli_exit_help, out);
+	fputs(verb->exits ? verb->exits : cli_exit_help, out);
 }
 
 int cli_usage(const struct cli_verb *verb, const char *fmt, ...)
@@ -87,6 +87,7 @@ static void cli_main_help(FILE *out)
 		"  -V, --version       print the version\n"
 		"\nRun 'stoke VERB --help' for a verb's options.\n");
 	fputs(cli_exit_help, out);
+	fputs("(serve and bench exit differently: see their --help)\n", out);
 }
 
 static const struct cli_verb *cli_find(const char *name)

@@ -182,6 +182,10 @@ const struct cli_verb cli_verb_serve = {
 		"  --workers N         isolate worker threads (default 0: one per core)\n"
 		"  --log-json          log one JSON object per line\n"
 		"  --log-level L       error, warn, info (default) or debug\n",
+	.exits =
+		"\nExit status: 0 the daemon stopped on SIGTERM or Ctrl-C, 1 it could not start\n"
+		"or run (it logs why: an address in use, a data directory another stoke serve\n"
+		"holds...), 2 usage error.\n",
 	.longopts = cli_serve_opts,
 	.shortopts = ":h",
 	.run = cli_serve_run,

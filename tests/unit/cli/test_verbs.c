@@ -353,6 +353,20 @@ static void test_help_layout(void)
 	}
 }
 
+/* Each help ends with the exit codes that verb can give: serve and bench talk to no
+ * daemon, so they say nothing of one answering an error. */
+static void test_help_exits(void)
+{
+	CHECK_INT(RUN("serve", "--help"), 0);
+	CHECK(strstr(out, "\nExit status: 0 the daemon stopped on SIGTERM or Ctrl-C, 1 it "));
+	CHECK(!strstr(out, "answered an error"));
+	CHECK_INT(RUN("bench", "--help"), 0);
+	CHECK(strstr(out, "\nExit status (bench/report's): 0 the report was written, 1 a "));
+	CHECK(!strstr(out, "answered an error"));
+	CHECK_INT(RUN("deploy", "--help"), 0);
+	CHECK(strstr(out, "\nExit status: 0 success, 1 the daemon or function answered an "));
+}
+
 /* The daemon options also work before the verb. */
 static void test_options_before_verb(void)
 {
@@ -405,6 +419,7 @@ int main(int argc, char **argv)
 	test_help_anywhere();
 	test_options_before_verb();
 	test_help_layout();
+	test_help_exits();
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
 	if (system(cmd))
 		fprintf(stderr, "could not remove %s\n", tmpdir);
