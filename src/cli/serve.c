@@ -141,6 +141,18 @@ static int cli_serve_args(int argc, char **argv, struct daemon_config *cfg, int 
 	return 0;
 }
 
+/* The daemon logged what failed; for the failures a user fixes with an option, which
+ * option. */
+static void cli_serve_explain(const struct daemon_config *cfg, int ret)
+{
+	if (ret == -EADDRINUSE)
+		log_error("another process uses %s: choose another address with --listen "
+			  "HOST:PORT", cfg->listen);
+	else if (ret == -EBUSY)
+		log_error("the stoke serve that holds %s/lock already serves it: use that one, "
+			  "stop it, or pass another --data-dir", cfg->data_dir);
+}
+
 static int cli_serve_run(int argc, char **argv)
 {
 	struct daemon_config cfg = { 0 };
@@ -162,7 +174,9 @@ static int cli_serve_run(int argc, char **argv)
 	}
 	if (level >= 0)
 		cfg.log_level = level;
-	return daemon_run(&cfg) ? CLI_EXIT_REMOTE : CLI_EXIT_OK;
+	ret = daemon_run(&cfg);
+	cli_serve_explain(&cfg, ret);
+	return ret ? CLI_EXIT_REMOTE : CLI_EXIT_OK;
 }
 
 const struct cli_verb cli_verb_serve = {

@@ -343,3 +343,24 @@ def test_invoke_ends_the_line_on_a_terminal(d):
         if secondary >= 0:
             os.close(secondary)
     assert out == b"hello from cli /x\r\n", out
+
+
+def test_serve_says_which_option_fixes_the_address(d):
+    """--listen 8080 asks for HOST:PORT; an address in use, or a data directory another
+    daemon serves, names what to change; each exits without serving."""
+    r = d.cli("serve", "--listen", "8080", timeout=30)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "'8080' is a port alone: write HOST:PORT, e.g. 127.0.0.1:8080" in r.stderr
+    other = os.path.join(d.tmp.name, "serve-other-data")
+    r = d.cli("serve", "--listen", "127.0.0.1:%d" % d.port, "--data-dir", other,
+              timeout=30)
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    assert "cannot listen on 127.0.0.1:%d: Address already in use" % d.port in r.stderr
+    assert "another process uses 127.0.0.1:%d: choose another address with --listen" \
+        % d.port in r.stderr, r.stderr
+    r = d.cli("serve", "--listen", "127.0.0.1:%d" % free_port(), "--data-dir", d.data_dir,
+              timeout=30)
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    assert "already serves it: use that one, stop it, or pass another --data-dir" \
+        in r.stderr, r.stderr
+    assert d.cli("status").returncode == 0
