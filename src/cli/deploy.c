@@ -212,6 +212,20 @@ static int cli_deploy_check_runtime(const struct cli_client *c,
 	return CLI_EXIT_USAGE;
 }
 
+/* Says what the walk left out (.git, a socket, a link loop), so that nothing goes
+ * missing silently; everything else under PATH is sent. */
+static void cli_deploy_say_skipped(const struct cli_manifest *m)
+{
+	size_t i;
+
+	if (!m->nskipped)
+		return;
+	fprintf(stderr, "stoke: not uploaded:");
+	for (i = 0; i < m->nskipped; i++)
+		fprintf(stderr, "%s %s", i ? "," : "", m->skipped[i]);
+	fputc('\n', stderr);
+}
+
 /* Local problems (a missing PATH, a bad stoke.json) are usage errors. */
 int cli_deploy_send(struct cli_client *c, const struct cli_manifest_opts *mo,
 		    const char *method, const char *suffix, cli_deploy_print_fn *print)
@@ -226,6 +240,7 @@ int cli_deploy_send(struct cli_client *c, const struct cli_manifest_opts *mo,
 		cli_client_fail(c, "invalid_input", "%s", err.msg);
 		return CLI_EXIT_USAGE;
 	}
+	cli_deploy_say_skipped(&m);
 	code = cli_deploy_check_name(c, m.name) ?: cli_deploy_check_runtime(c, mo, &m);
 	if (code) {
 		cli_manifest_free(&m);
@@ -272,6 +287,10 @@ const struct cli_verb cli_verb_deploy = {
 	.args = "PATH [OPTIONS]",
 	.summary = "Deploy a directory (with an optional stoke.json) or a single source file.",
 	.options = CLI_DEPLOY_OPTIONS,
+	.notes =
+		"A directory is sent whole, dot-files and node_modules included, symbolic\n"
+		"links followed; only version control (.git, .hg, .svn, .bzr), link loops and\n"
+		"special files are left out, and stoke says which.\n",
 	.client = 1,
 	.longopts = cli_deploy_opts,
 	.shortopts = ":h",

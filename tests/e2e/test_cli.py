@@ -364,3 +364,25 @@ def test_serve_says_which_option_fixes_the_address(d):
     assert "already serves it: use that one, stop it, or pass another --data-dir" \
         in r.stderr, r.stderr
     assert d.cli("status").returncode == 0
+
+
+def test_deploy_follows_symbolic_links(d):
+    """A file linked in from elsewhere is sent (the user's `ln -s /elsewhere/lib.js`);
+    .git is not, and the deploy says so; a link to nothing is an error naming it."""
+    root = os.path.join(d.tmp.name, "linked")
+    fn = os.path.join(root, "fn")
+    os.makedirs(os.path.join(root, "elsewhere"))
+    os.makedirs(os.path.join(fn, ".git"))
+    write(d, "linked/elsewhere/lib.js", "export const who = 'linked lib';\n")
+    write(d, "linked/fn/.git/HEAD", "ref: refs/heads/main\n")
+    write(d, "linked/fn/index.js", 'import { who } from "./lib.js";\n'
+          "export default { fetch() { return new Response('hi from ' + who); } };\n")
+    os.symlink(os.path.join(root, "elsewhere", "lib.js"), os.path.join(fn, "lib.js"))
+    r = ok(d.cli("deploy", fn, "--name", "cli-linked"))
+    assert "stoke: not uploaded: .git (version control)\n" in r.stderr, r.stderr
+    assert ok(d.cli("invoke", "cli-linked")).stdout == "hi from linked lib"
+    os.symlink("/nonexistent/stoke-e2e/lib2.js", os.path.join(fn, "lib2.js"))
+    r = d.cli("deploy", fn, "--name", "cli-linked")
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "%s/lib2.js is a symbolic link to /nonexistent/stoke-e2e/lib2.js, which does " \
+        "not exist" % fn in r.stderr, r.stderr
