@@ -6,7 +6,6 @@
 #include <string.h>
 
 #include "config.h"
-#include "output.h"
 
 const struct option cli_client_opts[] = { CLI_CLIENT_OPTIONS, { 0 } };
 
@@ -99,9 +98,16 @@ static void cli_client_say(const struct cli_client *c, const cJSON *doc)
 
 void cli_client_error(const struct cli_client *c, const cJSON *doc)
 {
+	char *text;
+
 	cli_client_say(c, doc);
-	if (c->json)
-		cli_out_json(doc);
+	if (!c->json)
+		return;
+	/* One line, so that it also ends a stream of JSON lines (logs -f --json). */
+	text = cJSON_PrintUnformatted(doc);
+	if (text)
+		printf("%s\n", text);
+	free(text);
 }
 
 void cli_client_fail(const struct cli_client *c, const char *kind, const char *fmt, ...)

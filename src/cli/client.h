@@ -60,7 +60,8 @@ int cli_client_getopt(struct cli_client *c, int argc, char **argv, int *exit_cod
 
 /*
  * Reports an error: "stoke: MESSAGE (field: F)" and a hint on stderr, and with --json
- * the object itself on stdout, so a script reading stdout always gets one JSON value.
+ * the object itself on stdout, on one line, so a script reading stdout always gets
+ * JSON.
  * doc is {"error": kind, "message": text} with optional "field", "suggestion" and
  * "status" (the daemon's HTTP status, for errors the daemon answered).
  */

@@ -73,6 +73,10 @@ def test_json_errors(d):
     assert "(field: limts)" in r.stderr, r.stderr
     r = d.cli("show", "cli-json-nothing", "--json")
     assert r.returncode == 1 and json.loads(r.stdout)["status"] == 404, r.stdout
+    # One line: it also ends a stream of JSON lines.
+    r = d.cli("logs", "cli-json-nothing", "--json")
+    assert r.returncode == 1 and r.stdout.count("\n") == 1, r.stdout
+    assert json.loads(r.stdout)["status"] == 404, r.stdout
     r = d.cli("show", "x", "--json", "--url", "http://127.0.0.1:%d" % free_port())
     assert r.returncode == 3 and json.loads(r.stdout)["error"] == "unreachable", r.stdout
     assert "cannot reach the daemon" in r.stderr
