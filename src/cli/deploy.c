@@ -200,7 +200,8 @@ static int cli_deploy_check_runtime(const struct cli_client *c,
 		snprintf(path, sizeof(path), "%s/%s", mo->path, entry);
 	else
 		snprintf(path, sizeof(path), "%s", mo->path);
-	if (cli_deploy_is_elf(path))
+	/* A missing entry is the daemon's to name; a program is native whatever its name. */
+	if (stat(path, &st) || !S_ISREG(st.st_mode) || cli_deploy_is_elf(path))
 		return CLI_EXIT_OK;
 	cli_deploy_exts(&exts);
 	cli_client_fail(c, "invalid_input", "cannot tell the runtime of %s from its extension "

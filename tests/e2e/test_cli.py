@@ -93,6 +93,13 @@ def test_unknown_extension_names_the_runtimes(d):
     assert d.cli("show", "readme").returncode == 1
     r = d.cli("deploy", write(d, "readme.txt", HELLO), "--runtime", "js", "--tier", "isolate")
     assert "cannot tell the runtime" not in r.stderr, r.stderr
+    # An entry that is not there is the daemon's to name, whatever its extension.
+    os.makedirs(os.path.join(d.tmp.name, "noentry"), exist_ok=True)
+    write(d, "noentry/index.js", HELLO)
+    write(d, "noentry/stoke.json", '{"entry": "gone.txt"}')
+    r = d.cli("deploy", os.path.join(d.tmp.name, "noentry"))
+    assert r.returncode == 2 and "cannot tell the runtime" not in r.stderr, r.stderr
+    assert "(field: entry)" in r.stderr, r.stderr
     r = d.cli("deploy", write(d, "prog", "not a program\n"))
     assert r.returncode != 0 and "cannot tell the runtime" not in r.stderr, r.stderr
 
