@@ -11,10 +11,12 @@ from harness import BUILD, ROOT, Skip, free_port
 RUN = os.path.join(ROOT, "scripts", "run")
 
 
-def run_script(d, listen, data_dir):
+def run_script(d, listen, data_dir, path_first=None):
     if os.path.realpath(BUILD) != os.path.realpath(os.path.join(ROOT, "build")):
         raise Skip("scripts/run builds into build/, the tests use STOKE_BUILD=%s" % BUILD)
     env = dict(d.env, STOKE_LISTEN=listen, STOKE_DATA_DIR=data_dir)
+    if path_first:
+        env["PATH"] = path_first + os.pathsep + env.get("PATH", "")
     env.pop("STOKE_LOG", None)
     return subprocess.run([RUN], env=env, text=True, capture_output=True, timeout=300,
                           cwd="/")
@@ -63,3 +65,18 @@ def test_data_dir_already_served(d):
         assert "stoke is serving" not in r.stdout and "deployed" not in r.stdout
         assert functions(d) == []
     assert d.proc.poll() is None and d.cli("status").returncode == 0
+
+
+def test_failed_build_is_shown_and_stops(d):
+    """The build's output, hidden on success, is shown when it fails; nothing starts."""
+    fake = os.path.join(d.tmp.name, "fake-bin")
+    os.makedirs(fake, exist_ok=True)
+    ninja = os.path.join(fake, "ninja")
+    with open(ninja, "w") as f:
+        f.write("#!/bin/sh\necho 'src/x.c:1:1: error: made to fail'\nexit 1\n")
+    os.chmod(ninja, 0o755)
+    data = os.path.join(d.tmp.name, "run-never-started")
+    r = run_script(d, "127.0.0.1:%d" % free_port(), data, path_first=fake)
+    assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
+    assert "src/x.c:1:1: error: made to fail\nrun: the build failed" in r.stderr, r.stderr
+    assert not os.path.exists(data)
