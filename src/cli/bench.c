@@ -98,7 +98,11 @@ const struct cli_verb cli_verb_bench = {
 		"                      (default: bench/results of the source tree)\n",
 	.notes =
 		"$STOKE_SRC names the source tree whose bench/report runs (default: the tree\n"
-		"stoke was built in); its exit status is stoke's.\n",
+		"stoke was built in).\n",
+	.exits =
+		"\nExit status (bench/report's): 0 the report was written, 1 a suite that could\n"
+		"run failed (the report is still written), 2 usage error, no runnable\n"
+		"bench/report or nothing to report.\n",
 	.longopts = cli_bench_opts,
 	.shortopts = ":h",
 	.run = cli_bench_run,

@@ -22,6 +22,9 @@ struct cli_verb {
 	const char *summary;		/* one line for `stoke --help` */
 	const char *options;		/* option lines for `stoke VERB --help` */
 	const char *notes;		/* a paragraph after the options, or NULL */
+	/* The "Exit status:" paragraph of its help; NULL for a client verb's (0 ok, 1 the
+	 * daemon or function answered an error, 2 usage, 3 no daemon). */
+	const char *exits;
 	int client;			/* talks to a daemon, so takes --url, --token... */
 	/* The verb's getopt_long tables; they include --help/-h, which main handles
 	 * before run is called, wherever it appears. */

@@ -73,25 +73,80 @@ int cli_client_getopt(struct cli_client *c, int argc, char **argv, int *exit_cod
 	}
 }
 
+/* The human line on stderr: the message, the field at fault, then a hint with a valid
+ * value (for a refused derived name, the flag that sets another). */
+static void cli_client_say(const struct cli_client *c, const cJSON *doc)
+{
+	const char *msg = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(doc,
+									       "message"));
+	const char *field = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(doc,
+										 "field"));
+	const char *s = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(doc,
+									     "suggestion"));
+
+	if (!msg)
+		msg = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(doc, "error"));
+	fprintf(stderr, "stoke: %s", msg ? msg : "error");
+	if (field)
+		fprintf(stderr, " (field: %s)", field);
+	fputc('\n', stderr);
+	if (s && c->name_flag && field && !strcmp(field, "name"))
+		fprintf(stderr, "stoke: hint: use %s %s\n", c->name_flag, s);
+	else if (s)
+		fprintf(stderr, "stoke: hint: did you mean %s?\n", s);
+}
+
+void cli_client_error(const struct cli_client *c, const cJSON *doc)
+{
+	char *text;
+
+	cli_client_say(c, doc);
+	if (!c->json)
+		return;
+	/* One line, so that it also ends a stream of JSON lines (logs -f --json). */
+	text = cJSON_PrintUnformatted(doc);
+	if (text)
+		printf("%s\n", text);
+	free(text);
+}
+
+void cli_client_fail(const struct cli_client *c, const char *kind, const char *fmt, ...)
+{
+	char msg[1024];
+	cJSON *doc;
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	doc = cJSON_CreateObject();
+	if (!doc || !cJSON_AddStringToObject(doc, "error", kind) ||
+	    !cJSON_AddStringToObject(doc, "message", msg))
+		fprintf(stderr, "stoke: %s\n", msg);	/* out of memory: the line at least */
+	else
+		cli_client_error(c, doc);
+	cJSON_Delete(doc);
+}
+
 int cli_client_open(struct cli_client *c)
 {
 	struct cli_err err = { 0 };
 
 	c->url_text = cli_config_url(c->url_flag);
 	if (cli_url_parse(c->url_text, &c->url, &err)) {
-		fprintf(stderr, "stoke: bad daemon URL '%s': %s\n", c->url_text, err.msg);
+		cli_client_fail(c, "usage", "bad daemon URL '%s': %s", c->url_text, err.msg);
 		return CLI_EXIT_USAGE;
 	}
 	if (c->anonymous)
 		return CLI_EXIT_OK;
 	if (cli_config_token(c->token_flag, c->data_dir_flag, &c->token, &c->token_source,
 			     &err)) {
-		fprintf(stderr, "stoke: %s\n", err.msg);
+		cli_client_fail(c, "usage", "%s", err.msg);
 		return CLI_EXIT_USAGE;
 	}
 	/* It goes into a header line: a stray newline would forge headers. */
 	if (c->token && strpbrk(c->token, "\r\n")) {
-		fprintf(stderr, "stoke: the token contains a line break\n");
+		cli_client_fail(c, "usage", "the token contains a line break");
 		return CLI_EXIT_USAGE;
 	}
 	return CLI_EXIT_OK;
@@ -110,60 +165,63 @@ int cli_client_send(struct cli_client *c, struct cli_http_req *req, struct cli_h
 	if (ret == -EINTR)
 		return CLI_EXIT_UNREACHABLE;
 	if (!resp->connected && ret == -ECONNREFUSED)
-		fprintf(stderr, "stoke: cannot reach the daemon at %s (is 'stoke serve' "
-			"running?)\n", c->url_text);
+		cli_client_fail(c, "unreachable", "cannot reach the daemon at %s (is 'stoke "
+				"serve' running?)", c->url_text);
 	else if (!resp->connected)
-		fprintf(stderr, "stoke: cannot reach the daemon at %s: %s\n", c->url_text,
-			err.msg);
+		cli_client_fail(c, "unreachable", "cannot reach the daemon at %s: %s",
+				c->url_text, err.msg);
 	else if (ret == -ETIMEDOUT)
-		fprintf(stderr, "stoke: the daemon at %s did not answer within %g s\n",
-			c->url_text, c->timeout_ms / 1000.0);
+		cli_client_fail(c, "timeout", "the daemon at %s did not answer within %g s",
+				c->url_text, c->timeout_ms / 1000.0);
 	else
-		fprintf(stderr, "stoke: %s\n", err.msg);
+		cli_client_fail(c, "bad_answer", "%s", err.msg);
 	return CLI_EXIT_UNREACHABLE;
 }
 
-/* A valid value the daemon suggests instead of a refused one: for a derived function
- * name (my_handler.py), the flag that sets another. */
-static void cli_client_suggest(const struct cli_client *c, const cJSON *doc)
-{
-	const char *s = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(doc,
-									     "suggestion"));
-	const char *field = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(doc,
-										 "field"));
-
-	if (!s)
-		return;
-	if (c->name_flag && field && !strcmp(field, "name"))
-		fprintf(stderr, "stoke: hint: use %s %s\n", c->name_flag, s);
-	else
-		fprintf(stderr, "stoke: hint: did you mean %s?\n", s);
-}
-
-/* Prints the daemon's error: {"error","message","field"} when it sent one, else the
- * status line and the start of whatever it sent. Returns the exit code: a manifest,
- * name or entry file the daemon refuses is unusable local input, like a bad PATH. */
-static int cli_client_report(const struct cli_client *c, const struct cli_http_resp *resp)
+/* The daemon's error as an object {"error","message","field"...} plus "status": the one
+ * it sent, else one made of the status line and the start of whatever it sent. */
+static cJSON *cli_client_error_doc(const struct cli_http_resp *resp)
 {
 	cJSON *doc = cJSON_ParseWithLength(resp->body.buf, resp->body.len);
-	cJSON *msg = cJSON_GetObjectItemCaseSensitive(doc, "message");
-	cJSON *kind = cJSON_GetObjectItemCaseSensitive(doc, "error");
-	cJSON *field = cJSON_GetObjectItemCaseSensitive(doc, "field");
-	int len = resp->body.len > 200 ? 200 : (int)resp->body.len, ret;
+	int len = resp->body.len > 200 ? 200 : (int)resp->body.len;
+	char msg[300];
 
-	if (cJSON_IsString(msg))
-		fprintf(stderr, "stoke: %s", msg->valuestring);
-	else if (cJSON_IsString(kind))
-		fprintf(stderr, "stoke: %s", kind->valuestring);
-	else
-		fprintf(stderr, "stoke: the daemon answered %d%s%.*s", resp->status,
-			len ? ": " : "", len, resp->body.buf);
-	if (cJSON_IsString(field))
-		fprintf(stderr, " (field: %s)", field->valuestring);
-	fputc('\n', stderr);
-	cli_client_suggest(c, doc);
-	ret = resp->status == 400 && cJSON_IsString(kind) &&
-	      !strcmp(kind->valuestring, "invalid_manifest") ? CLI_EXIT_USAGE : CLI_EXIT_REMOTE;
+	if (cJSON_IsObject(doc) && (cJSON_IsString(cJSON_GetObjectItemCaseSensitive(doc,
+										"message")) ||
+				    cJSON_IsString(cJSON_GetObjectItemCaseSensitive(doc,
+										"error")))) {
+		cJSON_DeleteItemFromObjectCaseSensitive(doc, "status");
+		cJSON_AddNumberToObject(doc, "status", resp->status);
+		return doc;
+	}
+	cJSON_Delete(doc);
+	snprintf(msg, sizeof(msg), "the daemon answered %d%s%.*s", resp->status,
+		 len ? ": " : "", len, resp->body.buf);
+	doc = cJSON_CreateObject();
+	if (doc) {
+		cJSON_AddStringToObject(doc, "error", "http_error");
+		cJSON_AddStringToObject(doc, "message", msg);
+		cJSON_AddNumberToObject(doc, "status", resp->status);
+	}
+	return doc;
+}
+
+/* Says what the daemon refused (with --json also on stdout). Returns the exit code: a
+ * manifest, name or entry file the daemon refuses is unusable local input, like a bad
+ * PATH. */
+static int cli_client_report(const struct cli_client *c, const struct cli_http_resp *resp)
+{
+	cJSON *doc = cli_client_error_doc(resp);
+	const char *kind = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(doc, "error"));
+	int ret;
+
+	if (!doc) {
+		fprintf(stderr, "stoke: the daemon answered %d\n", resp->status);
+		return CLI_EXIT_REMOTE;
+	}
+	cli_client_error(c, doc);
+	ret = resp->status == 400 && kind && !strcmp(kind, "invalid_manifest") ?
+		CLI_EXIT_USAGE : CLI_EXIT_REMOTE;
 	cJSON_Delete(doc);
 	return ret;
 }
@@ -184,13 +242,14 @@ static void cli_client_explain_401(const struct cli_client *c)
 			"directory)\n", src->text);
 }
 
-static int cli_client_parse(const struct cli_http_resp *resp, cJSON **out)
+static int cli_client_parse(const struct cli_client *c, const struct cli_http_resp *resp,
+			    cJSON **out)
 {
 	*out = cJSON_ParseWithLength(resp->body.buf, resp->body.len);
 	if (*out)
 		return CLI_EXIT_OK;
-	fprintf(stderr, "stoke: the daemon answered %d with something that is not JSON\n",
-		resp->status);
+	cli_client_fail(c, "bad_answer", "the daemon answered %d with something that is not "
+			"JSON", resp->status);
 	return CLI_EXIT_REMOTE;
 }
 
@@ -220,7 +279,7 @@ int cli_client_api(struct cli_client *c, const char *method, const char *target,
 		if (resp.status == 401)
 			cli_client_explain_401(c);
 	} else if (!ret) {
-		ret = cli_client_parse(&resp, out);
+		ret = cli_client_parse(c, &resp, out);
 	}
 	cli_http_resp_free(&resp);
 	free(auth);

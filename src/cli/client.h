@@ -58,6 +58,19 @@ int cli_client_option(struct cli_client *c, int opt, const char *arg, int *exit_
  * option, -1 after the last, or -2 when the verb must return *exit_code now. */
 int cli_client_getopt(struct cli_client *c, int argc, char **argv, int *exit_code);
 
+/*
+ * Reports an error: "stoke: MESSAGE (field: F)" and a hint on stderr, and with --json
+ * the object itself on stdout, on one line, so a script reading stdout always gets
+ * JSON.
+ * doc is {"error": kind, "message": text} with optional "field", "suggestion" and
+ * "status" (the daemon's HTTP status, for errors the daemon answered).
+ */
+void cli_client_error(const struct cli_client *c, const cJSON *doc);
+
+/* cli_client_error with {"error": kind, "message": the formatted text}. */
+void cli_client_fail(const struct cli_client *c, const char *kind, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
 /* Resolves URL and token. Returns 0 or an exit code after printing why. */
 int cli_client_open(struct cli_client *c);
 

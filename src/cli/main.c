@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "client.h"
+#include "common/typo.h"
 
 #ifndef STOKE_VERSION
 #define STOKE_VERSION "unknown"
@@ -44,7 +45,7 @@ void cli_help(const struct cli_verb *verb, FILE *out)
 		fprintf(out, "\n%s", verb->notes);
 	if (verb->client)
 		fputs(cli_client_help, out);
-	fputs(cli_exit_help, out);
+	fputs(verb->exits ? verb->exits : cli_exit_help, out);
 }
 
 int cli_usage(const struct cli_verb *verb, const char *fmt, ...)
@@ -86,6 +87,7 @@ static void cli_main_help(FILE *out)
 		"  -V, --version       print the version\n"
 		"\nRun 'stoke VERB --help' for a verb's options.\n");
 	fputs(cli_exit_help, out);
+	fputs("(serve and bench exit differently: see their --help)\n", out);
 }
 
 static const struct cli_verb *cli_find(const char *name)
@@ -98,9 +100,21 @@ static const struct cli_verb *cli_find(const char *name)
 	return NULL;
 }
 
+/* A mistyped verb gets the one it was probably meant to be (deploi: deploy). */
 static int cli_unknown(const char *name)
 {
-	fprintf(stderr, "stoke: unknown verb '%s'\nTry 'stoke --help'.\n", name);
+	const char *words[CLI_NVERBS + 2], *close;
+	size_t i;
+
+	for (i = 0; i < CLI_NVERBS; i++)
+		words[i] = cli_verbs[i]->name;
+	words[i++] = "help";
+	words[i] = NULL;
+	close = typo_closest(name, words);
+	fprintf(stderr, "stoke: unknown verb '%s'", name);
+	if (close)
+		fprintf(stderr, " (did you mean %s?)", close);
+	fprintf(stderr, "\nTry 'stoke --help'.\n");
 	return CLI_EXIT_USAGE;
 }
 

@@ -245,12 +245,64 @@ static int cli_manifest_add_file(struct cli_manifest *m, const char *path, const
 	return 0;
 }
 
-static int cli_manifest_walk(struct cli_manifest *m, const char *root, const char *rel,
-			     int depth, struct cli_err *err);
+/* Records something the deploy leaves out, "rel (why)", for the verb to say. */
+static int cli_manifest_skip(struct cli_manifest *m, const char *rel, const char *why,
+			     struct cli_err *err)
+{
+	char **list = realloc(m->skipped, (m->nskipped + 1) * sizeof(*list));
 
-/* Adds one directory entry: regular files are sent, visible directories walked. */
+	if (!list)
+		return cli_err_set(err, -ENOMEM, "out of memory");
+	m->skipped = list;
+	if (asprintf(&list[m->nskipped], "%s (%s)", rel, why) < 0)
+		return cli_err_set(err, -ENOMEM, "out of memory");
+	m->nskipped++;
+	return 0;
+}
+
+/* Version-control metadata: the one thing a deploy leaves out by name (.git is a file
+ * in a worktree or a submodule, a directory elsewhere). */
+static int cli_manifest_is_vcs(const char *name)
+{
+	static const char *const vcs[] = { ".git", ".hg", ".svn", ".bzr", NULL };
+	size_t i;
+
+	for (i = 0; vcs[i]; i++)
+		if (!strcmp(name, vcs[i]))
+			return 1;
+	return 0;
+}
+
+/* A symbolic link to nothing: names the link and where it points. */
+static int cli_manifest_dangling(const char *full, struct cli_err *err)
+{
+	char target[PATH_MAX];
+	ssize_t n = readlink(full, target, sizeof(target) - 1);
+	int e = errno;
+
+	if (n < 0)
+		return cli_err_set(err, -e, "%s: %s", full, strerror(e));
+	target[n] = '\0';
+	return cli_err_set(err, -ENOENT, "%s is a symbolic link to %s, which does not exist: "
+			   "fix or remove the link", full, target);
+}
+
+/* The directories from the deployed one down to the one being read, by device and
+ * inode: a link back to one of them would be walked forever. */
+struct cli_manifest_path {
+	dev_t dev[CLI_MANIFEST_MAX_DEPTH + 2];
+	ino_t ino[CLI_MANIFEST_MAX_DEPTH + 2];
+	int depth;
+};
+
+static int cli_manifest_walk(struct cli_manifest *m, const char *root, const char *rel,
+			     struct cli_manifest_path *up, struct cli_err *err);
+
+/* Adds one directory entry: regular files are sent and directories walked, through
+ * symbolic links too; version control, loops and special files are left out. */
 static int cli_manifest_entry(struct cli_manifest *m, const char *root, const char *rel,
-			      const char *name, int depth, struct cli_err *err)
+			      const char *name, struct cli_manifest_path *up,
+			      struct cli_err *err)
 {
 	char child[PATH_MAX], full[PATH_MAX];
 	struct stat st;
@@ -259,50 +311,82 @@ static int cli_manifest_entry(struct cli_manifest *m, const char *root, const ch
 	    (int)sizeof(child) ||
 	    snprintf(full, sizeof(full), "%s/%s", root, child) >= (int)sizeof(full))
 		return cli_err_set(err, -ENAMETOOLONG, "%s/%s: path too long", root, child);
-	if (lstat(full, &st) < 0)
-		return cli_err_set(err, -errno, "%s: %s", full, strerror(errno));
-	/* Dot-directories hold version control and tool state (.git, .cache), not code. */
+	if (cli_manifest_is_vcs(name))
+		return cli_manifest_skip(m, child, "version control", err);
+	if (stat(full, &st) < 0) {
+		int e = errno;
+
+		if (e == ENOENT && lstat(full, &st) == 0 && S_ISLNK(st.st_mode))
+			return cli_manifest_dangling(full, err);
+		if (e == ELOOP)
+			return cli_err_set(err, -e, "%s: symbolic links that point at each other",
+					   full);
+		return cli_err_set(err, -e, "%s: %s", full, strerror(e));
+	}
 	if (S_ISDIR(st.st_mode))
-		return name[0] == '.' ? 0 : cli_manifest_walk(m, root, child, depth + 1, err);
+		return cli_manifest_walk(m, root, child, up, err);
 	if (S_ISREG(st.st_mode))
 		return cli_manifest_add_file(m, full, child, (size_t)st.st_size, err);
+	return cli_manifest_skip(m, child, "not a regular file", err);
+}
+
+/* Whether dir is one of the directories being walked (a link made a loop). */
+static int cli_manifest_on_path(const struct cli_manifest_path *up, const struct stat *st)
+{
+	int i;
+
+	for (i = 0; i < up->depth; i++)
+		if (up->dev[i] == st->st_dev && up->ino[i] == st->st_ino)
+			return 1;
 	return 0;
 }
 
 static int cli_manifest_walk(struct cli_manifest *m, const char *root, const char *rel,
-			     int depth, struct cli_err *err)
+			     struct cli_manifest_path *up, struct cli_err *err)
 {
 	char dir[PATH_MAX];
 	struct dirent **list;
+	struct stat st;
 	int i, n, ret = 0;
 
-	if (depth > CLI_MANIFEST_MAX_DEPTH)
+	if (up->depth > CLI_MANIFEST_MAX_DEPTH)
 		return cli_err_set(err, -ELOOP, "%s/%s: directories nested too deeply", root,
 				   rel);
 	snprintf(dir, sizeof(dir), "%s%s%s", root, *rel ? "/" : "", rel);
+	if (stat(dir, &st) < 0)
+		return cli_err_set(err, -errno, "%s: %s", dir, strerror(errno));
+	if (cli_manifest_on_path(up, &st))
+		return cli_manifest_skip(m, rel, "a link back to a directory that contains it",
+					 err);
+	up->dev[up->depth] = st.st_dev;
+	up->ino[up->depth++] = st.st_ino;
 	/* Sorted, so the same tree always makes the same request. */
 	n = scandir(dir, &list, NULL, alphasort);
 	if (n < 0)
-		return cli_err_set(err, -errno, "%s: %s", dir, strerror(errno));
+		ret = cli_err_set(err, -errno, "%s: %s", dir, strerror(errno));
 	for (i = 0; i < n; i++) {
 		const char *name = list[i]->d_name;
 
 		if (!ret && strcmp(name, ".") && strcmp(name, ".."))
-			ret = cli_manifest_entry(m, root, rel, name, depth, err);
+			ret = cli_manifest_entry(m, root, rel, name, up, err);
 		free(list[i]);
 	}
-	free(list);
+	if (n >= 0)
+		free(list);
+	up->depth--;
 	return ret;
 }
 
 static int cli_manifest_collect(const char *path, const struct stat *st, int is_dir,
 				struct cli_manifest *m, struct cli_err *err)
 {
+	struct cli_manifest_path up = { .depth = 0 };
 	char base[NAME_MAX + 1];
 	int ret;
 
+
 	if (is_dir)
-		ret = cli_manifest_walk(m, path, "", 0, err);
+		ret = cli_manifest_walk(m, path, "", &up, err);
 	else
 		ret = cli_manifest_base(path, 0, base, sizeof(base), err) ?:
 		      cli_manifest_add_file(m, path, base, (size_t)st->st_size, err);
@@ -318,8 +402,13 @@ int cli_manifest_build(const struct cli_manifest_opts *opts, struct cli_manifest
 	int ret, is_dir;
 
 	memset(m, 0, sizeof(*m));
-	if (stat(opts->path, &st) < 0)
-		return cli_err_set(err, -errno, "%s: %s", opts->path, strerror(errno));
+	if (stat(opts->path, &st) < 0) {
+		int e = errno;
+
+		if (e == ENOENT && lstat(opts->path, &st) == 0 && S_ISLNK(st.st_mode))
+			return cli_manifest_dangling(opts->path, err);
+		return cli_err_set(err, -e, "%s: %s", opts->path, strerror(e));
+	}
 	is_dir = S_ISDIR(st.st_mode);
 	if (!is_dir && !S_ISREG(st.st_mode))
 		return cli_err_set(err, -EINVAL, "%s: not a directory or a regular file",
@@ -400,5 +489,8 @@ void cli_manifest_free(struct cli_manifest *m)
 		free(m->files[i].rel);
 	}
 	free(m->files);
+	for (i = 0; i < m->nskipped; i++)
+		free(m->skipped[i]);
+	free(m->skipped);
 	memset(m, 0, sizeof(*m));
 }

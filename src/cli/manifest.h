@@ -34,14 +34,19 @@ struct cli_manifest {
 	struct cli_manifest_file *files;	/* sorted, so a tree always makes one body */
 	size_t nfiles, cap;
 	size_t bytes;		/* sum of the files' sizes before encoding */
+	char **skipped;		/* what the walk left out, "rel (why)", to tell the user */
+	size_t nskipped;
 };
 
 /*
  * Builds m from opts. The name, when neither stoke.json nor --name gives one, is the
  * directory's name or the file's name without its extension, lower-cased. A single file
- * also becomes the entry; a directory's entry is left to the daemon. Dot-directories
- * (.git...) and anything but regular files (symbolic links included) are left out.
- * Returns 0 or a negative errno with err saying which file or field is at fault.
+ * also becomes the entry; a directory's entry is left to the daemon. Symbolic links are
+ * followed to files and directories (wherever they point). Left out, and listed in
+ * m->skipped: version control (.git, .hg, .svn, .bzr), a link back to a directory
+ * being walked, and anything but files and directories (sockets, FIFOs, devices).
+ * Returns 0 or a negative errno with err saying which file or field is at fault (a
+ * link to nothing is an error that names it).
  */
 int cli_manifest_build(const struct cli_manifest_opts *opts, struct cli_manifest *m,
 		       struct cli_err *err);

@@ -141,6 +141,18 @@ static int cli_serve_args(int argc, char **argv, struct daemon_config *cfg, int 
 	return 0;
 }
 
+/* The daemon logged what failed; for the failures a user fixes with an option, which
+ * option. */
+static void cli_serve_explain(const struct daemon_config *cfg, int ret)
+{
+	if (ret == -EADDRINUSE)
+		log_error("another process uses %s: choose another address with --listen "
+			  "HOST:PORT", cfg->listen);
+	else if (ret == -EBUSY)
+		log_error("the stoke serve that holds %s/lock already serves it: use that one, "
+			  "stop it, or pass another --data-dir", cfg->data_dir);
+}
+
 static int cli_serve_run(int argc, char **argv)
 {
 	struct daemon_config cfg = { 0 };
@@ -162,7 +174,9 @@ static int cli_serve_run(int argc, char **argv)
 	}
 	if (level >= 0)
 		cfg.log_level = level;
-	return daemon_run(&cfg) ? CLI_EXIT_REMOTE : CLI_EXIT_OK;
+	ret = daemon_run(&cfg);
+	cli_serve_explain(&cfg, ret);
+	return ret ? CLI_EXIT_REMOTE : CLI_EXIT_OK;
 }
 
 const struct cli_verb cli_verb_serve = {
@@ -182,6 +196,10 @@ const struct cli_verb cli_verb_serve = {
 		"  --workers N         isolate worker threads (default 0: one per core)\n"
 		"  --log-json          log one JSON object per line\n"
 		"  --log-level L       error, warn, info (default) or debug\n",
+	.exits =
+		"\nExit status: 0 the daemon stopped on SIGTERM or Ctrl-C, 1 it could not start\n"
+		"or run (it logs why: an address in use, a data directory another stoke serve\n"
+		"holds...), 2 usage error.\n",
 	.longopts = cli_serve_opts,
 	.shortopts = ":h",
 	.run = cli_serve_run,

@@ -78,6 +78,11 @@ static int daemon_split_listen(const char *listen, char *host, size_t hsize, lon
 	size_t hlen;
 	char *end;
 
+	if (!colon && *listen && listen[strspn(listen, "0123456789")] == '\0') {
+		snprintf(why, size, "'%s' is a port alone: write HOST:PORT, e.g. 127.0.0.1:%s "
+			 "or [::1]:%s", listen, listen, listen);
+		return -EINVAL;
+	}
 	if (!colon || (listen[0] != '[' && strchr(listen, ':') != colon)) {
 		snprintf(why, size, "'%s' has no port: write HOST:PORT, e.g. 127.0.0.1:8080 "
 			 "or [::1]:8080", listen);

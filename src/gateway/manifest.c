@@ -2,6 +2,7 @@
  * silently ignored), and whatever is left unset gets a documented default. */
 #include "manifest.h"
 #include "common/strbuf.h"
+#include "common/typo.h"
 
 #include <cjson/cJSON.h>
 #include <ctype.h>
@@ -65,55 +66,11 @@ void mf_suggest_name(const char *name, char *out, size_t size)
 	out[n] = '\0';
 }
 
-/* Edit distance between a and b, ignoring case, capped at 9 (enough to rank typos). */
-static int mf_distance(const char *a, const char *b)
-{
-	size_t la = strlen(a), lb = strlen(b), i, j;
-	int row[64], diag, up, cost;
-
-	if (la > 60 || lb > 60)
-		return 9;
-	for (j = 0; j <= lb; j++)
-		row[j] = (int)j;
-	for (i = 1; i <= la; i++) {
-		diag = row[0];
-		row[0] = (int)i;
-		for (j = 1; j <= lb; j++) {
-			up = row[j];
-			cost = tolower((unsigned char)a[i - 1]) != tolower((unsigned char)b[j - 1]);
-			row[j] = diag + cost;
-			if (up + 1 < row[j])
-				row[j] = up + 1;
-			if (row[j - 1] + 1 < row[j])
-				row[j] = row[j - 1] + 1;
-			diag = up;
-		}
-	}
-	return row[lb] > 9 ? 9 : row[lb];
-}
-
-/* The word of words closest to s if it is close enough to be a typo, else NULL. */
-static const char *mf_closest(const char *s, const char *const *words)
-{
-	const char *best = NULL;
-	int d, best_d = 9;
-	size_t i;
-
-	for (i = 0; words[i]; i++) {
-		d = mf_distance(s, words[i]);
-		if (d < best_d && d <= 2 && (size_t)d <= strlen(words[i]) / 2) {
-			best = words[i];
-			best_d = d;
-		}
-	}
-	return best;
-}
-
 /* " (did you mean X?)" when s looks like a typo of one of words, else "". */
 static const char *mf_did_you_mean(const char *s, const char *const *words, char *buf,
 				   size_t size)
 {
-	const char *close = mf_closest(s, words);
+	const char *close = typo_closest(s, words);
 
 	if (!close)
 		return "";
@@ -345,27 +302,40 @@ static int mf_pick_entry(struct fn *fn, const char *entry, const char *dir,
 		       "index.js, index.ts or handler.py");
 }
 
-static int mf_has_suffix(const char *s, const char *suffix)
-{
-	size_t n = strlen(s), m = strlen(suffix);
+const struct mf_entry_ext mf_entry_exts[] = {
+	{ ".js", "js" }, { ".mjs", "js" }, { ".ts", "js" }, { ".mts", "js" },
+	{ ".wasm", "js" }, { ".py", "python3" }, { ".c", "native" }, { NULL, NULL },
+};
 
-	return n >= m && !strcmp(s + n - m, suffix);
+const char *mf_entry_runtime(const char *entry)
+{
+	const char *base = strrchr(entry, '/'), *dot;
+	size_t i;
+
+	base = base ? base + 1 : entry;
+	dot = strrchr(base, '.');
+	if (!dot || dot == base)
+		return "native";	/* no extension: a program */
+	for (i = 0; mf_entry_exts[i].ext; i++)
+		if (!strcmp(dot, mf_entry_exts[i].ext))
+			return mf_entry_exts[i].runtime;
+	return NULL;
 }
 
 static int mf_is_js_entry(const char *entry)
 {
-	return mf_has_suffix(entry, ".js") || mf_has_suffix(entry, ".mjs") ||
-	       mf_has_suffix(entry, ".ts") || mf_has_suffix(entry, ".mts") ||
-	       mf_has_suffix(entry, ".wasm");
+	const char *runtime = mf_entry_runtime(entry);
+
+	return runtime && !strcmp(runtime, "js");
 }
 
+/* An unknown extension stays native, as before: the VM tier then checks for an ELF
+ * program (stoke deploy says so before sending, naming the extensions). */
 static const char *mf_default_runtime(const struct fn *fn)
 {
-	if (mf_is_js_entry(fn->entry))
-		return "js";
-	if (mf_has_suffix(fn->entry, ".py"))
-		return "python3";
-	return "native";
+	const char *runtime = mf_entry_runtime(fn->entry);
+
+	return runtime ? runtime : "native";
 }
 
 /* Each rule that sends a function to a micro-VM, with the reason it gives. */

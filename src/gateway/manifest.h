@@ -23,6 +23,19 @@ int mf_valid_name(const char *name, size_t len);
  * either end, 63 characters at most) in out; "" when nothing of it is left. */
 void mf_suggest_name(const char *name, char *out, size_t size);
 
+/* The runtime an entry's extension implies when the manifest names none. */
+struct mf_entry_ext {
+	const char *ext;	/* ".js"... */
+	const char *runtime;	/* "js", "python3" or "native" */
+};
+
+/* Every extension stoke tells a runtime from, ending with { NULL, NULL }. */
+extern const struct mf_entry_ext mf_entry_exts[];
+
+/* The runtime entry's extension implies: "native" for a name without one (a program),
+ * NULL for an extension not in mf_entry_exts. */
+const char *mf_entry_runtime(const char *entry);
+
 /*
  * Builds a struct fn (refs = 1, version unset) from a manifest object for the files
  * already written to dir: fills defaults, picks the entry file when none is named, and

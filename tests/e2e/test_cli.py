@@ -59,6 +59,51 @@ def test_deploy_errors(d):
     assert d.cli("deploy").returncode == 2
 
 
+def test_json_errors(d):
+    """With --json an error is one JSON object on stdout too; the exit codes stay."""
+    fn = os.path.join(d.tmp.name, "typo-fn")
+    os.makedirs(fn, exist_ok=True)
+    write(d, "typo-fn/index.js", HELLO)
+    write(d, "typo-fn/stoke.json", '{"limts": {"memory_mb": 64}}')
+    r = d.cli("deploy", fn, "--json")
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    doc = json.loads(r.stdout)
+    assert doc["error"] == "invalid_manifest" and doc["field"] == "limts", doc
+    assert doc["status"] == 400 and "limits" in doc["message"], doc
+    assert "(field: limts)" in r.stderr, r.stderr
+    r = d.cli("show", "cli-json-nothing", "--json")
+    assert r.returncode == 1 and json.loads(r.stdout)["status"] == 404, r.stdout
+    # One line: it also ends a stream of JSON lines.
+    r = d.cli("logs", "cli-json-nothing", "--json")
+    assert r.returncode == 1 and r.stdout.count("\n") == 1, r.stdout
+    assert json.loads(r.stdout)["status"] == 404, r.stdout
+    r = d.cli("show", "x", "--json", "--url", "http://127.0.0.1:%d" % free_port())
+    assert r.returncode == 3 and json.loads(r.stdout)["error"] == "unreachable", r.stdout
+    assert "cannot reach the daemon" in r.stderr
+
+
+def test_unknown_extension_names_the_runtimes(d):
+    """readme.txt is not taken for a native program: the extension is named, with the
+    ones stoke knows and --runtime; a file without an extension still is a program."""
+    r = d.cli("deploy", write(d, "readme.txt", "hello\n"))
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert 'cannot tell the runtime of readme.txt from its extension ".txt"' in r.stderr
+    assert ".py (python3)" in r.stderr and "--runtime" in r.stderr, r.stderr
+    assert "ELF" not in r.stderr, r.stderr
+    assert d.cli("show", "readme").returncode == 1
+    r = d.cli("deploy", write(d, "readme.txt", HELLO), "--runtime", "js", "--tier", "isolate")
+    assert "cannot tell the runtime" not in r.stderr, r.stderr
+    # An entry that is not there is the daemon's to name, whatever its extension.
+    os.makedirs(os.path.join(d.tmp.name, "noentry"), exist_ok=True)
+    write(d, "noentry/index.js", HELLO)
+    write(d, "noentry/stoke.json", '{"entry": "gone.txt"}')
+    r = d.cli("deploy", os.path.join(d.tmp.name, "noentry"))
+    assert r.returncode == 2 and "cannot tell the runtime" not in r.stderr, r.stderr
+    assert "(field: entry)" in r.stderr, r.stderr
+    r = d.cli("deploy", write(d, "prog", "not a program\n"))
+    assert r.returncode != 0 and "cannot tell the runtime" not in r.stderr, r.stderr
+
+
 def test_invoke(d):
     deployed(d, "cli-invoke")
     r = ok(d.cli("invoke", "cli-invoke", "/a/b"))
@@ -272,6 +317,12 @@ def test_invalid_derived_name_suggests_one(d):
     assert r.returncode != 0, r
     assert '"my_handler" is not a valid function name' in r.stderr, r.stderr
     assert "stoke: hint: use --name my-handler\n" in r.stderr, r.stderr
+    # Judged and fixed up as typed, not as percent-encoded into the URL (My%20Fn).
+    r = d.cli("deploy", write(d, "spaced.js", HELLO), "--name", "My Fn")
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert '"My Fn" is not a valid function name' in r.stderr, r.stderr
+    assert '("my-fn" is)' in r.stderr and "hint: use --name my-fn\n" in r.stderr, r.stderr
+    assert d.cli("show", "my-fn").returncode == 1
     r = d.admin("PUT", "/functions/My_App", {"files": {"index.js": "AAAA"}})
     assert r.status == 400 and r.json()["suggestion"] == "my-app", r
 
@@ -303,3 +354,46 @@ def test_invoke_ends_the_line_on_a_terminal(d):
         if secondary >= 0:
             os.close(secondary)
     assert out == b"hello from cli /x\r\n", out
+
+
+def test_serve_says_which_option_fixes_the_address(d):
+    """--listen 8080 asks for HOST:PORT; an address in use, or a data directory another
+    daemon serves, names what to change; each exits without serving."""
+    r = d.cli("serve", "--listen", "8080", timeout=30)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "'8080' is a port alone: write HOST:PORT, e.g. 127.0.0.1:8080" in r.stderr
+    other = os.path.join(d.tmp.name, "serve-other-data")
+    r = d.cli("serve", "--listen", "127.0.0.1:%d" % d.port, "--data-dir", other,
+              timeout=30)
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    assert "cannot listen on 127.0.0.1:%d: Address already in use" % d.port in r.stderr
+    assert "another process uses 127.0.0.1:%d: choose another address with --listen" \
+        % d.port in r.stderr, r.stderr
+    r = d.cli("serve", "--listen", "127.0.0.1:%d" % free_port(), "--data-dir", d.data_dir,
+              timeout=30)
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    assert "already serves it: use that one, stop it, or pass another --data-dir" \
+        in r.stderr, r.stderr
+    assert d.cli("status").returncode == 0
+
+
+def test_deploy_follows_symbolic_links(d):
+    """A file linked in from elsewhere is sent (the user's `ln -s /elsewhere/lib.js`);
+    .git is not, and the deploy says so; a link to nothing is an error naming it."""
+    root = os.path.join(d.tmp.name, "linked")
+    fn = os.path.join(root, "fn")
+    os.makedirs(os.path.join(root, "elsewhere"))
+    os.makedirs(os.path.join(fn, ".git"))
+    write(d, "linked/elsewhere/lib.js", "export const who = 'linked lib';\n")
+    write(d, "linked/fn/.git/HEAD", "ref: refs/heads/main\n")
+    write(d, "linked/fn/index.js", 'import { who } from "./lib.js";\n'
+          "export default { fetch() { return new Response('hi from ' + who); } };\n")
+    os.symlink(os.path.join(root, "elsewhere", "lib.js"), os.path.join(fn, "lib.js"))
+    r = ok(d.cli("deploy", fn, "--name", "cli-linked"))
+    assert "stoke: not uploaded: .git (version control)\n" in r.stderr, r.stderr
+    assert ok(d.cli("invoke", "cli-linked")).stdout == "hi from linked lib"
+    os.symlink("/nonexistent/stoke-e2e/lib2.js", os.path.join(fn, "lib2.js"))
+    r = d.cli("deploy", fn, "--name", "cli-linked")
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "%s/lib2.js is a symbolic link to /nonexistent/stoke-e2e/lib2.js, which does " \
+        "not exist" % fn in r.stderr, r.stderr

@@ -1,6 +1,7 @@
 /* cli_manifest_build and cli_manifest_body on real files in a temporary directory:
  * stoke.json passes through with unknown fields, flags override it, names and entries
- * are derived, dot-directories and symbolic links stay home. */
+ * are derived, symbolic links are followed (loops and links to nothing caught), version
+ * control stays home. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
@@ -33,6 +34,17 @@ static void mkdir_in(const char *rel)
 
 	snprintf(path, sizeof(path), "%s/%s", root, rel);
 	if (mkdir(path, 0755)) {
+		perror(path);
+		exit(2);
+	}
+}
+
+static void link_in(const char *target, const char *rel)
+{
+	char path[512];
+
+	snprintf(path, sizeof(path), "%s/%s", root, rel);
+	if (symlink(target, path)) {
 		perror(path);
 		exit(2);
 	}
@@ -90,13 +102,23 @@ static void setup_tree(void)
 	put("My_App/.git/HEAD", "ref: refs/heads/main\n");
 	mkdir_in("My_App/lib/.cache");
 	put("My_App/lib/.cache/junk", "junk");
-	{
-		char link[512];
-
-		/* Links could point anywhere (outside the tree too), so deploy skips them. */
-		snprintf(link, sizeof(link), "%s/My_App/alias.py", root);
-		CHECK_INT(symlink("main.py", link), 0);
-	}
+	put("My_App/.gitignore", "*.pyc\n");
+	link_in("main.py", "My_App/alias.py");
+	/* Links are followed wherever they point: a file and a directory outside the tree. */
+	mkdir_in("elsewhere");
+	put("elsewhere/lib.js", "export const x = 1;\n");
+	mkdir_in("elsewhere/pkg");
+	put("elsewhere/pkg/a.js", "1");
+	link_in("../../elsewhere/lib.js", "My_App/lib/shared.js");
+	link_in("../elsewhere/pkg", "My_App/pkg");
+	link_in("..", "My_App/lib/up");		/* a loop: left out, said */
+	mkdir_in("dangling");
+	put("dangling/index.js", "1");
+	link_in("/nonexistent/lib.js", "dangling/lib.js");
+	mkdir_in("looped");
+	put("looped/index.js", "1");
+	link_in("b", "looped/a");
+	link_in("a", "looped/b");
 	mkdir_in("Plain.Dir");
 	put("Plain.Dir/index.js", "export default {}\n");
 	put("Hello.JS", "export default {fetch() {}}\n");
@@ -124,7 +146,12 @@ static void test_stoke_json_passes_through(void)
 	CHECK_STR(field(&m, "entry"), "main.py");
 	custom = cJSON_GetObjectItemCaseSensitive(m.manifest, "custom");
 	CHECK(cJSON_IsObject(custom));
-	CHECK_INT(m.nfiles, 4);	/* stoke.json, main.py, .env, lib/util.py */
+	/* .env, .gitignore, alias.py, lib/.cache/junk, lib/shared.js, lib/util.py, main.py,
+	 * pkg/a.js, stoke.json; not .git nor lib/up (a loop). */
+	CHECK_INT(m.nfiles, 9);
+	CHECK_INT(m.nskipped, 2);
+	CHECK(m.nskipped == 2 && !strcmp(m.skipped[0], ".git (version control)") &&
+	      !strcmp(m.skipped[1], "lib/up (a link back to a directory that contains it)"));
 
 	body = body_of(&m);
 	CHECK_STR(file_b64(body, "main.py"), "cHJpbnQoJ2hpJykK");
@@ -132,8 +159,11 @@ static void test_stoke_json_passes_through(void)
 	CHECK(file_b64(body, ".env") != NULL);
 	CHECK(file_b64(body, "stoke.json") != NULL);
 	CHECK(file_b64(body, ".git/HEAD") == NULL);
-	CHECK(file_b64(body, "lib/.cache/junk") == NULL);
-	CHECK(file_b64(body, "alias.py") == NULL);
+	CHECK(file_b64(body, "lib/.cache/junk") != NULL);
+	CHECK_STR(file_b64(body, "alias.py"), "cHJpbnQoJ2hpJykK");
+	CHECK_STR(file_b64(body, "lib/shared.js"), "ZXhwb3J0IGNvbnN0IHggPSAxOwo=");
+	CHECK_STR(file_b64(body, "pkg/a.js"), "MQ==");
+	CHECK(file_b64(body, "lib/up/main.py") == NULL);
 	custom = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(body,
 							"manifest"), "custom");
 	CHECK(cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(custom, "x")));
@@ -253,6 +283,13 @@ static void test_errors(void)
 	CHECK_INT(build("missing", NULL, NULL, NULL, &m, &err), -ENOENT);
 	CHECK_INT(build("empty", NULL, NULL, NULL, &m, &err), -ENOENT);
 	CHECK(strstr(err.msg, "no files") != NULL);
+	CHECK_INT(build("dangling", NULL, NULL, NULL, &m, &err), -ENOENT);
+	CHECK(strstr(err.msg, "/dangling/lib.js is a symbolic link to /nonexistent/lib.js, "
+		     "which does not exist") != NULL);
+	CHECK_INT(build("dangling/lib.js", NULL, NULL, NULL, &m, &err), -ENOENT);
+	CHECK(strstr(err.msg, "is a symbolic link to /nonexistent/lib.js") != NULL);
+	CHECK_INT(build("looped", NULL, NULL, NULL, &m, &err), -ELOOP);
+	CHECK(strstr(err.msg, "/looped/a: symbolic links that point at each other") != NULL);
 }
 
 static void cleanup(void)

@@ -121,6 +121,11 @@ static void test_admin_verbs(void)
 	CHECK_STR(out, "deleted alpha\n");
 	CHECK_INT(RUN("rm", "nope"), 1);
 	CHECK_STR(err, "stoke: no such thing\n");
+	CHECK_STR(out, "");
+	CHECK_INT(RUN("show", "nope", "--json"), 1);
+	CHECK_STR(err, "stoke: no such thing\n");
+	CHECK_STR(out, "{\"error\":\"not_found\",\"message\":\"no such thing\","
+		  "\"status\":404}\n");
 	CHECK_INT(RUN("logs", "alpha", "-n", "2"), 0);
 	CHECK_STR(out, "T r1 stdout hi\n");
 }
@@ -142,6 +147,29 @@ static void test_deploy(void)
 
 	CHECK_INT(RUN("deploy", path, "--name", "other"), 2);	/* invalid_manifest */
 	CHECK_STR(err, "stoke: unknown field nmae (field: nmae)\n");
+	/* --json: the error is also one JSON object on stdout, the exit code the same. */
+	CHECK_INT(RUN("deploy", path, "--name", "other", "--json"), 2);
+	CHECK_STR(out, "{\"error\":\"invalid_manifest\",\"message\":\"unknown field nmae\","
+		  "\"field\":\"nmae\",\"status\":400}\n");
+	CHECK_STR(err, "stoke: unknown field nmae (field: nmae)\n");
+	CHECK_INT(RUN("deploy", "/nonexistent/dir", "--json"), 2);
+	CHECK_STR(out, "{\"error\":\"invalid_input\",\"message\":"
+		  "\"/nonexistent/dir: No such file or directory\"}\n");
+	CHECK_INT(RUN("deploy", path, "--name", "My Fn"), 2);	/* refused before sending */
+	CHECK(strstr(err, "\"My Fn\" is not a valid function name") &&
+	      strstr(err, "(\"my-fn\" is)") && strstr(err, "\nstoke: hint: use --name my-fn\n"));
+	/* An extension that tells no runtime is named, with the ones that do, unsent. */
+	snprintf(path, sizeof(path), "%s/readme.txt", tmpdir);
+	f = fopen(path, "w");
+	fputs("hello\n", f);
+	fclose(f);
+	CHECK_INT(RUN("deploy", path), 2);
+	CHECK(starts(err, "stoke: cannot tell the runtime of readme.txt from its extension "
+		     "\".txt\": stoke knows .js, .mjs, .ts, .mts, .wasm (js), .py (python3), "
+		     ".c (native), and a file without an extension is a native program; pass "
+		     "--runtime js, python3 or native"));
+	CHECK_INT(RUN("deploy", path, "--name", "hello", "--runtime", "js"), 0);
+	snprintf(path, sizeof(path), "%s/Hello.js", tmpdir);
 	CHECK_INT(RUN("deploy", path, "--tier", "fast"), 2);
 	CHECK_INT(RUN("deploy", "/nonexistent/dir"), 2);
 }
@@ -230,6 +258,11 @@ static void test_usage_and_reach(void)
 	CHECK(strstr(out, "--tier") != NULL);
 	CHECK_INT(RUN("ls", "--help"), 0);
 	CHECK_INT(RUN("frobnicate"), 2);
+	CHECK_STR(err, "stoke: unknown verb 'frobnicate'\nTry 'stoke --help'.\n");
+	CHECK_INT(RUN("deploi"), 2);
+	CHECK(starts(err, "stoke: unknown verb 'deploi' (did you mean deploy?)\n"));
+	CHECK_INT(RUN("help", "invok"), 2);
+	CHECK(strstr(err, "(did you mean invoke?)") != NULL);
 	CHECK_INT(RUN("ls", "--bogus"), 2);
 	CHECK_INT(RUN("show"), 2);
 	CHECK_INT(RUN("logs", "x", "-n", "zero"), 2);
@@ -237,6 +270,10 @@ static void test_usage_and_reach(void)
 	snprintf(dead, sizeof(dead), "http://127.0.0.1:%d", loop_dead_port());
 	CHECK_INT(RUN("status", "--url", dead), 3);
 	CHECK(strstr(err, "cannot reach the daemon at") && strstr(err, "stoke serve"));
+	CHECK_STR(out, "");
+	CHECK_INT(RUN("show", "f", "--url", dead, "--json"), 3);
+	CHECK(strstr(err, "cannot reach the daemon at") && strstr(err, "stoke serve"));
+	CHECK(starts(out, "{\"error\":\"unreachable\",\"message\":\"cannot reach "));
 	CHECK_INT(RUN("invoke", "f", "--url", dead), 3);
 	CHECK_INT(RUN("usage", "--url", dead), 3);
 	CHECK_INT(RUN("bench", "--bogus"), 2);
@@ -316,6 +353,20 @@ static void test_help_layout(void)
 	}
 }
 
+/* Each help ends with the exit codes that verb can give: serve and bench talk to no
+ * daemon, so they say nothing of one answering an error. */
+static void test_help_exits(void)
+{
+	CHECK_INT(RUN("serve", "--help"), 0);
+	CHECK(strstr(out, "\nExit status: 0 the daemon stopped on SIGTERM or Ctrl-C, 1 it "));
+	CHECK(!strstr(out, "answered an error"));
+	CHECK_INT(RUN("bench", "--help"), 0);
+	CHECK(strstr(out, "\nExit status (bench/report's): 0 the report was written, 1 a "));
+	CHECK(!strstr(out, "answered an error"));
+	CHECK_INT(RUN("deploy", "--help"), 0);
+	CHECK(strstr(out, "\nExit status: 0 success, 1 the daemon or function answered an "));
+}
+
 /* The daemon options also work before the verb. */
 static void test_options_before_verb(void)
 {
@@ -368,6 +419,7 @@ int main(int argc, char **argv)
 	test_help_anywhere();
 	test_options_before_verb();
 	test_help_layout();
+	test_help_exits();
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
 	if (system(cmd))
 		fprintf(stderr, "could not remove %s\n", tmpdir);
