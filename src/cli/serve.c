@@ -142,13 +142,10 @@ static int cli_serve_args(int argc, char **argv, struct daemon_config *cfg, int 
 }
 
 /* The daemon logged what failed; for the failures a user fixes with an option, which
- * option. */
+ * option. (A taken address: the daemon's own message names --listen.) */
 static void cli_serve_explain(const struct daemon_config *cfg, int ret)
 {
-	if (ret == -EADDRINUSE)
-		log_error("another process uses %s: choose another address with --listen "
-			  "HOST:PORT", cfg->listen);
-	else if (ret == -EBUSY)
+	if (ret == -EBUSY)
 		log_error("the stoke serve that holds %s/lock already serves it: use that one, "
 			  "stop it, or pass another --data-dir", cfg->data_dir);
 }
