@@ -73,6 +73,15 @@ int cli_client_getopt(struct cli_client *c, int argc, char **argv, int *exit_cod
 	}
 }
 
+/* Whether msg already says "field NAME" ("unknown field limts ..."). */
+static int cli_client_names_field(const char *msg, const char *field)
+{
+	char said[160];
+
+	snprintf(said, sizeof(said), "field %s", field);
+	return msg && strstr(msg, said);
+}
+
 /* The human line on stderr: the message, the field at fault, then a hint with a valid
  * value (for a refused derived name, the flag that sets another). */
 static void cli_client_say(const struct cli_client *c, const cJSON *doc)
@@ -87,10 +96,12 @@ static void cli_client_say(const struct cli_client *c, const cJSON *doc)
 	if (!msg)
 		msg = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(doc, "error"));
 	fprintf(stderr, "stoke: %s", msg ? msg : "error");
-	if (field)
+	if (field && !cli_client_names_field(msg, field))
 		fprintf(stderr, " (field: %s)", field);
 	fputc('\n', stderr);
-	if (s && c->name_flag && field && !strcmp(field, "name"))
+	if (s && c->name_in_file && field && !strcmp(field, "name"))
+		fprintf(stderr, "stoke: hint: set \"name\" to \"%s\" in stoke.json\n", s);
+	else if (s && c->name_flag && field && !strcmp(field, "name"))
 		fprintf(stderr, "stoke: hint: use %s %s\n", c->name_flag, s);
 	else if (s)
 		fprintf(stderr, "stoke: hint: did you mean %s?\n", s);

@@ -40,6 +40,7 @@ struct cli_client {
 	int timeout_ms;
 	int anonymous;		/* never send the token: functions are user code */
 	const char *name_flag;	/* the option that names the function (deploy: --name) */
+	int name_in_file;	/* stoke.json named it: a name hint points there */
 	const char *url_text;	/* the daemon URL as configured, for messages */
 	struct cli_url url;
 	char *token;

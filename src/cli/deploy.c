@@ -242,6 +242,7 @@ int cli_deploy_send(struct cli_client *c, const struct cli_manifest_opts *mo,
 		return CLI_EXIT_USAGE;
 	}
 	cli_deploy_say_skipped(&m);
+	c->name_in_file = m.name_from_file;
 	code = cli_deploy_check_name(c, m.name) ?: cli_deploy_check_runtime(c, mo, &m);
 	if (code) {
 		cli_manifest_free(&m);

@@ -159,6 +159,8 @@ static int cli_manifest_fields(const struct cli_manifest_opts *opts, int is_dir,
 	cJSON *name;
 	int ret;
 
+	m->name_from_file = !opts->name &&
+			    cJSON_GetObjectItemCaseSensitive(m->manifest, "name") != NULL;
 	if (cli_manifest_set(m->manifest, "name", opts->name) ||
 	    cli_manifest_set(m->manifest, "tier", opts->tier) ||
 	    cli_manifest_set(m->manifest, "runtime", opts->runtime))

@@ -31,6 +31,7 @@ struct cli_manifest_file {
 struct cli_manifest {
 	cJSON *manifest;
 	const char *name;	/* the function's name, owned by manifest */
+	int name_from_file;	/* stoke.json gave it (no --name) */
 	struct cli_manifest_file *files;	/* sorted, so a tree always makes one body */
 	size_t nfiles, cap;
 	size_t bytes;		/* sum of the files' sizes before encoding */
