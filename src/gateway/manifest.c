@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -66,11 +67,38 @@ void mf_suggest_name(const char *name, char *out, size_t size)
 	out[n] = '\0';
 }
 
-/* " (did you mean X?)" when s looks like a typo of one of words, else "". */
+/* Other names people give the allowed values; one counts only where its target is
+ * allowed (a runtime of "node" suggests js). */
+static const char *mf_alias(const char *s, const char *const *words)
+{
+	static const char *const alias[][2] = {
+		{ "node", "js" }, { "nodejs", "js" }, { "javascript", "js" },
+		{ "typescript", "js" }, { "ts", "js" }, { "deno", "js" }, { "bun", "js" },
+		{ "python", "python3" }, { "py", "python3" }, { "c", "native" },
+		{ "elf", "native" }, { "binary", "native" }, { "v8", "isolate" },
+		{ "microvm", "vm" }, { "kvm", "vm" },
+	};
+	size_t i, j;
+
+	for (i = 0; i < sizeof(alias) / sizeof(alias[0]); i++) {
+		if (strcasecmp(s, alias[i][0]))
+			continue;
+		for (j = 0; words[j]; j++)
+			if (!strcmp(words[j], alias[i][1]))
+				return words[j];
+	}
+	return NULL;
+}
+
+/* " (did you mean X?)" when s is another name for, or looks like a typo of, one of
+ * words, else "". */
 static const char *mf_did_you_mean(const char *s, const char *const *words, char *buf,
 				   size_t size)
 {
-	const char *close = typo_closest(s, words);
+	const char *close = mf_alias(s, words);
+
+	if (!close)
+		close = typo_closest(s, words);
 
 	if (!close)
 		return "";

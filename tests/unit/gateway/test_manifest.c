@@ -128,6 +128,10 @@ static void test_messages(void)
 		  "tier must be one of auto, isolate, vm, not \"VM\" (did you mean vm?)");
 	CHECK_STR(message("{\"runtime\":\"python\"}"), "runtime must be one of js, "
 		  "python3, native, not \"python\" (did you mean python3?)");
+	CHECK_STR(message("{\"runtime\":\"node\"}"), "runtime must be one of js, "
+		  "python3, native, not \"node\" (did you mean js?)");
+	CHECK_STR(message("{\"tier\":\"microvm\"}"), "tier must be one of auto, isolate, "
+		  "vm, not \"microvm\" (did you mean vm?)");
 	CHECK_STR(message("{\"runtime\":\"cobol\"}"),
 		  "runtime must be one of js, python3, native, not \"cobol\"");
 	CHECK_STR(message("{\"limts\":{}}"), "unknown field limts (did you mean limits?)");
