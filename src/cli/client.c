@@ -73,6 +73,16 @@ int cli_client_getopt(struct cli_client *c, int argc, char **argv, int *exit_cod
 	}
 }
 
+/* The length of s without its trailing newlines. */
+static size_t cli_client_trimmed_len(const char *s)
+{
+	size_t n = strlen(s);
+
+	while (n && (s[n - 1] == '\n' || s[n - 1] == '\r'))
+		n--;
+	return n;
+}
+
 /* Whether msg already says "field NAME" ("unknown field limts ..."). */
 static int cli_client_names_field(const char *msg, const char *field)
 {
@@ -95,7 +105,10 @@ static void cli_client_say(const struct cli_client *c, const cJSON *doc)
 
 	if (!msg)
 		msg = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(doc, "error"));
-	fprintf(stderr, "stoke: %s", msg ? msg : "error");
+	if (!msg)
+		msg = "error";
+	/* A traceback ends in a newline: the field goes on its last line, not alone. */
+	fprintf(stderr, "stoke: %.*s", (int)cli_client_trimmed_len(msg), msg);
 	if (field && !cli_client_names_field(msg, field))
 		fprintf(stderr, " (field: %s)", field);
 	fputc('\n', stderr);
