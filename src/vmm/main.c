@@ -310,6 +310,12 @@ static int await_launch(struct vm_config *cfg, struct jail_config *jc)
 	return 0;
 }
 
+/* Errors are kept in jc and returned by jail_enter. */
+static void detach(void *jc)
+{
+	jail_detach(jc);
+}
+
 static int run(struct vm *vm, struct vm_config *cfg, struct jail_config *jc)
 {
 	char why[512] = "";
@@ -339,7 +345,12 @@ static int run(struct vm *vm, struct vm_config *cfg, struct jail_config *jc)
 		return fprintf(stderr, "stoke-vmm: snapshot: %s\n", why), r;
 	chan_open_status(vm);
 	mark("files, snapshot open");
+	if (cfg->jail) {
+		vm->host_files_done = detach;
+		vm->host_files_done_arg = jc;
+	}
 	restored = try_restore(vm);
+	vm->host_files_done = NULL;
 	if (restored < 0)
 		return restored;
 	mark("restore memory");

@@ -781,31 +781,28 @@ void vmsnap_settle(struct vm *vm)
 	}
 }
 
-static void prefetch(struct vm *vm, const struct snap_image *img)
+/* Takes ws over. */
+static void prefetch(struct vm *vm, const struct snap_image *img, struct snap_ws *ws)
 {
-	struct snap_ws ws;
-
-	if (!vm->cfg->snap_ws || snap_ws_read(vm->cfg->snap_ws, &ws, NULL))
-		return;
-	if (vm->cfg->snap_huge && !snap_id_is_zero(&ws.image) &&
-	    !memcmp(&ws.image, &img->id, sizeof(ws.image)))
-		copy_hot_regions(vm, img, &ws);
+	if (vm->cfg->snap_huge && !snap_id_is_zero(&ws->image) &&
+	    !memcmp(&ws->image, &img->id, sizeof(ws->image)))
+		copy_hot_regions(vm, img, ws);
 	/* A working set recorded on another image is refused (-ESTALE): then lazily. */
 	if (!preloaded) {
-		if (!snap_ws_prefetch(img, &ws, vm->mem, SNAP_FILL_DEFAULT, PF_FLAGS, NULL) &&
+		if (!snap_ws_prefetch(img, ws, vm->mem, SNAP_FILL_DEFAULT, PF_FLAGS, NULL) &&
 		    vm->cfg->snap_touch)
-			vm->snap->touch_n = touch_list(vm, &ws);
-		snap_ws_release(&ws);
+			vm->snap->touch_n = touch_list(vm, ws);
+		snap_ws_release(ws);
 		return;
 	}
 	/* Advice on the huge regions now (FILL_NONE: nothing is read or mapped here). */
-	if (snap_ws_prefetch(img, &ws, vm->mem, SNAP_FILL_NONE, SNAP_PF_HUGE, NULL)) {
-		snap_ws_release(&ws);
+	if (snap_ws_prefetch(img, ws, vm->mem, SNAP_FILL_NONE, SNAP_PF_HUGE, NULL)) {
+		snap_ws_release(ws);
 		return;
 	}
 	if (vm->cfg->snap_touch)
-		vm->snap->touch_n = touch_list(vm, &ws);
-	populate_later(vm, img, &ws);
+		vm->snap->touch_n = touch_list(vm, ws);
+	populate_later(vm, img, ws);
 }
 
 struct preload {
@@ -921,7 +918,8 @@ static int map_image(struct vm *vm, const struct snap_file *f, char *why, size_t
 	struct snap_store *store;
 	struct snap_image img;
 	struct snap_err e = { 0 };
-	int r;
+	struct snap_ws ws;
+	int r, has_ws;
 
 	r = snap_store_open(vm->cfg->snap_store, NULL, &store, &e);
 	if (!r) {
@@ -944,13 +942,20 @@ static int map_image(struct vm *vm, const struct snap_file *f, char *why, size_t
 		snprintf(why, len, "restore image size does not match the VM");
 		return -EINVAL;
 	}
+	has_ws = vm->cfg->snap_ws && !snap_ws_read(vm->cfg->snap_ws, &ws, NULL);
+	/* Every host file the restore needs is open: the jail may leave the host behind. */
+	if (vm->host_files_done)
+		vm->host_files_done(vm->host_files_done_arg);
 	r = snap_image_map(&img, vm->mem, vm->mem_size, 0, &e);
 	if (!r) {
 		vm->mem_is_file = 1;
 		vm->snap->image = img.id;
-		prefetch(vm, &img);
+		if (has_ws)
+			prefetch(vm, &img, &ws);
 	} else {
 		snprintf(why, len, "%s", e.msg);
+		if (has_ws)
+			snap_ws_release(&ws);
 	}
 	snap_image_close(&img);
 	return r;
