@@ -331,6 +331,7 @@ static int run(struct vm *vm, struct vm_config *cfg, struct jail_config *jc)
 	if (shell) {
 		/* While nobody waits: the restore's first hash would pay it. */
 		snap_warm_up();
+		vmsnap_preload_fork();
 		r = await_launch(cfg, jc);
 		if (r)
 			return fprintf(stderr, "stoke-vmm: shell launch: %s\n", strerror(-r)), r;
