@@ -13,8 +13,13 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-/* Ranges closer than this are read as one: a few extra pages cost less than a seek. */
-#define MERGE_GAP	8
+/*
+ * Ranges closer than this are read as one: fewer, larger requests. Every page between
+ * them is read too, and an evicted restore is bound by the bytes it reads (a Python
+ * hello's working set: 410 pages exact, 583 merged across gaps under 4, 814 under 8;
+ * 4 measured 0.2-0.3 ms faster than 1, 2 or 8, and 16 1.4 ms slower than 8).
+ */
+#define MERGE_GAP	4
 #define HUGE_PAGES	(SNAP_HUGE / SNAP_PAGE)
 
 struct pf {
