@@ -13,8 +13,13 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-/* Ranges closer than this are read as one: a few extra pages cost less than a seek. */
-#define MERGE_GAP	8
+/*
+ * Ranges closer than this are read as one: fewer, larger requests. Every page between
+ * them is read too, and an evicted restore is bound by the bytes it reads (a Python
+ * hello's working set: 410 pages exact, 583 merged across gaps under 4, 814 under 8;
+ * 4 measured 0.2-0.3 ms faster than 1, 2 or 8, and 16 1.4 ms slower than 8).
+ */
+#define MERGE_GAP	4
 #define HUGE_PAGES	(SNAP_HUGE / SNAP_PAGE)
 
 struct pf {
@@ -293,19 +298,46 @@ static void huge_advise(const struct pf *pf)
 	}
 }
 
+/* The written pages' reads, issued beside the others. */
+struct written_job {
+	struct pf *pf;
+	const struct snap_ws *ws;
+	int r;
+};
+
+static void *fill_written(void *arg)
+{
+	struct written_job *j = arg;
+
+	j->r = for_runs(j->ws->w, j->ws->nwritten, j->pf, MERGE_GAP, pf_fill);
+	return NULL;
+}
+
 static int fill(struct pf *pf, const struct snap_ws *ws, unsigned flags)
 {
 	struct huge_job jobs[SNAP_HUGE_MAX];
-	int r = 0;
+	struct written_job wj = { pf, ws, 0 };
+	pthread_t t;
+	int r = 0, threaded = 0;
 
 	if (pf->fill == SNAP_FILL_NONE)
 		return 0;
 	huge_start(pf, jobs);
-	/* The written pages first: a restore copies them before the guest may run. */
-	if (flags & SNAP_PF_WRITTEN)
+	/*
+	 * The written pages on a thread of their own (a restore copies them first), the
+	 * rest here: issuing a few hundred reads takes 1-2 ms of system calls, and the
+	 * device can work on both lists at once. (pread shares one scratch buffer.)
+	 */
+	if ((flags & SNAP_PF_WRITTEN) && pf->fill != SNAP_FILL_PREAD)
+		threaded = !pthread_create(&t, NULL, fill_written, &wj);
+	if ((flags & SNAP_PF_WRITTEN) && !threaded)
 		r = for_runs(ws->w, ws->nwritten, pf, MERGE_GAP, pf_fill);
 	if (!r)
 		r = for_runs(ws->r, ws->nranges, pf, MERGE_GAP, pf_fill);
+	if (threaded) {
+		pthread_join(t, NULL);
+		r = r ? r : wj.r;
+	}
 	huge_wait(pf, jobs);
 	return r;
 }

@@ -25,6 +25,9 @@ struct jail_config {
 	 * then also applies to any thread it started). */
 	void (*before_filter)(void *arg);
 	void *before_filter_arg;
+	int detached;		/* jail_detach ran; its result in detach_err */
+	int detach_err;
+	int umount_fd;		/* the unmounting child's report, or -1 */
 };
 
 /*
@@ -33,7 +36,18 @@ struct jail_config {
  * VMM and cleans up, and never returns.
  */
 int jail_prepare(struct jail_config *jc, struct vm_config *cfg);
-/* Drops into the jail once the VMM holds every descriptor it needs. */
+/*
+ * Once the VMM has opened every host file it needs: makes the stage its root and
+ * starts unmounting the host's tree in a child process, so that work needing no host
+ * path (mapping a snapshot) overlaps it. Host paths no longer resolve afterwards. Does
+ * nothing unjailed or when it already ran (returning its first result).
+ */
+int jail_detach(struct jail_config *jc);
+/*
+ * Drops into the jail once the VMM holds every descriptor it needs: jail_detach if not
+ * done yet, the privilege drop, the seccomp filter, then waits until the host's tree is
+ * unmounted.
+ */
 int jail_enter(struct jail_config *jc);
 void jail_cleanup(struct jail_config *jc);
 

@@ -310,6 +310,12 @@ static int await_launch(struct vm_config *cfg, struct jail_config *jc)
 	return 0;
 }
 
+/* Errors are kept in jc and returned by jail_enter. */
+static void detach(void *jc)
+{
+	jail_detach(jc);
+}
+
 static int run(struct vm *vm, struct vm_config *cfg, struct jail_config *jc)
 {
 	char why[512] = "";
@@ -325,6 +331,7 @@ static int run(struct vm *vm, struct vm_config *cfg, struct jail_config *jc)
 	if (shell) {
 		/* While nobody waits: the restore's first hash would pay it. */
 		snap_warm_up();
+		vmsnap_preload_fork();
 		r = await_launch(cfg, jc);
 		if (r)
 			return fprintf(stderr, "stoke-vmm: shell launch: %s\n", strerror(-r)), r;
@@ -339,7 +346,12 @@ static int run(struct vm *vm, struct vm_config *cfg, struct jail_config *jc)
 		return fprintf(stderr, "stoke-vmm: snapshot: %s\n", why), r;
 	chan_open_status(vm);
 	mark("files, snapshot open");
+	if (cfg->jail) {
+		vm->host_files_done = detach;
+		vm->host_files_done_arg = jc;
+	}
 	restored = try_restore(vm);
+	vm->host_files_done = NULL;
 	if (restored < 0)
 		return restored;
 	mark("restore memory");

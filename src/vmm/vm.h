@@ -71,6 +71,10 @@ struct chan_track {
 
 struct vm {
 	const struct vm_config *cfg;
+	/* Called by a restore once it has opened every host file it needs (the jail then
+	 * starts leaving the host's file system while guest memory is mapped), or NULL. */
+	void (*host_files_done)(void *arg);
+	void *host_files_done_arg;
 
 	/* KVM objects */
 	int kvm_fd;

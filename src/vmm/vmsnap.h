@@ -68,6 +68,12 @@ struct vmsnap_ws_hdr {
  */
 struct vm_config;
 void vmsnap_preload(const struct vm_config *cfg, int apart);
+/*
+ * For a generic shell, while it is parked: forks the process that will do the preload
+ * (apart) once the launch names the working set, so the launch pays neither the fork
+ * nor the opening of the working set and image. Best effort.
+ */
+void vmsnap_preload_fork(void);
 /* Opens what taking or restoring needs while the host file system is still there. */
 int vmsnap_open(struct vm *vm, char *why, size_t len);
 /*
