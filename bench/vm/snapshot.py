@@ -337,10 +337,11 @@ def measure(vmm, task, jail, runs, snap, img, ws, store):
                                           mem["shell_touch"] if m else None, park))
         r["restore_huge"].append(one(vmm, task, jail, huge, mem["restore_huge"] if m else None))
         r["shell_huge"].append(one_shell(vmm, task, jail, huge))
-        # The slow variants a fifth as often: same background load, shorter run.
+        # The evicted pairs every time (each figure over --runs restores); the cold
+        # boot, the slow peer, a fifth as often: same background load, shorter run.
+        evicted(vmm, task, jail, img, prefetch, restore, r)
         if i % 5 == 0:
             r["boot"].append(one(vmm, task, jail, [], mem["boot"] if m else None))
-            evicted(vmm, task, jail, img, prefetch, restore, r)
     return r, mem, park
 
 
