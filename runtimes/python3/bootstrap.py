@@ -268,6 +268,8 @@ def serve_runtime():
         __import__(name)
     freeze_heap()
     ftype, payload = read_frame()
+    if ftype is None:
+        return  # the channel closed: this VM only gave the runtime layer (its dump)
     if ftype != FRAME_LOAD:
         raise SystemExit("stoke: a runtime snapshot expects a load frame first")
     cfg = json.loads(payload)
