@@ -535,7 +535,7 @@ static void admin_logs(struct gw *gw, struct inv *inv, const char *name)
 	cJSON *o, *arr;
 	uint64_t seq, first;
 
-	gw_fn_lookup(gw, name, strlen(name), &e);	/* only the entry: logs outlive versions */
+	e = gw_entry_find(gw, name);	/* only the entry: logs outlive versions */
 	if (!e) {
 		inv_fail(inv, 404, "not_found", "no function named %s", name);
 		return;

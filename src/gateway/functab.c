@@ -62,6 +62,18 @@ struct gw_entry *gw_entry_get(struct gw *gw, const char *name, size_t len, int c
 	return e;
 }
 
+/* The entry only, taking no reference to its version: entries are never freed while
+ * the daemon runs, so it stays valid after the lock (stats, logs). */
+struct gw_entry *gw_entry_find(struct gw *gw, const char *name)
+{
+	struct gw_entry *e;
+
+	pthread_rwlock_rdlock(&gw->lock);
+	e = gw_entry_get(gw, name, strlen(name), 0);
+	pthread_rwlock_unlock(&gw->lock);
+	return e;
+}
+
 struct fn *gw_fn_lookup(struct gw *gw, const char *name, size_t len, struct gw_entry **entry)
 {
 	struct gw_entry *e;
@@ -167,13 +179,10 @@ static void gw_logring_add(struct gw_logring *r, const char *request_id, const c
  * follower (`stoke logs -f`) just sees no more of them. */
 void gw_fn_logs_clear(struct gw *gw, const char *name)
 {
+	struct gw_entry *e = gw_entry_find(gw, name);
 	struct gw_logring *r;
-	struct gw_entry *e;
 	size_t i;
 
-	pthread_rwlock_rdlock(&gw->lock);
-	e = gw_entry_get(gw, name, strlen(name), 0);
-	pthread_rwlock_unlock(&gw->lock);
 	if (!e)
 		return;
 	r = &e->logs;
@@ -190,13 +199,8 @@ void gw_fn_logs_clear(struct gw *gw, const char *name)
 void gw_fnlog_sink(const char *fn_name, const char *request_id, const char *stream,
 		   const char *msg, size_t len)
 {
-	struct gw *gw = gw_global;
-	struct gw_entry *e;
+	struct gw_entry *e = gw_entry_find(gw_global, fn_name);
 
-	pthread_rwlock_rdlock(&gw->lock);
-	e = gw_entry_get(gw, fn_name, strlen(fn_name), 0);
-	pthread_rwlock_unlock(&gw->lock);
-	/* Entries are never freed while the daemon runs, so e stays valid unlocked. */
 	if (e)
 		gw_logring_add(&e->logs, request_id, stream, msg, len);
 }

@@ -114,6 +114,7 @@ int gw_table_init(struct gw *gw);
 /* Finds or creates the entry for name (the table lock must be held for writing). */
 struct gw_entry *gw_entry_get(struct gw *gw, const char *name, size_t len, int create);
 /* Looks name up and returns a reference to its live version, or NULL. */
+struct gw_entry *gw_entry_find(struct gw *gw, const char *name);
 struct fn *gw_fn_lookup(struct gw *gw, const char *name, size_t len, struct gw_entry **entry);
 /* Installs fn as the live version of its name (NULL deletes); retires the old one. */
 void gw_fn_install(struct gw *gw, const char *name, struct fn *fn, int64_t deployed_at);

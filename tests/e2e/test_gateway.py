@@ -332,6 +332,9 @@ def test_replaced_and_deleted_versions_leave_no_files():
     with Daemon() as d:
         fns = os.path.join(d.data_dir, "functions")
         d.deploy_files("vers", {"index.js": HELLO})
+        assert d.invoke("vers").status == 200
+        # Reading the logs must not keep the version alive (it once held a reference).
+        assert d.admin("GET", "/functions/vers/logs").status == 200
         d.deploy_files("vers", {"index.js": HELLO})
         assert d.invoke("vers").status == 200
         assert sorted(os.listdir(os.path.join(fns, "vers"))) == ["v2"]  # v1 went with v2
