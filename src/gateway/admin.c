@@ -208,18 +208,6 @@ static int admin_prepare(struct gw *gw, struct admin_deploy *d, const cJSON *man
 	return ret;
 }
 
-/* A deploy that failed (or only advised) for a name never deployed leaves no empty
- * functions/NAME directory behind; rmdir refuses one that holds versions. */
-static void admin_rmdir_if_empty(struct gw *gw, const char *name)
-{
-	char dir[4200];
-
-	if (!name || !name[0])
-		return;
-	snprintf(dir, sizeof(dir), "%s/functions/%s", gw->cfg->data_dir, name);
-	(void)rmdir(dir);
-}
-
 /* Writes the files to a temporary directory and renames it, so a version's directory
  * is either complete or absent. */
 static int admin_stage(struct gw *gw, struct admin_deploy *d, const cJSON *files)
@@ -377,7 +365,7 @@ static void admin_deploy(struct gw *gw, struct inv *inv, const char *name, int a
 		admin_deploy_answer(gw, inv, &d);
 	if (ret || advise_only) {
 		gw_rmtree(d.dir);
-		admin_rmdir_if_empty(gw, d.name);
+		gw_fn_dir_prune(gw, d.name);	/* a name never deployed leaves no directory */
 	}
 	fn_unref(d.fn);
 	cJSON_Delete(body);
@@ -1034,7 +1022,7 @@ static void admin_sweep_function(struct gw *gw, const char *top, const char *nam
 		gw_rmtree(path);
 	}
 	closedir(d);
-	(void)rmdir(dir);	/* refused while the live version is there */
+	gw_fn_dir_prune(gw, name);
 }
 
 /*

@@ -114,22 +114,28 @@ void gw_fn_install(struct gw *gw, const char *name, struct fn *fn, int64_t deplo
 	}
 }
 
+/* functions/NAME once no version is left in it (rmdir refuses one that is not empty). */
+void gw_fn_dir_prune(struct gw *gw, const char *name)
+{
+	char dir[4200];
+
+	if (!name[0])
+		return;
+	snprintf(dir, sizeof(dir), "%s/functions/%s", gw->cfg->data_dir, name);
+	(void)rmdir(dir);
+}
+
 /* functions/NAME/vN of a version replaced or deleted, and functions/NAME once empty. */
 static void gw_version_remove(struct gw *gw, const struct fn *fn)
 {
-	char top[4200], *slash;
+	char top[4200];
 	size_t n = (size_t)snprintf(top, sizeof(top), "%s/functions/", gw->cfg->data_dir);
 
 	/* Only what the daemon itself stored: never a directory given some other way. */
 	if (!fn->dir || n >= sizeof(top) || strncmp(fn->dir, top, n) || strstr(fn->dir, ".."))
 		return;
 	gw_rmtree(fn->dir);
-	snprintf(top, sizeof(top), "%s", fn->dir);
-	slash = strrchr(top, '/');
-	if (slash && (size_t)(slash - top) > n) {
-		*slash = '\0';
-		(void)rmdir(top);	/* refused while other versions live there */
-	}
+	gw_fn_dir_prune(gw, fn->name);
 }
 
 /* The last reference to a version is gone: let its tier free what it built, and drop

@@ -119,6 +119,7 @@ struct fn *gw_fn_lookup(struct gw *gw, const char *name, size_t len, struct gw_e
 /* Installs fn as the live version of its name (NULL deletes); retires the old one. */
 void gw_fn_install(struct gw *gw, const char *name, struct fn *fn, int64_t deployed_at);
 void gw_fn_logs_clear(struct gw *gw, const char *name);
+void gw_fn_dir_prune(struct gw *gw, const char *name);
 void gw_fnlog_sink(const char *fn_name, const char *request_id, const char *stream,
 		   const char *msg, size_t len);
 void gw_fn_release(struct fn *fn);
