@@ -524,16 +524,21 @@ def fn_snapshot(sd, name):
     return os.path.join(snaps, found[0])
 
 
+def deploy_two_on_one_runtime(sd):
+    """Functions one (HANDLER) and two (SECOND) on the python3 runtime, each answering."""
+    deploy_py(sd, "one", HANDLER)
+    deploy_py(sd, "two", SECOND)
+    assert sd.invoke("one").json()["chain"] == snapshot().original[0]["chain"]
+    assert sd.invoke("two").json() == {"second": 5929}
+
+
 def test_functions_share_one_runtime_layer(d):
     """Two functions on one runtime: the runtime is built once (a miss, then a hit),
     both chains end in the same runtime and base layers, and the store holds each
     distinct page once: exactly the union of the three kinds of layers."""
     need_vm()
     with Daemon(env={"STOKE_VM_SNAPSHOTS": "1"}) as sd:
-        deploy_py(sd, "one", HANDLER)
-        deploy_py(sd, "two", SECOND)
-        assert sd.invoke("one").json()["chain"] == snapshot().original[0]["chain"]
-        assert sd.invoke("two").json() == {"second": 5929}
+        deploy_two_on_one_runtime(sd)
         m = metrics(sd)
         assert cache(m, "runtime", "miss") == 1 and cache(m, "runtime", "hit") == 1, m
         assert cache(m, "base", "miss") == 1 and cache(m, "base", "hit") == 1, m
@@ -622,10 +627,7 @@ def test_functions_of_one_runtime_map_its_image_from_one_file(d):
     image of either function exists, and each answers right."""
     need_vm()
     with Daemon(env={"STOKE_VM_SNAPSHOTS": "1"}) as sd:
-        deploy_py(sd, "one", HANDLER)
-        deploy_py(sd, "two", SECOND)
-        assert sd.invoke("one").json()["chain"] == snapshot().original[0]["chain"]
-        assert sd.invoke("two").json() == {"second": 5929}
+        deploy_two_on_one_runtime(sd)
         a, b = snap_layers(fn_snapshot(sd, "one")), snap_layers(fn_snapshot(sd, "two"))
         assert a[1:] == b[1:] and a[0] != b[0], (a, b)
         images = os.path.join(sd.data_dir, "vm-snapshots", "store", "images")
