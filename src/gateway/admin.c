@@ -199,6 +199,7 @@ static int admin_prepare(struct gw *gw, struct admin_deploy *d, const cJSON *man
 		return ret;
 	d->fn->version = d->version;
 	t = &gw->tiers[d->fn->tier];
+	(void)gw_entry_make(gw, d->name);	/* without it, only the log lines are lost */
 	ret = t->ops->prepare(t, d->fn, d->err.message, sizeof(d->err.message));
 	if (ret) {
 		snprintf(d->err.field, sizeof(d->err.field), "entry");

@@ -62,16 +62,32 @@ struct gw_entry *gw_entry_get(struct gw *gw, const char *name, size_t len, int c
 	return e;
 }
 
-/* The entry only, taking no reference to its version: entries are never freed while
- * the daemon runs, so it stays valid after the lock (stats, logs). */
-struct gw_entry *gw_entry_find(struct gw *gw, const char *name)
+/* The entry of name under the table lock, made when create is set. Entries are never
+ * freed while the daemon runs, so it stays valid after the lock (stats, logs). */
+static struct gw_entry *gw_entry_locked(struct gw *gw, const char *name, int create)
 {
 	struct gw_entry *e;
 
-	pthread_rwlock_rdlock(&gw->lock);
-	e = gw_entry_get(gw, name, strlen(name), 0);
+	if (create)
+		pthread_rwlock_wrlock(&gw->lock);
+	else
+		pthread_rwlock_rdlock(&gw->lock);
+	e = gw_entry_get(gw, name, strlen(name), create);
 	pthread_rwlock_unlock(&gw->lock);
 	return e;
+}
+
+/* The entry only, taking no reference to its version. */
+struct gw_entry *gw_entry_find(struct gw *gw, const char *name)
+{
+	return gw_entry_locked(gw, name, 0);
+}
+
+/* Made if there is none: what a first deploy logs while its version is prepared (a
+ * Python import's output) lands before the version is installed. */
+struct gw_entry *gw_entry_make(struct gw *gw, const char *name)
+{
+	return gw_entry_locked(gw, name, 1);
 }
 
 struct fn *gw_fn_lookup(struct gw *gw, const char *name, size_t len, struct gw_entry **entry)

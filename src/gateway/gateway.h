@@ -113,8 +113,11 @@ void gw_sweep_versions(struct gw *gw);
 int gw_table_init(struct gw *gw);
 /* Finds or creates the entry for name (the table lock must be held for writing). */
 struct gw_entry *gw_entry_get(struct gw *gw, const char *name, size_t len, int create);
-/* Looks name up and returns a reference to its live version, or NULL. */
+/* The entry of name (or NULL), without a reference to its version; takes the lock. */
 struct gw_entry *gw_entry_find(struct gw *gw, const char *name);
+/* The same, making the entry if there is none (NULL without memory). */
+struct gw_entry *gw_entry_make(struct gw *gw, const char *name);
+/* Looks name up and returns a reference to its live version, or NULL. */
 struct fn *gw_fn_lookup(struct gw *gw, const char *name, size_t len, struct gw_entry **entry);
 /* Installs fn as the live version of its name (NULL deletes); retires the old one. */
 void gw_fn_install(struct gw *gw, const char *name, struct fn *fn, int64_t deployed_at);

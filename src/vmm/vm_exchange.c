@@ -204,7 +204,7 @@ static int set_body(struct inv *inv, cJSON *body, int b64)
 /* Fills inv->resp from a response frame; a malformed one becomes a 502. */
 static void take_response(struct inv *inv, const char *json, size_t len)
 {
-	cJSON *j = cJSON_ParseWithLength(json, len), *st;
+	cJSON *j = cJSON_ParseWithLength(json, len), *st, *b64;
 	int r = -EINVAL;
 
 	st = cJSON_GetObjectItemCaseSensitive(j, "statusCode");
@@ -212,9 +212,10 @@ static void take_response(struct inv *inv, const char *json, size_t len)
 	if (cJSON_IsNumber(st) && st->valueint >= 200 && st->valueint <= 599) {
 		inv->resp.status = st->valueint;
 		r = set_headers(inv, cJSON_GetObjectItemCaseSensitive(j, "headers"));
+		b64 = cJSON_GetObjectItemCaseSensitive(j, "isBase64Encoded");
 		if (!r)
 			r = set_body(inv, cJSON_GetObjectItemCaseSensitive(j, "body"),
-				cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "isBase64Encoded")));
+				     cJSON_IsTrue(b64));
 	}
 	cJSON_Delete(j);
 	if (r)
@@ -242,13 +243,13 @@ static const char *const stream_names[2] = { "stdout", "stderr" };
  * Logs one line as valid UTF-8 without NUL (the log is served as JSON): bytes that are
  * not UTF-8, and NUL, become U+FFFD.
  */
-static void log_line(struct inv *inv, int s, const char *line, size_t n)
+static void log_line(const struct vm_logto *to, int s, const char *line, size_t n)
 {
 	const unsigned char *in = (const unsigned char *)line;
-	char *out = malloc(n * 3 + 1);
+	char *out;
 	size_t i = 0, o = 0, len;
 
-	if (!out)
+	if (!to || !(out = malloc(n * 3 + 1)))
 		return;
 	while (i < n) {
 		len = in[i] ? utf8_char(in + i, n - i) : 0;
@@ -262,21 +263,27 @@ static void log_line(struct inv *inv, int s, const char *line, size_t n)
 			i++;
 		}
 	}
-	fnlog_write(inv->fn->name, inv->request_id, stream_names[s], out, o);
+	fnlog_write(to->name, to->request_id, stream_names[s], out, o);
 	free(out);
 }
 
 /* Logs the partial line of stream s (stdout 0, stderr 1), if any. */
-static void flush_line(struct vm_proc *p, int s, struct inv *inv)
+static void flush_line(struct vm_proc *p, int s, const struct vm_logto *to)
 {
 	if (!p->line_len[s])
 		return;
-	log_line(inv, s, p->line[s], p->line_len[s]);
+	log_line(to, s, p->line[s], p->line_len[s]);
 	p->line_len[s] = 0;
 }
 
+void vm_proc_flush_output(struct vm_proc *p, const struct vm_logto *to)
+{
+	flush_line(p, 0, to);
+	flush_line(p, 1, to);
+}
+
 /* A full line buffer is logged up to its last whole character; the rest stays. */
-static void flush_full(struct vm_proc *p, int s, struct inv *inv)
+static void flush_full(struct vm_proc *p, int s, const struct vm_logto *to)
 {
 	const unsigned char *b = (const unsigned char *)p->line[s];
 	size_t n = p->line_len[s], cut = n, back;
@@ -292,7 +299,7 @@ static void flush_full(struct vm_proc *p, int s, struct inv *inv)
 	}
 	if (cut == 0)
 		cut = n;
-	log_line(inv, s, p->line[s], cut);
+	log_line(to, s, p->line[s], cut);
 	memmove(p->line[s], p->line[s] + cut, n - cut);
 	p->line_len[s] = n - cut;
 }
@@ -302,7 +309,8 @@ static void flush_full(struct vm_proc *p, int s, struct inv *inv)
  * argument): join them into whole lines, one log entry each, newline dropped. Lines
  * longer than the buffer are logged in buffer-sized parts, split between characters.
  */
-static void add_output(struct vm_proc *p, int s, struct inv *inv, const char *buf, size_t n)
+static void add_output(struct vm_proc *p, int s, const struct vm_logto *to, const char *buf,
+		       size_t n)
 {
 	const char *nl;
 	size_t take;
@@ -317,18 +325,17 @@ static void add_output(struct vm_proc *p, int s, struct inv *inv, const char *bu
 		buf += take;
 		n -= take;
 		if (n && *buf == '\n') {
-			log_line(inv, s, p->line[s], p->line_len[s]);
+			log_line(to, s, p->line[s], p->line_len[s]);
 			p->line_len[s] = 0;
 			buf++;
 			n--;
 		} else if (p->line_len[s] == sizeof(p->line[s])) {
-			flush_full(p, s, inv);
+			flush_full(p, s, to);
 		}
 	}
 }
 
-/* Reads what the guest wrote to stdout or stderr; 0 at end of file. */
-static int pump_output(struct vm_proc *p, int fd, struct inv *inv)
+int vm_proc_pump_output(struct vm_proc *p, int fd, const struct vm_logto *to)
 {
 	int s = fd == p->err;
 	char buf[4096];
@@ -336,7 +343,7 @@ static int pump_output(struct vm_proc *p, int fd, struct inv *inv)
 
 	if (n <= 0)
 		return n < 0 && (errno == EINTR || errno == EAGAIN) ? 1 : 0;
-	add_output(p, s, inv, buf, (size_t)n);
+	add_output(p, s, to, buf, (size_t)n);
 	if (s)
 		keep_tail(p, buf, (size_t)n);
 	return 1;
@@ -357,6 +364,7 @@ struct xfer {
 	size_t out_len, out_off;
 	char *in;		/* incoming bytes */
 	size_t in_len, in_cap;
+	struct vm_logto to;	/* where the guest's output goes */
 };
 
 /* Pulls complete frames out of x->in; returns 1 once a response was taken. */
@@ -410,7 +418,7 @@ static int channel_io(struct vm_proc *p, struct xfer *x, short revents)
 }
 
 /* Waits for the VM to exit, draining its output; stops it first when asked. */
-static void reap(struct vm_proc *p, struct inv *inv, int kill_it, int *status)
+static void reap(struct vm_proc *p, const struct vm_logto *to, int kill_it, int *status)
 {
 	struct pollfd pf[2] = { { p->out, POLLIN, 0 }, { p->err, POLLIN, 0 } };
 	int open = (p->out >= 0) + (p->err >= 0), i;
@@ -420,7 +428,7 @@ static void reap(struct vm_proc *p, struct inv *inv, int kill_it, int *status)
 	while (open && poll(pf, 2, 2000) > 0) {
 		for (i = 0; i < 2; i++)
 			if (pf[i].fd >= 0 && pf[i].revents &&
-			    !pump_output(p, pf[i].fd, inv)) {
+			    !vm_proc_pump_output(p, pf[i].fd, to)) {
 				close_output(p, pf[i].fd);
 				pf[i].fd = -1;
 				open--;
@@ -462,7 +470,7 @@ static int exchange_loop(struct vm_proc *p, struct xfer *x, struct inv *inv,
 			return -errno;
 		for (i = 1; i < 3; i++)
 			if (pf[i].revents && pf[i].fd >= 0 &&
-			    !pump_output(p, pf[i].fd, inv))
+			    !vm_proc_pump_output(p, pf[i].fd, &x->to))
 				close_output(p, pf[i].fd);
 		if (!pf[0].revents)
 			continue;
@@ -477,7 +485,7 @@ static int exchange_loop(struct vm_proc *p, struct xfer *x, struct inv *inv,
 enum vm_outcome vm_proc_invoke(struct vm_proc *p, struct inv *inv, uint32_t budget_ms,
 			       const struct vm_hooks *hooks, int *status)
 {
-	struct xfer x = { 0 };
+	struct xfer x = { .to = { inv->fn->name, inv->request_id } };
 	int r;
 
 	*status = 0;
@@ -491,13 +499,11 @@ enum vm_outcome vm_proc_invoke(struct vm_proc *p, struct inv *inv, uint32_t budg
 	free(x.in);
 	if (r == 0) {
 		p->served++;
-		flush_line(p, 0, inv);
-		flush_line(p, 1, inv);
+		vm_proc_flush_output(p, &x.to);
 		return VM_OK;
 	}
-	reap(p, inv, r == -ETIMEDOUT || r == -ECANCELED, status);
-	flush_line(p, 0, inv);
-	flush_line(p, 1, inv);
+	reap(p, &x.to, r == -ETIMEDOUT || r == -ECANCELED, status);
+	vm_proc_flush_output(p, &x.to);
 	if (r == -ECANCELED)
 		return VM_CANCELLED;
 	if (r == -ETIMEDOUT || (WIFEXITED(*status) && WEXITSTATUS(*status) == 124))

@@ -32,6 +32,12 @@ struct vm_proc {
 	struct vm_proc *next;	/* idle list */
 };
 
+/* Where a VM's output lines go: the function's log, under a request id. */
+struct vm_logto {
+	const char *name;
+	const char *request_id;
+};
+
 /* How to start a VM for a function: built once per function version at prepare. */
 struct vm_launch {
 	char *argv[64];
@@ -103,6 +109,13 @@ int vm_proc_launch(struct vm_proc *p, const struct vm_launch *l);
  */
 enum vm_outcome vm_proc_invoke(struct vm_proc *p, struct inv *inv, uint32_t budget_ms,
 			       const struct vm_hooks *hooks, int *status);
+/*
+ * Reads what the guest wrote on fd (p->out or p->err) and logs its whole lines to `to`
+ * (NULL drops them), keeping stderr's last bytes in p->tail. 0 at end of file.
+ */
+int vm_proc_pump_output(struct vm_proc *p, int fd, const struct vm_logto *to);
+/* Logs the partial lines p still holds. */
+void vm_proc_flush_output(struct vm_proc *p, const struct vm_logto *to);
 /*
  * What the idle VM costs the host in bytes: its cgroup's charge (the VMM's anonymous
  * memory and page tables, KVM's kernel memory for the VM, page cache it brought in

@@ -383,7 +383,8 @@ static void report_crash(struct vm_tier *vt, struct inv *inv, int status)
 		snprintf(how, sizeof(how), "killed by signal %d", WTERMSIG(status));
 	else if (WEXITSTATUS(status) > 128 && WEXITSTATUS(status) < 125 + 65)
 		/* stoke-vmm reports a guest fault as 128 + the signal Linux would send */
-		snprintf(how, sizeof(how), "program killed by signal %d", WEXITSTATUS(status) - 128);
+		snprintf(how, sizeof(how), "program killed by signal %d",
+			 WEXITSTATUS(status) - 128);
 	else
 		snprintf(how, sizeof(how), "exited with status %d", WEXITSTATUS(status));
 	atomic_fetch_add(&vt->crashes, 1);
@@ -444,7 +445,8 @@ static void run_invocation(struct tier *t, struct inv *inv)
 	if (vf)
 		atomic_store(&vf->last_used_ns, vm_now_ns());
 	if (!vf) {
-		inv_fail(inv, 500, "internal", "function version was not prepared for the vm tier");
+		inv_fail(inv, 500, "internal",
+			 "function version was not prepared for the vm tier");
 		return;
 	}
 	p = get_vm(t, vf, inv, &err);
@@ -1066,7 +1068,8 @@ static void keep_runtime(struct vm_tier *vt, const char *key)
  * layer leaves the version booting cold; the next deploy rebuilds it.
  */
 static int take_layered(struct vm_tier *vt, struct vm_fn *vf, const struct fn *fn,
-			const char *key, const char *vmm_path, char *why, size_t len)
+			const char *key, const struct vm_logto *to, const char *vmm_path,
+			char *why, size_t len)
 {
 	struct vm_tier_rt rt = { 0 };
 	int r;
@@ -1083,27 +1086,31 @@ static int take_layered(struct vm_tier *vt, struct vm_fn *vf, const struct fn *f
 	}
 	if (r)
 		return r;
-	return vm_tier_snap_take_on(&vf->snap, &rt, &vf->launch, vt->snap_dir, key, vmm_path,
-				    &vt->snap_stats, why, len);
+	return vm_tier_snap_take_on(&vf->snap, &rt, &vf->launch, vt->snap_dir, key, to,
+				    vmm_path, &vt->snap_stats, why, len);
 }
 
 /*
  * Snapshot of a python3 version, taken at deploy so that no request waits for it. A
  * runtime that exits before its first read could not import the function (a syntax
  * error, no handler): that fails the deploy with the runtime's message. Any other
- * failure leaves the version booting cold, as without snapshots.
+ * failure leaves the version booting cold, as without snapshots. What the import and
+ * before_snapshot() print goes to the function's log under "deploy-vN": it runs once
+ * here, never again in a restored VM.
  */
 static int take_snapshot(struct tier *t, struct vm_fn *vf, const struct fn *fn, char *err,
 			 size_t errlen)
 {
 	struct vm_tier *vt = tier_of(t);
 	const char *env[] = { "--env=STOKE_SNAPSHOT=1", NULL };
+	char key[160], why[1100] = "", rid[24];
+	struct vm_logto to = { fn->name, rid };
 	struct vm_launch l;
-	char key[160], why[1100] = "";
 	int r;
 
 	if (!vt->snapshots || strcmp(fn->runtime, "python3"))
 		return 0;
+	snprintf(rid, sizeof(rid), "deploy-v%lld", (long long)fn->version);
 	/* The bootstrap calls before_snapshot/after_restore and reseeds under this. */
 	if (vm_launch_with(&l, &vf->launch, env) ||
 	    vm_launch_with(&vf->launch, &l, (const char *const[]){ NULL }))
@@ -1111,9 +1118,9 @@ static int take_snapshot(struct tier *t, struct vm_fn *vf, const struct fn *fn, 
 	snprintf(key, sizeof(key), "%.64s.%lld.%d.%u", fn->name, (long long)fn->version,
 		 (int)getpid(), atomic_fetch_add(&vt->snap_seq, 1));
 	pthread_mutex_lock(&vt->snap_lock);
-	r = vt->layers ? take_layered(vt, vf, fn, key, t->vmm_path, why, sizeof(why)) :
-	    vm_tier_snap_take(&vf->snap, &vf->launch, vt->snap_dir, key, t->vmm_path, why,
-			      sizeof(why));
+	r = vt->layers ? take_layered(vt, vf, fn, key, &to, t->vmm_path, why, sizeof(why)) :
+	    vm_tier_snap_take(&vf->snap, &vf->launch, vt->snap_dir, key, &to, t->vmm_path,
+			      why, sizeof(why));
 	pthread_mutex_unlock(&vt->snap_lock);
 	if (r == -ECHILD) {
 		snprintf(err, errlen, "python3 could not load %s: %s", fn->entry, why);
@@ -1358,7 +1365,8 @@ static void metrics_snap(struct vm_snap_stats *st, struct strbuf *out)
 	sb_metric_head(out, "stoke_snapshot_layer_cache_total", "counter", "Snapshot layers "
 		       "(and restore images) found already built (hit) or built (miss), by kind.");
 	for (k = 0; k < VM_LAYER_KINDS; k++)
-		sb_printf(out, "stoke_snapshot_layer_cache_total{kind=\"%s\",result=\"hit\"} %llu\n"
+		sb_printf(out,
+			  "stoke_snapshot_layer_cache_total{kind=\"%s\",result=\"hit\"} %llu\n"
 			  "stoke_snapshot_layer_cache_total{kind=\"%s\",result=\"miss\"} %llu\n",
 			  kinds[k], (unsigned long long)atomic_load(&st->hit[k]), kinds[k],
 			  (unsigned long long)atomic_load(&st->miss[k]));

@@ -45,56 +45,42 @@ static int exited(pid_t pid)
 	return waitid(P_PID, (id_t)pid, &si, WEXITED | WNOHANG | WNOWAIT) == 0 && si.si_pid;
 }
 
-/* Keeps the last bytes of the guest's stderr in p->tail, for the deploy's error. */
-static void keep_tail(struct vm_proc *p, const char *buf, ssize_t n)
+/* Waits up to ms for output and logs it; -1 once both pipes are at end of file. */
+static int pump(struct vm_proc *p, struct pollfd pf[2], int ms, const struct vm_logto *to)
 {
-	size_t have = strlen(p->tail), room = sizeof(p->tail) - 1;
+	int i, n = poll(pf, 2, ms);
 
-	if (n <= 0)
-		return;
-	if ((size_t)n >= room) {
-		memcpy(p->tail, buf + (size_t)n - room, room);
-		p->tail[room] = '\0';
-		return;
-	}
-	if (have + (size_t)n > room) {
-		memmove(p->tail, p->tail + have + (size_t)n - room, room - (size_t)n);
-		have = room - (size_t)n;
-	}
-	memcpy(p->tail + have, buf, (size_t)n);
-	p->tail[have + (size_t)n] = '\0';
+	for (i = 0; n > 0 && i < 2; i++)
+		if ((pf[i].revents & (POLLIN | POLLHUP)) &&
+		    !vm_proc_pump_output(p, pf[i].fd, to))
+			pf[i].fd = -1;	/* poll skips it from now on */
+	return pf[0].fd < 0 && pf[1].fd < 0 ? -1 : n;
 }
 
-/* Drains the guest's output (so it never blocks on a full pipe) until the dump is whole. */
-int vm_tier_snap_wait_dump(struct vm_proc *p, const char *dump)
+/*
+ * Drains the guest's output into the function's log (so it never blocks on a full
+ * pipe, and what the import printed is kept) until the dump is whole.
+ */
+int vm_tier_snap_wait_dump(struct vm_proc *p, const char *dump, const struct vm_logto *to)
 {
 	struct pollfd pf[2] = { { p->out, POLLIN, 0 }, { p->err, POLLIN, 0 } };
-	char buf[4096];
-	ssize_t n;
-	int waited, i;
+	int waited, done, rounds;
 
 	for (waited = 0; waited < DUMP_WAIT_MS; waited += 5) {
-		int done = dump_complete(dump);
-
-		if (done)
+		done = dump_complete(dump);
+		if (done) {
+			vm_proc_flush_output(p, to);
 			return done > 0 ? 0 : done;
+		}
 		if (exited(p->pid)) {
-			/* The last of its stderr (a traceback) may still be in the pipe. */
-			while (pf[1].fd >= 0 && (n = read(p->err, buf, sizeof(buf))) > 0)
-				keep_tail(p, buf, n);
+			/* The last of its stderr (a traceback) may still be in the pipes;
+			 * bounded, as a child of the VMM could hold them open. */
+			for (rounds = 0; rounds < 100 && pump(p, pf, 20, to) > 0; rounds++)
+				;
+			vm_proc_flush_output(p, to);
 			return -ECHILD;
 		}
-		if (poll(pf, 2, 5) <= 0)
-			continue;
-		for (i = 0; i < 2; i++) {
-			if (!(pf[i].revents & (POLLIN | POLLHUP)))
-				continue;
-			n = read(pf[i].fd, buf, sizeof(buf));
-			if (n <= 0)
-				pf[i].fd = -1;
-			else if (i == 1)
-				keep_tail(p, buf, n);
-		}
+		pump(p, pf, 5, to);
 	}
 	return -ETIMEDOUT;
 }
@@ -146,10 +132,10 @@ static char *load_frame(const struct vm_launch *l)
 
 /*
  * Starts l and waits until the VMM wrote the dump, after sending load (a load frame)
- * when given; the VM is stopped either way.
+ * when given; the VM is stopped either way. Its output goes to `to` (NULL: dropped).
  */
 static int run_to_dump(const struct vm_launch *l, const char *dump, const char *load,
-		       const char *vmm_path, char *why, size_t len)
+		       const struct vm_logto *to, const char *vmm_path, char *why, size_t len)
 {
 	struct vm_proc p;
 	int r;
@@ -160,7 +146,7 @@ static int run_to_dump(const struct vm_launch *l, const char *dump, const char *
 	p.tail[0] = '\0';
 	if (load)
 		r = send_frame(p.chan, FRAME_LOAD, load);
-	r = r ? r : vm_tier_snap_wait_dump(&p, dump);
+	r = r ? r : vm_tier_snap_wait_dump(&p, dump, to);
 	if (r == -ECHILD)
 		snprintf(why, len, "%s", p.tail[0] ? p.tail : "the runtime exited at start");
 	else if (r)
@@ -170,7 +156,7 @@ static int run_to_dump(const struct vm_launch *l, const char *dump, const char *
 }
 
 static int boot_and_dump(struct vm_tier_snap *s, const struct vm_launch *boot,
-			 const char *vmm_path, char *why, size_t len)
+			 const struct vm_logto *to, const char *vmm_path, char *why, size_t len)
 {
 	char opt[1100];
 	const char *opts[] = { opt, NULL };
@@ -181,7 +167,7 @@ static int boot_and_dump(struct vm_tier_snap *s, const struct vm_launch *boot,
 	r = vm_launch_with(&l, boot, opts);
 	if (r)
 		return snprintf(why, len, "starting the VM: %s", strerror(-r)), r;
-	return run_to_dump(&l, s->dump, NULL, vmm_path, why, len);
+	return run_to_dump(&l, s->dump, NULL, to, vmm_path, why, len);
 }
 
 static int make_launches(struct vm_tier_snap *s, const struct vm_launch *boot)
@@ -254,13 +240,14 @@ static int snap_finish(struct vm_tier_snap *s, const struct vm_launch *boot, int
 }
 
 int vm_tier_snap_take(struct vm_tier_snap *s, const struct vm_launch *boot, const char *dir,
-		      const char *key, const char *vmm_path, char *why, size_t len)
+		      const char *key, const struct vm_logto *to, const char *vmm_path,
+		      char *why, size_t len)
 {
 	int r = snap_paths(s, dir, key, why, len);
 
 	if (r)
 		return r;
-	r = boot_and_dump(s, boot, vmm_path, why, len);
+	r = boot_and_dump(s, boot, to, vmm_path, why, len);
 	r = r ? r : vmsnap_build(s->dump, s->store, s->file, why, len);
 	return snap_finish(s, boot, r);
 }
@@ -273,7 +260,8 @@ static void count(struct vm_snap_stats *st, enum vm_layer_kind k, int hit, uint6
 
 int vm_tier_snap_take_on(struct vm_tier_snap *s, const struct vm_tier_rt *rt,
 			 const struct vm_launch *launch, const char *dir, const char *key,
-			 const char *vmm_path, struct vm_snap_stats *st, char *why, size_t len)
+			 const struct vm_logto *to, const char *vmm_path, struct vm_snap_stats *st,
+			 char *why, size_t len)
 {
 	char restore[1200], store[1200], dump[1100];
 	const char *opts[] = { restore, store, dump, NULL };
@@ -291,7 +279,7 @@ int vm_tier_snap_take_on(struct vm_tier_snap *s, const struct vm_tier_rt *rt,
 	r = load ? vm_launch_with(&l, launch, opts) : -ENOMEM;
 	if (r)
 		snprintf(why, len, "starting the VM: %s", strerror(-r));
-	r = r ? r : run_to_dump(&l, s->dump, load, vmm_path, why, len);
+	r = r ? r : run_to_dump(&l, s->dump, load, to, vmm_path, why, len);
 	free(load);
 	r = r ? r : vmsnap_build_info(s->dump, s->store, s->file, &info, why, len);
 	if (!r) {
@@ -416,7 +404,8 @@ static int rt_build(const struct vm_tier_rt *rt, const struct vm_launch *fn_laun
 	r = vm_launch_without(&l, fn_launch, drop, opts);
 	if (r)
 		snprintf(why, len, "starting the runtime: %s", strerror(-r));
-	r = r ? r : run_to_dump(&l, dump, NULL, vmm_path, why, len);
+	/* The runtime's own start-up output belongs to no function. */
+	r = r ? r : run_to_dump(&l, dump, NULL, NULL, vmm_path, why, len);
 	r = r ? r : vmsnap_build_runtime(base, dump, rt->store, rt->file, &info, why, len);
 	if (!r) {
 		count(st, VM_LAYER_RUNTIME, info.layer[0].existed, info.layer[0].bytes_new);

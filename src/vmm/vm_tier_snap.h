@@ -71,21 +71,24 @@ int vm_tier_rt_get(struct vm_tier_rt *rt, const struct vm_launch *fn_launch, con
  */
 int vm_tier_snap_take_on(struct vm_tier_snap *s, const struct vm_tier_rt *rt,
 			 const struct vm_launch *launch, const char *dir, const char *key,
-			 const char *vmm_path, struct vm_snap_stats *st, char *why, size_t len);
+			 const struct vm_logto *to, const char *vmm_path, struct vm_snap_stats *st,
+			 char *why, size_t len);
 
 /*
  * Takes the snapshot of a version (boots it once, up to its first read; seconds).
- * dir holds the store and the snapshot files; key names this version uniquely.
+ * dir holds the store and the snapshot files; key names this version uniquely. What
+ * the guest prints meanwhile (the import, before_snapshot) goes to `to`.
  * Returns 0, or -errno with the reason in why (the version then boots cold).
  */
 int vm_tier_snap_take(struct vm_tier_snap *s, const struct vm_launch *boot, const char *dir,
-		      const char *key, const char *vmm_path, char *why, size_t len);
+		      const char *key, const struct vm_logto *to, const char *vmm_path,
+		      char *why, size_t len);
 /*
- * Waits (at most 30 s) until the VMM p wrote a whole dump to the file dump, draining
- * its output meanwhile. Returns 0, -ENOTSUP when the VMM took none, -ECHILD when it
- * exited first (its last stderr in p->tail) or -ETIMEDOUT.
+ * Waits (at most 30 s) until the VMM p wrote a whole dump to the file dump, logging
+ * its output to `to` (NULL: dropped) meanwhile. Returns 0, -ENOTSUP when the VMM took
+ * none, -ECHILD when it exited first (its last stderr in p->tail) or -ETIMEDOUT.
  */
-int vm_tier_snap_wait_dump(struct vm_proc *p, const char *dump);
+int vm_tier_snap_wait_dump(struct vm_proc *p, const char *dump, const struct vm_logto *to);
 /*
  * The launch for a cold start: a restore when a snapshot is ready, else NULL. Counts
  * whether the restore image is in the image cache (else stoke-vmm assembles it).

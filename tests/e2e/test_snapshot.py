@@ -786,3 +786,46 @@ def test_one_layer_per_version_when_layers_are_off(d):
         runtimes = os.path.join(sd.data_dir, "vm-snapshots", "runtimes")
         assert not os.path.exists(runtimes) or not os.listdir(runtimes)
         assert metric(sd, "stoke_vm_restores_total") == 1, sd.logs()
+
+
+CHATTY = """
+import sys
+print("import: loading the table")
+print("import: warning on stderr", file=sys.stderr)
+sys.stdout.write("no newline at the end")
+def before_snapshot():
+    print("before_snapshot ran")
+def handler(event, context):
+    print("handled")
+    return "ok"
+"""
+
+
+def deploy_lines(sd, name, version):
+    """The function's log lines under deploy-vVERSION, as (stream, message) pairs."""
+    lines = sd.admin("GET", "/functions/%s/logs?limit=1024" % name).json()["lines"]
+    return [(l["stream"], l["msg"]) for l in lines
+            if l["request_id"] == "deploy-v%d" % version]
+
+
+def test_import_and_before_snapshot_output_is_logged_once(d):
+    """What a Python module prints while it is imported and in before_snapshot() runs
+    once, at deploy, while the snapshot is made: it is kept in the function's logs under
+    deploy-vN (first deploy and redeploy alike) and restored VMs do not print it again."""
+    need_vm()
+    with Daemon(env={"STOKE_VM_SNAPSHOTS": "1"}) as sd:
+        deploy_py(sd, "chatty", CHATTY)
+        want = [("stdout", "import: loading the table"),
+                ("stderr", "import: warning on stderr"),
+                ("stdout", "no newline at the endbefore_snapshot ran")]
+        assert sorted(deploy_lines(sd, "chatty", 1)) == sorted(want), sd.logs()
+        for _ in range(3):
+            assert sd.invoke("chatty").status == 200
+        deploy_py(sd, "chatty", CHATTY.replace("loading", "reloading"))
+        assert sd.invoke("chatty").status == 200
+        lines = sd.admin("GET", "/functions/chatty/logs?limit=1024").json()["lines"]
+        msgs = [l["msg"] for l in lines]
+        assert msgs.count("import: loading the table") == 1, msgs
+        assert msgs.count("import: reloading the table") == 1, msgs
+        assert msgs.count("handled") == 4, msgs
+        assert ("stdout", "import: reloading the table") in deploy_lines(sd, "chatty", 2)
