@@ -197,6 +197,25 @@ def test_state_survives_a_daemon_restart(d):
         assert metric(sd, "stoke_vm_state_restores_total") == 1
 
 
+def test_restart_redeploy_and_quick_rm_leave_no_state_files(d):
+    """After a restart, a version whose logs were read, replaced, then deleted at once:
+    no saved state of either version stays behind (a reference leaked by reading the
+    logs once kept the old version, and its state, for good)."""
+    need_vm()
+    data = os.path.join(d.tmp.name, "quick-rm-data")
+    with Daemon(data_dir=data) as sd:
+        deploy(sd, "brief")
+        assert [count(sd, "brief") for _ in range(2)] == [1, 2]
+    with Daemon(data_dir=data) as sd:
+        assert count(sd, "brief") == 3
+        assert sd.admin("GET", "/functions/brief/logs").status == 200
+        deploy(sd, "brief")
+        r = sd.admin("DELETE", "/functions/brief")
+        assert r.status in (200, 204), r
+        assert wait_for(lambda: not os.path.exists(state_dir(sd, "brief")), 30), \
+            [os.path.join(p, f) for p, _, fs in os.walk(state_dir(sd, "brief")) for f in fs]
+
+
 def test_requests_to_one_instance_queue_in_order_and_overflow_is_429(d):
     need_vm()
     with Daemon() as sd:
