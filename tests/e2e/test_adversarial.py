@@ -1716,3 +1716,88 @@ def test_health_answers_while_a_slow_deploy_compiles(d):
     if compile_s < 2:
         raise Skip("the compile was too fast (%.1f s) to show anything" % compile_s)
     assert health_s < 1.0, "health took %.1f s during a %.1f s deploy" % (health_s, compile_s)
+
+
+# =====================================================================================
+# Deploy-time build tools (esbuild for TypeScript, gcc for native C) run on the host
+# =====================================================================================
+
+def _child_rss_kb(pid):
+    """Summed resident memory (KiB) of pid's descendants (the daemon's build tools)."""
+    total, seen, todo = 0, set(), [pid]
+    while todo:
+        for kid, _ in _children(todo.pop()):
+            if kid in seen:
+                continue
+            seen.add(kid)
+            todo.append(kid)
+            try:
+                with open("/proc/%d/status" % kid) as f:
+                    total += int(([l for l in f if l.startswith("VmRSS:")] or
+                                  ["VmRSS: 0"])[0].split()[1])
+            except OSError:
+                pass
+    return total
+
+
+def _deploy_watching_memory(d, name, files, manifest, limit_s=40):
+    """Deploys in a thread; returns (response or exception, seconds, peak child RSS KiB).
+    Kills the daemon's build-tool children (ours) if they pass 3 GiB, so that a failing
+    test cannot take the host's memory."""
+    import signal
+    out = []
+    t = threading.Thread(target=lambda: out.append(
+        _safe_deploy(d, name, files, manifest, limit_s)))
+    t0 = time.monotonic()
+    t.start()
+    peak = 0
+    while t.is_alive() and time.monotonic() - t0 < limit_s:
+        rss = _child_rss_kb(d.proc.pid)
+        peak = max(peak, rss)
+        if rss > 3 << 20:
+            for kid, _ in _children(d.proc.pid):
+                os.kill(kid, signal.SIGKILL)
+        time.sleep(0.1)
+    t.join(limit_s)
+    return (out[0] if out else None), time.monotonic() - t0, peak
+
+
+def _safe_deploy(d, name, files, manifest, timeout):
+    enc = {p: b64(c) for p, c in files.items()}
+    try:
+        return d.request("PUT", "/_stoke/functions/" + name, auth=True, timeout=timeout,
+                         body=json.dumps({"manifest": manifest, "files": enc}))
+    except (OSError, http_exceptions()) as e:
+        return e
+
+
+def test_typescript_build_that_reads_forever_is_bounded(d):
+    """FIXED BUG (regression test) (host memory): a TypeScript entry that imports
+    "/dev/zero" makes the deploy's esbuild read it into memory without end (9 GB in 26 s
+    when found) and the deploy never answers: src/isolate/prepare.c run_esbuild waited
+    for esbuild with no time or memory limit. The deploy must fail with a 400 that says
+    why, the build's memory must stay bounded, and other tenants must not notice."""
+    ensure_bystander(d)
+    src = 'import z from "/dev/zero";\nexport default { fetch() { return new Response(z); } };\n'
+    r, took, peak = _deploy_watching_memory(d, "tszero", {"index.ts": src}, {})
+    assert peak < 3 << 20, "esbuild grew to %d MiB" % (peak >> 10)
+    assert isinstance(r, type(d.request("GET", "/_stoke/health"))), r
+    assert r.status == 400 and r.json()["field"] == "entry", r
+    assert d.invoke("tszero").status == 404
+    assert_alive(d)
+
+
+def test_c_build_that_reads_forever_is_bounded(d):
+    """FIXED BUG (regression test) (host memory): a native function's main.c with
+    #include "/dev/zero" makes cc1 read it into memory until the 60 s compile timeout
+    (12.7 GB after 21 s when found): src/vmm/vm_native.c cc_child ran gcc with no memory
+    limit. The deploy must fail with a 400 and the compiler's memory stay bounded."""
+    _need_cc()
+    ensure_bystander(d)
+    r, took, peak = _deploy_watching_memory(
+        d, "czero", {"main.c": '#include "/dev/zero"\nint main(void) { return 0; }\n'},
+        {"tier": "vm", "runtime": "native", "entry": "main.c"})
+    assert peak < 3 << 20, "the compiler grew to %d MiB" % (peak >> 10)
+    assert isinstance(r, type(d.request("GET", "/_stoke/health"))), r
+    assert r.status == 400 and r.json()["field"] == "entry", r
+    assert_alive(d)
