@@ -1801,3 +1801,57 @@ def test_c_build_that_reads_forever_is_bounded(d):
     assert isinstance(r, type(d.request("GET", "/_stoke/health"))), r
     assert r.status == 400 and r.json()["field"] == "entry", r
     assert_alive(d)
+
+
+PYCHANNEL = r'''
+import os, json
+def frame(t, payload, length=None):
+    n = len(payload) if length is None else length
+    return n.to_bytes(4, "little") + bytes([t, 1, 0, 0]) + payload
+def handler(event, context):
+    w = event["path"]
+    try:
+        if w == "/stats":
+            st = {"syscalls": 1, "cpu_ns": 1, "hwm_kb": 1,
+                  "enosys": {'x"} 1\nstoke_forged 1\n#': 1}}
+            os.write(3, frame(3, json.dumps(st).encode()))
+        if w == "/two":
+            os.write(3, frame(2, b'{"statusCode": 200, "body": "early"}'))
+            return "/two: " + event["headers"].get("x-caller", "")
+        if w == "/huge":
+            os.write(3, frame(2, b"", 0xffffffff))
+    except OSError as e:
+        return "refused " + w
+    return "caller " + event["headers"].get("x-caller", "")
+'''
+
+
+def test_vm_guest_cannot_forge_channel_frames(d):
+    """FIXED BUG (regression test): stoke-vmm relayed every frame the guest wrote on
+    the channel (src/vmm/channel.c chan_write), so a function could (1) send a VMM
+    statistics frame whose ENOSYS name broke /_stoke/metrics for every tenant (the name
+    was printed unescaped: 'x"} 1' + newline + 'stoke_forged 1'), (2) write a second
+    response that the daemon gave to the next caller, shifting every later answer of
+    that VM by one caller, and (3) announce a 4 GiB frame that held the next request
+    until its wall limit. The VMM now refuses such writes; the guest sees an error."""
+    need_vm()
+    d.deploy_files("pychan", {"handler.py": PYCHANNEL},
+                   {"tier": "vm", "runtime": "python3", "entry": "handler.py",
+                    "limits": {"wall_s": 3}})
+    r = d.invoke("pychan", "/stats")
+    assert r.status == 200 and r.text == "refused /stats", r
+    metrics = d.admin("GET", "/metrics").text
+    assert "stoke_forged" not in metrics, [l for l in metrics.splitlines() if "forged" in l]
+    r = d.invoke("pychan", "/two", headers={"x-caller": "a"})
+    assert r.status == 200 and r.text == "early", r  # the first answer counts
+    for caller in ("b", "c"):
+        r = d.invoke("pychan", "/", headers={"x-caller": caller})
+        assert r.status == 200 and r.text == "caller " + caller, (caller, r)
+    t0 = time.monotonic()
+    r = d.invoke("pychan", "/huge")
+    assert r.status == 200 and r.text == "refused /huge", r
+    r = d.invoke("pychan", "/", headers={"x-caller": "d"})
+    assert r.status == 200 and r.text == "caller d", r
+    assert time.monotonic() - t0 < 2.5
+    assert_alive(d)
+
