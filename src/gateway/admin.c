@@ -213,13 +213,16 @@ static int admin_prepare(struct gw *gw, struct admin_deploy *d, const cJSON *man
 static int admin_stage(struct gw *gw, struct admin_deploy *d, const cJSON *files)
 {
 	char tmp[4200];
-	int ret;
+	int ret, tries = 0;
 
-	snprintf(d->dir, sizeof(d->dir), "%s/functions/%s/v%lld", gw->cfg->data_dir, d->name,
-		 (long long)d->version);
+	/* A directory the registry does not know (kept because the registry was lost, see
+	 * daemon_sweep) is not ours to overwrite: take the next version number. */
+	do
+		snprintf(d->dir, sizeof(d->dir), "%s/functions/%s/v%lld", gw->cfg->data_dir,
+			 d->name, (long long)d->version);
+	while (access(d->dir, F_OK) == 0 && ++tries < 1000 && ++d->version);
 	snprintf(tmp, sizeof(tmp), "%s.tmp", d->dir);
 	gw_rmtree(tmp);
-	gw_rmtree(d->dir);
 	ret = gw_mkdir_parents(tmp, 0755);
 	if (!ret && mkdir(tmp, 0755))
 		ret = -errno;

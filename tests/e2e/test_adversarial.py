@@ -1855,3 +1855,39 @@ def test_vm_guest_cannot_forge_channel_frames(d):
     assert time.monotonic() - t0 < 2.5
     assert_alive(d)
 
+
+# =====================================================================================
+# A damaged data directory at start
+# =====================================================================================
+
+def test_emptied_or_missing_registry_keeps_the_deployed_files():
+    """FIXED BUG (regression test) (data loss): a registry.db emptied (0 bytes, as a
+    full disk or a bad restore can leave it) or removed while the daemon was stopped
+    came up as a new empty registry, and the start-up sweep (src/gateway/admin.c
+    gw_sweep_versions) then deleted every functions/NAME/vN as "no deployed function
+    uses it": all deployed code gone. A new registry next to deployed files must leave
+    them alone and say so."""
+    for damage in ("empty", "missing"):
+        with Daemon() as d:
+            d.deploy_files("keepme", {"index.js": BYSTANDER})
+            vdir = os.path.join(d.data_dir, "functions", "keepme", "v1")
+            assert os.path.isdir(vdir)
+            assert d.stop() == 0
+            for suffix in ("", "-wal", "-shm"):
+                path = os.path.join(d.data_dir, "registry.db" + suffix)
+                if os.path.exists(path):
+                    os.unlink(path)
+            if damage == "empty":
+                open(os.path.join(d.data_dir, "registry.db"), "w").close()
+            d.start()
+            assert os.path.isfile(os.path.join(vdir, "index.js")), (damage, d.logs()[-800:])
+            assert "registry" in d.logs().split("loading the deployed functions")[-1], \
+                d.logs()[-800:]
+            d.deploy_files("other", {"index.js": BYSTANDER})  # the daemon still serves
+            assert d.invoke("other").status == 200
+            # a redeploy of the name gets a version the kept files do not hold
+            r = d.deploy_files("keepme", {"index.js": ECHO}, expect=None)
+            assert r.status == 201, (damage, r)
+            assert r.json()["version"] == 2 and d.invoke("keepme").status == 200, r
+            with open(os.path.join(vdir, "index.js")) as f:
+                assert f.read() == BYSTANDER, damage
