@@ -255,7 +255,10 @@ static int admin_record(struct gw *gw, struct admin_deploy *d, const cJSON *mani
 
 static void admin_deploy_fail(struct inv *inv, struct admin_deploy *d, int ret)
 {
-	if (ret == -EINVAL || ret == -EFBIG || d->err.field[0]) {
+	/* A full disk names the file it was writing, but it is the server's to fix. */
+	int full = ret == -ENOSPC || ret == -EDQUOT;
+
+	if (!full && (ret == -EINVAL || ret == -EFBIG || d->err.field[0])) {
 		if (ret == -EFBIG) {
 			inv_fail(inv, 413, "deploy_too_large", "%s", d->err.message);
 			return;
@@ -265,8 +268,8 @@ static void admin_deploy_fail(struct inv *inv, struct admin_deploy *d, int ret)
 	}
 	log_error("deploy %s v%lld: %s", d->name, (long long)d->version,
 		  d->err.message[0] ? d->err.message : strerror(-ret));
-	inv_fail(inv, ret == -ENOSPC ? 507 : 500, "deploy_failed", "%s",
-		 d->err.message[0] ? d->err.message : strerror(-ret));
+	inv_fail(inv, full ? 507 : 500, "deploy_failed", "%s%s", full ? "the data directory's "
+		 "file system is full: " : "", d->err.message[0] ? d->err.message : strerror(-ret));
 }
 
 /*

@@ -1891,3 +1891,41 @@ def test_emptied_or_missing_registry_keeps_the_deployed_files():
             assert r.json()["version"] == 2 and d.invoke("keepme").status == 200, r
             with open(os.path.join(vdir, "index.js")) as f:
                 assert f.read() == BYSTANDER, damage
+
+
+def test_deploy_to_a_full_disk_is_507_and_keeps_what_was_deployed():
+    """FIXED BUG (regression test): with the data directory's file system full, a
+    deploy was answered 400 invalid_manifest (field "files", "No space left on device"),
+    blaming the caller's files for the server's disk: src/gateway/admin.c
+    admin_deploy_fail took any error that named a field for the caller's. It is a 507
+    deploy_failed that says the disk is full, and the live version keeps serving."""
+    import subprocess
+    import tempfile
+    mnt = tempfile.mkdtemp(prefix="stoke-full-")
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", mnt],
+                      capture_output=True).returncode:
+        os.rmdir(mnt)
+        raise Skip("cannot mount a tmpfs (needs root)")
+    try:
+        with Daemon(data_dir=os.path.join(mnt, "data")) as d:
+            d.deploy_files("live", {"index.js": BYSTANDER})
+            with open(os.path.join(mnt, "fill"), "wb") as f:
+                try:
+                    for _ in range(100):  # 4 MiB at most
+                        f.write(b"\0" * 65536)
+                        f.flush()
+                except OSError:
+                    pass
+            for name in ("live", "newcomer"):
+                r = d.deploy_files(name, {"index.js": ECHO, "pad.txt": "p" * 100000},
+                                   expect=None)
+                assert r.status == 507 and r.json()["error"] == "deploy_failed", (name, r)
+                assert "full" in r.json()["message"], r
+            assert d.invoke("live").text == "bystander ok"
+            assert d.invoke("newcomer").status == 404
+            os.unlink(os.path.join(mnt, "fill"))
+            d.deploy_files("newcomer", {"index.js": BYSTANDER})
+            assert d.invoke("newcomer").status == 200
+    finally:
+        subprocess.run(["umount", mnt], capture_output=True)
+        os.rmdir(mnt)
