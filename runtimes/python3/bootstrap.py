@@ -248,7 +248,13 @@ def serve(module, handler):
         except Exception as exc:  # the handler's failure is the caller's 500
             resp = handler_error(req, exc)
         sys.stdout.flush()
-        write_frame(FRAME_RESPONSE, json.dumps(resp).encode())
+        try:
+            write_frame(FRAME_RESPONSE, json.dumps(resp).encode())
+        except OSError as exc:
+            # stoke-vmm refuses a second answer (the handler wrote its own frame on
+            # the channel) whole, before any of it is sent: serve the next request.
+            print("stoke: the handler's return value was not sent: %s" % exc,
+                  file=sys.stderr, flush=True)
 
 
 def freeze_heap():

@@ -214,13 +214,16 @@ static int admin_prepare(struct gw *gw, struct admin_deploy *d, const cJSON *man
 static int admin_stage(struct gw *gw, struct admin_deploy *d, const cJSON *files)
 {
 	char tmp[4200];
-	int ret;
+	int ret, tries = 0;
 
-	snprintf(d->dir, sizeof(d->dir), "%s/functions/%s/v%lld", gw->cfg->data_dir, d->name,
-		 (long long)d->version);
+	/* A directory the registry does not know (kept because the registry was lost, see
+	 * daemon_sweep) is not ours to overwrite: take the next version number. */
+	do
+		snprintf(d->dir, sizeof(d->dir), "%s/functions/%s/v%lld", gw->cfg->data_dir,
+			 d->name, (long long)d->version);
+	while (access(d->dir, F_OK) == 0 && ++tries < 1000 && ++d->version);
 	snprintf(tmp, sizeof(tmp), "%s.tmp", d->dir);
 	gw_rmtree(tmp);
-	gw_rmtree(d->dir);
 	ret = gw_mkdir_parents(tmp, 0755);
 	if (!ret && mkdir(tmp, 0755))
 		ret = -errno;
@@ -253,7 +256,10 @@ static int admin_record(struct gw *gw, struct admin_deploy *d, const cJSON *mani
 
 static void admin_deploy_fail(struct inv *inv, struct admin_deploy *d, int ret)
 {
-	if (ret == -EINVAL || ret == -EFBIG || d->err.field[0]) {
+	/* A full disk names the file it was writing, but it is the server's to fix. */
+	int full = ret == -ENOSPC || ret == -EDQUOT;
+
+	if (!full && (ret == -EINVAL || ret == -EFBIG || d->err.field[0])) {
 		if (ret == -EFBIG) {
 			inv_fail(inv, 413, "deploy_too_large", "%s", d->err.message);
 			return;
@@ -263,8 +269,8 @@ static void admin_deploy_fail(struct inv *inv, struct admin_deploy *d, int ret)
 	}
 	log_error("deploy %s v%lld: %s", d->name, (long long)d->version,
 		  d->err.message[0] ? d->err.message : strerror(-ret));
-	inv_fail(inv, ret == -ENOSPC ? 507 : 500, "deploy_failed", "%s",
-		 d->err.message[0] ? d->err.message : strerror(-ret));
+	inv_fail(inv, full ? 507 : 500, "deploy_failed", "%s%s", full ? "the data directory's "
+		 "file system is full: " : "", d->err.message[0] ? d->err.message : strerror(-ret));
 }
 
 /*

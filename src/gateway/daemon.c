@@ -6,6 +6,7 @@
 #include "sched/meter.h"
 #include "store/registry.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -367,6 +368,38 @@ static int daemon_nthreads(void)
 	return n < 1 ? 1 : n > 8 ? 8 : (int)n;
 }
 
+/*
+ * A registry created by this start next to deployed files was emptied or removed while
+ * the daemon was stopped: every version directory would look unused, and the sweep
+ * would delete all deployed code. Those files stay for the operator to restore from.
+ */
+static int daemon_dir_is_empty(const char *path)
+{
+	DIR *d = opendir(path);
+	struct dirent *e;
+	int empty = 1;
+
+	while (d && empty && (e = readdir(d)))
+		empty = !strcmp(e->d_name, ".") || !strcmp(e->d_name, "..");
+	if (d)
+		closedir(d);
+	return empty;
+}
+
+static void daemon_sweep(struct gw *gw)
+{
+	char top[4200];
+
+	snprintf(top, sizeof(top), "%s/functions", gw->cfg->data_dir);
+	if (!reg_is_new(gw->reg) || daemon_dir_is_empty(top)) {
+		gw_sweep_versions(gw);
+		return;
+	}
+	log_warn("the registry %s/registry.db is new (it was missing or empty), but %s holds "
+		 "deployed files: serving no functions, and leaving those files for a registry "
+		 "restored from a backup (remove %s to start empty)", gw->cfg->data_dir, top, top);
+}
+
 int daemon_run(const struct daemon_config *cfg)
 {
 	struct gw *gw = calloc(1, sizeof(*gw));
@@ -394,7 +427,7 @@ int daemon_run(const struct daemon_config *cfg)
 	if (!ret && (ret = gw_admin_load(gw)))
 		log_error("cannot read the registry: %s", strerror(-ret));
 	if (!ret)
-		gw_sweep_versions(gw);
+		daemon_sweep(gw);
 	if (!ret)
 		ret = gw_run(gw);
 	daemon_stop_tiers(gw);

@@ -8,6 +8,7 @@
 
 struct reg {
 	sqlite3 *db;
+	int is_new;	/* no tables before reg_open: a missing or empty file */
 };
 
 static const char reg_schema[] =
@@ -26,6 +27,27 @@ static const char reg_live_sql[] =
 	" f.deployed_at FROM functions f JOIN versions v"
 	" ON v.name = f.name AND v.version = f.version";
 
+/* *is_new = 1 when the file holds no table yet (it is read here, so a file that is not a
+ * database fails now). */
+static int reg_count_tables(sqlite3 *db, int *is_new)
+{
+	sqlite3_stmt *st;
+	int rc;
+
+	if (sqlite3_prepare_v2(db, "SELECT count(*) FROM sqlite_master", -1, &st, NULL))
+		return -EIO;
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW)
+		*is_new = sqlite3_column_int(st, 0) == 0;
+	sqlite3_finalize(st);
+	return rc == SQLITE_ROW ? 0 : -EIO;
+}
+
+int reg_is_new(const struct reg *reg)
+{
+	return reg->is_new;
+}
+
 int reg_open(const char *path, struct reg **out)
 {
 	struct reg *reg = calloc(1, sizeof(*reg));
@@ -35,7 +57,8 @@ int reg_open(const char *path, struct reg **out)
 	if (sqlite3_open(path, &reg->db) != SQLITE_OK)
 		goto fail;
 	sqlite3_busy_timeout(reg->db, 5000);
-	if (sqlite3_exec(reg->db, reg_schema, NULL, NULL, NULL) != SQLITE_OK)
+	if (reg_count_tables(reg->db, &reg->is_new) ||
+	    sqlite3_exec(reg->db, reg_schema, NULL, NULL, NULL) != SQLITE_OK)
 		goto fail;
 	*out = reg;
 	return 0;

@@ -24,6 +24,8 @@ struct reg_row {
 /* Opens (creating if needed) the registry at path. Returns 0 or -errno/-EIO. */
 int reg_open(const char *path, struct reg **out);
 void reg_close(struct reg *reg);
+/* Whether reg_open created the tables: the file was missing or empty. */
+int reg_is_new(const struct reg *reg);
 /* The version number a new deploy of name gets: one more than any before, deleted
  * ones included, so a version number never means two different things. */
 int reg_next_version(struct reg *reg, const char *name, int64_t *version);

@@ -230,6 +230,17 @@ long chan_read(struct vm *vm, void *buf, size_t len)
 }
 
 /*
+ * The guest may only answer the request it has read. Another type (a forged VMM
+ * statistics frame), a second response (the daemon would give it to the next caller)
+ * or a length over the limit would reach the daemon as if the VMM or the runtime had
+ * sent it; such a header is dropped and the guest's write fails.
+ */
+static int guest_frame_ok(const struct vm *vm, const struct frame_hdr *h)
+{
+	return h->type == FRAME_RESPONSE && vm->in_request && h->len <= FRAME_MAX_PAYLOAD;
+}
+
+/*
  * Header bytes are held back until the header is complete, so that the statistics
  * frame can go out before a response frame: the daemon then has both when the
  * response ends.
@@ -244,6 +255,10 @@ static int header_byte(struct vm *vm, uint8_t b)
 	if (t->hdr_len < FRAME_HDR_SIZE)
 		return 0;
 	frame_hdr_unpack(t->hdr, &h);
+	if (!guest_frame_ok(vm, &h)) {
+		t->hdr_len = 0;
+		return -EPROTO;
+	}
 	t->left = h.len;
 	t->type = h.type;
 	if (h.type == FRAME_RESPONSE) {
@@ -271,14 +286,17 @@ long chan_write(struct vm *vm, const void *buf, size_t len)
 {
 	struct chan_track *t = &vm->out;
 	const uint8_t *p = buf;
-	size_t off = 0, n;
+	size_t off = 0, hdr_at = 0, n;
 	int r;
 
 	while (off < len) {
 		if (t->hdr_len < FRAME_HDR_SIZE) {
+			if (!t->hdr_len)
+				hdr_at = off;
 			r = header_byte(vm, p[off++]);
+			/* What went before a refused header was sent: report that first. */
 			if (r)
-				return r;
+				return hdr_at ? (long)hdr_at : r;
 			if (t->hdr_len == 0)
 				frame_done(vm);	/* empty payload */
 			continue;

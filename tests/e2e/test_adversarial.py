@@ -1716,3 +1716,216 @@ def test_health_answers_while_a_slow_deploy_compiles(d):
     if compile_s < 2:
         raise Skip("the compile was too fast (%.1f s) to show anything" % compile_s)
     assert health_s < 1.0, "health took %.1f s during a %.1f s deploy" % (health_s, compile_s)
+
+
+# =====================================================================================
+# Deploy-time build tools (esbuild for TypeScript, gcc for native C) run on the host
+# =====================================================================================
+
+def _child_rss_kb(pid):
+    """Summed resident memory (KiB) of pid's descendants (the daemon's build tools)."""
+    total, seen, todo = 0, set(), [pid]
+    while todo:
+        for kid, _ in _children(todo.pop()):
+            if kid in seen:
+                continue
+            seen.add(kid)
+            todo.append(kid)
+            try:
+                with open("/proc/%d/status" % kid) as f:
+                    total += int(([l for l in f if l.startswith("VmRSS:")] or
+                                  ["VmRSS: 0"])[0].split()[1])
+            except OSError:
+                pass
+    return total
+
+
+def _deploy_watching_memory(d, name, files, manifest, limit_s=40):
+    """Deploys in a thread; returns (response or exception, seconds, peak child RSS KiB).
+    Kills the daemon's build-tool children (ours) if they pass 3 GiB, so that a failing
+    test cannot take the host's memory."""
+    import signal
+    out = []
+    t = threading.Thread(target=lambda: out.append(
+        _safe_deploy(d, name, files, manifest, limit_s)))
+    t0 = time.monotonic()
+    t.start()
+    peak = 0
+    while t.is_alive() and time.monotonic() - t0 < limit_s:
+        rss = _child_rss_kb(d.proc.pid)
+        peak = max(peak, rss)
+        if rss > 3 << 20:
+            for kid, _ in _children(d.proc.pid):
+                os.kill(kid, signal.SIGKILL)
+        time.sleep(0.1)
+    t.join(limit_s)
+    return (out[0] if out else None), time.monotonic() - t0, peak
+
+
+def _safe_deploy(d, name, files, manifest, timeout):
+    enc = {p: b64(c) for p, c in files.items()}
+    try:
+        return d.request("PUT", "/_stoke/functions/" + name, auth=True, timeout=timeout,
+                         body=json.dumps({"manifest": manifest, "files": enc}))
+    except (OSError, http_exceptions()) as e:
+        return e
+
+
+def test_typescript_build_that_reads_forever_is_bounded(d):
+    """FIXED BUG (regression test) (host memory): a TypeScript entry that imports
+    "/dev/zero" makes the deploy's esbuild read it into memory without end (9 GB in 26 s
+    when found) and the deploy never answers: src/isolate/prepare.c run_esbuild waited
+    for esbuild with no time or memory limit. The deploy must fail with a 400 that says
+    why, the build's memory must stay bounded, and other tenants must not notice."""
+    ensure_bystander(d)
+    src = 'import z from "/dev/zero";\nexport default { fetch() { return new Response(z); } };\n'
+    r, took, peak = _deploy_watching_memory(d, "tszero", {"index.ts": src}, {})
+    assert peak < 3 << 20, "esbuild grew to %d MiB" % (peak >> 10)
+    assert isinstance(r, type(d.request("GET", "/_stoke/health"))), r
+    assert r.status == 400 and r.json()["field"] == "entry", r
+    assert d.invoke("tszero").status == 404
+    assert_alive(d)
+
+
+def test_c_build_that_reads_forever_is_bounded(d):
+    """FIXED BUG (regression test) (host memory): a native function's main.c with
+    #include "/dev/zero" makes cc1 read it into memory until the 60 s compile timeout
+    (12.7 GB after 21 s when found): src/vmm/vm_native.c cc_child ran gcc with no memory
+    limit. The deploy must fail with a 400 and the compiler's memory stay bounded."""
+    _need_cc()
+    ensure_bystander(d)
+    r, took, peak = _deploy_watching_memory(
+        d, "czero", {"main.c": '#include "/dev/zero"\nint main(void) { return 0; }\n'},
+        {"tier": "vm", "runtime": "native", "entry": "main.c"})
+    assert peak < 3 << 20, "the compiler grew to %d MiB" % (peak >> 10)
+    assert isinstance(r, type(d.request("GET", "/_stoke/health"))), r
+    assert r.status == 400 and r.json()["field"] == "entry", r
+    assert_alive(d)
+
+
+PYCHANNEL = r'''
+import os, json
+def frame(t, payload, length=None):
+    n = len(payload) if length is None else length
+    return n.to_bytes(4, "little") + bytes([t, 1, 0, 0]) + payload
+def handler(event, context):
+    w = event["path"]
+    try:
+        if w == "/stats":
+            st = {"syscalls": 1, "cpu_ns": 1, "hwm_kb": 1,
+                  "enosys": {'x"} 1\nstoke_forged 1\n#': 1}}
+            os.write(3, frame(3, json.dumps(st).encode()))
+        if w == "/two":
+            os.write(3, frame(2, b'{"statusCode": 200, "body": "early"}'))
+            return "/two: " + event["headers"].get("x-caller", "")
+        if w == "/huge":
+            os.write(3, frame(2, b"", 0xffffffff))
+    except OSError as e:
+        return "refused " + w
+    return "caller " + event["headers"].get("x-caller", "")
+'''
+
+
+def test_vm_guest_cannot_forge_channel_frames(d):
+    """FIXED BUG (regression test): stoke-vmm relayed every frame the guest wrote on
+    the channel (src/vmm/channel.c chan_write), so a function could (1) send a VMM
+    statistics frame whose ENOSYS name broke /_stoke/metrics for every tenant (the name
+    was printed unescaped: 'x"} 1' + newline + 'stoke_forged 1'), (2) write a second
+    response that the daemon gave to the next caller, shifting every later answer of
+    that VM by one caller, and (3) announce a 4 GiB frame that held the next request
+    until its wall limit. The VMM now refuses such writes; the guest sees an error."""
+    need_vm()
+    d.deploy_files("pychan", {"handler.py": PYCHANNEL},
+                   {"tier": "vm", "runtime": "python3", "entry": "handler.py",
+                    "limits": {"wall_s": 3}})
+    r = d.invoke("pychan", "/stats")
+    assert r.status == 200 and r.text == "refused /stats", r
+    metrics = d.admin("GET", "/metrics").text
+    assert "stoke_forged" not in metrics, [l for l in metrics.splitlines() if "forged" in l]
+    r = d.invoke("pychan", "/two", headers={"x-caller": "a"})
+    assert r.status == 200 and r.text == "early", r  # the first answer counts
+    for caller in ("b", "c"):
+        r = d.invoke("pychan", "/", headers={"x-caller": caller})
+        assert r.status == 200 and r.text == "caller " + caller, (caller, r)
+    t0 = time.monotonic()
+    r = d.invoke("pychan", "/huge")
+    assert r.status == 200 and r.text == "refused /huge", r
+    r = d.invoke("pychan", "/", headers={"x-caller": "d"})
+    assert r.status == 200 and r.text == "caller d", r
+    assert time.monotonic() - t0 < 2.5
+    assert_alive(d)
+
+
+# =====================================================================================
+# A damaged data directory at start
+# =====================================================================================
+
+def test_emptied_or_missing_registry_keeps_the_deployed_files():
+    """FIXED BUG (regression test) (data loss): a registry.db emptied (0 bytes, as a
+    full disk or a bad restore can leave it) or removed while the daemon was stopped
+    came up as a new empty registry, and the start-up sweep (src/gateway/admin.c
+    gw_sweep_versions) then deleted every functions/NAME/vN as "no deployed function
+    uses it": all deployed code gone. A new registry next to deployed files must leave
+    them alone and say so."""
+    for damage in ("empty", "missing"):
+        with Daemon() as d:
+            d.deploy_files("keepme", {"index.js": BYSTANDER})
+            vdir = os.path.join(d.data_dir, "functions", "keepme", "v1")
+            assert os.path.isdir(vdir)
+            assert d.stop() == 0
+            for suffix in ("", "-wal", "-shm"):
+                path = os.path.join(d.data_dir, "registry.db" + suffix)
+                if os.path.exists(path):
+                    os.unlink(path)
+            if damage == "empty":
+                open(os.path.join(d.data_dir, "registry.db"), "w").close()
+            d.start()
+            assert os.path.isfile(os.path.join(vdir, "index.js")), (damage, d.logs()[-800:])
+            assert "registry" in d.logs().split("loading the deployed functions")[-1], \
+                d.logs()[-800:]
+            d.deploy_files("other", {"index.js": BYSTANDER})  # the daemon still serves
+            assert d.invoke("other").status == 200
+            # a redeploy of the name gets a version the kept files do not hold
+            r = d.deploy_files("keepme", {"index.js": ECHO}, expect=None)
+            assert r.status == 201, (damage, r)
+            assert r.json()["version"] == 2 and d.invoke("keepme").status == 200, r
+            with open(os.path.join(vdir, "index.js")) as f:
+                assert f.read() == BYSTANDER, damage
+
+
+def test_deploy_to_a_full_disk_is_507_and_keeps_what_was_deployed():
+    """FIXED BUG (regression test): with the data directory's file system full, a
+    deploy was answered 400 invalid_manifest (field "files", "No space left on device"),
+    blaming the caller's files for the server's disk: src/gateway/admin.c
+    admin_deploy_fail took any error that named a field for the caller's. It is a 507
+    deploy_failed that says the disk is full, and the live version keeps serving."""
+    import subprocess
+    import tempfile
+    mnt = tempfile.mkdtemp(prefix="stoke-full-")
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", mnt],
+                      capture_output=True).returncode:
+        os.rmdir(mnt)
+        raise Skip("cannot mount a tmpfs (needs root)")
+    try:
+        with Daemon(data_dir=os.path.join(mnt, "data")) as d:
+            d.deploy_files("live", {"index.js": BYSTANDER})
+            with open(os.path.join(mnt, "fill"), "wb") as f:
+                try:
+                    for _ in range(100):  # 4 MiB at most
+                        f.write(b"\0" * 65536)
+                        f.flush()
+                except OSError:
+                    pass
+            for name in ("live", "newcomer"):
+                r = d.deploy_files(name, {"index.js": ECHO, "pad.txt": "p" * 100000},
+                                   expect=None)
+                assert r.status == 507 and r.json()["error"] == "deploy_failed", (name, r)
+                assert "full" in r.json()["message"], r
+            assert d.invoke("live").text == "bystander ok"
+            assert d.invoke("newcomer").status == 404
+            os.unlink(os.path.join(mnt, "fill"))
+            d.deploy_files("newcomer", {"index.js": BYSTANDER})
+            assert d.invoke("newcomer").status == 200
+    finally:
+        subprocess.run(["umount", mnt], capture_output=True)
+        os.rmdir(mnt)
