@@ -226,6 +226,10 @@ void iso__calls_abort(struct iso_worker *w);
 
 /* prepare.c */
 int iso__prepare(struct tier *t, struct fn *fn, char *err, size_t errlen);
+/* bundle.c: bundles entry (in dir) into outfile with esbuild, sandboxed. 0 or -errno
+ * with the reason for the user in err. */
+int iso__bundle(const char *dir, const char *entry, const char *outfile, char *err,
+		size_t errlen);
 void iso__release(struct tier *t, struct fn *fn);
 
 #endif

@@ -1,6 +1,6 @@
 /*
  * Deploy-time work for the isolate tier: TypeScript goes through esbuild into the
- * function's directory, then every module is compiled once and its V8 code cache kept
+ * function's directory (bundle.c), then every module is compiled once and its V8 code cache kept
  * in fn->tier_data, so cold starts deserialize code instead of parsing it. Last, the
  * modules are evaluated once in a throwaway isolate, as a cold start would.
  */
@@ -10,15 +10,10 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <poll.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
-#include <sys/syscall.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 static int ends_with(const char *s, const char *suffix)
@@ -26,110 +21,6 @@ static int ends_with(const char *s, const char *suffix)
 	size_t n = strlen(s), m = strlen(suffix);
 
 	return n >= m && !strcmp(s + n - m, suffix);
-}
-
-/*
- * esbuild reports "✘ [ERROR] message" and then "    file:L:C:" (C counted from 0);
- * rewrite that as the tier's "file: line L, column C: message".
- */
-static void esbuild_error(const char *out, char *err, size_t errlen)
-{
-	const char *msg = strstr(out, "[ERROR] ");
-	const char *loc = msg ? strstr(msg, "\n    ") : NULL;
-	char file[256];
-	int line, col, n;
-
-	if (!msg) {
-		snprintf(err, errlen, "esbuild failed: %.200s", out);
-		return;
-	}
-	msg += 8;
-	n = (int)strcspn(msg, "\n");
-	if (loc && sscanf(loc + 5, "%255[^:]:%d:%d:", file, &line, &col) == 3)
-		snprintf(err, errlen, "%s: line %d, column %d: %.*s", file, line, col + 1, n, msg);
-	else
-		snprintf(err, errlen, "%.*s", n, msg);
-}
-
-/*
- * esbuild reads whatever the entry imports, with no limit of its own: an import of
- * "/dev/zero" grew it to 9 GB in 26 s and the deploy never ended. It gets the
- * address space and the time a real bundle never comes near.
- */
-#define ESBUILD_MEMORY_BYTES (2ULL << 30)
-#define ESBUILD_TIMEOUT_MS 60000
-
-/* Runs in the forked child: only system calls from here on. */
-static void esbuild_child(const char *dir, int logfd, char **argv)
-{
-	struct rlimit as = { ESBUILD_MEMORY_BYTES, ESBUILD_MEMORY_BYTES };
-	int nul = open("/dev/null", O_RDONLY);
-
-	if (nul < 0 || dup2(nul, 0) < 0 || dup2(logfd, 1) < 0 || dup2(logfd, 2) < 0 ||
-	    setrlimit(RLIMIT_AS, &as) || setpgid(0, 0) || chdir(dir))
-		_exit(126);
-	execvp(argv[0], argv);
-	dprintf(2, "cannot run %s: %s\n", argv[0], strerror(errno));
-	_exit(127);
-}
-
-/* Waits for the child at most ESBUILD_TIMEOUT_MS; past it, kills it. 0 or -ETIMEDOUT. */
-static int esbuild_wait(pid_t pid, int *status)
-{
-	int pfd = (int)syscall(SYS_pidfd_open, pid, 0), late = 0;
-	struct pollfd p = { pfd, POLLIN, 0 };
-
-	if (pfd >= 0) {
-		while (poll(&p, 1, ESBUILD_TIMEOUT_MS) < 0 && errno == EINTR)
-			;
-		late = !(p.revents & POLLIN);
-		close(pfd);
-	}
-	if (late)
-		kill(-pid, SIGKILL);
-	while (waitpid(pid, status, 0) < 0 && errno == EINTR)
-		;
-	return late ? -ETIMEDOUT : 0;
-}
-
-static int run_esbuild(const char *dir, const char *entry, const char *outfile,
-		       char *err, size_t errlen)
-{
-	const char *exe = getenv("STOKE_ESBUILD") ? getenv("STOKE_ESBUILD") : "esbuild";
-	char outarg[4500], logpath[] = "/tmp/stoke-esbuild-XXXXXX", out[2048];
-	char *argv[] = { (char *)exe, (char *)entry, "--bundle", "--format=esm",
-		"--platform=neutral", "--target=es2022", "--external:*.wasm",
-		"--log-level=error", "--color=false", outarg, NULL };
-	int fd, rc, status = 0;
-	ssize_t n;
-	pid_t pid;
-
-	snprintf(outarg, sizeof(outarg), "--outfile=%s", outfile);
-	fd = mkostemp(logpath, O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	unlink(logpath);
-	pid = fork();
-	if (pid == 0)
-		esbuild_child(dir, fd, argv);
-	rc = pid < 0 ? -errno : esbuild_wait(pid, &status);
-	n = pread(fd, out, sizeof(out) - 1, 0);
-	close(fd);
-	out[n > 0 ? n : 0] = '\0';
-	if (!rc && WIFEXITED(status) && WEXITSTATUS(status) == 0)
-		return 0;
-	if (rc == -ETIMEDOUT)
-		snprintf(err, errlen, "%s: bundling took over %d s", entry, ESBUILD_TIMEOUT_MS / 1000);
-	else if (rc)
-		snprintf(err, errlen, "cannot run %s: %s", exe, strerror(-rc));
-	else if (WIFEXITED(status) && WEXITSTATUS(status) == 127)
-		snprintf(err, errlen, "%.*s", (int)strcspn(out, "\n"), out);
-	else if (!strstr(out, "[ERROR] "))	/* killed, or Go's out-of-memory dump */
-		snprintf(err, errlen, "%s: bundling failed (its imports need over %llu MiB?)",
-			 entry, ESBUILD_MEMORY_BYTES >> 20);
-	else
-		esbuild_error(out, err, errlen);
-	return rc ? rc : -EINVAL;
 }
 
 /* "src/app.ts" -> "src/.app.stoke.js": next to its source so relative .wasm imports
@@ -332,7 +223,7 @@ int iso__prepare(struct tier *t, struct fn *fn, char *err, size_t errlen)
 			snprintf(js, sizeof(js), "%.*s.ts", (int)strlen(entry) - 4, entry);
 		ts_output(ends_with(entry, ".mts") ? js : entry, js, sizeof(js));
 		snprintf(path, sizeof(path), "%s/%s", fn->dir, js);
-		rc = run_esbuild(fn->dir, entry, path, err, errlen);
+		rc = iso__bundle(fn->dir, entry, path, err, errlen);
 		if (rc)
 			return rc;
 		entry = js;

@@ -1787,6 +1787,44 @@ def test_typescript_build_that_reads_forever_is_bounded(d):
     assert_alive(d)
 
 
+def test_typescript_imports_cannot_read_host_files(d):
+    """FIXED BUG (regression test) (tenant isolation): esbuild bundled whatever a
+    TypeScript entry imported: a file anywhere on the host (an absolute path), another
+    tenant's deployed source or the admin token (relative paths out of the function's
+    directory). As root, esbuild now runs as nobody in a root holding only the function's
+    files and /usr: such imports do not resolve, and the deploy is a 400 naming the
+    entry, never a bundle holding the file."""
+    if os.geteuid() != 0:
+        raise Skip("esbuild runs sandboxed only when the daemon runs as root")
+    ensure_bystander(d)
+    secret = os.path.join(d.tmp.name, "host-secret.js")
+    with open(secret, "w") as f:
+        f.write('export default "HOST-SECRET-7731";\n')
+    os.chmod(secret, 0o644)
+    d.deploy_files("victim", {"index.js": 'export const s = "VICTIM-SOURCE-4412";\n'
+                              'export default { fetch() { return new Response(s); } };\n'})
+    token = open(os.path.join(d.data_dir, "token")).read().strip()
+    tries = {
+        "absolute": secret,
+        "tenant": "../../victim/v1/index.js",
+        "token": "../../../token",
+    }
+    for what, path in tries.items():
+        src = ('import x from "%s";\n'
+               'export default { fetch() { return new Response(String(x)); } };\n' % path)
+        r = d.deploy_files("thief-" + what, {"index.ts": src}, {}, expect=None)
+        text = r.text
+        assert r.status == 400 and r.json()["field"] == "entry", (what, r)
+        for leaked in ("HOST-SECRET-7731", "VICTIM-SOURCE-4412", token[:12]):
+            assert leaked not in text, (what, text)
+    # Bundling itself still works: a relative import inside the function's directory.
+    d.deploy_files("tsok", {"index.ts": 'import { v } from "./lib/v.ts";\n'
+                            'export default { fetch(): Response { return new Response(v); } };\n',
+                            "lib/v.ts": 'export const v: string = "bundled";\n'})
+    assert d.invoke("tsok").text == "bundled"
+    assert_alive(d)
+
+
 def test_c_build_that_reads_forever_is_bounded(d):
     """FIXED BUG (regression test) (host memory): a native function's main.c with
     #include "/dev/zero" makes cc1 read it into memory until the 60 s compile timeout
