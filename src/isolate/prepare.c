@@ -102,7 +102,8 @@ static int trial_error(const char *entry, int rc, char *err, size_t errlen)
 	if (rc == ISO_NO_HANDLER)
 		snprintf(err, errlen, "%s has no default export with a fetch method: write "
 			 "export default { async fetch(request, env, ctx) { ... } } "
-			 "(addEventListener('fetch') and module.exports are not supported)", entry);
+			 "(addEventListener('fetch') and module.exports are not supported)",
+			 entry);
 	else if (rc == ISO_CPU_LIMIT || rc == ISO_WALL_LIMIT)
 		snprintf(err, errlen, "%s: top-level code ran for more than %d ms", entry,
 			 ISO_STARTUP_CPU_MS);
