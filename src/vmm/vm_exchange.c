@@ -335,7 +335,8 @@ static void add_output(struct vm_proc *p, int s, const struct vm_logto *to, cons
 	}
 }
 
-int vm_proc_pump_output(struct vm_proc *p, int fd, const struct vm_logto *to)
+/* Reads what the guest wrote to stdout or stderr; 0 at end of file. */
+static int pump_output(struct vm_proc *p, int fd, const struct vm_logto *to)
 {
 	int s = fd == p->err;
 	char buf[4096];
@@ -357,6 +358,34 @@ static void close_output(struct vm_proc *p, int fd)
 		p->out = -1;
 	else
 		p->err = -1;
+}
+
+int vm_proc_pump(struct vm_proc *p, int ms, const struct vm_logto *to)
+{
+	struct pollfd pf[2] = { { p->out, POLLIN, 0 }, { p->err, POLLIN, 0 } };
+	int i, n = poll(pf, 2, ms);
+
+	for (i = 0; n > 0 && i < 2; i++)
+		if (pf[i].revents && pf[i].fd >= 0 && !pump_output(p, pf[i].fd, to))
+			close_output(p, pf[i].fd);
+	return p->out < 0 && p->err < 0 ? -1 : n;
+}
+
+int vm_proc_exited(const struct vm_proc *p)
+{
+	siginfo_t si = { 0 };
+
+	/* WNOWAIT: vm_proc_kill still reaps it. */
+	return waitid(P_PID, (id_t)p->pid, &si, WEXITED | WNOHANG | WNOWAIT) == 0 && si.si_pid;
+}
+
+int vm_proc_hung_up(const struct vm_proc *p)
+{
+	struct pollfd pf = { p->chan, POLLIN, 0 };
+
+	/* Between requests a VM sends nothing (the VMM refuses the guest's frames then):
+	 * anything to read is the end of the channel, or an error. */
+	return poll(&pf, 1, 0) != 0;
 }
 
 struct xfer {
@@ -428,7 +457,7 @@ static void reap(struct vm_proc *p, const struct vm_logto *to, int kill_it, int 
 	while (open && poll(pf, 2, 2000) > 0) {
 		for (i = 0; i < 2; i++)
 			if (pf[i].fd >= 0 && pf[i].revents &&
-			    !vm_proc_pump_output(p, pf[i].fd, to)) {
+			    !pump_output(p, pf[i].fd, to)) {
 				close_output(p, pf[i].fd);
 				pf[i].fd = -1;
 				open--;
@@ -470,7 +499,7 @@ static int exchange_loop(struct vm_proc *p, struct xfer *x, struct inv *inv,
 			return -errno;
 		for (i = 1; i < 3; i++)
 			if (pf[i].revents && pf[i].fd >= 0 &&
-			    !vm_proc_pump_output(p, pf[i].fd, &x->to))
+			    !pump_output(p, pf[i].fd, &x->to))
 				close_output(p, pf[i].fd);
 		if (!pf[0].revents)
 			continue;

@@ -110,10 +110,11 @@ int vm_proc_launch(struct vm_proc *p, const struct vm_launch *l);
 enum vm_outcome vm_proc_invoke(struct vm_proc *p, struct inv *inv, uint32_t budget_ms,
 			       const struct vm_hooks *hooks, int *status);
 /*
- * Reads what the guest wrote on fd (p->out or p->err) and logs its whole lines to `to`
- * (NULL drops them), keeping stderr's last bytes in p->tail. 0 at end of file.
+ * Waits up to ms for the guest's output, reads what there is and logs its whole lines
+ * to `to` (NULL drops them), keeping stderr's last bytes in p->tail. Returns how many
+ * pipes were ready, or -1 once both are at end of file (and closed).
  */
-int vm_proc_pump_output(struct vm_proc *p, int fd, const struct vm_logto *to);
+int vm_proc_pump(struct vm_proc *p, int ms, const struct vm_logto *to);
 /* Logs the partial lines p still holds. */
 void vm_proc_flush_output(struct vm_proc *p, const struct vm_logto *to);
 /*
@@ -124,6 +125,10 @@ void vm_proc_flush_output(struct vm_proc *p, const struct vm_logto *to);
  * only allocated where touched.
  */
 uint64_t vm_proc_idle_cost(const struct vm_proc *p);
+/* Whether the VMM has exited (it is not reaped: vm_proc_kill does that). */
+int vm_proc_exited(const struct vm_proc *p);
+/* Whether an idle VM's channel has ended (or holds bytes nobody asked for). */
+int vm_proc_hung_up(const struct vm_proc *p);
 /* Kills (if still running) and reaps the process, closes its descriptors. */
 void vm_proc_kill(struct vm_proc *p);
 /* Stops and reaps a stoke-vmm process: SIGTERM, then SIGKILL after 500 ms. */

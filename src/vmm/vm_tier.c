@@ -348,14 +348,49 @@ static struct vm_proc *spawn_vm(struct vm_tier *vt, const struct vm_launch *l, i
 	return p;
 }
 
+/*
+ * An idle VM whose program ended after it answered (it exited, or closed its channel)
+ * would fail a request that never ran in it: it is dropped instead, and the request
+ * goes to another VM. What it printed last and how it ended go to the function's log.
+ */
+static void drop_ended(struct vm_tier *vt, struct vm_fn *vf, struct vm_proc *p,
+		       const struct inv *inv)
+{
+	static const char msg[] = "stoke: an idle VM of this function had ended since its "
+				  "last request; this request went to another VM";
+	struct vm_logto to = { vf->name, inv->request_id };
+	int rounds;
+
+	for (rounds = 0; rounds < 10 && vm_proc_pump(p, 0, &to) > 0; rounds++)
+		;
+	vm_proc_flush_output(p, &to);
+	fnlog_write(vf->name, inv->request_id, "stderr", msg, sizeof(msg) - 1);
+	atomic_fetch_add(&vt->crashes, 1);
+	drop(vt, p);
+}
+
+/* A warm VM of vf that is still running, if there is one. */
+static struct vm_proc *take_running(struct vm_tier *vt, struct vm_fn *vf,
+				    const struct inv *inv)
+{
+	struct vm_proc *p;
+
+	while ((p = take_idle(vf))) {
+		uncount_idle(vt, p);
+		if (!vm_proc_exited(p) && !vm_proc_hung_up(p))
+			return p;
+		drop_ended(vt, vf, p, inv);
+	}
+	return NULL;
+}
+
 static struct vm_proc *get_vm(struct tier *t, struct vm_fn *vf, struct inv *inv, int *err)
 {
 	struct vm_tier *vt = tier_of(t);
-	struct vm_proc *p = take_idle(vf);
+	struct vm_proc *p = take_running(vt, vf, inv);
 	const struct vm_launch *l;
 
 	if (p) {
-		uncount_idle(vt, p);
 		inv->cold = 0;
 		return p;
 	}

@@ -37,33 +37,12 @@ static int dump_complete(const char *path)
 	return r;
 }
 
-static int exited(pid_t pid)
-{
-	siginfo_t si = { 0 };
-
-	/* WNOWAIT: vm_proc_kill still reaps it. */
-	return waitid(P_PID, (id_t)pid, &si, WEXITED | WNOHANG | WNOWAIT) == 0 && si.si_pid;
-}
-
-/* Waits up to ms for output and logs it; -1 once both pipes are at end of file. */
-static int pump(struct vm_proc *p, struct pollfd pf[2], int ms, const struct vm_logto *to)
-{
-	int i, n = poll(pf, 2, ms);
-
-	for (i = 0; n > 0 && i < 2; i++)
-		if ((pf[i].revents & (POLLIN | POLLHUP)) &&
-		    !vm_proc_pump_output(p, pf[i].fd, to))
-			pf[i].fd = -1;	/* poll skips it from now on */
-	return pf[0].fd < 0 && pf[1].fd < 0 ? -1 : n;
-}
-
 /*
  * Drains the guest's output into the function's log (so it never blocks on a full
  * pipe, and what the import printed is kept) until the dump is whole.
  */
 int vm_tier_snap_wait_dump(struct vm_proc *p, const char *dump, const struct vm_logto *to)
 {
-	struct pollfd pf[2] = { { p->out, POLLIN, 0 }, { p->err, POLLIN, 0 } };
 	int waited, done, rounds;
 
 	for (waited = 0; waited < DUMP_WAIT_MS; waited += 5) {
@@ -72,15 +51,15 @@ int vm_tier_snap_wait_dump(struct vm_proc *p, const char *dump, const struct vm_
 			vm_proc_flush_output(p, to);
 			return done > 0 ? 0 : done;
 		}
-		if (exited(p->pid)) {
+		if (vm_proc_exited(p)) {
 			/* The last of its stderr (a traceback) may still be in the pipes;
 			 * bounded, as a child of the VMM could hold them open. */
-			for (rounds = 0; rounds < 100 && pump(p, pf, 20, to) > 0; rounds++)
+			for (rounds = 0; rounds < 100 && vm_proc_pump(p, 20, to) > 0; rounds++)
 				;
 			vm_proc_flush_output(p, to);
 			return -ECHILD;
 		}
-		pump(p, pf, 5, to);
+		vm_proc_pump(p, 5, to);
 	}
 	return -ETIMEDOUT;
 }

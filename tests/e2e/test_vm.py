@@ -142,6 +142,37 @@ def test_exit_logs_stderr(d):
     raise AssertionError("guest output missing from the function log: " + logs[-2000:])
 
 
+ENDS_AFTER_ANSWER = r"""
+import json, os, sys
+def handler(event, context):
+    if event["path"] == "/answer-then-exit":
+        body = json.dumps({"statusCode": 200, "body": "answered"}).encode()
+        os.write(3, len(body).to_bytes(4, "little") + bytes([2, 1, 0, 0]) + body)
+        print("exiting after the answer", file=sys.stderr)
+        os._exit(3)
+    return "served"
+"""
+
+
+def test_idle_vm_that_ended_does_not_fail_the_next_request(d):
+    """A VM whose program exits after it answered sits on the idle list dead: the next
+    request never ran in it, so it must not get its 502; it goes to another VM, and the
+    function's log says what happened (with what the VM printed last)."""
+    need_vm()
+    d.deploy_files("ender", {"handler.py": ENDS_AFTER_ANSWER},
+                   {"tier": "vm", "runtime": "python3", "entry": "handler.py"})
+    assert d.invoke("ender").text == "served"
+    r = d.invoke("ender", "/answer-then-exit")
+    assert r.status == 200 and r.text == "answered", r
+    time.sleep(0.3)     # the VM exits after its answer
+    for _ in range(3):
+        r = d.invoke("ender")
+        assert r.status == 200 and r.text == "served", r
+    logs = d.admin("GET", "/functions/ender/logs").text
+    assert "had ended since its last request" in logs, logs[-2000:]
+    assert "exiting after the answer" in logs, logs[-2000:]
+
+
 def test_timeout_gives_504(d):
     need_vm()
     deploy_stateful(d, "vmslow", wall_s=1)
