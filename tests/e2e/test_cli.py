@@ -110,6 +110,27 @@ def test_unknown_extension_names_the_runtimes(d):
     assert r.returncode != 0 and "cannot tell the runtime" not in r.stderr, r.stderr
 
 
+def test_missing_entry_names_the_source_file(d):
+    """A directory whose one source file is not a default entry (AWS's
+    lambda_function.py) is refused with that file as the "entry" to set; a mistyped
+    entry gets the file it was probably meant to be."""
+    os.makedirs(os.path.join(d.tmp.name, "lambda-dir"), exist_ok=True)
+    write(d, "lambda-dir/lambda_function.py", HANDLER)
+    r = d.cli("deploy", os.path.join(d.tmp.name, "lambda-dir"))
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "(lambda_function.py is the only source file here)" in r.stderr, r.stderr
+    assert 'hint: set "entry" to "lambda_function.py" in stoke.json' in r.stderr, r.stderr
+    write(d, "lambda-dir/stoke.json", '{"entry": "lambda_functon.py"}')
+    r = d.cli("deploy", os.path.join(d.tmp.name, "lambda-dir"), "--json")
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    doc = json.loads(r.stdout)
+    assert doc["field"] == "entry" and doc["suggestion"] == "lambda_function.py", doc
+    assert "(did you mean lambda_function.py?)" in doc["message"], doc
+    write(d, "lambda-dir/stoke.json", '{"entry": "lambda_function.py"}')
+    ok(d.cli("deploy", os.path.join(d.tmp.name, "lambda-dir")))
+    assert ok(d.cli("invoke", "lambda-dir")).stdout == "py"
+
+
 def test_invoke(d):
     deployed(d, "cli-invoke")
     r = ok(d.cli("invoke", "cli-invoke", "/a/b"))
