@@ -224,6 +224,25 @@ def test_multi_value_headers_and_cookies(d):
     conn.close()
 
 
+RETURNS = """
+def handler(event, context):
+    return {"/str": "text", "/bytes": b"\\xff", "/none": None, "/list": [1, 2],
+            "/dict": {"ok": True}}[event["path"]]
+"""
+
+
+def test_handler_return_values(d):
+    """What the README promises for each kind of value a handler returns."""
+    need_vm()
+    d.deploy_files("vmreturns", {"handler.py": RETURNS},
+                   {"tier": "vm", "runtime": "python3", "entry": "handler.py"})
+    want = {"/str": b"text", "/bytes": b"\xff", "/none": b"", "/list": b"[1, 2]",
+            "/dict": b'{"ok": true}'}
+    for path, body in want.items():
+        r = d.invoke("vmreturns", path)
+        assert r.status == 200 and r.body == body, (path, r)
+
+
 def test_concurrent_requests_use_parallel_vms(d):
     """16 requests that each sleep 300 ms run on 16 VMs at once, not one after another."""
     need_vm()
