@@ -141,6 +141,21 @@ def test_invoke(d):
     assert r.returncode == 1
 
 
+def test_unknown_name_suggests_a_deployed_one(d):
+    """show, rm and logs of a mistyped name name the function it probably was; a name
+    close to nothing deployed gets no guess."""
+    deployed(d, "cli-typo-target")
+    for verb in ("show", "logs", "rm"):
+        r = d.cli(verb, "cli-typo-targt")
+        assert r.returncode == 1, (verb, r.returncode, r.stderr)
+        assert "no function named cli-typo-targt (did you mean cli-typo-target?)" in \
+            r.stderr, (verb, r.stderr)
+    r = d.cli("show", "cli-nothing-close-to-this", "--json")
+    assert r.returncode == 1 and "did you mean" not in r.stdout, r.stdout
+    assert json.loads(r.stdout)["message"] == "no function named cli-nothing-close-to-this"
+    ok(d.cli("rm", "cli-typo-target"))
+
+
 def test_ls_and_show(d):
     deployed(d, "cli-listed")
     r = ok(d.cli("ls"))
