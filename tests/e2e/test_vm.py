@@ -132,6 +132,7 @@ def test_exit_logs_stderr(d):
     deploy_stateful(d)
     r = d.invoke("vmstate", "/exit")
     assert r.status == 502 and "status 7" in r.json()["message"], r
+    assert "going away" not in r.text, r  # the output is the logs', not the caller's
     d.invoke("vmstate", "/log")
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
