@@ -444,11 +444,12 @@ static int mf_vm_reasons(const struct fn *fn, struct strbuf *why)
 /*
  * The micro-VM tier has no JavaScript runtime yet, so JavaScript that needs a micro-VM
  * (a long wall time, strict isolation, kept state) cannot be placed anywhere: say so at
- * deploy and in advice alike, naming the rule.
+ * deploy and in advice alike, naming the rule. field is the one to change: "tier" when
+ * that was asked for, else "runtime".
  */
-static int mf_js_needs_vm(const struct fn *fn, const char *why, struct mf_error *err)
+static int mf_js_needs_vm(const char *field, const char *why, struct mf_error *err)
 {
-	int ret = mf_fail(err, "runtime", "JavaScript runs only in the isolate tier (the "
+	int ret = mf_fail(err, field, "JavaScript runs only in the isolate tier (the "
 			  "micro-VM tier has no JavaScript runtime yet), but %s", why);
 
 	err->message[strcspn(err->message, "\n")] = '\0';
@@ -468,9 +469,9 @@ static int mf_choose_tier(struct fn *fn, const char *tier, char *reasons, size_t
 			      why.buf);
 		err->message[strcspn(err->message, "\n")] = '\0';
 	} else if (js && vm) {
-		ret = mf_js_needs_vm(fn, why.buf, err);
+		ret = mf_js_needs_vm("runtime", why.buf, err);
 	} else if (js && !strcmp(tier, "vm")) {
-		ret = mf_js_needs_vm(fn, "tier vm was asked for", err);
+		ret = mf_js_needs_vm("tier", "tier vm was asked for", err);
 	} else if (!strcmp(tier, "auto")) {
 		fn->tier = vm ? TIER_VM : TIER_ISOLATE;
 		if (!vm)

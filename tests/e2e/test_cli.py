@@ -253,6 +253,9 @@ def test_advise_refusal_names_the_field(d):
     assert r.returncode == 2 and "(field: runtime)" in r.stderr, r.stderr
     assert "one of js, python3, native, not \"python\" (did you mean python3?)" in r.stderr
     assert d.cli("advise", write(d, "odd.js", HELLO), "--tier", "fast").returncode == 2
+    # JavaScript asked onto the micro-VM tier: the tier is what to change.
+    r = d.cli("advise", write(d, "odd.js", HELLO), "--tier", "vm")
+    assert r.returncode == 2 and "(field: tier)" in r.stderr, r.stderr
 
 
 def test_bad_token_exits_1(d):

@@ -91,7 +91,7 @@ static void test_tier_rules(void)
 	expect_field("{\"limits\":{\"wall_s\":120}}", "runtime");
 	expect_field("{\"isolation\":\"strict\"}", "runtime");
 	expect_field("{\"state\":\"keep\"}", "runtime");
-	expect_field("{\"tier\":\"vm\"}", "runtime");
+	expect_field("{\"tier\":\"vm\"}", "tier");	/* the field to change */
 	expect_field("{\"tier\":\"isolate\",\"entry\":\"handler.py\"}", "tier");
 }
 
