@@ -116,6 +116,8 @@ static void cli_client_say(const struct cli_client *c, const cJSON *doc)
 		fprintf(stderr, "stoke: hint: set \"name\" to \"%s\" in stoke.json\n", s);
 	else if (s && c->name_flag && field && !strcmp(field, "name"))
 		fprintf(stderr, "stoke: hint: use %s %s\n", c->name_flag, s);
+	else if (s && field && !strcmp(field, "entry"))
+		fprintf(stderr, "stoke: hint: set \"entry\" to \"%s\" in stoke.json\n", s);
 	else if (s)
 		fprintf(stderr, "stoke: hint: did you mean %s?\n", s);
 }

@@ -229,18 +229,25 @@ static int cli_check_moved(const struct cli_verb *verb, char **argv, int nmoved)
 /*
  * --help anywhere among a verb's arguments shows its help and does nothing else, even
  * after a bad option. The verb's own table tells option values from options, so
- * `invoke f -d --help` still sends the body "--help".
+ * `invoke f -d --help` still sends the body "--help". The scan runs on a copy: getopt
+ * moves the arguments it skips behind the options, and after `logs f -n` (a value
+ * missing at the end) the verb's own parse would then read `-n f`.
  */
 static int cli_wants_help(const struct cli_verb *verb, int argc, char **argv)
 {
+	char **scan = calloc((size_t)argc + 1, sizeof(*scan));
 	int opt, help = 0;
 
+	if (!scan)
+		return 0;
+	memcpy(scan, argv, (size_t)argc * sizeof(*scan));
 	opterr = 0;
 	optind = 0;
-	while ((opt = getopt_long(argc, argv, verb->shortopts, verb->longopts, NULL)) != -1)
+	while ((opt = getopt_long(argc, scan, verb->shortopts, verb->longopts, NULL)) != -1)
 		if (opt == 'h')
 			help = 1;
 	optind = 0;	/* the verb parses again from the start */
+	free(scan);
 	return help;
 }
 

@@ -7,6 +7,7 @@
 #include "manifest.h"
 #include "common/base64.h"
 #include "common/log.h"
+#include "common/typo.h"
 #include "sched/meter.h"
 #include "store/registry.h"
 
@@ -443,6 +444,30 @@ static void admin_list(struct gw *gw, struct inv *inv)
 	admin_json(inv, 200, o);
 }
 
+/* 404 for a name nothing is deployed under, naming the deployed function it is probably
+ * a typo of (the admin API is the operator's: other names are no secret there). */
+static void admin_no_function(struct gw *gw, struct inv *inv, const char *name)
+{
+	const char **words, *close = NULL;
+	char hint[96] = "";
+	struct gw_entry *e;
+	size_t i, n = 0;
+
+	pthread_rwlock_rdlock(&gw->lock);
+	words = calloc(admin_count_listed(gw) + 1, sizeof(*words));
+	for (i = 0; words && i < gw->nbuckets; i++)
+		for (e = gw->buckets[i]; e; e = e->next)
+			if (e->fn || e->load_error)
+				words[n++] = e->name;
+	if (words)
+		close = typo_closest(name, words);
+	if (close)
+		snprintf(hint, sizeof(hint), " (did you mean %s?)", close);
+	pthread_rwlock_unlock(&gw->lock);
+	free(words);
+	inv_fail(inv, 404, "not_found", "no function named %s%s", name, hint);
+}
+
 static void admin_show(struct gw *gw, struct inv *inv, const char *name)
 {
 	struct gw_entry *e;
@@ -458,7 +483,7 @@ static void admin_show(struct gw *gw, struct inv *inv, const char *name)
 		if (o)
 			admin_json(inv, 200, o);
 		else
-			inv_fail(inv, 404, "not_found", "no function named %s", name);
+			admin_no_function(gw, inv, name);
 		return;
 	}
 	o = admin_fn_json(gw, fn, e->deployed_at);
@@ -480,7 +505,7 @@ static void admin_delete(struct gw *gw, struct inv *inv, const char *name)
 	int ret = reg_delete(gw->reg, name);
 
 	if (ret == -ENOENT) {
-		inv_fail(inv, 404, "not_found", "no function named %s", name);
+		admin_no_function(gw, inv, name);
 		return;
 	}
 	if (ret) {
@@ -532,7 +557,7 @@ static void admin_logs(struct gw *gw, struct inv *inv, const char *name)
 
 	e = gw_entry_find(gw, name);	/* only the entry: logs outlive versions */
 	if (!e) {
-		inv_fail(inv, 404, "not_found", "no function named %s", name);
+		admin_no_function(gw, inv, name);
 		return;
 	}
 	r = &e->logs;

@@ -6,6 +6,7 @@
 
 #include <cjson/cJSON.h>
 #include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
@@ -305,6 +306,57 @@ static const char *const mf_default_entries[] = {
 	"handler.py", "main.py", "index.py", "main", "handler", NULL
 };
 
+#define MF_HINT_FILES 32
+
+/*
+ * The entry a refused deploy probably meant, into hint ("" when none): the source file
+ * at the top of dir (one whose extension names a runtime) that entry is a typo of, or,
+ * without an entry, the only one there is (app.py, lambda_function.py, server.js are
+ * not among the default entries). Only the first MF_HINT_FILES are looked at.
+ */
+static void mf_entry_hint(const char *dir, const char *entry, char *hint, size_t size)
+{
+	char names[MF_HINT_FILES][64];	/* longer names do not fit a suggestion */
+	const char *words[MF_HINT_FILES + 1], *close;
+	struct dirent *de;
+	DIR *d = opendir(dir);
+	size_t n = 0;
+
+	*hint = '\0';
+	if (!d)
+		return;
+	while (n < MF_HINT_FILES && (de = readdir(d))) {
+		if (de->d_name[0] == '.' || strlen(de->d_name) >= sizeof(names[n]) ||
+		    !mf_entry_runtime(de->d_name) || !mf_file_exists(dir, de->d_name))
+			continue;
+		snprintf(names[n], sizeof(names[n]), "%s", de->d_name);
+		words[n] = names[n];
+		n++;
+	}
+	closedir(d);
+	words[n] = NULL;
+	close = entry ? typo_closest(entry, words) : n == 1 ? words[0] : NULL;
+	if (close)
+		snprintf(hint, size, "%s", close);
+}
+
+/* An entry file that is not there: named, with the file it was probably meant to be. */
+static int mf_no_entry(const char *entry, const char *dir, struct mf_error *err)
+{
+	char hint[64];
+
+	mf_entry_hint(dir, entry, hint, sizeof(hint));
+	if (entry)
+		mf_fail(err, "entry", "entry file %s is not among the deployed files%s%s%s",
+			entry, *hint ? " (did you mean " : "", hint, *hint ? "?)" : "");
+	else
+		mf_fail(err, "entry", "no entry file: name one with \"entry\"%s%s%s or deploy "
+			"index.js, index.ts or handler.py", *hint ? " (" : "", hint,
+			*hint ? " is the only source file here)" : "");
+	snprintf(err->suggestion, sizeof(err->suggestion), "%s", hint);
+	return -EINVAL;
+}
+
 static int mf_pick_entry(struct fn *fn, const char *entry, const char *dir,
 			 struct mf_error *err)
 {
@@ -315,8 +367,7 @@ static int mf_pick_entry(struct fn *fn, const char *entry, const char *dir,
 			return mf_fail(err, "entry", "entry must be a relative path inside "
 				       "the function");
 		if (!mf_file_exists(dir, entry))
-			return mf_fail(err, "entry", "entry file %s is not among the "
-				       "deployed files", entry);
+			return mf_no_entry(entry, dir, err);
 		snprintf(fn->entry, sizeof(fn->entry), "%s", entry);
 		return 0;
 	}
@@ -326,8 +377,7 @@ static int mf_pick_entry(struct fn *fn, const char *entry, const char *dir,
 			return 0;
 		}
 	}
-	return mf_fail(err, "entry", "no entry file: name one with \"entry\" or deploy "
-		       "index.js, index.ts or handler.py");
+	return mf_no_entry(NULL, dir, err);
 }
 
 const struct mf_entry_ext mf_entry_exts[] = {
@@ -394,11 +444,12 @@ static int mf_vm_reasons(const struct fn *fn, struct strbuf *why)
 /*
  * The micro-VM tier has no JavaScript runtime yet, so JavaScript that needs a micro-VM
  * (a long wall time, strict isolation, kept state) cannot be placed anywhere: say so at
- * deploy and in advice alike, naming the rule.
+ * deploy and in advice alike, naming the rule. field is the one to change: "tier" when
+ * that was asked for, else "runtime".
  */
-static int mf_js_needs_vm(const struct fn *fn, const char *why, struct mf_error *err)
+static int mf_js_needs_vm(const char *field, const char *why, struct mf_error *err)
 {
-	int ret = mf_fail(err, "runtime", "JavaScript runs only in the isolate tier (the "
+	int ret = mf_fail(err, field, "JavaScript runs only in the isolate tier (the "
 			  "micro-VM tier has no JavaScript runtime yet), but %s", why);
 
 	err->message[strcspn(err->message, "\n")] = '\0';
@@ -418,9 +469,9 @@ static int mf_choose_tier(struct fn *fn, const char *tier, char *reasons, size_t
 			      why.buf);
 		err->message[strcspn(err->message, "\n")] = '\0';
 	} else if (js && vm) {
-		ret = mf_js_needs_vm(fn, why.buf, err);
+		ret = mf_js_needs_vm("runtime", why.buf, err);
 	} else if (js && !strcmp(tier, "vm")) {
-		ret = mf_js_needs_vm(fn, "tier vm was asked for", err);
+		ret = mf_js_needs_vm("tier", "tier vm was asked for", err);
 	} else if (!strcmp(tier, "auto")) {
 		fn->tier = vm ? TIER_VM : TIER_ISOLATE;
 		if (!vm)

@@ -110,6 +110,27 @@ def test_unknown_extension_names_the_runtimes(d):
     assert r.returncode != 0 and "cannot tell the runtime" not in r.stderr, r.stderr
 
 
+def test_missing_entry_names_the_source_file(d):
+    """A directory whose one source file is not a default entry (AWS's
+    lambda_function.py) is refused with that file as the "entry" to set; a mistyped
+    entry gets the file it was probably meant to be."""
+    os.makedirs(os.path.join(d.tmp.name, "lambda-dir"), exist_ok=True)
+    write(d, "lambda-dir/lambda_function.py", HANDLER)
+    r = d.cli("deploy", os.path.join(d.tmp.name, "lambda-dir"))
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "(lambda_function.py is the only source file here)" in r.stderr, r.stderr
+    assert 'hint: set "entry" to "lambda_function.py" in stoke.json' in r.stderr, r.stderr
+    write(d, "lambda-dir/stoke.json", '{"entry": "lambda_functon.py"}')
+    r = d.cli("deploy", os.path.join(d.tmp.name, "lambda-dir"), "--json")
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    doc = json.loads(r.stdout)
+    assert doc["field"] == "entry" and doc["suggestion"] == "lambda_function.py", doc
+    assert "(did you mean lambda_function.py?)" in doc["message"], doc
+    write(d, "lambda-dir/stoke.json", '{"entry": "lambda_function.py"}')
+    ok(d.cli("deploy", os.path.join(d.tmp.name, "lambda-dir")))
+    assert ok(d.cli("invoke", "lambda-dir")).stdout == "py"
+
+
 def test_invoke(d):
     deployed(d, "cli-invoke")
     r = ok(d.cli("invoke", "cli-invoke", "/a/b"))
@@ -118,6 +139,21 @@ def test_invoke(d):
     assert doc["status"] == 200 and doc["body"] == "hello from cli /"
     r = d.cli("invoke", "cli-nothing-here")
     assert r.returncode == 1
+
+
+def test_unknown_name_suggests_a_deployed_one(d):
+    """show, rm and logs of a mistyped name name the function it probably was; a name
+    close to nothing deployed gets no guess."""
+    deployed(d, "cli-typo-target")
+    for verb in ("show", "logs", "rm"):
+        r = d.cli(verb, "cli-typo-targt")
+        assert r.returncode == 1, (verb, r.returncode, r.stderr)
+        assert "no function named cli-typo-targt (did you mean cli-typo-target?)" in \
+            r.stderr, (verb, r.stderr)
+    r = d.cli("show", "cli-nothing-close-to-this", "--json")
+    assert r.returncode == 1 and "did you mean" not in r.stdout, r.stdout
+    assert json.loads(r.stdout)["message"] == "no function named cli-nothing-close-to-this"
+    ok(d.cli("rm", "cli-typo-target"))
 
 
 def test_ls_and_show(d):
@@ -217,6 +253,9 @@ def test_advise_refusal_names_the_field(d):
     assert r.returncode == 2 and "(field: runtime)" in r.stderr, r.stderr
     assert "one of js, python3, native, not \"python\" (did you mean python3?)" in r.stderr
     assert d.cli("advise", write(d, "odd.js", HELLO), "--tier", "fast").returncode == 2
+    # JavaScript asked onto the micro-VM tier: the tier is what to change.
+    r = d.cli("advise", write(d, "odd.js", HELLO), "--tier", "vm")
+    assert r.returncode == 2 and "(field: tier)" in r.stderr, r.stderr
 
 
 def test_bad_token_exits_1(d):

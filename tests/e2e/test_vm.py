@@ -132,6 +132,7 @@ def test_exit_logs_stderr(d):
     deploy_stateful(d)
     r = d.invoke("vmstate", "/exit")
     assert r.status == 502 and "status 7" in r.json()["message"], r
+    assert "going away" not in r.text, r  # the output is the logs', not the caller's
     d.invoke("vmstate", "/log")
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -253,6 +254,25 @@ def test_multi_value_headers_and_cookies(d):
     assert sorted(v for k, v in r.getheaders() if k.lower() == "set-cookie") == ["a=1", "b=2"]
     assert sorted(v for k, v in r.getheaders() if k.lower() == "x-multi") == ["a", "b"]
     conn.close()
+
+
+RETURNS = """
+def handler(event, context):
+    return {"/str": "text", "/bytes": b"\\xff", "/none": None, "/list": [1, 2],
+            "/dict": {"ok": True}}[event["path"]]
+"""
+
+
+def test_handler_return_values(d):
+    """What the README promises for each kind of value a handler returns."""
+    need_vm()
+    d.deploy_files("vmreturns", {"handler.py": RETURNS},
+                   {"tier": "vm", "runtime": "python3", "entry": "handler.py"})
+    want = {"/str": b"text", "/bytes": b"\xff", "/none": b"", "/list": b"[1, 2]",
+            "/dict": b'{"ok": true}'}
+    for path, body in want.items():
+        r = d.invoke("vmreturns", path)
+        assert r.status == 200 and r.body == body, (path, r)
 
 
 def test_concurrent_requests_use_parallel_vms(d):

@@ -246,6 +246,13 @@ static void test_invoke(void)
 	CHECK_INT(RUN("invoke", "f", "/boom", "-i"), 1);
 	CHECK(starts(out, "HTTP/1.1 502 X\r\n") && strstr(out, "\r\n\r\nfn body"));
 	CHECK_INT(RUN("invoke", "f", "-H", "no colon"), 2);
+	/* A value missing at the end is named, not taken from the arguments before it. */
+	CHECK_INT(RUN("invoke", "f", "/x", "-X"), 2);
+	CHECK_STR(err, "stoke invoke: option '-X' needs a value\nTry 'stoke invoke --help'.\n");
+	CHECK_INT(RUN("logs", "f", "-n"), 2);
+	CHECK(starts(err, "stoke logs: option '-n' needs a value\n"));
+	CHECK_INT(RUN("deploy", "somewhere", "--name"), 2);
+	CHECK(starts(err, "stoke deploy: option '--name' needs a value\n"));
 }
 
 static void test_usage_and_reach(void)

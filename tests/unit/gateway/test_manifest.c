@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static char dir[] = "/tmp/stoke-mf-XXXXXX";
 
@@ -90,7 +91,7 @@ static void test_tier_rules(void)
 	expect_field("{\"limits\":{\"wall_s\":120}}", "runtime");
 	expect_field("{\"isolation\":\"strict\"}", "runtime");
 	expect_field("{\"state\":\"keep\"}", "runtime");
-	expect_field("{\"tier\":\"vm\"}", "runtime");
+	expect_field("{\"tier\":\"vm\"}", "tier");	/* the field to change */
 	expect_field("{\"tier\":\"isolate\",\"entry\":\"handler.py\"}", "tier");
 }
 
@@ -184,6 +185,37 @@ static void test_names(void)
 	CHECK(!mf_valid_name("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", 64));
 }
 
+static void rm(const char *name)
+{
+	char path[256];
+
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	CHECK(unlink(path) == 0);
+}
+
+/* A missing entry names the source file it was probably meant to be; runs last, as it
+ * takes the default entries away. */
+static void test_entry_hints(void)
+{
+	CHECK_STR(message("{\"entry\":\"handlr.py\"}"), "entry file handlr.py is not "
+		  "among the deployed files (did you mean handler.py?)");
+	CHECK_STR(err.suggestion, "handler.py");
+	CHECK_STR(message("{\"entry\":\"server.py\"}"),
+		  "entry file server.py is not among the deployed files");
+	CHECK_STR(err.suggestion, "");
+	rm("index.js");
+	rm("handler.py");
+	touch("lambda_function.py");
+	touch("notes.txt");
+	CHECK_STR(message("{}"), "no entry file: name one with \"entry\" (lambda_function.py "
+		  "is the only source file here) or deploy index.js, index.ts or handler.py");
+	CHECK_STR(err.suggestion, "lambda_function.py");
+	touch("util.py");	/* two candidates: no guess */
+	CHECK_STR(message("{}"), "no entry file: name one with \"entry\" or deploy index.js, "
+		  "index.ts or handler.py");
+	CHECK_STR(err.suggestion, "");
+}
+
 int main(void)
 {
 	char cmd[128];
@@ -197,6 +229,7 @@ int main(void)
 	test_names();
 	test_name_suggestions();
 	test_messages();
+	test_entry_hints();
 	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
 	CHECK(system(cmd) == 0);
 	return check_done();
