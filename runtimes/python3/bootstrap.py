@@ -172,13 +172,39 @@ def handler_error(req, exc):
     traceback.print_exception(exc, file=sys.stderr)
     # The traceback (above) is in the function's logs; the caller is not the owner and
     # gets the exception's type only: its text can hold the function's internals.
-    message = (f"the handler raised {type(exc).__name__}; the traceback is in the "
-               f"function's logs: stoke logs {req.get('function', '')}")
-    body = json.dumps({"error": "handler_error", "message": message,
-                       "request_id": req.get("request_id", "")},
+    return error_response(req, "handler_error", f"the handler raised {type(exc).__name__}; "
+                          "the traceback is in the function's logs")
+
+
+def error_response(req, kind, message):
+    """stoke's JSON error answer (500), pointing the owner at the function's logs."""
+    body = json.dumps({"error": kind, "message": f"{message}: stoke logs "
+                       f"{req.get('function', '')}", "request_id": req.get("request_id", "")},
                       separators=(",", ":")) + "\n"
     return {"statusCode": 500, "headers": {"content-type": "application/json"},
             "body": body, "isBase64Encoded": False}
+
+
+def return_error(req, result, exc):
+    """The handler returned something that cannot be sent (a set, an object...)."""
+    kind = type(result).__name__
+    print(f"stoke: the handler returned a {kind}, which cannot be sent: "
+          f"{type(exc).__name__}: {exc}", file=sys.stderr)
+    return error_response(req, "bad_response", f"the handler returned a {kind}, which "
+                          "cannot be sent as a response; the reason is in the function's logs")
+
+
+def respond(handler, req):
+    """The response frame's fields for one request: the handler's failure, or a return
+    value that cannot be sent, is the caller's 500."""
+    try:
+        result = handler(make_event(req), Context(req))
+    except Exception as exc:
+        return handler_error(req, exc)
+    try:
+        return as_response(result)
+    except Exception as exc:
+        return return_error(req, result, exc)
 
 
 def load_handler():
@@ -205,7 +231,22 @@ def load_handler():
     fn = getattr(module, name, None)
     if not callable(fn):
         raise SystemExit(f"stoke: {entry} defines no callable '{name}'")
+    check_arity(entry, name, fn)
     return module, fn
+
+
+def check_arity(entry, name, fn):
+    """A handler that cannot take (event, context) would fail every request: say so at
+    deploy. Only plain functions are checked (a class instance's __call__ is not)."""
+    code = getattr(fn, "__code__", None)
+    if code is None or code.co_flags & 0x04:  # CO_VARARGS: *args takes anything
+        return
+    takes = code.co_argcount
+    needs = takes - len(getattr(fn, "__defaults__", None) or ())
+    if takes < 2 or needs > 2:
+        args = ", ".join(code.co_varnames[:takes])
+        raise SystemExit(f"stoke: {entry}: {name}({args}) cannot be called as "
+                         f"{name}(event, context), which is how stoke calls it")
 
 
 def call_hook(module, name):
@@ -242,11 +283,7 @@ def serve(module, handler):
             return
         if ftype != FRAME_REQUEST:
             continue
-        req = json.loads(payload)
-        try:
-            resp = as_response(handler(make_event(req), Context(req)))
-        except Exception as exc:  # the handler's failure is the caller's 500
-            resp = handler_error(req, exc)
+        resp = respond(handler, json.loads(payload))
         sys.stdout.flush()
         try:
             write_frame(FRAME_RESPONSE, json.dumps(resp).encode())

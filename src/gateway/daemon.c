@@ -305,10 +305,19 @@ static int daemon_lock(const char *data_dir)
 	return 0;	/* held (fd left open) until the process exits */
 }
 
+/* The registry is the only record of what is deployed: say what to do about it. */
+static void daemon_registry_error(const struct daemon_config *cfg, const char *verb,
+				  const char *why)
+{
+	log_error("cannot %s the registry %s/registry.db: %s. Restore it from a backup, or "
+		  "move it aside to start with no functions (the deployed files under "
+		  "%s/functions are kept either way)", verb, cfg->data_dir, why, cfg->data_dir);
+}
+
 static int daemon_open(struct gw *gw)
 {
 	const struct daemon_config *cfg = gw->cfg;
-	char path[PATH_MAX];
+	char path[PATH_MAX], why[256];
 	int ret;
 
 	ret = daemon_mkdir_p(cfg->data_dir);
@@ -325,9 +334,9 @@ static int daemon_open(struct gw *gw)
 		return ret;
 	}
 	snprintf(path, sizeof(path), "%s/registry.db", cfg->data_dir);
-	ret = reg_open(path, &gw->reg);
+	ret = reg_open(path, &gw->reg, why, sizeof(why));
 	if (ret) {
-		log_error("cannot open the registry %s", path);
+		daemon_registry_error(cfg, "open", why);
 		return ret;
 	}
 	ret = meter_start(path, &gw->meter);
@@ -425,7 +434,8 @@ int daemon_run(const struct daemon_config *cfg)
 	if (!ret)
 		ret = daemon_start_tiers(gw);
 	if (!ret && (ret = gw_admin_load(gw)))
-		log_error("cannot read the registry: %s", strerror(-ret));
+		daemon_registry_error(cfg, "read", ret == -EIO ? reg_error(gw->reg) :
+				      strerror(-ret));
 	if (!ret)
 		daemon_sweep(gw);
 	if (!ret)

@@ -43,12 +43,17 @@ static int reg_count_tables(sqlite3 *db, int *is_new)
 	return rc == SQLITE_ROW ? 0 : -EIO;
 }
 
+const char *reg_error(struct reg *reg)
+{
+	return sqlite3_errmsg(reg->db);
+}
+
 int reg_is_new(const struct reg *reg)
 {
 	return reg->is_new;
 }
 
-int reg_open(const char *path, struct reg **out)
+int reg_open(const char *path, struct reg **out, char *why, size_t len)
 {
 	struct reg *reg = calloc(1, sizeof(*reg));
 
@@ -63,6 +68,7 @@ int reg_open(const char *path, struct reg **out)
 	*out = reg;
 	return 0;
 fail:
+	snprintf(why, len, "%s", reg->db ? sqlite3_errmsg(reg->db) : "out of memory");
 	sqlite3_close(reg->db);
 	free(reg);
 	return -EIO;

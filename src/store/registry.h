@@ -6,6 +6,7 @@
 #ifndef STOKE_REGISTRY_H
 #define STOKE_REGISTRY_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 struct reg;
@@ -21,8 +22,11 @@ struct reg_row {
 	int64_t deployed_at;	/* Unix seconds */
 };
 
-/* Opens (creating if needed) the registry at path. Returns 0 or -errno/-EIO. */
-int reg_open(const char *path, struct reg **out);
+/* Opens (creating if needed) the registry at path. Returns 0, or -errno/-EIO with
+ * SQLite's reason in why. */
+int reg_open(const char *path, struct reg **out, char *why, size_t len);
+/* SQLite's reason for the last call that failed. */
+const char *reg_error(struct reg *reg);
 void reg_close(struct reg *reg);
 /* Whether reg_open created the tables: the file was missing or empty. */
 int reg_is_new(const struct reg *reg);

@@ -411,7 +411,11 @@ static struct vm_proc *get_vm(struct tier *t, struct vm_fn *vf, struct inv *inv,
 
 static void report_crash(struct vm_tier *vt, struct inv *inv, int status)
 {
-	char how[64], line[128];
+	/* A native program that exits without answering most likely does not speak the
+	 * channel at all. */
+	int mute = WIFEXITED(status) && WEXITSTATUS(status) < 128 &&
+		   !strcmp(inv->fn->runtime, "native");
+	char how[64], line[256];
 	int n;
 
 	if (WIFSIGNALED(status))
@@ -421,11 +425,14 @@ static void report_crash(struct vm_tier *vt, struct inv *inv, int status)
 		snprintf(how, sizeof(how), "program killed by signal %d",
 			 WEXITSTATUS(status) - 128);
 	else
-		snprintf(how, sizeof(how), "exited with status %d", WEXITSTATUS(status));
+		snprintf(how, sizeof(how), "exited with status %d%s", WEXITSTATUS(status),
+			 mute ? " without answering" : "");
 	atomic_fetch_add(&vt->crashes, 1);
 	/* The VM's stderr is in the function's logs already and can hold the tenant's
 	 * internals: the caller learns how the VM ended, the logs get that too. */
-	n = snprintf(line, sizeof(line), "stoke: the function's VM %s", how);
+	n = snprintf(line, sizeof(line), "stoke: the function's VM %s%s", how, mute ?
+		     " (a native program answers each request on fd 3: docs/channel-abi.md)" :
+		     "");
 	fnlog_write(inv->fn->name, inv->request_id, "stderr", line, (size_t)n);
 	inv_fail(inv, 502, "crash", "the function's VM %s; its output is in the function's logs "
 		 "(stoke logs %s)", how, inv->fn->name);
@@ -1126,6 +1133,25 @@ static int take_layered(struct vm_tier *vt, struct vm_fn *vf, const struct fn *f
 }
 
 /*
+ * Why python3 could not import the function, from the end of its stderr: a traceback,
+ * or the runtime's own sentence (a last line "stoke: ...", which names the entry).
+ */
+static void load_error(const struct fn *fn, char *why, char *err, size_t errlen)
+{
+	size_t n = strlen(why);
+	char *last;
+
+	while (n && why[n - 1] == '\n')
+		why[--n] = '\0';
+	last = strrchr(why, '\n');
+	last = last ? last + 1 : why;
+	if (!strncmp(last, "stoke: ", 7))
+		snprintf(err, errlen, "%s", last + 7);
+	else
+		snprintf(err, errlen, "python3 could not load %s: %s", fn->entry, why);
+}
+
+/*
  * Snapshot of a python3 version, taken at deploy so that no request waits for it. A
  * runtime that exits before its first read could not import the function (a syntax
  * error, no handler): that fails the deploy with the runtime's message. Any other
@@ -1158,7 +1184,7 @@ static int take_snapshot(struct tier *t, struct vm_fn *vf, const struct fn *fn, 
 			      why, sizeof(why));
 	pthread_mutex_unlock(&vt->snap_lock);
 	if (r == -ECHILD) {
-		snprintf(err, errlen, "python3 could not load %s: %s", fn->entry, why);
+		load_error(fn, why, err, errlen);
 		return -EINVAL;
 	}
 	if (r)

@@ -241,6 +241,12 @@ def test_native_c_source_compiled_at_deploy(d):
                          {"name": "broken-c", "tier": "vm", "runtime": "native",
                           "entry": "main.c"}, expect=None)
     assert bad.status >= 400 and "main.c:1" in bad.text, bad
+    # A program that does not speak the channel: the caller and the log learn so.
+    d.deploy_files("mute-c", {"main.c": "int main(void) { return 0; }\n"},
+                   {"tier": "vm", "runtime": "native", "entry": "main.c"})
+    r = d.invoke("mute-c", "/")
+    assert r.status == 502 and "status 0 without answering" in r.json()["message"], r
+    assert "docs/channel-abi.md" in d.admin("GET", "/functions/mute-c/logs").text
 
 
 def test_multi_value_headers_and_cookies(d):
@@ -259,7 +265,7 @@ def test_multi_value_headers_and_cookies(d):
 RETURNS = """
 def handler(event, context):
     return {"/str": "text", "/bytes": b"\\xff", "/none": None, "/list": [1, 2],
-            "/dict": {"ok": True}}[event["path"]]
+            "/dict": {"ok": True}, "/set": {1, 2}}[event["path"]]
 """
 
 
@@ -273,6 +279,33 @@ def test_handler_return_values(d):
     for path, body in want.items():
         r = d.invoke("vmreturns", path)
         assert r.status == 200 and r.body == body, (path, r)
+    # A value that cannot be sent is the return value's fault, not the handler's.
+    r = d.invoke("vmreturns", "/set")
+    assert r.status == 500 and r.json()["error"] == "bad_response", r
+    assert "returned a set" in r.json()["message"], r
+    logs = d.admin("GET", "/functions/vmreturns/logs").text
+    assert "not JSON serializable" in logs, logs[-2000:]
+
+
+def test_python_load_errors_name_the_problem_once(d):
+    """A module without handler, or a handler that cannot take (event, context), fails
+    the deploy with one sentence naming the entry once."""
+    need_vm()
+    cases = {"x = 1\n": "handler.py defines no callable 'handler'",
+             "def handler(event):\n    return 'x'\n":
+             "handler.py: handler(event) cannot be called as handler(event, context)"}
+    for src, want in cases.items():
+        r = d.deploy_files("pyload", {"handler.py": src},
+                           {"tier": "vm", "runtime": "python3", "entry": "handler.py"},
+                           expect=None)
+        msg = r.json()["message"]
+        assert r.status == 400 and msg.startswith(want), (want, r)
+        assert msg.count("handler.py") == 1, msg
+    for ok in ("def handler(event, context=None, extra=1):\n    return 'ok'\n",
+               "def handler(*args):\n    return 'ok'\n"):
+        d.deploy_files("pyload", {"handler.py": ok},
+                       {"tier": "vm", "runtime": "python3", "entry": "handler.py"})
+        assert d.invoke("pyload").text == "ok"
 
 
 def test_concurrent_requests_use_parallel_vms(d):

@@ -33,14 +33,15 @@ static void deploy(struct reg *reg, const char *name, const char *manifest)
 
 int main(void)
 {
-	char dir[] = "/tmp/stoke-reg-XXXXXX", path[128];
+	char dir[] = "/tmp/stoke-reg-XXXXXX", path[128], why[256] = "";
+	FILE *f;
 	struct seen s = { 0 };
 	struct reg *reg;
 	int64_t v;
 
 	CHECK(mkdtemp(dir) != NULL);
 	snprintf(path, sizeof(path), "%s/registry.db", dir);
-	CHECK(reg_open(path, &reg) == 0);
+	CHECK(reg_open(path, &reg, why, sizeof(why)) == 0);
 	deploy(reg, "a", "{\"v\":1}");
 	deploy(reg, "a", "{\"v\":2}");
 	deploy(reg, "b", "{}");
@@ -56,11 +57,19 @@ int main(void)
 	reg_close(reg);
 
 	/* Reopening sees what was committed. */
-	CHECK(reg_open(path, &reg) == 0);
+	CHECK(reg_open(path, &reg, why, sizeof(why)) == 0);
 	s.count = 0;
 	CHECK(reg_each(reg, collect, &s) == 0);
 	CHECK(s.count == 1);
 	reg_close(reg);
+
+	/* A file that is not a database: refused, with SQLite's reason. */
+	f = fopen(path, "w");
+	CHECK(f && fputs("this is not an SQLite database, but it is long enough to tell\n"
+			 "....................................................\n", f) >= 0);
+	fclose(f);
+	CHECK(reg_open(path, &reg, why, sizeof(why)) == -EIO);
+	CHECK(strstr(why, "not a database") != NULL);
 	snprintf(path, sizeof(path), "rm -rf %s", dir);
 	CHECK(system(path) == 0);
 	return check_done();
