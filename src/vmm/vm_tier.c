@@ -615,6 +615,10 @@ static struct vm_proc *keep_vm(struct tier *t, struct vm_fn *vf, struct vm_slot 
 	p = sl->proc;
 	sl->proc = NULL;
 	pthread_mutex_unlock(&vt->lock);
+	if (p && (vm_proc_exited(p) || vm_proc_hung_up(p))) {
+		drop_ended(vt, vf, p, inv);	/* its memory since the last save is gone */
+		p = NULL;
+	}
 	if (p) {
 		uncount_idle(vt, p);
 		inv->cold = 0;

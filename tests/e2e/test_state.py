@@ -216,6 +216,35 @@ def test_restart_redeploy_and_quick_rm_leave_no_state_files(d):
             [os.path.join(p, f) for p, _, fs in os.walk(state_dir(sd, "brief")) for f in fs]
 
 
+ENDER = r"""
+import json, os
+count = {"n": 0}
+def handler(event, context):
+    count["n"] += 1
+    if event["path"] == "/answer-then-exit":
+        body = json.dumps({"statusCode": 200, "body": str(count["n"])}).encode()
+        os.write(3, len(body).to_bytes(4, "little") + bytes([2, 1, 0, 0]) + body)
+        os._exit(3)
+    return {"n": count["n"]}
+"""
+
+
+def test_instance_whose_vm_ended_after_answering_starts_again(d):
+    """A stateful instance whose program exits after it answered: the next request is
+    not failed for it; the instance starts again (from its last save, here none) and
+    the function's log says so."""
+    need_vm()
+    d.deploy_files("ender", {"handler.py": ENDER}, dict(MANIFEST, name="ender"))
+    assert count(d, "ender") == 1
+    r = d.invoke("ender", "/answer-then-exit")
+    assert r.status == 200 and r.text == "2", r
+    time.sleep(0.3)     # the VM exits after its answer
+    assert count(d, "ender") == 1      # a fresh instance: nothing was saved
+    assert count(d, "ender") == 2
+    logs = d.admin("GET", "/functions/ender/logs").text
+    assert "had ended since its last request" in logs, logs[-2000:]
+
+
 def test_requests_to_one_instance_queue_in_order_and_overflow_is_429(d):
     need_vm()
     with Daemon() as sd:
