@@ -9,18 +9,20 @@ static double cli_gc_num(const cJSON *o, const char *key)
 	return cJSON_IsNumber(v) ? v->valuedouble : 0;
 }
 
-/* One line per tier: what went, then the rest of its fields. */
+/* Two lines per tier: what went, and what stays (--json has every field). */
 static void cli_gc_print(const cJSON *doc)
 {
 	const cJSON *t;
 
 	cJSON_ArrayForEach(t, doc) {
 		printf("%s: freed %.1f MiB: %.0f pages, %.0f layers, %.0f images, "
-		       "%.0f snapshot files\n", t->string,
+		       "%.0f snapshot files, %.0f temporary files\n", t->string,
 		       cli_gc_num(t, "bytes_freed") / (1 << 20), cli_gc_num(t, "pages_removed"),
 		       cli_gc_num(t, "layers_removed"), cli_gc_num(t, "images_removed"),
-		       cli_gc_num(t, "snapshot_files_removed"));
-		cli_out_fields(t, 2);
+		       cli_gc_num(t, "snapshot_files_removed"), cli_gc_num(t, "tmp_removed"));
+		printf("  kept: %.0f layers, %.0f pages (%.0f distinct pages referenced)\n",
+		       cli_gc_num(t, "layers_kept"), cli_gc_num(t, "pages_kept"),
+		       cli_gc_num(t, "pages_referenced"));
 	}
 }
 

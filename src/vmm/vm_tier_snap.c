@@ -609,6 +609,8 @@ int vm_tier_snap_collect(const char *dir, const char *state_dir, char (*rt_keys)
 
 	*files_removed = 0;
 	memset(gs, 0, sizeof(*gs));
+	if (access(dir, F_OK) && errno == ENOENT)
+		return 0;	/* nothing was ever snapshotted here */
 	snprintf(sub, sizeof(sub), "%s/runtimes", dir);
 	r = scan_roots(dir, 1, rt_keys, nkeys, &roots, files_removed);
 	r = r ? r : scan_roots(sub, 0, rt_keys, nkeys, &roots, files_removed);

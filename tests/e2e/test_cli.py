@@ -7,7 +7,7 @@ import socket
 import subprocess
 import time
 
-from harness import STOKE, free_port
+from harness import STOKE, Daemon, free_port
 
 HELLO = """export default {
   fetch(request) {
@@ -441,3 +441,11 @@ def test_deploy_follows_symbolic_links(d):
     assert r.returncode == 2, (r.returncode, r.stderr)
     assert "%s/lib2.js is a symbolic link to /nonexistent/stoke-e2e/lib2.js, which does " \
         "not exist" % fn in r.stderr, r.stderr
+
+
+def test_gc_on_a_daemon_that_never_snapshotted(d):
+    """`stoke gc` before any micro-VM snapshot exists frees nothing, and succeeds (the
+    snapshot directory is made at the first snapshot)."""
+    with Daemon() as sd:
+        r = sd.cli("gc")
+        assert r.returncode == 0 and "freed 0.0 MiB" in r.stdout, r
