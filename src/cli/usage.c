@@ -124,7 +124,25 @@ static void cli_usage_price(const cJSON *prices, const char *vendor, const char 
 	       cli_usage_num(p, "per_million_requests"), cli_usage_num(p, unit_key), unit);
 }
 
-static int cli_usage_print(const struct cli_usage *u, const cJSON *doc)
+/*
+ * No usage for a name: a function deleted long ago, or a typo. Usage history outlives
+ * deletions, so only the daemon knows which: ask it, and let its 404 (with "did you
+ * mean") speak. The answer stays "nothing recorded" either way.
+ */
+static void cli_usage_check_name(struct cli_client *c, const char *name)
+{
+	struct strbuf target = STRBUF_INIT;
+	cJSON *doc = NULL;
+
+	sb_adds(&target, "/_stoke/functions/");
+	cli_client_escape(&target, name);
+	if (!sb_failed(&target))
+		(void)cli_client_api(c, "GET", target.buf, NULL, &doc);
+	cJSON_Delete(doc);
+	sb_free(&target);
+}
+
+static int cli_usage_print(struct cli_client *c, const struct cli_usage *u, const cJSON *doc)
 {
 	const cJSON *prices = cJSON_GetObjectItemCaseSensitive(doc, "prices");
 	struct cli_out_table t;
@@ -140,6 +158,9 @@ static int cli_usage_print(const struct cli_usage *u, const cJSON *doc)
 	if (!cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(doc, "usage"))) {
 		printf("no invocations recorded%s%s\n", u->name ? " for " : "",
 		       u->name ? u->name : "");
+		fflush(stdout);
+		if (u->name)
+			cli_usage_check_name(c, u->name);
 		return CLI_EXIT_OK;
 	}
 	cli_out_table_init(&t, 2 + CLI_USAGE_NUMS, "llrrrrrrrrr");
@@ -183,7 +204,7 @@ static int cli_usage_call(struct cli_client *c, const struct cli_usage *u)
 	if (!code && c->json)
 		cli_out_json(doc);
 	else if (!code)
-		code = cli_usage_print(u, doc);
+		code = cli_usage_print(c, u, doc);
 	cJSON_Delete(doc);
 	sb_free(&target);
 	return code;

@@ -449,3 +449,13 @@ def test_gc_on_a_daemon_that_never_snapshotted(d):
     with Daemon() as sd:
         r = sd.cli("gc")
         assert r.returncode == 0 and "freed 0.0 MiB" in r.stdout, r
+
+
+def test_usage_of_a_typo_suggests_the_deployed_name(d):
+    """Usage history outlives deletions, so `stoke usage NAME` with nothing recorded
+    stays a success; for a name nothing is deployed under it also says which deployed
+    function was probably meant."""
+    d.deploy_files("counted", {"index.js": HELLO})
+    r = d.cli("usage", "countde")
+    assert r.returncode == 0 and "no invocations recorded for countde" in r.stdout, r
+    assert "did you mean counted?" in r.stderr, r
