@@ -308,29 +308,40 @@ def test_python_load_errors_name_the_problem_once(d):
         assert d.invoke("pyload").text == "ok"
 
 
+def concurrent_invokes(d, name, path, n):
+    """n requests at once, each on its own connection; returns (responses, seconds)."""
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(d.invoke(name, path)))
+               for _ in range(n)]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return results, time.monotonic() - t0
+
+
 def test_concurrent_requests_use_parallel_vms(d):
     """16 requests that each sleep 300 ms run on 16 VMs at once, not one after another."""
     need_vm()
     deploy_stateful(d, "vmpar", max_instances=16)
-    results = []
-    threads = [threading.Thread(target=lambda: results.append(d.invoke("vmpar", "/sleep")))
-               for _ in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    results, _ = concurrent_invokes(d, "vmpar", "/sleep", 16)
     assert [r.status for r in results] == [200] * 16, results
-    warm = []
-    t0 = time.monotonic()
-    threads = [threading.Thread(target=lambda: warm.append(d.invoke("vmpar", "/sleep")))
-               for _ in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    took = time.monotonic() - t0
+    warm, took = concurrent_invokes(d, "vmpar", "/sleep", 16)
     assert [r.status for r in warm] == [200] * 16, warm
     assert took < 16 * 0.3 / 2, "16 warm 300 ms requests took %.1f s" % took
+
+
+def test_max_instances_bounds_the_vms_running_at_once(d):
+    """Six concurrent 300 ms requests to a function with max_instances 2 run two at a
+    time (three rounds), the others waiting in its queue; none is refused or fails.
+    They used to run on six VMs at once: the tier took no notice of the limit."""
+    need_vm()
+    deploy_stateful(d, "vmcap", max_instances=2)
+    assert d.invoke("vmcap", "/sleep").status == 200
+    results, took = concurrent_invokes(d, "vmcap", "/sleep", 6)
+    assert [r.status for r in results] == [200] * 6, results
+    assert took >= 3 * 0.3 - 0.05, "6 requests with max_instances 2 took %.2f s" % took
 
 
 def test_idle_budget_counts_what_idle_vms_cost():
