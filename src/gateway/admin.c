@@ -294,6 +294,25 @@ static int admin_has_nul_escape(const char *s, size_t len)
 	return 0;
 }
 
+/*
+ * The body as one JSON value. cJSON stops at the end of the first value and ignores
+ * what follows, so a second object or garbage after it would go unnoticed: only white
+ * space may follow.
+ */
+static cJSON *admin_parse_whole(const char *text, size_t len)
+{
+	const char *end = NULL;
+	cJSON *v = cJSON_ParseWithLengthOpts(text, len, &end, 0);
+
+	while (v && end < text + len && strchr(" \t\r\n", *end) && *end)
+		end++;
+	if (v && end != text + len) {
+		cJSON_Delete(v);
+		return NULL;
+	}
+	return v;
+}
+
 /* The deploy body: {"manifest": {...}, "files": {"path": "<base64>"}}. */
 static cJSON *admin_deploy_body(struct inv *inv, cJSON **manifest, cJSON **files)
 {
@@ -304,7 +323,7 @@ static cJSON *admin_deploy_body(struct inv *inv, cJSON **manifest, cJSON **files
 			 " which no file name or manifest string may contain");
 		return NULL;
 	}
-	body = cJSON_ParseWithLength(inv->req.body, inv->req.body_len);
+	body = admin_parse_whole(inv->req.body, inv->req.body_len);
 	*manifest = cJSON_GetObjectItemCaseSensitive(body, "manifest");
 	*files = cJSON_GetObjectItemCaseSensitive(body, "files");
 	if (cJSON_IsObject(body) && cJSON_IsObject(*files) &&

@@ -534,6 +534,21 @@ def test_deploy_bodies_that_are_not_the_shape(d):
     assert_alive(d)
 
 
+def test_deploy_body_with_text_after_the_json_is_refused(d):
+    """FIXED BUG (regression test): a deploy body with anything but white space after
+    its JSON object (a second object, a truncated retry glued on, garbage) was deployed
+    from the first object: cJSON stops at the end of the first value."""
+    one = json.dumps({"files": {"index.js": b64(BYSTANDER)}}).encode()
+    for tail in (b"garbage", b"{}", b' {"files": {}}', b"\x00", b"]"):
+        r = put_raw(d, "trailing", one + tail)
+        assert r.status == 400, (tail, r)
+        assert r.json()["error"] == "invalid_request", (tail, r.json())
+    assert d.invoke("trailing").status == 404
+    assert put_raw(d, "trailing", one + b" \r\n\t\n").status == 201
+    assert d.invoke("trailing").body == b"bystander ok"
+    assert_alive(d)
+
+
 def test_deploy_over_the_size_limit(d):
     # Announce 60 MiB but send little: refused up front, no 60 MiB buffered
     out = raw(d, b"PUT /_stoke/functions/huge HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
