@@ -344,6 +344,29 @@ def test_max_instances_bounds_the_vms_running_at_once(d):
     assert took >= 3 * 0.3 - 0.05, "6 requests with max_instances 2 took %.2f s" % took
 
 
+ENVS = "import os\ndef handler(e, c):\n    return str(sum(len(k) + len(v) for k, v in " \
+    "os.environ.items() if k.startswith('K')))\n"
+
+
+def test_env_over_the_vm_limits_is_refused_naming_env(d):
+    """A micro-VM gets its env on the VMM's command line, which has room for so much:
+    32 variables and 4 KiB of names and values are documented and served; more is a 400
+    naming env and the limit (it was a 400 blaming the entry file with 'Argument list too
+    long', at limits that depended on the length of the data directory's path)."""
+    need_vm()
+    manifest = {"tier": "vm", "runtime": "python3", "entry": "handler.py"}
+    fits = {"K%02d" % i: "v" * 125 for i in range(32)}  # 32 x 128 = 4096 bytes
+    d.deploy_files("vmenv", {"handler.py": ENVS}, dict(manifest, env=fits))
+    assert d.invoke("vmenv").text == "4096"
+    for env in ({"K%02d" % i: "v" for i in range(33)}, dict(fits, K00="v" * 126),
+                {"A": "x" * 200000}):
+        r = d.deploy_files("vmenv", {"handler.py": ENVS}, dict(manifest, env=env),
+                           expect=400)
+        j = r.json()
+        assert j["field"] == "env" and "32" in j["message"] and "4096" in j["message"], j
+    assert d.invoke("vmenv").text == "4096"
+
+
 def test_idle_budget_counts_what_idle_vms_cost():
     """A 600 MiB idle budget holds two VMs counted at their 256 MiB guest size; counted at
     what they cost the host (their cgroup's charge, ~15 MiB booted), every VM a burst of
