@@ -591,7 +591,8 @@ static void admin_logs(struct gw *gw, struct inv *inv, const char *name)
 	seq = since > 0 ? (uint64_t)since : r->next_seq - (uint64_t)limit;
 	if (since <= 0 && r->next_seq <= (uint64_t)limit)
 		seq = 1;
-	for (seq = seq < first ? first : seq; seq < r->next_seq && limit-- > 0; seq++) {
+	for (seq = seq < first ? first : seq; r->lines && seq < r->next_seq && limit-- > 0;
+	     seq++) {
 		const struct gw_logline *l = &r->lines[seq % GW_LOG_RING];
 		cJSON *line = cJSON_CreateObject();
 
