@@ -539,6 +539,13 @@ static int key_in_use(const char *name, char (*keys)[96], int nkeys)
 	return 0;
 }
 
+static int ends_with(const char *s, size_t n, const char *ext)
+{
+	size_t e = strlen(ext);
+
+	return n > e && !strcmp(s + n - e, ext);
+}
+
 /* Snapshot files under dir: roots, except stale ones, which are removed. */
 static int scan_roots(const char *dir, int top, char (*keys)[96], int nkeys,
 		      struct roots *roots, uint64_t *removed)
@@ -553,9 +560,13 @@ static int scan_roots(const char *dir, int top, char (*keys)[96], int nkeys,
 		return errno == ENOENT ? 0 : -errno;
 	while (!r && (d = readdir(dp))) {
 		n = strlen(d->d_name);
-		if (n < 6 || strcmp(d->d_name + n - 5, ".snap"))
-			continue;
 		snprintf(path, sizeof(path), "%s/%s", dir, d->d_name);
+		/* A dead daemon's build that never made its .snap: nothing removes these
+		 * beside it, and a dump is as long as the guest's memory. */
+		if (top && (ends_with(d->d_name, n, ".dump") || ends_with(d->d_name, n, ".wsraw")))
+			*removed += stale(d->d_name) && !unlink(path);
+		if (!ends_with(d->d_name, n, ".snap"))
+			continue;
 		if (top && stale(d->d_name) && !unlink(path))
 			*removed += 1 + remove_beside(path, ".wsraw") +
 				    remove_beside(path, ".dump");
