@@ -260,6 +260,11 @@ static void admin_deploy_fail(struct inv *inv, struct admin_deploy *d, int ret)
 	/* A full disk names the file it was writing, but it is the server's to fix. */
 	int full = ret == -ENOSPC || ret == -EDQUOT;
 
+	if (ret == -ECANCELED) {	/* a tier's build ended by the daemon stopping */
+		inv_fail(inv, 503, "shutting_down", "the daemon stopped before the deploy was "
+			 "done; nothing was deployed");
+		return;
+	}
 	if (!full && (ret == -EINVAL || ret == -EFBIG || d->err.field[0])) {
 		if (ret == -EFBIG) {
 			inv_fail(inv, 413, "deploy_too_large", "%s", d->err.message);

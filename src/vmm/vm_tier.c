@@ -1220,11 +1220,16 @@ static int take_snapshot(struct tier *t, struct vm_fn *vf, const struct fn *fn, 
 		return 0;
 	snprintf(key, sizeof(key), "%.64s.%lld.%d.%u", fn->name, (long long)fn->version,
 		 (int)getpid(), atomic_fetch_add(&vt->snap_seq, 1));
+	vf->snap.cancel = &vt->cancel;
 	pthread_mutex_lock(&vt->snap_lock);
 	r = vt->layers ? take_layered(vt, vf, fn, key, &to, t->vmm_path, why, sizeof(why)) :
 	    vm_tier_snap_take(&vf->snap, &vf->launch, vt->snap_dir, key, &to, t->vmm_path,
 			      why, sizeof(why));
 	pthread_mutex_unlock(&vt->snap_lock);
+	if (r == -ECANCELED) {	/* the daemon stops: the deploy fails, nothing recorded */
+		snprintf(err, errlen, "%s", why);
+		return r;
+	}
 	if (r == -ECHILD) {
 		load_error(fn, why, err, errlen);
 		return -EINVAL;
@@ -1614,6 +1619,15 @@ static int vm_gc(struct tier *t, struct strbuf *json, char *err, size_t errlen)
 	return 0;
 }
 
+/* The daemon stops once its grace is over: a deploy's snapshot build ends now. */
+static void vm_cancel(struct tier *t)
+{
+	struct vm_tier *vt = tier_of(t);
+
+	if (vt)
+		atomic_store(&vt->cancel, 1);
+}
+
 static void vm_stop(struct tier *t)
 {
 	struct vm_tier *vt = tier_of(t);
@@ -1678,5 +1692,6 @@ const struct tier_ops vm_tier_ops = {
 	.release = vm_release,
 	.metrics = vm_metrics,
 	.gc = vm_gc,
+	.cancel = vm_cancel,
 	.stop = vm_stop,
 };

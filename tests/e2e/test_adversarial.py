@@ -1417,6 +1417,38 @@ def test_sigterm_with_runaway_vm_exits_within_grace():
         assert d.proc.returncode == 0
 
 
+def test_sigterm_during_a_slow_python_deploy_exits_within_grace():
+    """FIXED BUG (regression test): SIGTERM while a Python deploy imports a module that
+    takes 25 s: the daemon waited for the deploy's snapshot (up to 30 s, past the 10 s
+    grace), the client got no answer, and the version was recorded anyway, so the next
+    start served a deploy its client saw fail. Now the build ends with the grace and
+    nothing is recorded."""
+    import signal
+    need_vm()
+    slow = "import time\ntime.sleep(25)\ndef handler(e, c):\n    return 'late'\n"
+    with Daemon() as d:
+        t = threading.Thread(target=lambda: _safe_deploy(
+            d, "slowimport", {"handler.py": slow},
+            {"tier": "vm", "runtime": "python3", "entry": "handler.py"}, 40))
+        t.start()
+        time.sleep(1.0)
+        t0 = time.monotonic()
+        d.proc.send_signal(signal.SIGTERM)
+        try:
+            d.proc.wait(25)
+        except Exception:  # noqa: BLE001 - ours: end it and say so
+            d.proc.kill()
+            d.proc.wait()
+        took = time.monotonic() - t0
+        t.join(30)
+        assert took < 14 and d.proc.returncode == 0, (took, d.proc.returncode)
+        d.log.close()
+        d.start()
+        assert d.admin("GET", "/functions/slowimport").status == 404
+        fdir = os.path.join(d.data_dir, "functions")
+        assert not os.path.exists(fdir) or not os.listdir(fdir), os.listdir(fdir)
+
+
 def _fd_and_thread_count(pid):
     fds = len(os.listdir("/proc/%d/fd" % pid))
     with open("/proc/%d/status" % pid) as f:
