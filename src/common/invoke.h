@@ -156,6 +156,12 @@ struct tier_ops {
 	 * negative errno with the reason in err. Called off the event loop.
 	 */
 	int (*gc)(struct tier *t, struct strbuf *json, char *err, size_t errlen);
+	/*
+	 * Optional: the daemon is stopping and its grace is over. Work that could
+	 * outlast it on another tier's thread (a deploy's build in prepare, run by the
+	 * admin thread the daemon joins first) ends now and fails. Stop follows.
+	 */
+	void (*cancel)(struct tier *t);
 	/* Stops threads and frees everything; in-flight invocations are failed. */
 	void (*stop)(struct tier *t);
 };

@@ -260,6 +260,11 @@ static void admin_deploy_fail(struct inv *inv, struct admin_deploy *d, int ret)
 	/* A full disk names the file it was writing, but it is the server's to fix. */
 	int full = ret == -ENOSPC || ret == -EDQUOT;
 
+	if (ret == -ECANCELED) {	/* a tier's build ended by the daemon stopping */
+		inv_fail(inv, 503, "shutting_down", "the daemon stopped before the deploy was "
+			 "done; nothing was deployed");
+		return;
+	}
 	if (!full && (ret == -EINVAL || ret == -EFBIG || d->err.field[0])) {
 		if (ret == -EFBIG) {
 			inv_fail(inv, 413, "deploy_too_large", "%s", d->err.message);
@@ -294,6 +299,25 @@ static int admin_has_nul_escape(const char *s, size_t len)
 	return 0;
 }
 
+/*
+ * The body as one JSON value. cJSON stops at the end of the first value and ignores
+ * what follows, so a second object or garbage after it would go unnoticed: only white
+ * space may follow.
+ */
+static cJSON *admin_parse_whole(const char *text, size_t len)
+{
+	const char *end = NULL;
+	cJSON *v = cJSON_ParseWithLengthOpts(text, len, &end, 0);
+
+	while (v && end < text + len && strchr(" \t\r\n", *end) && *end)
+		end++;
+	if (v && end != text + len) {
+		cJSON_Delete(v);
+		return NULL;
+	}
+	return v;
+}
+
 /* The deploy body: {"manifest": {...}, "files": {"path": "<base64>"}}. */
 static cJSON *admin_deploy_body(struct inv *inv, cJSON **manifest, cJSON **files)
 {
@@ -304,7 +328,7 @@ static cJSON *admin_deploy_body(struct inv *inv, cJSON **manifest, cJSON **files
 			 " which no file name or manifest string may contain");
 		return NULL;
 	}
-	body = cJSON_ParseWithLength(inv->req.body, inv->req.body_len);
+	body = admin_parse_whole(inv->req.body, inv->req.body_len);
 	*manifest = cJSON_GetObjectItemCaseSensitive(body, "manifest");
 	*files = cJSON_GetObjectItemCaseSensitive(body, "files");
 	if (cJSON_IsObject(body) && cJSON_IsObject(*files) &&
@@ -572,7 +596,8 @@ static void admin_logs(struct gw *gw, struct inv *inv, const char *name)
 	seq = since > 0 ? (uint64_t)since : r->next_seq - (uint64_t)limit;
 	if (since <= 0 && r->next_seq <= (uint64_t)limit)
 		seq = 1;
-	for (seq = seq < first ? first : seq; seq < r->next_seq && limit-- > 0; seq++) {
+	for (seq = seq < first ? first : seq; r->lines && seq < r->next_seq && limit-- > 0;
+	     seq++) {
 		const struct gw_logline *l = &r->lines[seq % GW_LOG_RING];
 		cJSON *line = cJSON_CreateObject();
 

@@ -276,6 +276,10 @@ static void daemon_stop_tiers(struct gw *gw)
 {
 	int i;
 
+	/* A deploy still building holds the admin thread, which is joined first. */
+	for (i = 0; i < TIER_COUNT; i++)
+		if (gw->tiers[i].ops && gw->tiers[i].priv && gw->tiers[i].ops->cancel)
+			gw->tiers[i].ops->cancel(&gw->tiers[i]);
 	if (gw->admin.priv)
 		gw->admin.ops->stop(&gw->admin);
 	if (gw->admin_read.priv)

@@ -186,6 +186,13 @@ static void gw_logring_add(struct gw_logring *r, const char *request_id, const c
 	memcpy(copy, msg, len);
 	copy[len] = '\0';
 	pthread_mutex_lock(&r->lock);
+	if (!r->lines)
+		r->lines = calloc(GW_LOG_RING, sizeof(*r->lines));
+	if (!r->lines) {
+		pthread_mutex_unlock(&r->lock);
+		free(copy);
+		return;
+	}
 	l = &r->lines[r->next_seq % GW_LOG_RING];
 	free(l->msg);
 	l->seq = r->next_seq++;
@@ -197,23 +204,28 @@ static void gw_logring_add(struct gw_logring *r, const char *request_id, const c
 	pthread_mutex_unlock(&r->lock);
 }
 
+static void gw_logring_free(struct gw_logring *r)
+{
+	size_t i;
+
+	for (i = 0; r->lines && i < GW_LOG_RING; i++)
+		free(r->lines[i].msg);
+	free(r->lines);
+	r->lines = NULL;
+}
+
 /* `stoke rm`: the function's log lines go with it; sequence numbers keep counting, so a
  * follower (`stoke logs -f`) just sees no more of them. */
 void gw_fn_logs_clear(struct gw *gw, const char *name)
 {
 	struct gw_entry *e = gw_entry_find(gw, name);
 	struct gw_logring *r;
-	size_t i;
 
 	if (!e)
 		return;
 	r = &e->logs;
 	pthread_mutex_lock(&r->lock);
-	for (i = 0; i < GW_LOG_RING; i++) {
-		free(r->lines[i].msg);
-		r->lines[i].msg = NULL;
-		r->lines[i].len = 0;
-	}
+	gw_logring_free(r);
 	r->first_seq = r->next_seq;
 	pthread_mutex_unlock(&r->lock);
 }
@@ -230,15 +242,14 @@ void gw_fnlog_sink(const char *fn_name, const char *request_id, const char *stre
 void gw_table_free(struct gw *gw)
 {
 	struct gw_entry *e, *next;
-	size_t i, j;
+	size_t i;
 
 	for (i = 0; i < gw->nbuckets; i++) {
 		for (e = gw->buckets[i]; e; e = next) {
 			next = e->next;
 			fn_unref(e->fn);
 			free(e->load_error);
-			for (j = 0; j < GW_LOG_RING; j++)
-				free(e->logs.lines[j].msg);
+			gw_logring_free(&e->logs);
 			free(e);
 		}
 	}

@@ -46,7 +46,10 @@ struct gw_logring {
 	pthread_mutex_t lock;
 	uint64_t next_seq;
 	uint64_t first_seq;	/* lines before it were deleted with their function */
-	struct gw_logline lines[GW_LOG_RING];
+	/* GW_LOG_RING lines (90 KiB), made at the first line and freed with the function:
+	 * a name that was deleted or never deployed keeps only its entry. NULL: no lines
+	 * (first_seq == next_seq, or none yet). */
+	struct gw_logline *lines;
 };
 
 /* One name in the function table. Entries are never freed while the daemon runs:

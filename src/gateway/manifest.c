@@ -252,6 +252,27 @@ static int mf_parse_env(const cJSON *obj, struct fn *fn, struct mf_error *err)
 	return 0;
 }
 
+/*
+ * A micro-VM gets its environment on the VMM's command line (src/vmm/vm_proc.c), whose
+ * argument table and string space are fixed: these limits leave room for the paths
+ * beside them. Isolates take env as a JavaScript object and have no such bound.
+ */
+#define MF_VM_ENV_MAX 32
+#define MF_VM_ENV_BYTES 4096
+
+static int mf_check_vm_env(const struct fn *fn, struct mf_error *err)
+{
+	size_t i, bytes = 0;
+
+	for (i = 0; i < fn->nenv; i++)
+		bytes += fn->env[i].name_len + fn->env[i].value_len;
+	if (fn->nenv <= MF_VM_ENV_MAX && bytes <= MF_VM_ENV_BYTES)
+		return 0;
+	return mf_fail(err, "env", "env has %zu variables and %zu bytes of names and values; "
+		       "a micro-VM takes at most %d variables and %d bytes", fn->nenv, bytes,
+		       MF_VM_ENV_MAX, MF_VM_ENV_BYTES);
+}
+
 static const char *const mf_tiers[] = { "auto", "isolate", "vm", NULL };
 static const char *const mf_runtimes[] = { "js", "python3", "native", NULL };
 static const char *const mf_isolations[] = { "standard", "strict", NULL };
@@ -529,6 +550,9 @@ static int mf_finish(struct fn *fn, const struct mf_fields *f, const char *dir,
 			       "in a micro-VM: its guest is one single-threaded process that "
 			       "serves one request at a time; raise limits.max_instances instead",
 			       fn->limits.concurrency);
+	ret = fn->tier == TIER_VM ? mf_check_vm_env(fn, err) : 0;
+	if (ret)
+		return ret;
 	fn->dir = strdup(dir);
 	return fn->dir ? 0 : -ENOMEM;
 }

@@ -89,6 +89,23 @@ static long gw_rss_bytes(void)
 	return rss * sysconf(_SC_PAGESIZE);
 }
 
+/*
+ * A deleted function keeps its counters (a scraper sees them stay, not reset), but a
+ * name that is not deployed and never answered a request (its first deploy failed, or
+ * it was removed unused) has nothing to report.
+ */
+static int gw_metric_listed(const struct gw_entry *e)
+{
+	int c;
+
+	if (e->fn || e->load_error)
+		return 1;
+	for (c = 0; c < 6; c++)
+		if (atomic_load(&e->stats.by_class[c]))
+			return 1;
+	return 0;
+}
+
 void gw_metrics_render(struct gw *gw, struct strbuf *out)
 {
 	struct gw_entry *e;
@@ -100,7 +117,8 @@ void gw_metrics_render(struct gw *gw, struct strbuf *out)
 		sb_metric_head(out, gw_parts[part][0], gw_parts[part][1], gw_parts[part][2]);
 		for (i = 0; i < gw->nbuckets; i++)
 			for (e = gw->buckets[i]; e; e = e->next)
-				gw_metric_entry(gw, out, e, part);
+				if (gw_metric_listed(e))
+					gw_metric_entry(gw, out, e, part);
 	}
 	sb_metric(out, "stoke_functions", "gauge", (long long)gw->nlive,
 		  "Functions deployed and routed.");

@@ -207,7 +207,7 @@ int vm_state_save(struct vm_state *st, struct vm_slot *sl, struct vm_proc *p,
 
 	*had_old = 0;
 	r = ask_dump(p, sl->dump);
-	r = r ? r : vm_tier_snap_wait_dump(p, sl->dump, NULL);
+	r = r ? r : vm_tier_snap_wait_dump(p, sl->dump, NULL, NULL);
 	if (r == -ENOTSUP)
 		return snprintf(why, len, "the VM refused the dump (files in /tmp are not "
 				"kept)"), r;

@@ -55,6 +55,11 @@ struct vm_fn {
 	struct vm_proc *shell;		/* restored ahead, parked before its first read */
 	_Atomic uint64_t last_used_ns;	/* last invocation: shells follow the idle TTL */
 	struct vm_state *state;		/* state: keep: the instance slots; else NULL */
+	/* Without kept state: limits.max_instances bounds the invocations running at
+	 * once; the others wait here in arrival order (the gateway bounds how many).
+	 * Both under vt->lock. */
+	uint32_t running, max_running;
+	struct vm_job *wait_head, *wait_tail;
 	struct vm_fn *next;	/* tier's list, for metrics and stop */
 };
 
@@ -1007,6 +1012,45 @@ static void *reaper(void *arg)
 	return NULL;
 }
 
+/*
+ * The next invocation that waited for one of vf's instances, which the caller runs in
+ * place of the one it finished; NULL when none waits (or the tier stops: vm_stop fails
+ * the waiting ones), and the finished one no longer counts as running.
+ */
+static struct vm_job *next_waiting(struct vm_tier *vt, struct vm_fn *vf)
+{
+	struct vm_job *j = NULL;
+
+	pthread_mutex_lock(&vt->lock);
+	if (vf->wait_head && !vt->stopping) {
+		j = vf->wait_head;
+		vf->wait_head = j->next;
+		if (!vf->wait_head)
+			vf->wait_tail = NULL;
+	} else {
+		vf->running--;
+	}
+	pthread_mutex_unlock(&vt->lock);
+	return j;
+}
+
+/* Runs j, then whatever waited for this version's instances meanwhile. */
+static void serve_fn(struct tier *t, struct vm_job *j)
+{
+	struct vm_fn *vf = j->inv->fn->tier_data;
+	struct vm_job *next;
+
+	while (j) {
+		run_invocation(t, j->inv);
+		/* Decided before inv_done: the last reference to the version may go with it
+		 * (a waiting invocation holds one of its own). */
+		next = vf ? next_waiting(tier_of(t), vf) : NULL;
+		inv_done(j->inv);
+		free(j);
+		j = next;
+	}
+}
+
 static void *worker(void *arg)
 {
 	struct tier *t = arg;
@@ -1030,9 +1074,7 @@ static void *worker(void *arg)
 			serve_slot(t, j->slot);	/* the slot's own job: not freed */
 			continue;
 		}
-		run_invocation(t, j->inv);
-		inv_done(j->inv);
-		free(j);
+		serve_fn(t, j);
 	}
 }
 
@@ -1182,11 +1224,16 @@ static int take_snapshot(struct tier *t, struct vm_fn *vf, const struct fn *fn, 
 		return 0;
 	snprintf(key, sizeof(key), "%.64s.%lld.%d.%u", fn->name, (long long)fn->version,
 		 (int)getpid(), atomic_fetch_add(&vt->snap_seq, 1));
+	vf->snap.cancel = &vt->cancel;
 	pthread_mutex_lock(&vt->snap_lock);
 	r = vt->layers ? take_layered(vt, vf, fn, key, &to, t->vmm_path, why, sizeof(why)) :
 	    vm_tier_snap_take(&vf->snap, &vf->launch, vt->snap_dir, key, &to, t->vmm_path,
 			      why, sizeof(why));
 	pthread_mutex_unlock(&vt->snap_lock);
+	if (r == -ECANCELED) {	/* the daemon stops: the deploy fails, nothing recorded */
+		snprintf(err, errlen, "%s", why);
+		return r;
+	}
 	if (r == -ECHILD) {
 		load_error(fn, why, err, errlen);
 		return -EINVAL;
@@ -1264,12 +1311,34 @@ static int vm_prepare(struct tier *t, struct fn *fn, char *err, size_t errlen)
 	}
 	pthread_mutex_init(&vf->lock, NULL);
 	snprintf(vf->name, sizeof(vf->name), "%s", fn->name);
+	vf->max_running = fn->limits.max_instances ? fn->limits.max_instances : 1;
 	pthread_mutex_lock(&vt->lock);
 	vf->next = vt->fns;
 	vt->fns = vf;
 	pthread_mutex_unlock(&vt->lock);
 	fn->tier_data = vf;
 	return 0;
+}
+
+/*
+ * Counts j as running on one of vf's instances, or when max_instances already run,
+ * makes it wait for one of them to finish; returns whether it waits. Called with
+ * vt->lock held.
+ */
+static int enqueue_waiting(struct vm_fn *vf, struct vm_job *j)
+{
+	if (!vf)
+		return 0;	/* run_invocation answers that it was not prepared */
+	if (vf->running < vf->max_running) {
+		vf->running++;
+		return 0;
+	}
+	if (vf->wait_tail)
+		vf->wait_tail->next = j;
+	else
+		vf->wait_head = j;
+	vf->wait_tail = j;
+	return 1;
 }
 
 static void vm_invoke(struct tier *t, struct inv *inv)
@@ -1290,12 +1359,14 @@ static void vm_invoke(struct tier *t, struct inv *inv)
 		return;
 	}
 	pthread_mutex_lock(&vt->lock);
-	if (vt->tail)
-		vt->tail->next = j;
-	else
-		vt->head = j;
-	vt->tail = j;
-	pthread_cond_signal(&vt->cond);
+	if (!enqueue_waiting(inv->fn->tier_data, j)) {
+		if (vt->tail)
+			vt->tail->next = j;
+		else
+			vt->head = j;
+		vt->tail = j;
+		pthread_cond_signal(&vt->cond);
+	}
 	pthread_mutex_unlock(&vt->lock);
 }
 
@@ -1502,20 +1573,33 @@ static void vm_metrics(struct tier *t, struct strbuf *out)
 	pthread_mutex_unlock(&vt->lock);
 }
 
-/* A slot whose turn never came: its waiting requests fail. Called with vt->lock held. */
-static void fail_slot(struct vm_slot *sl)
+/* Invocations that never ran: each answers that the daemon is stopping. */
+static void fail_jobs(struct vm_job *j)
 {
-	struct vm_job *j;
+	struct vm_job *next;
 
-	while ((j = sl->head)) {
-		sl->head = j->next;
+	for (; j; j = next) {
+		next = j->next;
 		inv_fail(j->inv, 503, "shutting_down", "the daemon is stopping");
 		inv_done(j->inv);
 		free(j);
 	}
-	sl->tail = NULL;
+}
+
+/* A slot whose turn never came: its waiting requests fail. Called with vt->lock held. */
+static void fail_slot(struct vm_slot *sl)
+{
+	fail_jobs(sl->head);
+	sl->head = sl->tail = NULL;
 	sl->queued = 0;
 	sl->busy = 0;
+}
+
+/* Requests that waited for an instance of vf when the tier stopped. */
+static void fail_waiting(struct vm_fn *vf)
+{
+	fail_jobs(vf->wait_head);
+	vf->wait_head = vf->wait_tail = NULL;
 }
 
 static int vm_gc(struct tier *t, struct strbuf *json, char *err, size_t errlen)
@@ -1537,6 +1621,15 @@ static int vm_gc(struct tier *t, struct strbuf *json, char *err, size_t errlen)
 		  (unsigned long long)gs.deleted, (unsigned long long)gs.images_removed,
 		  (unsigned long long)gs.tmp_removed, (unsigned long long)gs.bytes_freed);
 	return 0;
+}
+
+/* The daemon stops once its grace is over: a deploy's snapshot build ends now. */
+static void vm_cancel(struct tier *t)
+{
+	struct vm_tier *vt = tier_of(t);
+
+	if (vt)
+		atomic_store(&vt->cancel, 1);
 }
 
 static void vm_stop(struct tier *t)
@@ -1574,6 +1667,7 @@ static void vm_stop(struct tier *t)
 	if (vt->has_reaper)
 		pthread_join(vt->reaper, NULL);
 	for (vf = vt->fns; vf; vf = vf->next) {
+		fail_waiting(vf);
 		drain_idle(vt, vf);
 		/* Requests that queued behind a save the reaper finished while stopping. */
 		for (i = 0; vf->state && i < (int)vf->state->nslots; i++)
@@ -1602,5 +1696,6 @@ const struct tier_ops vm_tier_ops = {
 	.release = vm_release,
 	.metrics = vm_metrics,
 	.gc = vm_gc,
+	.cancel = vm_cancel,
 	.stop = vm_stop,
 };

@@ -41,11 +41,14 @@ static int dump_complete(const char *path)
  * Drains the guest's output into the function's log (so it never blocks on a full
  * pipe, and what the import printed is kept) until the dump is whole.
  */
-int vm_tier_snap_wait_dump(struct vm_proc *p, const char *dump, const struct vm_logto *to)
+int vm_tier_snap_wait_dump(struct vm_proc *p, const char *dump, const struct vm_logto *to,
+			   const atomic_int *cancel)
 {
 	int waited, done, rounds;
 
 	for (waited = 0; waited < DUMP_WAIT_MS; waited += 5) {
+		if (cancel && atomic_load(cancel))
+			return -ECANCELED;
 		done = dump_complete(dump);
 		if (done) {
 			vm_proc_flush_output(p, to);
@@ -114,7 +117,8 @@ static char *load_frame(const struct vm_launch *l)
  * when given; the VM is stopped either way. Its output goes to `to` (NULL: dropped).
  */
 static int run_to_dump(const struct vm_launch *l, const char *dump, const char *load,
-		       const struct vm_logto *to, const char *vmm_path, char *why, size_t len)
+		       const struct vm_logto *to, const atomic_int *cancel, const char *vmm_path,
+		       char *why, size_t len)
 {
 	struct vm_proc p;
 	int r;
@@ -125,8 +129,10 @@ static int run_to_dump(const struct vm_launch *l, const char *dump, const char *
 	p.tail[0] = '\0';
 	if (load)
 		r = send_frame(p.chan, FRAME_LOAD, load);
-	r = r ? r : vm_tier_snap_wait_dump(&p, dump, to);
-	if (r == -ECHILD)
+	r = r ? r : vm_tier_snap_wait_dump(&p, dump, to, cancel);
+	if (r == -ECANCELED)
+		snprintf(why, len, "the daemon is stopping");
+	else if (r == -ECHILD)
 		snprintf(why, len, "%s", p.tail[0] ? p.tail : "the runtime exited at start");
 	else if (r)
 		snprintf(why, len, "the VM did not reach its first read: %s", strerror(-r));
@@ -146,7 +152,7 @@ static int boot_and_dump(struct vm_tier_snap *s, const struct vm_launch *boot,
 	r = vm_launch_with(&l, boot, opts);
 	if (r)
 		return snprintf(why, len, "starting the VM: %s", strerror(-r)), r;
-	return run_to_dump(&l, s->dump, NULL, to, vmm_path, why, len);
+	return run_to_dump(&l, s->dump, NULL, to, s->cancel, vmm_path, why, len);
 }
 
 static int make_launches(struct vm_tier_snap *s, const struct vm_launch *boot)
@@ -193,7 +199,10 @@ static int top_layer(struct vm_tier_snap *s)
 static int snap_paths(struct vm_tier_snap *s, const char *dir, const char *key, char *why,
 		      size_t len)
 {
+	const atomic_int *cancel = s->cancel;	/* the owner's, not the last build's */
+
 	memset(s, 0, sizeof(*s));
+	s->cancel = cancel;
 	snprintf(s->store, sizeof(s->store), "%s/store", dir);
 	snprintf(s->file, sizeof(s->file), "%s/%s.snap", dir, key);
 	snprintf(s->dump, sizeof(s->dump), "%s/%s.dump", dir, key);
@@ -258,7 +267,7 @@ int vm_tier_snap_take_on(struct vm_tier_snap *s, const struct vm_tier_rt *rt,
 	r = load ? vm_launch_with(&l, launch, opts) : -ENOMEM;
 	if (r)
 		snprintf(why, len, "starting the VM: %s", strerror(-r));
-	r = r ? r : run_to_dump(&l, s->dump, load, to, vmm_path, why, len);
+	r = r ? r : run_to_dump(&l, s->dump, load, to, s->cancel, vmm_path, why, len);
 	free(load);
 	r = r ? r : vmsnap_build_info(s->dump, s->store, s->file, &info, why, len);
 	if (!r) {
@@ -384,7 +393,7 @@ static int rt_build(const struct vm_tier_rt *rt, const struct vm_launch *fn_laun
 	if (r)
 		snprintf(why, len, "starting the runtime: %s", strerror(-r));
 	/* The runtime's own start-up output belongs to no function. */
-	r = r ? r : run_to_dump(&l, dump, NULL, NULL, vmm_path, why, len);
+	r = r ? r : run_to_dump(&l, dump, NULL, NULL, NULL, vmm_path, why, len);
 	r = r ? r : vmsnap_build_runtime(base, dump, rt->store, rt->file, &info, why, len);
 	if (!r) {
 		count(st, VM_LAYER_RUNTIME, info.layer[0].existed, info.layer[0].bytes_new);
@@ -539,6 +548,13 @@ static int key_in_use(const char *name, char (*keys)[96], int nkeys)
 	return 0;
 }
 
+static int ends_with(const char *s, size_t n, const char *ext)
+{
+	size_t e = strlen(ext);
+
+	return n > e && !strcmp(s + n - e, ext);
+}
+
 /* Snapshot files under dir: roots, except stale ones, which are removed. */
 static int scan_roots(const char *dir, int top, char (*keys)[96], int nkeys,
 		      struct roots *roots, uint64_t *removed)
@@ -553,9 +569,13 @@ static int scan_roots(const char *dir, int top, char (*keys)[96], int nkeys,
 		return errno == ENOENT ? 0 : -errno;
 	while (!r && (d = readdir(dp))) {
 		n = strlen(d->d_name);
-		if (n < 6 || strcmp(d->d_name + n - 5, ".snap"))
-			continue;
 		snprintf(path, sizeof(path), "%s/%s", dir, d->d_name);
+		/* A dead daemon's build that never made its .snap: nothing removes these
+		 * beside it, and a dump is as long as the guest's memory. */
+		if (top && (ends_with(d->d_name, n, ".dump") || ends_with(d->d_name, n, ".wsraw")))
+			*removed += stale(d->d_name) && !unlink(path);
+		if (!ends_with(d->d_name, n, ".snap"))
+			continue;
 		if (top && stale(d->d_name) && !unlink(path))
 			*removed += 1 + remove_beside(path, ".wsraw") +
 				    remove_beside(path, ".dump");

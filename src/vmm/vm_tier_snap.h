@@ -43,6 +43,9 @@ struct vm_tier_snap {
 	atomic_int ws_ready;	/* the working set is in the store */
 	char image[1200];	/* the restore image of top */
 	struct vm_snap_stats *stats;	/* counts image cache hits of restores, or NULL */
+	/* Set by the owner before a take (which keeps it): once it reads non-zero, the
+	 * build ends with -ECANCELED (the daemon stops; an import may run for seconds). */
+	const atomic_int *cancel;
 };
 
 /*
@@ -86,9 +89,11 @@ int vm_tier_snap_take(struct vm_tier_snap *s, const struct vm_launch *boot, cons
 /*
  * Waits (at most 30 s) until the VMM p wrote a whole dump to the file dump, logging
  * its output to `to` (NULL: dropped) meanwhile. Returns 0, -ENOTSUP when the VMM took
- * none, -ECHILD when it exited first (its last stderr in p->tail) or -ETIMEDOUT.
+ * none, -ECHILD when it exited first (its last stderr in p->tail), -ECANCELED once
+ * *cancel (if given) is set, or -ETIMEDOUT.
  */
-int vm_tier_snap_wait_dump(struct vm_proc *p, const char *dump, const struct vm_logto *to);
+int vm_tier_snap_wait_dump(struct vm_proc *p, const char *dump, const struct vm_logto *to,
+			   const atomic_int *cancel);
 /*
  * The launch for a cold start: a restore when a snapshot is ready, else NULL. Counts
  * whether the restore image is in the image cache (else stoke-vmm assembles it).

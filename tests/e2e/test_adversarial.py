@@ -534,6 +534,21 @@ def test_deploy_bodies_that_are_not_the_shape(d):
     assert_alive(d)
 
 
+def test_deploy_body_with_text_after_the_json_is_refused(d):
+    """FIXED BUG (regression test): a deploy body with anything but white space after
+    its JSON object (a second object, a truncated retry glued on, garbage) was deployed
+    from the first object: cJSON stops at the end of the first value."""
+    one = json.dumps({"files": {"index.js": b64(BYSTANDER)}}).encode()
+    for tail in (b"garbage", b"{}", b' {"files": {}}', b"\x00", b"]"):
+        r = put_raw(d, "trailing", one + tail)
+        assert r.status == 400, (tail, r)
+        assert r.json()["error"] == "invalid_request", (tail, r.json())
+    assert d.invoke("trailing").status == 404
+    assert put_raw(d, "trailing", one + b" \r\n\t\n").status == 201
+    assert d.invoke("trailing").body == b"bystander ok"
+    assert_alive(d)
+
+
 def test_deploy_over_the_size_limit(d):
     # Announce 60 MiB but send little: refused up front, no 60 MiB buffered
     out = raw(d, b"PUT /_stoke/functions/huge HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
@@ -1400,6 +1415,38 @@ def test_sigterm_with_runaway_vm_exits_within_grace():
         took, result = _sigterm_with_inflight(d, "vmrunaway", 20)
         assert took is not None and took < 15, "daemon still running 20 s after SIGTERM"
         assert d.proc.returncode == 0
+
+
+def test_sigterm_during_a_slow_python_deploy_exits_within_grace():
+    """FIXED BUG (regression test): SIGTERM while a Python deploy imports a module that
+    takes 25 s: the daemon waited for the deploy's snapshot (up to 30 s, past the 10 s
+    grace), the client got no answer, and the version was recorded anyway, so the next
+    start served a deploy its client saw fail. Now the build ends with the grace and
+    nothing is recorded."""
+    import signal
+    need_vm()
+    slow = "import time\ntime.sleep(25)\ndef handler(e, c):\n    return 'late'\n"
+    with Daemon() as d:
+        t = threading.Thread(target=lambda: _safe_deploy(
+            d, "slowimport", {"handler.py": slow},
+            {"tier": "vm", "runtime": "python3", "entry": "handler.py"}, 40))
+        t.start()
+        time.sleep(1.0)
+        t0 = time.monotonic()
+        d.proc.send_signal(signal.SIGTERM)
+        try:
+            d.proc.wait(25)
+        except Exception:  # noqa: BLE001 - ours: end it and say so
+            d.proc.kill()
+            d.proc.wait()
+        took = time.monotonic() - t0
+        t.join(30)
+        assert took < 14 and d.proc.returncode == 0, (took, d.proc.returncode)
+        d.log.close()
+        d.start()
+        assert d.admin("GET", "/functions/slowimport").status == 404
+        fdir = os.path.join(d.data_dir, "functions")
+        assert not os.path.exists(fdir) or not os.listdir(fdir), os.listdir(fdir)
 
 
 def _fd_and_thread_count(pid):

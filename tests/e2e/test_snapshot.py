@@ -775,6 +775,28 @@ def test_gc_never_deletes_what_deployed_functions_use(d):
         sd.close()
 
 
+def test_gc_removes_the_dump_of_a_deploy_whose_daemon_died(d):
+    """A daemon killed while a deploy's VM was dumping leaves KEY.dump (the guest's
+    whole memory, sparse: 256 MiB long) and KEY.wsraw, with no KEY.snap beside them.
+    gc removed such files only beside a .snap, so these stayed for good. Files of a
+    build of the running daemon (its pid in the key) stay."""
+    need_vm()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    top = os.path.join(d.data_dir, "vm-snapshots")
+    os.makedirs(top, exist_ok=True)
+    left = ["gone.3.%d.7.dump" % dead.pid, "gone.3.%d.7.wsraw" % dead.pid]
+    ours = ["mine.1.%d.9.dump" % d.proc.pid]
+    for name in left + ours:
+        with open(os.path.join(top, name), "wb") as f:
+            f.truncate(256 << 20)
+    r = d.admin("POST", "/gc")
+    assert r.status == 200 and r.json()["vm"]["snapshot_files_removed"] >= 2, r
+    names = os.listdir(top)
+    assert not set(left) & set(names) and set(ours) <= set(names), names
+    os.unlink(os.path.join(top, ours[0]))
+
+
 def test_one_layer_per_version_when_layers_are_off(d):
     """STOKE_VM_SNAPSHOT_LAYERS=0: the version boots once and is snapshotted whole, as
     before runtime layers (kept for comparison); no runtime snapshot is made."""

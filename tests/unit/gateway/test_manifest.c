@@ -1,5 +1,6 @@
 #include "check.h"
 #include "gateway/manifest.h"
+#include "common/strbuf.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -152,6 +153,39 @@ static void test_messages(void)
 	fn_unref(fn);
 }
 
+/* {"tier": TIER, "runtime": "python3", "entry": "handler.py", "env": {n x KNN: value}} */
+static const char *env_of(const char *tier, int n, size_t value_len, struct fn **fn)
+{
+	struct strbuf sb = STRBUF_INIT;
+	const char *field;
+	int i;
+
+	sb_printf(&sb, "{\"tier\":\"%s\",\"runtime\":\"%s\",\"entry\":\"%s\",\"env\":{",
+		  tier, strcmp(tier, "vm") ? "js" : "python3",
+		  strcmp(tier, "vm") ? "index.js" : "handler.py");
+	for (i = 0; i < n; i++)
+		sb_printf(&sb, "%s\"K%02d\":\"%*s\"", i ? "," : "", i, (int)value_len, "");
+	sb_adds(&sb, "}}");
+	field = parse(sb.buf, fn);
+	sb_free(&sb);
+	return field;
+}
+
+/* The micro-VM's command line holds 32 variables and 4096 bytes; isolates take more. */
+static void test_vm_env_limits(void)
+{
+	struct fn *fn;
+
+	CHECK_STR(env_of("vm", 32, 125, &fn), "");	/* 32 x (3 + 125) = 4096 */
+	fn_unref(fn);
+	CHECK_STR(env_of("vm", 33, 1, &fn), "env");
+	CHECK(strstr(err.message, "33 variables") && strstr(err.message, "at most 32"));
+	CHECK_STR(env_of("vm", 32, 126, &fn), "env");
+	CHECK(strstr(err.message, "4128 bytes") && strstr(err.message, "4096 bytes"));
+	CHECK_STR(env_of("isolate", 100, 1000, &fn), "");
+	fn_unref(fn);
+}
+
 static const char *suggest(const char *name)
 {
 	static char out[64];
@@ -229,6 +263,7 @@ int main(void)
 	test_names();
 	test_name_suggestions();
 	test_messages();
+	test_vm_env_limits();
 	test_entry_hints();
 	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
 	CHECK(system(cmd) == 0);
