@@ -555,6 +555,24 @@ static int ends_with(const char *s, size_t n, const char *ext)
 	return n > e && !strcmp(s + n - e, ext);
 }
 
+/*
+ * A runtime build's dump, KEY.snap.PID.dump or KEY.snap.PID.base.dump (rt_build), whose
+ * daemon PID died before it finished: nothing else would ever remove it.
+ */
+static int rt_dump_stale(const char *name, size_t n)
+{
+	const char *p = strstr(name, ".snap.");
+	char *end;
+	long pid;
+
+	if (!p || !ends_with(name, n, ".dump"))
+		return 0;
+	pid = strtol(p + 6, &end, 10);
+	if (end == p + 6 || (strcmp(end, ".dump") && strcmp(end, ".base.dump")))
+		return 0;
+	return pid > 0 && pid != getpid() && kill((pid_t)pid, 0) < 0 && errno == ESRCH;
+}
+
 /* Snapshot files under dir: roots, except stale ones, which are removed. */
 static int scan_roots(const char *dir, int top, char (*keys)[96], int nkeys,
 		      struct roots *roots, uint64_t *removed)
@@ -574,6 +592,8 @@ static int scan_roots(const char *dir, int top, char (*keys)[96], int nkeys,
 		 * beside it, and a dump is as long as the guest's memory. */
 		if (top && (ends_with(d->d_name, n, ".dump") || ends_with(d->d_name, n, ".wsraw")))
 			*removed += stale(d->d_name) && !unlink(path);
+		if (!top && rt_dump_stale(d->d_name, n))
+			*removed += !unlink(path);
 		if (!ends_with(d->d_name, n, ".snap"))
 			continue;
 		if (top && stale(d->d_name) && !unlink(path))

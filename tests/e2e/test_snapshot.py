@@ -778,8 +778,9 @@ def test_gc_never_deletes_what_deployed_functions_use(d):
 def test_gc_removes_the_dump_of_a_deploy_whose_daemon_died(d):
     """A daemon killed while a deploy's VM was dumping leaves KEY.dump (the guest's
     whole memory, sparse: 256 MiB long) and KEY.wsraw, with no KEY.snap beside them.
-    gc removed such files only beside a .snap, so these stayed for good. Files of a
-    build of the running daemon (its pid in the key) stay."""
+    gc removed such files only beside a .snap, so these stayed for good; a runtime
+    layer's build left its dumps in runtimes/ the same way. Files of a build of the
+    running daemon (its pid in the name) stay."""
     need_vm()
     dead = subprocess.Popen(["true"])
     dead.wait()
@@ -790,11 +791,23 @@ def test_gc_removes_the_dump_of_a_deploy_whose_daemon_died(d):
     for name in left + ours:
         with open(os.path.join(top, name), "wb") as f:
             f.truncate(256 << 20)
+    # The same for a runtime layer's build (KEY.snap.PID.dump, KEY.snap.PID.base.dump).
+    rts = os.path.join(top, "runtimes")
+    os.makedirs(rts, exist_ok=True)
+    rt_left = ["python3-64m-00.snap.%d.dump" % dead.pid,
+               "python3-64m-00.snap.%d.base.dump" % dead.pid]
+    rt_ours = ["python3-64m-00.snap.%d.dump" % d.proc.pid]
+    for name in rt_left + rt_ours:
+        with open(os.path.join(rts, name), "wb") as f:
+            f.truncate(64 << 20)
     r = d.admin("POST", "/gc")
-    assert r.status == 200 and r.json()["vm"]["snapshot_files_removed"] >= 2, r
+    assert r.status == 200 and r.json()["vm"]["snapshot_files_removed"] >= 4, r
     names = os.listdir(top)
     assert not set(left) & set(names) and set(ours) <= set(names), names
+    names = os.listdir(rts)
+    assert not set(rt_left) & set(names) and set(rt_ours) <= set(names), names
     os.unlink(os.path.join(top, ours[0]))
+    os.unlink(os.path.join(rts, rt_ours[0]))
 
 
 def test_one_layer_per_version_when_layers_are_off(d):
