@@ -511,6 +511,12 @@ static int add_root(struct roots *r, const char *path)
  * A version's snapshot is named NAME.VERSION.PID.SEQ.snap after the daemon that took
  * it; once that process is gone nothing restores from it (a restart takes new ones).
  */
+/* A daemon's pid named in a file name, and that daemon is gone. */
+static int pid_gone(long pid)
+{
+	return pid > 0 && pid != getpid() && kill((pid_t)pid, 0) < 0 && errno == ESRCH;
+}
+
 static int stale(const char *name)
 {
 	const char *p = name;
@@ -523,7 +529,7 @@ static int stale(const char *name)
 		return 0;
 	p = strchr(strchr(name, '.') + 1, '.') + 1;
 	pid = strtol(p, NULL, 10);
-	return pid > 0 && pid != getpid() && kill((pid_t)pid, 0) < 0 && errno == ESRCH;
+	return pid_gone(pid);
 }
 
 /* Removes the file named like snap_path (ending ".snap") with ext instead; 1 if it went. */
@@ -570,7 +576,7 @@ static int rt_dump_stale(const char *name, size_t n)
 	pid = strtol(p + 6, &end, 10);
 	if (end == p + 6 || (strcmp(end, ".dump") && strcmp(end, ".base.dump")))
 		return 0;
-	return pid > 0 && pid != getpid() && kill((pid_t)pid, 0) < 0 && errno == ESRCH;
+	return pid_gone(pid);
 }
 
 /* Snapshot files under dir: roots, except stale ones, which are removed. */
