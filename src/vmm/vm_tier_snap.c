@@ -507,16 +507,16 @@ static int add_root(struct roots *r, const char *path)
 	return 0;
 }
 
-/*
- * A version's snapshot is named NAME.VERSION.PID.SEQ.snap after the daemon that took
- * it; once that process is gone nothing restores from it (a restart takes new ones).
- */
 /* A daemon's pid named in a file name, and that daemon is gone. */
 static int pid_gone(long pid)
 {
 	return pid > 0 && pid != getpid() && kill((pid_t)pid, 0) < 0 && errno == ESRCH;
 }
 
+/*
+ * A version's snapshot is named NAME.VERSION.PID.SEQ.snap after the daemon that took
+ * it; once that process is gone nothing restores from it (a restart takes new ones).
+ */
 static int stale(const char *name)
 {
 	const char *p = name;
