@@ -157,24 +157,29 @@ static void bundle_child(const struct bundle_job *j, char **argv)
 	_exit(127);
 }
 
-/* Waits for the child at most BUNDLE_TIMEOUT_MS; past it, kills its process group.
- * 0 or -ETIMEDOUT. */
-static int bundle_wait(pid_t pid, int *status)
+/* Waits for the child at most BUNDLE_TIMEOUT_MS, or until *cancel is set; then kills
+ * its process group. 0, -ETIMEDOUT or -ECANCELED. */
+static int bundle_wait(pid_t pid, const atomic_int *cancel, int *status)
 {
-	int pfd = (int)syscall(SYS_pidfd_open, pid, 0), late = 0;
+	int pfd = (int)syscall(SYS_pidfd_open, pid, 0), r = 0, waited;
 	struct pollfd p = { pfd, POLLIN, 0 };
 
-	if (pfd >= 0) {
-		while (poll(&p, 1, BUNDLE_TIMEOUT_MS) < 0 && errno == EINTR)
-			;
-		late = !(p.revents & POLLIN);
-		close(pfd);
+	/* Steps of 100 ms: a stopping daemon does not wait for a long build. */
+	for (waited = 0; pfd >= 0 && !r; waited += 100) {
+		if (poll(&p, 1, 100) > 0)
+			break;
+		if (atomic_load(cancel))
+			r = -ECANCELED;
+		else if (waited >= BUNDLE_TIMEOUT_MS)
+			r = -ETIMEDOUT;
 	}
-	if (late)
+	if (pfd >= 0)
+		close(pfd);
+	if (r)
 		kill(-pid, SIGKILL);
 	while (waitpid(pid, status, 0) < 0 && errno == EINTR)
 		;
-	return late ? -ETIMEDOUT : 0;
+	return r;
 }
 
 /* What went wrong, from how esbuild ended (rc, status) and what it printed (log). */
@@ -184,6 +189,8 @@ static void bundle_explain(const struct bundle_job *j, const char *entry, int rc
 	if (rc == -ETIMEDOUT)
 		snprintf(err, errlen, "%s: bundling took over %d s", entry,
 			 BUNDLE_TIMEOUT_MS / 1000);
+	else if (rc == -ECANCELED)
+		snprintf(err, errlen, "%s: bundling stopped: the daemon is stopping", entry);
 	else if (rc)
 		snprintf(err, errlen, "cannot run %s: %s", j->exe, strerror(-rc));
 	else if (WIFEXITED(status) && WEXITSTATUS(status) >= 126)
@@ -195,7 +202,8 @@ static void bundle_explain(const struct bundle_job *j, const char *entry, int rc
 		bundle_error(log, err, errlen);
 }
 
-static int bundle_run(struct bundle_job *j, const char *entry, char *err, size_t errlen)
+static int bundle_run(struct bundle_job *j, const char *entry, const atomic_int *cancel,
+		      char *err, size_t errlen)
 {
 	char *argv[] = { "esbuild", (char *)entry, "--bundle", "--format=esm",
 		"--platform=neutral", "--target=es2022", "--external:*.wasm",
@@ -208,7 +216,7 @@ static int bundle_run(struct bundle_job *j, const char *entry, char *err, size_t
 	pid = fork();
 	if (pid == 0)
 		bundle_child(j, argv);
-	rc = pid < 0 ? -errno : bundle_wait(pid, &status);
+	rc = pid < 0 ? -errno : bundle_wait(pid, cancel, &status);
 	n = pread(j->log, log, sizeof(log) - 1, 0);
 	log[n > 0 ? n : 0] = '\0';
 	if (!rc && WIFEXITED(status) && WEXITSTATUS(status) == 0)
@@ -247,8 +255,8 @@ static int bundle_setup(struct bundle_job *j, const char *outfile)
 	return 0;
 }
 
-int iso__bundle(const char *dir, const char *entry, const char *outfile, char *err,
-		size_t errlen)
+int iso__bundle(const char *dir, const char *entry, const char *outfile,
+		const atomic_int *cancel, char *err, size_t errlen)
 {
 	const char *exe = getenv("STOKE_ESBUILD") ? getenv("STOKE_ESBUILD") : "esbuild";
 	struct bundle_job j = { .dir = dir, .jailed = geteuid() == 0, .out = -1, .log = -1 };
@@ -263,7 +271,7 @@ int iso__bundle(const char *dir, const char *entry, const char *outfile, char *e
 	if (rc)
 		snprintf(err, errlen, "%s: cannot bundle: %s", entry, strerror(-rc));
 	else
-		rc = bundle_run(&j, entry, err, errlen);
+		rc = bundle_run(&j, entry, cancel, err, errlen);
 	if (j.root[0])
 		rmdir(j.root);
 	if (j.log >= 0)

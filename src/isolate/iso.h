@@ -168,6 +168,7 @@ struct iso_worker {
 
 struct iso_tier {
 	struct tier *t;
+	atomic_int cancel;		/* the daemon stops: a deploy's esbuild ends */
 	int nworkers;
 	int pool_target;
 	uint64_t budget_per_worker;
@@ -227,9 +228,9 @@ void iso__calls_abort(struct iso_worker *w);
 /* prepare.c */
 int iso__prepare(struct tier *t, struct fn *fn, char *err, size_t errlen);
 /* bundle.c: bundles entry (in dir) into outfile with esbuild, sandboxed. 0 or -errno
- * with the reason for the user in err. */
-int iso__bundle(const char *dir, const char *entry, const char *outfile, char *err,
-		size_t errlen);
+ * with the reason for the user in err; -ECANCELED once *cancel is set. */
+int iso__bundle(const char *dir, const char *entry, const char *outfile,
+		const atomic_int *cancel, char *err, size_t errlen);
 void iso__release(struct tier *t, struct fn *fn);
 
 #endif

@@ -224,7 +224,8 @@ int iso__prepare(struct tier *t, struct fn *fn, char *err, size_t errlen)
 			snprintf(js, sizeof(js), "%.*s.ts", (int)strlen(entry) - 4, entry);
 		ts_output(ends_with(entry, ".mts") ? js : entry, js, sizeof(js));
 		snprintf(path, sizeof(path), "%s/%s", fn->dir, js);
-		rc = iso__bundle(fn->dir, entry, path, err, errlen);
+		rc = iso__bundle(fn->dir, entry, path, &((struct iso_tier *)t->priv)->cancel,
+				 err, errlen);
 		if (rc)
 			return rc;
 		entry = js;

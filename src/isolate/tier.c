@@ -825,6 +825,15 @@ static void worker_join(struct iso_worker *w)
 		pthread_join(w->threads[i].thread, NULL);
 }
 
+/* The daemon stops once its grace is over: a deploy's esbuild ends now. */
+static void iso_cancel(struct tier *t)
+{
+	struct iso_tier *it = t->priv;
+
+	if (it)
+		atomic_store(&it->cancel, 1);
+}
+
 static void iso_stop(struct tier *t)
 {
 	struct iso_tier *it = t->priv;
@@ -859,5 +868,6 @@ const struct tier_ops iso_tier_ops = {
 	.retire = iso_retire,
 	.release = iso__release,
 	.metrics = iso_metrics,
+	.cancel = iso_cancel,
 	.stop = iso_stop,
 };

@@ -58,18 +58,19 @@ static int mkdirs(char *path)
 	return chmod(path, 0755) < 0 ? -errno : 0;
 }
 
-/* Collects the compiler's output until it exits or the deadline passes. */
-static int collect(pid_t pid, int fd, char *out, size_t len)
+/* Collects the compiler's output until it exits, the deadline passes or *cancel is set
+ * (checked every 100 ms: a stopping daemon does not wait for a long compile). */
+static int collect(pid_t pid, int fd, const atomic_int *cancel, char *out, size_t len)
 {
-	uint64_t deadline = vm_now_ns() + COMPILE_TIMEOUT_MS * 1000000ULL, now;
+	uint64_t deadline = vm_now_ns() + COMPILE_TIMEOUT_MS * 1000000ULL;
 	struct pollfd pf = { fd, POLLIN, 0 };
 	char scratch[512];
 	size_t used = 0;
 	ssize_t n = 1;
 	int status = 0;
 
-	while (n > 0 && (now = vm_now_ns()) < deadline) {
-		if (poll(&pf, 1, (int)((deadline - now) / 1000000 + 1)) <= 0)
+	while (n > 0 && vm_now_ns() < deadline && !atomic_load(cancel)) {
+		if (poll(&pf, 1, 100) <= 0)
 			continue;
 		/* Keep the first len - 1 bytes; drain the rest so the compiler never blocks. */
 		if (used < len - 1)
@@ -86,7 +87,7 @@ static int collect(pid_t pid, int fd, char *out, size_t len)
 	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
 		;
 	if (n > 0)
-		return -ETIMEDOUT;
+		return atomic_load(cancel) ? -ECANCELED : -ETIMEDOUT;
 	return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : -EINVAL;
 }
 
@@ -201,8 +202,8 @@ static void cc_cleanup(const struct cc_job *j)
 	rmdir(j->root);
 }
 
-int vm_native_build(const struct fn *fn, const char *data_dir, char *out_dir, size_t len,
-		    char *err, size_t errlen)
+int vm_native_build(const struct fn *fn, const char *data_dir, const atomic_int *cancel,
+		    char *out_dir, size_t len, char *err, size_t errlen)
 {
 	const char *tmp = getenv("TMPDIR");
 	struct cc_job job = { 0 };
@@ -225,10 +226,12 @@ int vm_native_build(const struct fn *fn, const char *data_dir, char *out_dir, si
 	if (pid == 0)
 		cc_child(&job, pipefd[1]);
 	close(pipefd[1]);
-	r = pid < 0 ? -errno : collect(pid, pipefd[0], log, sizeof(log));
+	r = pid < 0 ? -errno : collect(pid, pipefd[0], cancel, log, sizeof(log));
 	close(pipefd[0]);
 	cc_cleanup(&job);
-	if (r)
+	if (r == -ECANCELED)
+		snprintf(err, errlen, "compiling %s stopped: the daemon is stopping", fn->entry);
+	else if (r)
 		user_error(fn, r == -ETIMEDOUT ? "timed out" : log, err, errlen);
 	return r;
 }

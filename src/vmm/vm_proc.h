@@ -84,9 +84,10 @@ int vm_launch_without(struct vm_launch *dst, const struct vm_launch *src,
 
 /* vm_native.c: native functions deployed as C source, compiled at deploy. */
 int vm_native_is_source(const struct fn *fn);
-/* Compiles the entry statically into out_dir/main (out_dir is chosen and returned). */
-int vm_native_build(const struct fn *fn, const char *data_dir, char *out_dir, size_t len,
-		    char *err, size_t errlen);
+/* Compiles the entry statically into out_dir/main (out_dir is chosen and returned);
+ * -ECANCELED once *cancel is set (the daemon stops). */
+int vm_native_build(const struct fn *fn, const char *data_dir, const atomic_int *cancel,
+		    char *out_dir, size_t len, char *err, size_t errlen);
 void vm_native_remove(const char *out_dir);
 /* Starts a VM. Returns 0 or -errno. */
 int vm_proc_spawn(struct vm_proc *p, const struct vm_launch *l, const char *vmm_path);

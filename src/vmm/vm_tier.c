@@ -1288,8 +1288,8 @@ static int vm_prepare(struct tier *t, struct fn *fn, char *err, size_t errlen)
 		return -ENOMEM;
 	r = 0;
 	if (vm_native_is_source(fn))
-		r = vm_native_build(fn, t->data_dir, vf->native_dir, sizeof(vf->native_dir),
-				    err, errlen);
+		r = vm_native_build(fn, t->data_dir, &vt->cancel, vf->native_dir,
+				    sizeof(vf->native_dir), err, errlen);
 	if (!r)
 		r = vm_launch_build(&vf->launch, fn, t->rootfs_dir, t->vmm_path,
 				    vf->native_dir[0] ? vf->native_dir : NULL, vt->jail,

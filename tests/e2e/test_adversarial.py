@@ -13,6 +13,7 @@ import os
 import re
 import socket
 import threading
+import tempfile
 import time
 
 from harness import Daemon, Skip, known_issue, kvm_usable
@@ -1417,19 +1418,12 @@ def test_sigterm_with_runaway_vm_exits_within_grace():
         assert d.proc.returncode == 0
 
 
-def test_sigterm_during_a_slow_python_deploy_exits_within_grace():
-    """FIXED BUG (regression test): SIGTERM while a Python deploy imports a module that
-    takes 25 s: the daemon waited for the deploy's snapshot (up to 30 s, past the 10 s
-    grace), the client got no answer, and the version was recorded anyway, so the next
-    start served a deploy its client saw fail. Now the build ends with the grace and
-    nothing is recorded."""
+def _sigterm_during_deploy(name, files, manifest):
+    """SIGTERM one second into a deploy that would take far longer: the daemon exits 0
+    within its 10 s grace (and a little), and the next start knows nothing of it."""
     import signal
-    need_vm()
-    slow = "import time\ntime.sleep(25)\ndef handler(e, c):\n    return 'late'\n"
     with Daemon() as d:
-        t = threading.Thread(target=lambda: _safe_deploy(
-            d, "slowimport", {"handler.py": slow},
-            {"tier": "vm", "runtime": "python3", "entry": "handler.py"}, 40))
+        t = threading.Thread(target=lambda: _safe_deploy(d, name, files, manifest, 70))
         t.start()
         time.sleep(1.0)
         t0 = time.monotonic()
@@ -1440,13 +1434,40 @@ def test_sigterm_during_a_slow_python_deploy_exits_within_grace():
             d.proc.kill()
             d.proc.wait()
         took = time.monotonic() - t0
-        t.join(30)
+        t.join(75)
         assert took < 14 and d.proc.returncode == 0, (took, d.proc.returncode)
         d.log.close()
         d.start()
-        assert d.admin("GET", "/functions/slowimport").status == 404
+        assert d.admin("GET", "/functions/" + name).status == 404
         fdir = os.path.join(d.data_dir, "functions")
         assert not os.path.exists(fdir) or not os.listdir(fdir), os.listdir(fdir)
+
+
+def test_sigterm_during_a_slow_python_deploy_exits_within_grace():
+    """FIXED BUG (regression test): SIGTERM while a Python deploy imports a module that
+    takes 25 s: the daemon waited for the deploy's snapshot (up to 30 s, past the 10 s
+    grace), the client got no answer, and the version was recorded anyway, so the next
+    start served a deploy its client saw fail. Now the build ends with the grace and
+    nothing is recorded."""
+    need_vm()
+    slow = "import time\ntime.sleep(25)\ndef handler(e, c):\n    return 'late'\n"
+    _sigterm_during_deploy("slowimport", {"handler.py": slow},
+                           {"tier": "vm", "runtime": "python3", "entry": "handler.py"})
+
+
+def test_sigterm_during_a_slow_c_compile_exits_within_grace():
+    """The same for a native function's compile, which may take up to 60 s: here the
+    source includes a FIFO of the test's (under /tmp, which the compiler's sandbox
+    shows), so the compiler waits in open() until it is killed."""
+    _need_cc()
+    need_vm()
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chmod(tmp, 0o755)
+        fifo = os.path.join(tmp, "never-written")
+        os.mkfifo(fifo, 0o666)
+        src = '#include "%s"\nint main(void) { return 0; }\n' % fifo
+        _sigterm_during_deploy("slowcc", {"main.c": src},
+                               {"tier": "vm", "runtime": "native", "entry": "main.c"})
 
 
 def _fd_and_thread_count(pid):
