@@ -1418,11 +1418,11 @@ def test_sigterm_with_runaway_vm_exits_within_grace():
         assert d.proc.returncode == 0
 
 
-def _sigterm_during_deploy(name, files, manifest):
+def _sigterm_during_deploy(name, files, manifest, env=None):
     """SIGTERM one second into a deploy that would take far longer: the daemon exits 0
     within its 10 s grace (and a little), and the next start knows nothing of it."""
     import signal
-    with Daemon() as d:
+    with Daemon(env=env) as d:
         t = threading.Thread(target=lambda: _safe_deploy(d, name, files, manifest, 70))
         t.start()
         time.sleep(1.0)
@@ -1468,6 +1468,19 @@ def test_sigterm_during_a_slow_c_compile_exits_within_grace():
         src = '#include "%s"\nint main(void) { return 0; }\n' % fifo
         _sigterm_during_deploy("slowcc", {"main.c": src},
                                {"tier": "vm", "runtime": "native", "entry": "main.c"})
+
+
+def test_sigterm_during_a_slow_typescript_bundle_exits_within_grace():
+    """The same for esbuild, which may take up to 60 s: here an esbuild that sleeps
+    (STOKE_ESBUILD; the sandbox gives it the host's /usr, where sleep lives)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chmod(tmp, 0o755)
+        fake = os.path.join(tmp, "esbuild")
+        with open(fake, "w") as f:
+            f.write("#!/bin/sh\nsleep 60\n")
+        os.chmod(fake, 0o755)
+        _sigterm_during_deploy("slowts", {"index.ts": "export default {};\n"}, {},
+                               env={"STOKE_ESBUILD": fake})
 
 
 def _fd_and_thread_count(pid):
