@@ -3,28 +3,25 @@
  * entry imports, absolute paths and "../" included, and reads it whole: run as the
  * daemon's user it would bundle the admin token, another tenant's code or /dev/zero
  * into this one. So it runs bounded in memory and time, and, when the daemon runs as
- * root, as nobody inside a root of its own: a tmpfs holding the function's files
- * (read-only, at /src) and the host's /usr, nothing else. Without root it runs as the
- * daemon's user (README, Known limitations).
+ * root, in the build sandbox (common/buildjail.h: as nobody, seeing the function's
+ * files, the host's /usr and nothing else). Without root it runs as the daemon's user
+ * (README, Known limitations).
  *
  * The bundle goes to esbuild's stdout, a file the daemon opened next to the entry, so
  * nothing in the jail needs to be writable.
  */
 #include "isolate/iso.h"
+#include "common/buildjail.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <grp.h>
 #include <limits.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mount.h>
-#include <sys/prctl.h>
 #include <sys/resource.h>
-#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -33,21 +30,13 @@
  * the time a real bundle never comes near. */
 #define BUNDLE_MEMORY_BYTES (2ULL << 30)
 #define BUNDLE_TIMEOUT_MS 60000
-#define BUNDLE_NOBODY 65534
-#define BUNDLE_NHOST 4
-
-/* The jail's view of the host: the system's programs and libraries (bin, lib and
- * lib64 are symbolic links into usr on merged-/usr systems, directories elsewhere). */
-static const char *const bundle_host_dirs[BUNDLE_NHOST] = { "usr", "bin", "lib", "lib64" };
 
 /* Paths are made before the fork: the child of a threaded daemon only makes system calls. */
 struct bundle_job {
 	const char *dir;	/* the function's directory */
 	char exe[PATH_MAX];	/* esbuild, resolved on the host */
 	int jailed;
-	char root[64];		/* the jail's root, when jailed */
-	char src[96], exe_at[96];	/* where the function and esbuild are in it */
-	char host[BUNDLE_NHOST][2][96];	/* the host's /NAME, and root/NAME */
+	struct bj jail;
 	int out, log;		/* the bundle (stdout) and esbuild's messages */
 };
 
@@ -94,49 +83,6 @@ static int bundle_find(const char *exe, char *out, size_t len)
 	return -ENOENT;
 }
 
-/* Child, in its own mount namespace: path (in the jail) as the host's host, read-only. */
-static int bundle_mirror(const char *host, const char *path)
-{
-	char target[256];
-	struct stat st;
-	ssize_t n;
-
-	if (lstat(host, &st))
-		return errno == ENOENT ? 0 : -1;
-	if (S_ISLNK(st.st_mode)) {
-		n = readlink(host, target, sizeof(target) - 1);
-		if (n < 0)
-			return -1;
-		target[n] = '\0';
-		return symlink(target, path);
-	}
-	return mkdir(path, 0755) || mount(host, path, NULL, MS_BIND | MS_REC, NULL) ||
-	       mount(NULL, path, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY, NULL);
-}
-
-/* Child: the jail, then nobody without privileges. esbuild is bound in at /esbuild,
- * wherever it lives on the host. */
-static int bundle_enter_jail(const struct bundle_job *j)
-{
-	int fd, i;
-
-	if (unshare(CLONE_NEWNS) || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) ||
-	    mount("tmpfs", j->root, "tmpfs", MS_NOSUID | MS_NODEV, "size=64k,mode=0755") ||
-	    mkdir(j->src, 0755) || mount(j->dir, j->src, NULL, MS_BIND, NULL) ||
-	    mount(NULL, j->src, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID, NULL))
-		return -1;
-	fd = open(j->exe_at, O_WRONLY | O_CREAT | O_CLOEXEC, 0755);
-	if (fd < 0 || close(fd) || mount(j->exe, j->exe_at, NULL, MS_BIND, NULL))
-		return -1;
-	for (i = 0; i < BUNDLE_NHOST; i++)
-		if (bundle_mirror(j->host[i][0], j->host[i][1]))
-			return -1;
-	if (chroot(j->root) || chdir("/src") || setgroups(0, NULL) ||
-	    setgid(BUNDLE_NOBODY) || setuid(BUNDLE_NOBODY))
-		return -1;
-	return prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
-}
-
 /* Runs in the forked child: only system calls from here on. */
 static void bundle_child(const struct bundle_job *j, char **argv)
 {
@@ -146,13 +92,16 @@ static void bundle_child(const struct bundle_job *j, char **argv)
 	if (nul < 0 || dup2(nul, 0) < 0 || dup2(j->out, 1) < 0 || dup2(j->log, 2) < 0 ||
 	    setrlimit(RLIMIT_AS, &as) || setpgid(0, 0))
 		_exit(126);
-	if (j->jailed && bundle_enter_jail(j)) {
+	if (j->jailed && bj_enter(&j->jail)) {
 		dprintf(2, "cannot set up esbuild's sandbox: %s\n", strerror(errno));
 		_exit(126);
 	}
 	if (!j->jailed && chdir(j->dir))
 		_exit(126);
-	execv(j->jailed ? "/esbuild" : j->exe, argv);
+	if (j->jailed)
+		execve("/exe", argv, bj_env);
+	else
+		execv(j->exe, argv);
 	dprintf(2, "cannot run %s: %s\n", j->exe, strerror(errno));
 	_exit(127);
 }
@@ -225,11 +174,10 @@ static int bundle_run(struct bundle_job *j, const char *entry, const atomic_int 
 	return rc ? rc : -EINVAL;
 }
 
-/* The log file, the output file and the jail's (empty) mount point and paths. */
+/* The log file, the output file and the jail. */
 static int bundle_setup(struct bundle_job *j, const char *outfile)
 {
 	char logpath[] = "/tmp/stoke-esbuild-XXXXXX";
-	int i;
 
 	j->log = mkostemp(logpath, O_CLOEXEC);
 	if (j->log < 0)
@@ -238,21 +186,7 @@ static int bundle_setup(struct bundle_job *j, const char *outfile)
 	j->out = open(outfile, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
 	if (j->out < 0)
 		return -errno;
-	if (!j->jailed)
-		return 0;
-	snprintf(j->root, sizeof(j->root), "/tmp/stoke-esbuild-root-XXXXXX");
-	if (!mkdtemp(j->root)) {
-		j->root[0] = '\0';
-		return -errno;
-	}
-	snprintf(j->src, sizeof(j->src), "%s/src", j->root);
-	snprintf(j->exe_at, sizeof(j->exe_at), "%s/esbuild", j->root);
-	for (i = 0; i < BUNDLE_NHOST; i++) {
-		snprintf(j->host[i][0], sizeof(j->host[i][0]), "/%s", bundle_host_dirs[i]);
-		snprintf(j->host[i][1], sizeof(j->host[i][1]), "%s/%s", j->root,
-			 bundle_host_dirs[i]);
-	}
-	return 0;
+	return j->jailed ? bj_prepare(&j->jail, j->dir, NULL, j->exe) : 0;
 }
 
 int iso__bundle(const char *dir, const char *entry, const char *outfile,
@@ -272,8 +206,7 @@ int iso__bundle(const char *dir, const char *entry, const char *outfile,
 		snprintf(err, errlen, "%s: cannot bundle: %s", entry, strerror(-rc));
 	else
 		rc = bundle_run(&j, entry, cancel, err, errlen);
-	if (j.root[0])
-		rmdir(j.root);
+	bj_cleanup(&j.jail);
 	if (j.log >= 0)
 		close(j.log);
 	if (j.out >= 0)
