@@ -4,19 +4,16 @@
  * data directory and shown to the guest at /var/runtime/main.
  */
 #include "vm_proc.h"
+#include "common/buildjail.h"
 #include "common/invoke.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
-#include <grp.h>
-#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mount.h>
-#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -108,47 +105,21 @@ static void user_error(const struct fn *fn, const char *log, char *err, size_t e
 
 /*
  * The compiler reads whatever the source names (#include "/etc/passwd", the daemon's
- * token), so as root it runs jailed: a private mount namespace where the data directory
- * and the host's configuration and home directories are empty tmpfs, only this
- * function's files (read-only) and its output directory are bind-mounted in, and it runs
- * as nobody. Without root it runs as the (unprivileged) caller.
+ * token, /proc/self/environ), so as root it runs in the build sandbox
+ * (common/buildjail.h): as nobody, seeing the function's files at /src, its output
+ * directory at /out, a private /tmp and the host's /usr. Without root it runs as the
+ * (unprivileged) caller.
  */
 struct cc_job {
-	char root[64];			/* /tmp/stoke-cc-XXXXXX, the jail's mount points */
-	char src[96], out[96];
 	char exe[4200];			/* the -o argument */
-	const char *fn_dir, *out_dir, *data_dir, *entry, *cwd;
+	const char *entry, *cwd;
 	int jailed;
+	struct bj jail;
 };
-
-/* Host directories the compiler has no business reading: each gets an empty tmpfs. */
-static const char *const cc_hidden[] = {
-	"/etc", "/root", "/home", "/var", "/srv", "/opt", "/mnt", "/media", NULL
-};
-
-static int cc_enter_jail(const struct cc_job *j)
-{
-	int i;
-
-	if (unshare(CLONE_NEWNS) || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) ||
-	    mount(j->fn_dir, j->src, NULL, MS_BIND, NULL) ||
-	    mount(NULL, j->src, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY, NULL) ||
-	    mount(j->out_dir, j->out, NULL, MS_BIND, NULL))
-		return -1;
-	if (j->data_dir && mount("tmpfs", j->data_dir, "tmpfs", MS_NOSUID, "size=64k"))
-		return -1;
-	for (i = 0; cc_hidden[i]; i++)
-		if (mount("tmpfs", cc_hidden[i], "tmpfs", MS_NOSUID, "size=64k") && errno != ENOENT)
-			return -1;
-	if (setgroups(0, NULL) || setgid(CC_NOBODY) || setuid(CC_NOBODY))
-		return -1;
-	return prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
-}
 
 /* Runs in the forked child: only system calls from here on. */
 static void cc_child(const struct cc_job *j, int logfd)
 {
-	/* gcc, not cc: cc is a symlink through /etc/alternatives, hidden in the jail. */
 	char *argv[] = { "gcc", "-O2", "-static", "-o", (char *)j->exe, (char *)j->entry, NULL };
 	struct rlimit as = { COMPILE_MEMORY_BYTES, COMPILE_MEMORY_BYTES };
 	int nul = open("/dev/null", O_RDONLY);
@@ -156,23 +127,21 @@ static void cc_child(const struct cc_job *j, int logfd)
 	if (nul < 0 || dup2(nul, 0) < 0 || dup2(logfd, 1) < 0 || dup2(logfd, 2) < 0 ||
 	    setrlimit(RLIMIT_AS, &as) || setpgid(0, 0))
 		_exit(126);
-	if (j->jailed && cc_enter_jail(j)) {
+	if (j->jailed && bj_enter(&j->jail)) {
 		dprintf(2, "cannot set up the compiler's sandbox: %s\n", strerror(errno));
 		_exit(126);
 	}
-	if (chdir(j->cwd))
+	if (!j->jailed && chdir(j->cwd))
 		_exit(126);
+	if (j->jailed)
+		environ = (char **)bj_env;	/* execvp searches the jail's PATH */
 	execvp("gcc", argv);
 	dprintf(2, "native C functions need a C compiler (gcc): %s\n", strerror(errno));
 	_exit(127);
 }
 
-static int cc_prepare(struct cc_job *j, const struct fn *fn, const char *data_dir,
-		      const char *out_dir)
+static int cc_prepare(struct cc_job *j, const struct fn *fn, const char *out_dir)
 {
-	j->fn_dir = fn->dir;
-	j->out_dir = out_dir;
-	j->data_dir = data_dir;
 	j->entry = fn->entry;
 	j->jailed = geteuid() == 0;
 	if (!j->jailed) {
@@ -180,26 +149,16 @@ static int cc_prepare(struct cc_job *j, const struct fn *fn, const char *data_di
 		snprintf(j->exe, sizeof(j->exe), "%s/main", out_dir);
 		return 0;
 	}
-	snprintf(j->root, sizeof(j->root), "/tmp/stoke-cc-XXXXXX");
-	if (!mkdtemp(j->root))
+	snprintf(j->exe, sizeof(j->exe), "/out/main");
+	if (chown(out_dir, CC_NOBODY, CC_NOBODY))
 		return -errno;
-	snprintf(j->src, sizeof(j->src), "%s/src", j->root);
-	snprintf(j->out, sizeof(j->out), "%s/out", j->root);
-	snprintf(j->exe, sizeof(j->exe), "../out/main");
-	j->cwd = j->src;
-	if (chmod(j->root, 0755) || mkdir(j->src, 0755) || mkdir(j->out, 0755) ||
-	    chown(out_dir, CC_NOBODY, CC_NOBODY))
-		return -errno;
-	return 0;
+	return bj_prepare(&j->jail, fn->dir, out_dir, NULL);
 }
 
-static void cc_cleanup(const struct cc_job *j)
+static void cc_cleanup(struct cc_job *j)
 {
-	if (!j->jailed || !j->root[0])
-		return;
-	rmdir(j->src);
-	rmdir(j->out);
-	rmdir(j->root);
+	if (j->jailed)
+		bj_cleanup(&j->jail);
 }
 
 int vm_native_build(const struct fn *fn, const char *data_dir, const atomic_int *cancel,
@@ -215,7 +174,7 @@ int vm_native_build(const struct fn *fn, const char *data_dir, const atomic_int 
 		 tmp ? tmp : "/tmp", fn->name, (long long)fn->version);
 	r = mkdirs(out_dir);
 	if (!r)
-		r = cc_prepare(&job, fn, data_dir, out_dir);
+		r = cc_prepare(&job, fn, out_dir);
 	if (r || pipe2(pipefd, O_CLOEXEC) < 0) {
 		snprintf(err, errlen, "cannot prepare the build in %s: %s", out_dir,
 			 strerror(r ? -r : errno));

@@ -16,7 +16,7 @@ import threading
 import tempfile
 import time
 
-from harness import Daemon, Skip, known_issue, kvm_usable
+from harness import EXAMPLES, Daemon, Skip, known_issue, kvm_usable
 
 ROOTFS = os.path.join(os.environ.get("STOKE_CACHE", os.path.expanduser("~/.cache/stoke")),
                       "rootfs", "python3")
@@ -1456,18 +1456,17 @@ def test_sigterm_during_a_slow_python_deploy_exits_within_grace():
 
 
 def test_sigterm_during_a_slow_c_compile_exits_within_grace():
-    """The same for a native function's compile, which may take up to 60 s: here the
-    source includes a FIFO of the test's (under /tmp, which the compiler's sandbox
-    shows), so the compiler waits in open() until it is killed."""
+    """The same for a native function's compile, which may take up to 60 s: here each
+    of 40 nested headers includes the next twice (2^40 inclusions: the preprocessor
+    runs until it is killed, in constant memory)."""
     _need_cc()
     need_vm()
-    with tempfile.TemporaryDirectory() as tmp:
-        os.chmod(tmp, 0o755)
-        fifo = os.path.join(tmp, "never-written")
-        os.mkfifo(fifo, 0o666)
-        src = '#include "%s"\nint main(void) { return 0; }\n' % fifo
-        _sigterm_during_deploy("slowcc", {"main.c": src},
-                               {"tier": "vm", "runtime": "native", "entry": "main.c"})
+    files = {"r%d.h" % i: '#include "r%d.h"\n#include "r%d.h"\n' % (i + 1, i + 1)
+             for i in range(40)}
+    files["r40.h"] = ""
+    files["main.c"] = '#include "r0.h"\nint main(void) { return 0; }\n'
+    _sigterm_during_deploy("slowcc", files,
+                           {"tier": "vm", "runtime": "native", "entry": "main.c"})
 
 
 def test_sigterm_during_a_slow_typescript_bundle_exits_within_grace():
@@ -1768,6 +1767,31 @@ def test_native_compile_cannot_read_host_files(d):
                        {"tier": "vm", "runtime": "native", "entry": "main.c"}, expect=None)
     assert r.status == 400, r
     assert d.token not in r.text, "the admin token leaked through a compiler error"
+
+
+def test_native_compile_sees_no_tmp_and_no_daemon_environment():
+    """As root the compiler runs chrooted (common/buildjail.c): a file another process
+    left under /tmp and the daemon's environment (which may hold secrets; the compiler
+    inherited it, readable at /proc/self/environ) are out of its reach."""
+    _need_cc()
+    if os.geteuid() != 0:
+        raise Skip("the compiler runs sandboxed only when the daemon runs as root")
+    with tempfile.TemporaryDirectory() as tmp, \
+            Daemon(env={"STOKE_TEST_SECRET": "ENV-SECRET-5521"}) as sd:
+        os.chmod(tmp, 0o755)
+        secret = os.path.join(tmp, "secret.h")
+        with open(secret, "w") as f:
+            f.write("TMP-SECRET-9083\n")
+        os.chmod(secret, 0o644)
+        for path in (secret, "/proc/self/environ"):
+            r = sd.deploy_files("peek-tmp", {"main.c": '#include "%s"\nint main(void) '
+                                             '{ return 0; }\n' % path},
+                                {"tier": "vm", "runtime": "native", "entry": "main.c"},
+                                expect=None)
+            assert r.status == 400, (path, r)
+            assert "SECRET" not in r.text, (path, r.text[:500])
+        sd.deploy_dir(os.path.join(EXAMPLES, "hello-c"))
+        assert sd.invoke("hello-c", "/").status == 200
 
 
 def test_health_answers_while_a_slow_deploy_compiles(d):
