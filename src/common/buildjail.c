@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -116,4 +117,16 @@ int bj_enter(const struct bj *j)
 	    setgid(BJ_NOBODY) || setuid(BJ_NOBODY))
 		return -1;
 	return prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+}
+
+int bj_child_setup(const struct bj *j, const char *cwd, int out, int err,
+		   unsigned long long mem)
+{
+	struct rlimit as = { mem, mem };
+	int nul = open("/dev/null", O_RDONLY);
+
+	if (nul < 0 || dup2(nul, 0) < 0 || dup2(out, 1) < 0 || dup2(err, 2) < 0 ||
+	    setrlimit(RLIMIT_AS, &as) || setpgid(0, 0))
+		return -1;
+	return j ? bj_enter(j) : chdir(cwd);
 }

@@ -34,6 +34,14 @@ extern char *const bj_env[];
 int bj_prepare(struct bj *j, const char *src_dir, const char *out_dir, const char *exe);
 /* In the forked child: enters the jail (cwd /src) as nobody. 0, or -1 with errno. */
 int bj_enter(const struct bj *j);
+/*
+ * In the forked child, whether jailed or not: stdin from /dev/null, stdout and stderr to
+ * out and err, at most mem bytes of address space, a process group of its own (a build
+ * that runs out of time is killed whole), then the jail j, or cwd when j is NULL.
+ * 0, or -1 with errno.
+ */
+int bj_child_setup(const struct bj *j, const char *cwd, int out, int err,
+		   unsigned long long mem);
 /* Removes the mount point (the child's mounts went with its namespace). */
 void bj_cleanup(struct bj *j);
 

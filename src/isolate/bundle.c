@@ -21,7 +21,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -86,18 +85,11 @@ static int bundle_find(const char *exe, char *out, size_t len)
 /* Runs in the forked child: only system calls from here on. */
 static void bundle_child(const struct bundle_job *j, char **argv)
 {
-	struct rlimit as = { BUNDLE_MEMORY_BYTES, BUNDLE_MEMORY_BYTES };
-	int nul = open("/dev/null", O_RDONLY);
-
-	if (nul < 0 || dup2(nul, 0) < 0 || dup2(j->out, 1) < 0 || dup2(j->log, 2) < 0 ||
-	    setrlimit(RLIMIT_AS, &as) || setpgid(0, 0))
-		_exit(126);
-	if (j->jailed && bj_enter(&j->jail)) {
-		dprintf(2, "cannot set up esbuild's sandbox: %s\n", strerror(errno));
+	if (bj_child_setup(j->jailed ? &j->jail : NULL, j->dir, j->out, j->log,
+			   BUNDLE_MEMORY_BYTES)) {
+		dprintf(2, "cannot start esbuild (sandbox, limits, stdio): %s\n", strerror(errno));
 		_exit(126);
 	}
-	if (!j->jailed && chdir(j->dir))
-		_exit(126);
 	if (j->jailed)
 		execve("/exe", argv, bj_env);
 	else

@@ -14,7 +14,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -121,18 +120,12 @@ struct cc_job {
 static void cc_child(const struct cc_job *j, int logfd)
 {
 	char *argv[] = { "gcc", "-O2", "-static", "-o", (char *)j->exe, (char *)j->entry, NULL };
-	struct rlimit as = { COMPILE_MEMORY_BYTES, COMPILE_MEMORY_BYTES };
-	int nul = open("/dev/null", O_RDONLY);
-
-	if (nul < 0 || dup2(nul, 0) < 0 || dup2(logfd, 1) < 0 || dup2(logfd, 2) < 0 ||
-	    setrlimit(RLIMIT_AS, &as) || setpgid(0, 0))
-		_exit(126);
-	if (j->jailed && bj_enter(&j->jail)) {
-		dprintf(2, "cannot set up the compiler's sandbox: %s\n", strerror(errno));
+	if (bj_child_setup(j->jailed ? &j->jail : NULL, j->cwd, logfd, logfd,
+			   COMPILE_MEMORY_BYTES)) {
+		dprintf(2, "cannot start the compiler (sandbox, limits, stdio): %s\n",
+			strerror(errno));
 		_exit(126);
 	}
-	if (!j->jailed && chdir(j->cwd))
-		_exit(126);
 	if (j->jailed)
 		environ = (char **)bj_env;	/* execvp searches the jail's PATH */
 	execvp("gcc", argv);
