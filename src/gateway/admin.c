@@ -411,7 +411,6 @@ static int admin_by_name(const void *a, const void *b)
 		      cJSON_GetStringValue(cJSON_GetObjectItem(*(cJSON *const *)b, "name")));
 }
 
-/* Live functions sorted by name. */
 /*
  * A deployed version the daemon could not load when it started (its runtime is gone, a
  * snapshot cannot be made...): listed, so that it does not vanish while its requests
@@ -440,6 +439,7 @@ static size_t admin_count_listed(const struct gw *gw)
 	return n;
 }
 
+/* Live functions, and those that failed to load, sorted by name. */
 static void admin_list(struct gw *gw, struct inv *inv)
 {
 	cJSON *o = cJSON_CreateObject(), *arr = cJSON_AddArrayToObject(o, "functions");

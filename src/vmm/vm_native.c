@@ -120,6 +120,7 @@ struct cc_job {
 static void cc_child(const struct cc_job *j, int logfd)
 {
 	char *argv[] = { "gcc", "-O2", "-static", "-o", (char *)j->exe, (char *)j->entry, NULL };
+
 	if (bj_child_setup(j->jailed ? &j->jail : NULL, j->cwd, logfd, logfd,
 			   COMPILE_MEMORY_BYTES)) {
 		dprintf(2, "cannot start the compiler (sandbox, limits, stdio): %s\n",

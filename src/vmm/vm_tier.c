@@ -374,6 +374,12 @@ static void drop_ended(struct vm_tier *vt, struct vm_fn *vf, struct vm_proc *p,
 	drop(vt, p);
 }
 
+/* An idle VM whose VMM exited or whose channel ended: it can serve nothing more. */
+static int ended(const struct vm_proc *p)
+{
+	return vm_proc_exited(p) || vm_proc_hung_up(p);
+}
+
 /* A warm VM of vf that is still running, if there is one. */
 static struct vm_proc *take_running(struct vm_tier *vt, struct vm_fn *vf,
 				    const struct inv *inv)
@@ -382,7 +388,7 @@ static struct vm_proc *take_running(struct vm_tier *vt, struct vm_fn *vf,
 
 	while ((p = take_idle(vf))) {
 		uncount_idle(vt, p);
-		if (!vm_proc_exited(p) && !vm_proc_hung_up(p))
+		if (!ended(p))
 			return p;
 		drop_ended(vt, vf, p, inv);
 	}
@@ -620,7 +626,7 @@ static struct vm_proc *keep_vm(struct tier *t, struct vm_fn *vf, struct vm_slot 
 	p = sl->proc;
 	sl->proc = NULL;
 	pthread_mutex_unlock(&vt->lock);
-	if (p && (vm_proc_exited(p) || vm_proc_hung_up(p))) {
+	if (p && ended(p)) {
 		drop_ended(vt, vf, p, inv);	/* its memory since the last save is gone */
 		p = NULL;
 	}
